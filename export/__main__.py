@@ -1,0 +1,51 @@
+"""CLI: python -m export --model lenet_pool|lenet_stride|all --checkpoint-dir DIR --out-dir DIR."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from runtime.cli import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export trained checkpoints to ONNX (raw-pixel input, opset 13+) and check "
+        "them against Paddle on all 10,000 test images.",
+    )
+    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=Path("results/checkpoints"),
+        help="folder with <model>.npz + <model>.train.json (default: the committed reference)",
+    )
+    p.add_argument("--out-dir", type=Path, default=Path("build/onnx"), help="default build/onnx")
+    p.add_argument("--opset", type=int, default=13, help="ONNX opset, 13..21 (default 13)")
+    p.add_argument("--atol", type=float, default=1e-4, help="max |Δlogit| vs Paddle (default 1e-4)")
+    p.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (default: cache or $MNIST_DIR)")
+    p.add_argument("--force", action="store_true", help="re-export even if up to date")
+    args = p.parse_args(argv)
+
+    from export.onnx_export import ExportConfig, export_model
+
+    config = ExportConfig(opset=args.opset, atol=args.atol)
+    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    for name in names:
+        rec = export_model(
+            args.checkpoint_dir / f"{name}.npz", args.out_dir, config, args.data_dir, args.force
+        )
+        par = rec["parity"]
+        print(
+            f"{name}: {args.out_dir / rec['onnx']}  {rec['onnx_bytes']:,} bytes  "
+            f"parity max |Δlogit| {par['max_abs_logit_diff']:.2e} (≤ {par['atol']:g}), "
+            f"top-1 identical {par['top1_identical']}/{par['images']}  "
+            f"test top-1 {100 * rec['test_top1']:.2f} %  top-2 {100 * rec['test_top2']:.2f} %"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

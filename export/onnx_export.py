@@ -1,0 +1,266 @@
+"""Reads a verified checkpoint; writes <model>.fp32.onnx and <model>.fp32.export.json.
+
+The graph takes raw pixels (normalisation baked in) and is checked against Paddle on all
+10,000 test images before it is written; a failed check raises with the numbers.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.contract import (
+    CONTRACT_TEXT,
+    IMAGE_SHAPE,
+    INPUT_NAME,
+    NORM_MEAN,
+    NORM_STD,
+    OUTPUT_NAME,
+    normalize,
+    to_pixels,
+)
+from runtime.errors import CheckpointError, ConfigError, ConversionError
+from runtime.evaluate import OnnxRunner, topk_accuracy
+from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from runtime.mnist import load_split
+from train.checkpoint import load_checkpoint
+
+EXPORT_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 13  # paddle2onnx defaults to 7/9 depending on the entry point: always explicit
+    atol: float = 1e-4  # max |Δlogit| allowed between ONNX Runtime and Paddle
+    batch_size: int = 1000  # parity batches (memory only; results do not depend on it)
+
+    def __post_init__(self) -> None:
+        if not 13 <= self.opset <= 21:
+            raise ConfigError(f"opset must be 13..21, got {self.opset}")
+        if not self.atol > 0 or self.batch_size < 1:
+            raise ConfigError(f"atol and batch size must be positive: {self}")
+
+
+def onnx_path(out_dir: Path, model: str, precision: str = "fp32") -> Path:
+    return Path(out_dir) / f"{model}.{precision}.onnx"
+
+
+def export_record_path(onnx_file: Path) -> Path:
+    return onnx_file.with_name(onnx_file.name.removesuffix(".onnx") + ".export.json")
+
+
+def source_sha256() -> str:
+    files = [EXPORT_DIR / "onnx_export.py", EXPORT_DIR.parent / "runtime" / "contract.py"]
+    return sha256_bytes(b"".join(f.read_bytes() for f in files))
+
+
+def _raw_pixel_net(net: Any) -> Any:
+    """Wrap the trained net so the graph takes 0..255 pixels: the contract's normalize, in Paddle."""
+    import paddle.nn as nn
+
+    class RawPixelNet(nn.Layer):
+        def __init__(self, inner: nn.Layer) -> None:
+            super().__init__()
+            self.net = inner
+
+        def forward(self, pixels):  # noqa: ANN001 - traced by paddle.jit
+            return self.net((pixels - NORM_MEAN) / NORM_STD)
+
+    return RawPixelNet(net)
+
+
+def _paddle_logits(net: Any, x: np.ndarray, batch: int) -> np.ndarray:
+    import paddle
+
+    with paddle.no_grad():
+        return np.concatenate(
+            [net(paddle.to_tensor(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+        )
+
+
+def _paddle_to_onnx(wrapper: Any, opset: int) -> bytes:
+    """jit.save (dynamic batch) then paddle2onnx; both log instead of raising, so check outputs."""
+    import paddle
+    import paddle2onnx
+
+    with tempfile.TemporaryDirectory(prefix="lenet-edge-export-") as tmp:
+        prefix = Path(tmp) / "inference"
+        spec = paddle.static.InputSpec([None, *IMAGE_SHAPE], "float32", INPUT_NAME)
+        paddle.jit.save(wrapper, str(prefix), input_spec=[spec])
+        model_file, params_file = prefix.with_suffix(".json"), prefix.with_suffix(".pdiparams")
+        if not (model_file.is_file() and params_file.is_file()):
+            raise ConversionError(f"paddle.jit.save wrote no {model_file.name}/{params_file.name} in {tmp}")
+        # save_file=None returns the bytes before paddle2onnx's Python-side optimizer
+        # (polygraphy, which pip-installs at run time): export never changes the environment.
+        data = paddle2onnx.export(
+            str(model_file),
+            str(params_file),
+            save_file=None,
+            opset_version=opset,
+            auto_upgrade_opset=False,
+            verbose=False,
+            enable_onnx_checker=True,
+            enable_experimental_op=False,
+            enable_optimize=True,
+            deploy_backend="onnxruntime",
+        )
+    if not data:
+        raise ConversionError("paddle2onnx produced no model (see its log above)")
+    return data
+
+
+def _fix_io(model: Any) -> None:
+    """Name the output 'scores' and the batch dimension 'N' (paddle2onnx says fetch_name_0)."""
+    graph = model.graph
+    if len(graph.input) != 1 or len(graph.output) != 1 or graph.input[0].name != INPUT_NAME:
+        raise ConversionError(
+            f"unexpected exported I/O: {[i.name for i in graph.input]} -> {[o.name for o in graph.output]}"
+        )
+    old = graph.output[0].name
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = OUTPUT_NAME
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = OUTPUT_NAME
+    graph.output[0].name = OUTPUT_NAME
+    for vi in (graph.input[0], graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+
+
+def set_metadata(model: Any, props: dict[str, Any]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in props.items():
+        entry = existing.get(key) or model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+
+
+def is_up_to_date(onnx_file: Path, checkpoint_sha: str, config: ExportConfig) -> bool:
+    rec = export_record_path(onnx_file)
+    if not (onnx_file.is_file() and rec.is_file()):
+        return False
+    try:
+        r = read_json(rec)
+    except Exception:
+        return False
+    return (
+        r.get("checkpoint_sha256") == checkpoint_sha
+        and r.get("config") == asdict(config)
+        and r.get("source_sha256") == source_sha256()
+        and r.get("onnx_sha256") == sha256_file(onnx_file)
+    )
+
+
+def export_model(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    config: ExportConfig = ExportConfig(),
+    data_dir: str | Path | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export one checkpoint; return the export record (also written beside the ONNX file)."""
+    t0 = time.perf_counter()
+    checkpoint = Path(checkpoint)
+    state, train_rec = load_checkpoint(checkpoint)  # sha256-verified, no pickle
+    name = train_rec["model"]
+    out = onnx_path(Path(out_dir), name)
+    ckpt_sha = train_rec["checkpoint_sha256"]
+    if not force and is_up_to_date(out, ckpt_sha, config):
+        print(f"{out}: up to date with {checkpoint} (--force re-exports)")
+        return read_json(export_record_path(out))
+
+    import onnx
+    import paddle
+    import paddle2onnx
+
+    from train.models import build_model, count_params
+
+    net = build_model(name)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        raise CheckpointError(f"{checkpoint}: arrays do not fit {name}: expected {expected}, got {got}")
+    net.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+    net.eval()
+
+    test = load_split("test", data_dir)
+    pixels = to_pixels(test.images)
+    # Reference: the trained net on the training-time preprocessing, so the check also proves
+    # that the normalisation baked into the graph is the same function.
+    ref = _paddle_logits(net, normalize(pixels), config.batch_size)
+
+    model = onnx.load_from_string(_paddle_to_onnx(_raw_pixel_net(net), config.opset))
+    _fix_io(model)
+    model.doc_string = f"lenet-edge {name}, FP32. {CONTRACT_TEXT}"
+    meta = {
+        "model": name,
+        "precision": "fp32",
+        "training_seed": train_rec["seed"],
+        "input_contract": CONTRACT_TEXT,
+        "checkpoint_sha256": ckpt_sha,
+        "producer": f"paddle {paddle.__version__}, paddle2onnx {paddle2onnx.__version__}, opset {config.opset}",
+    }
+    set_metadata(model, meta)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise ConversionError(f"{name}: exported ONNX fails onnx.checker: {e}") from None
+
+    logits = OnnxRunner(model.SerializeToString()).predict_batched(pixels, config.batch_size)
+    max_abs = float(np.abs(logits - ref).max())
+    top1_same = int((logits.argmax(1) == ref.argmax(1)).sum())
+    if max_abs > config.atol or top1_same != len(ref):
+        raise ConversionError(
+            f"{name}: ONNX Runtime vs Paddle parity failed on {len(ref)} test images: "
+            f"max |Δlogit| {max_abs:.3g} (limit {config.atol:g}), "
+            f"top-1 differs on {len(ref) - top1_same}"
+        )
+    acc = topk_accuracy(logits, test.labels)
+    set_metadata(model, {"test_top1": f"{acc.top1:.4f}", "test_top2": f"{acc.top2:.4f}"})
+    data = model.SerializeToString()
+    write_bytes_atomic(out, data)
+
+    record = {
+        "model": name,
+        "precision": "fp32",
+        "onnx": out.name,
+        "onnx_sha256": sha256_bytes(data),
+        "onnx_bytes": len(data),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": ckpt_sha,
+        "training_seed": train_rec["seed"],
+        "params": count_params(net),
+        "config": asdict(config),
+        "parity": {
+            "images": len(ref),
+            "max_abs_logit_diff": max_abs,
+            "atol": config.atol,
+            "top1_identical": top1_same,
+            "passed": True,
+        },
+        "test_top1": acc.top1,
+        "test_top2": acc.top2,
+        "paddle_test_top1": topk_accuracy(ref, test.labels).top1,
+        "metadata_props": {p.key: p.value for p in model.metadata_props},
+        "graph_nodes": len(model.graph.node),
+        "opset": config.opset,
+        "versions": {
+            "python": platform.python_version(),
+            "paddle": paddle.__version__,
+            "paddle2onnx": paddle2onnx.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": __import__("onnxruntime").__version__,
+        },
+        "data_sha256": test.sha256,
+        "source_sha256": source_sha256(),
+        "seconds": time.perf_counter() - t0,
+    }
+    write_json_atomic(export_record_path(out), record)
+    return record

@@ -1,0 +1,52 @@
+"""The input contract shared by training, export, calibration, evaluation and the device runner.
+
+Models take raw pixels: float32 [N, 1, 28, 28], values 0..255 (MNIST polarity, white digit on
+black). The normalisation below is baked into every exported graph, so a device feeds pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.errors import ContractError
+
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "scores"
+IMAGE_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+PIXEL_MAX = 255.0
+# Paddle 2.0's MNIST example: Normalize(mean=127.5, std=127.5) maps 0..255 to [-1, 1].
+NORM_MEAN = 127.5
+NORM_STD = 127.5
+
+CONTRACT_TEXT = (
+    "input 'pixels': float32 [N,1,28,28], raw pixel values 0..255 (white digit on black, "
+    "as in the MNIST IDX files); the graph normalises (x-127.5)/127.5 itself. "
+    "output 'scores': float32 [N,10] logits, argmax is the digit."
+)
+
+
+def normalize(pixels: np.ndarray) -> np.ndarray:
+    """Raw pixels (any real dtype, 0..255) -> float32 in [-1, 1]. The one preprocessing function."""
+    return (pixels.astype(np.float32) - np.float32(NORM_MEAN)) / np.float32(NORM_STD)
+
+
+def to_pixels(images_u8: np.ndarray) -> np.ndarray:
+    """uint8 [N, 28, 28] images as read from IDX -> the model input, float32 [N, 1, 28, 28]."""
+    return images_u8.reshape(-1, *IMAGE_SHAPE).astype(np.float32)
+
+
+def check_pixels(x: object) -> np.ndarray:
+    """Validate a batch against the contract; return it unchanged or raise ContractError."""
+    if not isinstance(x, np.ndarray):
+        raise ContractError(f"input must be a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise ContractError(f"input dtype must be float32 raw pixels 0..255, got {x.dtype}")
+    if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or x.shape[0] < 1:
+        raise ContractError(f"input shape must be [N,1,28,28] with N >= 1, got {list(x.shape)}")
+    if not np.isfinite(x).all():
+        raise ContractError("input contains NaN or Inf")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > PIXEL_MAX:
+        raise ContractError(f"input values must lie in 0..255, got {lo:g}..{hi:g}")
+    return x

