@@ -1,0 +1,81 @@
+"""One quantization recipe = one frozen config; every ORT option is spelled out, never defaulted."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from runtime.errors import ConfigError
+
+MODES = ("static", "dynamic")
+FORMATS = ("qdq", "qoperator")
+TYPES = ("u8", "s8")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    mode: str = "static"  # static (calibrated activations) | dynamic (activations quantized at run time)
+    quant_format: str = "qdq"  # qdq | qoperator (static only)
+    activation_type: str = "u8"  # u8 avoids the slow int8-activation path on x86
+    weight_type: str = "s8"
+    per_channel: bool = True
+    reduce_range: bool = True  # 7-bit weights: no u8*s8 16-bit saturation on AVX2, so x86 == ARM
+    calibration: str = "minmax"  # minmax | entropy | percentile (static only)
+    calibration_bins: int = 2048  # histogram bins (entropy, percentile); ORT's own entropy uses 128
+    percentile: float = 99.999
+    symmetric_activation: bool = False
+    symmetric_weight: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("mode", MODES),
+            ("quant_format", FORMATS),
+            ("activation_type", TYPES),
+            ("weight_type", TYPES),
+            ("calibration", CALIBRATIONS),
+        ]
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 16 <= self.calibration_bins <= 1 << 16:
+            raise ConfigError(f"calibration_bins must be 16..65536, got {self.calibration_bins}")
+        if not 90.0 <= self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be 90..100, got {self.percentile}")
+        if self.mode == "dynamic" and (self.quant_format != "qoperator" or self.activation_type != "u8"):
+            # ORT's dynamic quantization emits QOperator-style ops with uint8 activations only.
+            raise ConfigError("dynamic mode implies quant_format='qoperator' and activation_type='u8'")
+
+    @property
+    def name(self) -> str:
+        """Short, unique label: static-qdq-u8s8-pc-rr-minmax."""
+        parts = [self.mode]
+        if self.mode == "static":
+            parts.append(self.quant_format)
+        parts.append(f"{self.activation_type}{self.weight_type}")
+        parts.append("pc" if self.per_channel else "pt")
+        if self.reduce_range:
+            parts.append("rr")
+        if self.mode == "static":
+            cal = self.calibration
+            if cal == "entropy":
+                cal += str(self.calibration_bins)
+            elif cal == "percentile":
+                cal += f"{self.percentile:g}"
+            parts.append(cal)
+            if self.symmetric_activation:
+                parts.append("symact")
+        if not self.symmetric_weight:
+            parts.append("asymw")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuantRecipe:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown recipe fields: {sorted(unknown)}")
+        return cls(**d)
