@@ -130,6 +130,9 @@ def test_interrupted_training_leaves_no_checkpoint(tmp_path, mnist_dir, sig):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A terminal's Ctrl-C: a runner started in the background (as CI may be) ignores SIGINT,
+        # and children inherit that, so give the child the default disposition explicitly.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(10)  # Paddle import + data load take ~4 s; a full run takes minutes
     assert proc.poll() is None
