@@ -1,4 +1,4 @@
-# lenet-edge: the pipeline as targets. `make` = set-up, data, train, export, evaluate, check.
+# lenet-edge: the pipeline as targets. `make` = set-up, data, train, export, quantize, evaluate, check.
 # Every stage decides freshness itself from hashes in its JSON record (checkpoint, data, code),
 # so a stale artifact is rebuilt and an up-to-date one is skipped.
 
@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        bench-train test test-unit lint format clean help
+        quantize quantize-sweep bench-train test test-unit lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -26,7 +26,7 @@ help: ## list the targets
 
 all: ## train both models, export them, evaluate, compare with results/reference.json
 	$(MAKE) train
-	$(MAKE) export evaluate check-reference CKPT_DIR=$(TRAIN_DIR)
+	$(MAKE) export quantize evaluate check-reference CKPT_DIR=$(TRAIN_DIR)
 
 $(STAMP): requirements/host.in requirements/host.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ export: data ## Paddle -> ONNX (raw-pixel input), parity-checked -> build/onnx/
 
 evaluate: data ## top-1/top-2 of the exported ONNX models through onnxruntime
 	$(PY) -m runtime.evaluate $(ONNX_DIR)/lenet_pool.fp32.onnx $(ONNX_DIR)/lenet_stride.fp32.onnx
+
+quantize: export ## FP32 ONNX -> INT8 (ORT, default recipe per model), checked vs FP32 -> build/onnx/
+	$(PY) -m quantize --model $(MODELS) --onnx-dir $(ONNX_DIR)
+
+quantize-sweep: export ## every quantization recipe for both models -> results/quantize_sweep.{json,md}
+	$(PY) -m quantize.sweep --onnx-dir $(ONNX_DIR)
 
 check-reference: setup ## compare the exported models with results/reference.json
 	$(PY) -m export.reference check --onnx-dir $(ONNX_DIR)

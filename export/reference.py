@@ -26,6 +26,7 @@ BLOG = {
     "lenet_stride": {"params": 66_346, "test_top1": 0.9837},
 }
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
+QUANT_START, QUANT_END = "<!-- quant:start -->", "<!-- quant:end -->"
 
 
 def write_reference(train_dir: Path, onnx_dir: Path) -> dict[str, Any]:
@@ -63,6 +64,23 @@ def write_reference(train_dir: Path, onnx_dir: Path) -> dict[str, Any]:
                 "parity_max_abs_logit_diff": exp["parity"]["max_abs_logit_diff"],
             },
         }
+        int8 = _default_int8_record(onnx_dir, name, exp["onnx_sha256"])
+        if int8 is not None:
+            models[name]["int8"] = {
+                "onnx": int8["onnx"],
+                "recipe": int8["recipe"],
+                "recipe_name": int8["recipe_name"],
+                "test_top1": int8["test_top1"],
+                "test_top2": int8["test_top2"],
+                "accuracy_drop_pp": int8["accuracy_drop_pp"],
+                "agreement_with_fp32": int8["agreement_with_fp32"],
+                "mcnemar": int8["mcnemar"],
+                "onnx_bytes": int8["onnx_bytes"],
+                "bytes_per_param": int8["bytes_per_param"],
+                "size_ratio_vs_fp32": int8["size_ratio_vs_fp32"],
+                "calibration_sha256": int8["calibration"]["sha256"],
+                "nodes": {k: int8["nodes"][k] for k in ("exported_total", "clean_total", "int8_total")},
+            }
     ref = {
         "about": "Accuracy regression baseline: the committed checkpoints, exported, on the 10,000 "
         "MNIST test images. Produced by `make train && make export CKPT_DIR=build/train && make reference`.",
@@ -73,6 +91,15 @@ def write_reference(train_dir: Path, onnx_dir: Path) -> dict[str, Any]:
     }
     write_json_atomic(REFERENCE, ref)
     return ref
+
+
+def _default_int8_record(onnx_dir: Path, name: str, fp32_sha: str) -> dict[str, Any] | None:
+    """The quantize record made with the model's default recipe from this very FP32 file."""
+    for path in sorted(onnx_dir.glob(f"{name}.int8.*.quantize.json")):
+        rec = read_json(path)
+        if rec.get("default_recipe") and rec["fp32"]["onnx_sha256"] == fp32_sha:
+            return rec
+    return None
 
 
 def check_exports(onnx_dir: Path, strict: bool) -> int:
@@ -104,26 +131,62 @@ def check_exports(onnx_dir: Path, strict: bool) -> int:
 
 def render_table(ref: dict[str, Any]) -> str:
     rows = [
-        "| model | params | FP32 top-1 | FP32 top-2 | blog top-1 | ONNX bytes | parity max \\|Δlogit\\| | s/epoch (train) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | params | FP32 top-1 | FP32 top-2 | blog top-1 | FP32 bytes | parity max \\|Δlogit\\| "
+        "| INT8 top-1 | INT8 agreement | INT8 bytes (B/param) | s/epoch (train) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in MODELS:
         m = ref["models"][name]
         rows.append(
             f"| `{name}` | {m['params']:,} | {100 * m['fp32']['test_top1']:.2f} % | {100 * m['fp32']['test_top2']:.2f} % "
             f"| {100 * ref['blog'][name]['test_top1']:.2f} % | {m['fp32']['onnx_bytes']:,} "
-            f"| {m['fp32']['parity_max_abs_logit_diff']:.1e} | {m['training']['seconds_per_epoch']:.1f} |"
+            f"| {m['fp32']['parity_max_abs_logit_diff']:.1e} | {_int8_cells(m.get('int8'))} "
+            f"| {m['training']['seconds_per_epoch']:.1f} |"
         )
     return "\n".join(rows)
 
 
+def _int8_cells(i: dict[str, Any] | None) -> str:
+    if i is None:
+        return "– | – | –"
+    return (
+        f"{100 * i['test_top1']:.2f} % ({-i['accuracy_drop_pp']:+.2f} pp) | {100 * i['agreement_with_fp32']:.2f} % "
+        f"| {i['onnx_bytes']:,} ({i['bytes_per_param']:.2f})"
+    )
+
+
+def render_quant_table(ref: dict[str, Any]) -> str:
+    """Default INT8 recipe per model with its checks and the graph clean-up's node counts."""
+    rows = [
+        "| model | default recipe | top-1 drop | agreement | McNemar b/c, one-sided p | INT8 / FP32 size "
+        "| nodes: exported → clean → INT8 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in MODELS:
+        i = ref["models"][name].get("int8")
+        if i is None:
+            continue
+        mc, n = i["mcnemar"], i["nodes"]
+        rows.append(
+            f"| `{name}` | `{i['recipe_name']}` | {i['accuracy_drop_pp']:+.2f} pp | {100 * i['agreement_with_fp32']:.2f} % "
+            f"| {mc['ref_only_correct']}/{mc['new_only_correct']}, p = {mc['p_new_worse']:.2f} "
+            f"| {i['size_ratio_vs_fp32']:.3f} | {n['exported_total']} → {n['clean_total']} → {n['int8_total']} |"
+        )
+    return "\n".join(rows)
+
+
+def _replace_between(text: str, start: str, end: str, body: str, readme: Path) -> str:
+    if start not in text or end not in text:
+        raise LenetEdgeError(f"{readme}: markers {start} / {end} missing")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def update_readme(ref: dict[str, Any], readme: Path = README) -> bool:
     text = readme.read_text()
-    if TABLE_START not in text or TABLE_END not in text:
-        raise LenetEdgeError(f"{readme}: results table markers {TABLE_START} / {TABLE_END} missing")
-    head, rest = text.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    new = f"{head}{TABLE_START}\n{render_table(ref)}\n{TABLE_END}{tail}"
+    new = _replace_between(text, TABLE_START, TABLE_END, render_table(ref), readme)
+    new = _replace_between(new, QUANT_START, QUANT_END, render_quant_table(ref), readme)
     if new != text:
         write_bytes_atomic(readme, new.encode())
     return new != text

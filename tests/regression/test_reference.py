@@ -54,9 +54,115 @@ def test_reference_accuracy_in_expected_band():
     assert 0.986 <= REFERENCE["models"]["lenet_stride"]["fp32"]["test_top1"] <= 0.993
 
 
-def test_readme_table_matches_reference():
-    from export.reference import TABLE_END, TABLE_START, render_table
+def test_readme_tables_match_reference():
+    from export.reference import (
+        QUANT_END,
+        QUANT_START,
+        TABLE_END,
+        TABLE_START,
+        render_quant_table,
+        render_table,
+    )
 
     readme = (ROOT / "README.md").read_text()
     table = readme.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
     assert table == render_table(REFERENCE), "README results table is stale: run `make readme`"
+    quant = readme.split(QUANT_START, 1)[1].split(QUANT_END, 1)[0].strip()
+    assert quant == render_quant_table(REFERENCE), "README quantization table is stale: run `make readme`"
+
+
+# ---- INT8: the committed checkpoints, exported and quantized with the default recipes ----
+
+
+@pytest.fixture(scope="module")
+def quantized(exported):
+    proc = run_cli("-m", "quantize", "--onnx-dir", str(exported), "--no-check", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = {}
+    for path in exported.glob("*.int8.*.quantize.json"):
+        rec = json.loads(path.read_text())
+        recs[rec["model"]] = rec
+    assert set(recs) == set(MODELS)
+    return recs
+
+
+@pytest.fixture(scope="module")
+def tolerances():
+    from quantize.checks import load_tolerances
+
+    return load_tolerances()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_int8_within_tolerances(quantized, tolerances, name):
+    from quantize.checks import int8_failures
+
+    rec = quantized[name]
+    assert rec["fp32"]["test_top1"] == REFERENCE["models"][name]["fp32"]["test_top1"]  # exact, deterministic
+    assert int8_failures(rec, tolerances) == []
+    mc = rec["mcnemar"]
+    print(
+        f"{name}: INT8 drop {rec['accuracy_drop_pp']:+.2f} pp, agreement {100 * rec['agreement_with_fp32']:.2f} %, "
+        f"McNemar {mc['ref_only_correct']}/{mc['new_only_correct']} one-sided p={mc['p_new_worse']:.3g}, "
+        f"size {rec['size_ratio_vs_fp32']:.3f} x FP32"
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_int8_matches_committed_reference(quantized, tolerances, name):
+    rec, ref = quantized[name], REFERENCE["models"][name]["int8"]
+    assert rec["recipe"] == ref["recipe"] and rec["calibration"]["sha256"] == ref["calibration_sha256"]
+    assert abs(100 * (rec["test_top1"] - ref["test_top1"])) <= tolerances["int8_top1_drop_pp_max"]
+    assert rec["agreement_with_fp32"] >= tolerances["int8_agreement_min"]
+    assert rec["nodes"]["clean_total"] < rec["nodes"]["exported_total"]  # the clean-up did something
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_int8_file_carries_metadata_and_contract(quantized, exported, name):
+    import onnx
+
+    rec = quantized[name]
+    model = onnx.load(str(exported / rec["onnx"]))
+    onnx.checker.check_model(model, full_check=True)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["precision"] == "int8" and meta["model"] == name and meta["recipe"] == rec["recipe_name"]
+    assert meta["fp32_sha256"] == rec["fp32"]["onnx_sha256"]
+    assert meta["calibration_sha256"] == rec["calibration"]["sha256"]
+    assert "0..255" in meta["input_contract"] and float(meta["agreement_with_fp32"]) > 0.99
+    assert [i.name for i in model.graph.input] == ["pixels"] and [o.name for o in model.graph.output] == [
+        "scores"
+    ]
+
+
+def test_per_layer_sqnr_recorded(quantized):
+    for rec in quantized.values():
+        if rec["recipe"]["quant_format"] == "qdq":
+            w = rec["sqnr"]["weights_sqnr_db"]
+            assert len(w) >= 5 and all(v > 20 for v in w.values()), w  # int8 weights: ~35-45 dB
+
+
+def test_broken_quantizer_fails_the_checks(exported, tolerances):
+    """The checks above can fail: calibrating on all-zero images must break the tolerances."""
+    import numpy as np
+
+    from quantize.calibration import Calibration, load_calibration
+    from quantize.checks import int8_failures
+    from quantize.ort_quant import quantize_model
+    from quantize.recipe import DEFAULT_RECIPES
+
+    class ZeroCalibration(Calibration):
+        def pixels(self, data_dir=None):
+            return np.zeros((1000, 1, 28, 28), np.float32)
+
+    good = load_calibration()
+    zeros = ZeroCalibration(indices=good.indices, sha256="zeros", source="zeros")
+    rec = quantize_model(
+        exported / "lenet_pool.fp32.onnx",
+        exported / "broken" / "lenet_pool.int8.onnx",
+        DEFAULT_RECIPES["lenet_pool"],
+        zeros,
+        sqnr=False,
+        progress=False,
+    )
+    fails = int8_failures(rec, tolerances)
+    assert any("drop" in f for f in fails) and any("agreement" in f for f in fails), rec["test_top1"]

@@ -1,0 +1,131 @@
+"""CLI: python -m quantize --model lenet_pool|lenet_stride|all [recipe flags]."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+from runtime.cli import run
+
+RECIPE_HELP = {
+    "mode": "static (calibrated) or dynamic",
+    "quant_format": "qdq or qoperator",
+    "activation_type": "u8 or s8",
+    "weight_type": "s8 or u8",
+    "per_channel": "per-channel weight scales",
+    "reduce_range": "7-bit weights (x86 == ARM results)",
+    "calibration": "minmax, entropy or percentile",
+    "calibration_bins": "histogram bins for entropy/percentile",
+    "percentile": "percentile for percentile calibration",
+    "symmetric_activation": "symmetric activation ranges",
+    "symmetric_weight": "symmetric weight ranges",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from quantize.recipe import QuantRecipe
+
+    p = argparse.ArgumentParser(
+        prog="python -m quantize",
+        description="Quantize exported FP32 ONNX models to INT8 with ONNX Runtime (calibrated on the "
+        "committed subset), check them against FP32 and write <model>.int8.<format>.onnx + a record. "
+        "Recipe flags override the per-model default recipe.",
+    )
+    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p.add_argument(
+        "--onnx-dir", type=Path, default=Path("build/onnx"), help="FP32 models (default build/onnx)"
+    )
+    p.add_argument("--out-dir", type=Path, default=None, help="default: same as --onnx-dir")
+    g = p.add_argument_group("recipe (default: the model's default recipe)")
+    for f in fields(QuantRecipe):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            g.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=RECIPE_HELP[f.name]
+            )
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type), str)
+            g.add_argument(flag, type=typ, default=None, help=RECIPE_HELP[f.name])
+    p.add_argument(
+        "--calibration-file",
+        type=Path,
+        default=None,
+        help="calibration subset JSON (default: the committed results/calibration.json)",
+    )
+    p.add_argument(
+        "--max-drop-pp",
+        type=float,
+        default=None,
+        help="if the top-1 drop exceeds this, keep the most sensitive layers in FP32 until it does not",
+    )
+    p.add_argument("--sqnr", action=argparse.BooleanOptionalAction, default=True, help="per-layer SQNR (QDQ)")
+    p.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fail if the INT8 model breaks results/tolerances.json (default on)",
+    )
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--force", action="store_true", help="re-quantize even if the INT8 model is up to date")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    args = p.parse_args(argv)
+
+    from quantize.calibration import CALIBRATION_FILE, load_calibration
+    from quantize.checks import int8_failures, load_tolerances
+    from quantize.ort_quant import (
+        QuantizeError,
+        int8_path,
+        is_up_to_date,
+        quantize_model,
+        quantize_record_path,
+    )
+    from quantize.recipe import DEFAULT_RECIPES
+    from runtime.files import read_json
+
+    overrides = {
+        f.name: getattr(args, f.name) for f in fields(QuantRecipe) if getattr(args, f.name) is not None
+    }
+    calibration = load_calibration(args.calibration_file or CALIBRATION_FILE)
+    tol = load_tolerances()
+    out_dir = args.out_dir or args.onnx_dir
+    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    failures = []
+    for name in names:
+        recipe = replace(DEFAULT_RECIPES[name], **overrides)
+        out = int8_path(out_dir, name, recipe)
+        fp32 = args.onnx_dir / f"{name}.fp32.onnx"
+        if not args.force and args.max_drop_pp is None and is_up_to_date(out, fp32, recipe, calibration):
+            print(f"{out}: up to date (same FP32 model, recipe, calibration, code); --force re-quantizes")
+            rec = read_json(quantize_record_path(out))
+        else:
+            rec = quantize_model(
+                fp32,
+                out,
+                recipe,
+                calibration,
+                args.data_dir,
+                sqnr=args.sqnr,
+                max_drop_pp=args.max_drop_pp,
+                progress=args.progress,
+            )
+        mc = rec["mcnemar"]
+        print(
+            f"{name}: {out}  {recipe.name}  {rec['onnx_bytes']:,} bytes ({rec['bytes_per_param']:.3f} B/param, "
+            f"{rec['size_ratio_vs_fp32']:.3f} x FP32)  top-1 {100 * rec['test_top1']:.2f} % "
+            f"(drop {rec['accuracy_drop_pp']:+.2f} pp)  agreement {100 * rec['agreement_with_fp32']:.2f} %  "
+            f"McNemar {mc['ref_only_correct']}/{mc['new_only_correct']} p={mc['p_new_worse']:.3g}  "
+            f"nodes {rec['nodes']['exported_total']} -> {rec['nodes']['clean_total']} (clean) -> "
+            f"{rec['nodes']['int8_total']} (int8)"
+        )
+        if rec["nodes_excluded"]:
+            print(f"{name}: kept in FP32 to meet --max-drop-pp: {', '.join(rec['nodes_excluded'])}")
+        failures += int8_failures(rec, tol) if args.check else []
+    if failures:
+        raise QuantizeError("; ".join(failures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

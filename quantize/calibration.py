@@ -1,0 +1,130 @@
+"""The fixed calibration subset (committed indices into MNIST train) and its ORT data reader.
+
+Reads results/calibration.json; `python -m quantize.calibration --write` creates it once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.contract import INPUT_NAME, to_pixels
+from runtime.errors import ConfigError
+from runtime.files import read_json, sha256_bytes, write_json_atomic
+from runtime.mnist import load_split
+
+ROOT = Path(__file__).resolve().parent.parent
+CALIBRATION_FILE = ROOT / "results" / "calibration.json"
+DEFAULT_SIZE = 1000
+DEFAULT_SEED = 20261128
+
+
+def indices_sha256(indices: np.ndarray) -> str:
+    return sha256_bytes(np.asarray(indices, dtype="<i4").tobytes())
+
+
+def make_indices(labels: np.ndarray, size: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Class-balanced sample of the training set: size/10 images per digit, sorted."""
+    if size < 10 or size % 10:
+        raise ConfigError(f"calibration size must be a positive multiple of 10, got {size}")
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(labels == c), size // 10, replace=False) for c in range(10)]
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    indices: np.ndarray
+    sha256: str
+    source: str
+
+    def pixels(self, data_dir: str | Path | None = None) -> np.ndarray:
+        images = load_split("train", data_dir).images
+        return to_pixels(images[self.indices])
+
+
+def load_calibration(path: str | Path = CALIBRATION_FILE) -> Calibration:
+    """Read and verify the committed subset: hash, range, uniqueness, non-empty."""
+    d = read_json(path)
+    idx = np.asarray(d.get("indices", []), dtype=np.int64)
+    if idx.size == 0:
+        raise ConfigError(f"{path}: the calibration set is empty")
+    if idx.min() < 0 or idx.max() >= 60000 or len(np.unique(idx)) != idx.size:
+        raise ConfigError(f"{path}: indices must be unique and within the 60,000 training images")
+    if indices_sha256(idx) != d.get("sha256"):
+        raise ConfigError(f"{path}: indices do not match their recorded sha256 (edited by hand?)")
+    return Calibration(indices=idx, sha256=d["sha256"], source=str(path))
+
+
+class PixelReader:
+    """onnxruntime CalibrationDataReader over raw-pixel batches (the model's own contract)."""
+
+    def __init__(
+        self, pixels: np.ndarray, batch_size: int = 100, progress: bool = False, desc: str = ""
+    ) -> None:
+        if len(pixels) == 0:
+            raise ConfigError("the calibration set is empty")
+        self.pixels, self.batch_size = pixels, batch_size
+        self.progress, self.desc = progress, desc
+        self.rewind()
+
+    def rewind(self) -> None:
+        self._start = 0
+        self._bar = None
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._start == 0 and self.progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=len(self.pixels), desc=self.desc or "calibrate", unit="img", leave=False)
+        if self._start >= len(self.pixels):
+            if self._bar is not None:
+                self._bar.close()
+            return None
+        batch = self.pixels[self._start : self._start + self.batch_size]
+        self._start += len(batch)
+        if self._bar is not None:
+            self._bar.update(len(batch))
+        return {INPUT_NAME: batch}
+
+    def __iter__(self) -> Any:  # qdq_loss_debug iterates readers
+        self.rewind()
+        while (item := self.get_next()) is not None:
+            yield item
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m quantize.calibration", description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true", help=f"create {CALIBRATION_FILE.relative_to(ROOT)} (once)")
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--data-dir", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.write:
+        idx = make_indices(load_split("train", args.data_dir).labels, args.size, args.seed)
+        write_json_atomic(
+            CALIBRATION_FILE,
+            {
+                "about": "Fixed calibration subset for every quantizer: indices into MNIST train "
+                "(60,000), class-balanced, drawn once with numpy default_rng(seed).",
+                "split": "train",
+                "size": int(idx.size),
+                "seed": args.seed,
+                "sha256": indices_sha256(idx),
+                "indices": idx.tolist(),
+            },
+        )
+    cal = load_calibration()
+    print(f"{cal.source}: {cal.indices.size} images, sha256 {cal.sha256[:16]}…")
+    return 0
+
+
+if __name__ == "__main__":
+    from runtime.cli import run
+
+    sys.exit(run(main))

@@ -1,0 +1,494 @@
+"""Reads <model>.fp32.onnx (+ its export record); writes <model>.int8.<fmt>.onnx and a
+.quantize.json record: recipe, calibration hash, node counts, accuracy, agreement, McNemar, SQNR.
+
+Flow: verify input -> onnxslim clean-up -> quant_pre_process -> calibrate (our calibrator call,
+so every option incl. histogram bins is explicit) -> quantize_static/dynamic with every option
+spelled out -> evaluate against FP32 on all test images -> per-layer SQNR -> atomic write.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.onnx_export import export_record_path, set_metadata
+from quantize.calibration import Calibration, PixelReader
+from quantize.cleanup import clean_graph, compact_names, op_counts
+from quantize.recipe import DEFAULT_RECIPES, QuantRecipe
+from quantize.stats import mcnemar_exact
+from runtime.contract import CONTRACT_TEXT, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, to_pixels
+from runtime.errors import ContractError, ConversionError, LenetEdgeError
+from runtime.evaluate import OnnxRunner, topk_accuracy
+from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from runtime.mnist import load_split
+
+
+class QuantizeError(ConversionError):
+    """Quantization failed or its result did not pass a check."""
+
+
+def int8_path(out_dir: Path, model: str, recipe: QuantRecipe) -> Path:
+    fmt = "qdq" if recipe.mode == "static" and recipe.quant_format == "qdq" else recipe.quant_format
+    tag = fmt if recipe.mode == "static" else "dynamic"
+    return Path(out_dir) / f"{model}.int8.{tag}.onnx"
+
+
+def quantize_record_path(onnx_file: Path) -> Path:
+    return onnx_file.with_name(onnx_file.name.removesuffix(".onnx") + ".quantize.json")
+
+
+def source_sha256() -> str:
+    here = Path(__file__).resolve().parent
+    files = [here / n for n in ("ort_quant.py", "cleanup.py", "calibration.py", "recipe.py")]
+    return sha256_bytes(b"".join(f.read_bytes() for f in files))
+
+
+def is_up_to_date(out_path: Path, fp32_path: Path, recipe: QuantRecipe, calibration: Calibration) -> bool:
+    """Same FP32 bytes, recipe, calibration subset and quantizer code as the existing record."""
+    rec_path = quantize_record_path(out_path)
+    if not (out_path.is_file() and rec_path.is_file() and fp32_path.is_file()):
+        return False
+    try:
+        r = read_json(rec_path)
+    except LenetEdgeError:
+        return False
+    return (
+        r.get("recipe") == recipe.to_dict()
+        and r.get("fp32", {}).get("onnx_sha256") == sha256_file(fp32_path)
+        and r.get("calibration", {}).get("sha256") == calibration.sha256
+        and r.get("source_sha256") == source_sha256()
+        and r.get("onnx_sha256") == sha256_file(out_path)
+    )
+
+
+def load_fp32(path: Path) -> tuple[Any, dict[str, Any]]:
+    """Load an FP32 model made by our export, refusing foreign, stale or contract-breaking files."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise LenetEdgeError(f"{path}: FP32 model not found (run `make export`)")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ContractError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    graph = model.graph
+    dims = []
+    if len(graph.input) == 1:
+        t = graph.input[0].type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+    if (
+        len(graph.input) != 1
+        or graph.input[0].name != INPUT_NAME
+        or graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT
+        or dims[1:] != list(IMAGE_SHAPE)
+        or len(graph.output) != 1
+        or graph.output[0].name != OUTPUT_NAME
+    ):
+        raise ContractError(
+            f"{path}: input/output do not match the contract ({CONTRACT_TEXT}); got inputs "
+            f"{[i.name for i in graph.input]} {dims}, outputs {[o.name for o in graph.output]}"
+        )
+    rec_path = export_record_path(path)
+    if not rec_path.is_file():
+        raise LenetEdgeError(f"{path}: no export record {rec_path.name} beside it; not made by `make export`")
+    rec = read_json(rec_path)
+    if rec.get("onnx_sha256") != sha256_file(path):
+        raise LenetEdgeError(
+            f"{path}: changed since export (sha256 differs from {rec_path.name}); re-export it"
+        )
+    return model, rec
+
+
+def _ort_enums(recipe: QuantRecipe) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    qt = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    return {
+        "format": QuantFormat.QDQ if recipe.quant_format == "qdq" else QuantFormat.QOperator,
+        "activation_type": qt[recipe.activation_type],
+        "weight_type": qt[recipe.weight_type],
+        "method": {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[recipe.calibration],
+    }
+
+
+def _calibrate(
+    pre_path: Path, recipe: QuantRecipe, pixels: np.ndarray, tmp: Path, progress: bool, desc: str
+) -> Path:
+    """Run ORT's calibrator ourselves (quantize_static does not pass bin counts through) and
+    save the tensor ranges as the calibration cache that quantize_static then loads."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    extra: dict[str, Any] = {"symmetric": recipe.symmetric_activation}
+    if recipe.calibration == "minmax":
+        extra.update(
+            moving_average=False, averaging_constant=0.01, max_intermediate_outputs=None, per_channel=False
+        )
+    elif recipe.calibration == "entropy":
+        extra.update(num_bins=recipe.calibration_bins, num_quantized_bins=128)
+    else:
+        extra.update(num_bins=recipe.calibration_bins, percentile=recipe.percentile)
+    calibrator = create_calibrator(
+        str(pre_path),
+        op_types_to_calibrate=None,
+        augmented_model_path=str(tmp / "augmented.onnx"),
+        calibrate_method=_ort_enums(recipe)["method"],
+        use_external_data_format=False,
+        providers=["CPUExecutionProvider"],
+        extra_options=extra,
+    )
+    calibrator.collect_data(PixelReader(pixels, batch_size=100, progress=progress, desc=desc))
+    cache = tmp / "calibration_cache.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
+
+
+def _quantize(
+    pre_path: Path, out_path: Path, recipe: QuantRecipe, cache: Path | None, exclude: list[str]
+) -> dict[str, Any]:
+    """Call ORT with every option explicit; return the options as recorded."""
+    from onnxruntime.quantization import quantize_dynamic, quantize_static
+
+    e = _ort_enums(recipe)
+    extra = {
+        "ActivationSymmetric": recipe.symmetric_activation,
+        "WeightSymmetric": recipe.symmetric_weight,
+        "EnableSubgraph": False,
+        "ForceQuantizeNoInputCheck": False,
+        "MatMulConstBOnly": True,
+        "AddQDQPairToWeight": False,
+        "DedicatedQDQPair": False,
+        "QDQKeepRemovableActivations": False,
+    }
+    options = {
+        "mode": recipe.mode,
+        "op_types_to_quantize": None,
+        "per_channel": recipe.per_channel,
+        "reduce_range": recipe.reduce_range,
+        "weight_type": str(e["weight_type"]),
+        "nodes_to_exclude": exclude,
+        "extra_options": extra,
+    }
+    if recipe.mode == "static":
+        quantize_static(
+            str(pre_path),
+            str(out_path),
+            calibration_data_reader=None,  # ranges come from the cache we computed
+            quant_format=e["format"],
+            op_types_to_quantize=None,
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            activation_type=e["activation_type"],
+            weight_type=e["weight_type"],
+            nodes_to_quantize=None,
+            nodes_to_exclude=exclude,
+            use_external_data_format=False,
+            calibrate_method=e["method"],
+            calibration_providers=["CPUExecutionProvider"],
+            extra_options=extra,
+            calibration_cache_path=str(cache),
+        )
+        options.update(
+            quant_format=str(e["format"]),
+            activation_type=str(e["activation_type"]),
+            calibrate_method=str(e["method"]),
+        )
+    else:
+        quantize_dynamic(
+            str(pre_path),
+            str(out_path),
+            op_types_to_quantize=None,
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            weight_type=e["weight_type"],
+            nodes_to_quantize=None,
+            nodes_to_exclude=exclude,
+            use_external_data_format=False,
+            extra_options=extra,
+        )
+    return options
+
+
+def _dequantize_initializer(qdq_path: Path, weight: str) -> np.ndarray:
+    """(q - zero_point) * scale for the DequantizeLinear that rebuilds a scalar weight."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(qdq_path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] == f"{weight}_quantized":
+            q, scale = inits[node.input[0]], inits[node.input[1]]
+            zp = inits[node.input[2]] if len(node.input) > 2 else np.zeros_like(q)
+            return ((q.astype(np.int64) - zp.astype(np.int64)) * scale).astype(np.float32)
+    raise QuantizeError(f"{qdq_path}: no DequantizeLinear for weight {weight}")
+
+
+def layer_sqnr(float_path: Path, qdq_path: Path, pixels: np.ndarray, tmp: Path) -> dict[str, Any]:
+    """Per-layer SQNR (dB) with onnxruntime.quantization.qdq_loss_debug (QDQ models only)."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        compute_signal_to_quantization_noice_ratio,
+        create_activation_matching,
+        create_weight_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    matches = create_weight_matching(str(float_path), str(qdq_path))
+    for name, m in matches.items():
+        if np.ndim(m["float"]) == 0:
+            # ORT 1.32 mis-dequantizes 0-d uint8 weights (the baked-in normalisation offset
+            # -127.5 comes back as +129.5, while the graph computes -127.5); redo those here.
+            m["dequantized"] = _dequantize_initializer(qdq_path, name)
+    weights = {
+        k: compute_signal_to_quantization_noice_ratio(
+            np.atleast_1d(m["float"]), np.atleast_1d(m["dequantized"])
+        )
+        for k, m in matches.items()
+    }
+    aug_f, aug_q = tmp / "aug_float.onnx", tmp / "aug_qdq.onnx"
+    modify_model_output_intermediate_tensors(str(float_path), str(aug_f), save_as_external_data=False)
+    modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q), save_as_external_data=False)
+    acts_f = collect_activations(str(aug_f), PixelReader(pixels, batch_size=100))
+    acts_q = collect_activations(str(aug_q), PixelReader(pixels, batch_size=100))
+    acts = compute_activation_error(create_activation_matching(acts_q, acts_f))
+    return {
+        "weights_sqnr_db": {k: round(float(v), 2) for k, v in weights.items()},
+        "activations_sqnr_db": {
+            k: {
+                "qdq": round(float(v["qdq_err"]), 2),
+                "vs_float": round(float(v.get("xmodel_err", np.nan)), 2),
+            }
+            for k, v in acts.items()
+        },
+        "images": len(pixels),
+    }
+
+
+@dataclass
+class Prepared:
+    """Everything about one FP32 model that does not depend on the recipe (reused by the sweep)."""
+
+    fp32_path: Path
+    model: Any  # the exported FP32 graph
+    exp_rec: dict[str, Any]
+    clean: Any  # after onnxslim
+    pre: Any  # after quant_pre_process
+    pre_path: Path
+    labels: np.ndarray
+    test_pixels: np.ndarray
+    cal_pixels: np.ndarray
+    fp32_logits: np.ndarray
+
+
+@contextmanager
+def prepared(
+    fp32_path: str | Path, calibration: Calibration, data_dir: str | Path | None = None
+) -> Iterator[Prepared]:
+    """Verify the FP32 model, clean its graph, pre-process it for quantization (in a temp dir)."""
+    import onnx
+    from onnxruntime.quantization import quant_pre_process
+
+    fp32_path = Path(fp32_path)
+    model, exp_rec = load_fp32(fp32_path)
+    cal_pixels = calibration.pixels(data_dir)
+    if len(cal_pixels) == 0:
+        raise QuantizeError(f"{calibration.source}: the calibration set is empty")
+    test = load_split("test", data_dir)
+    test_pixels = to_pixels(test.images)
+    fp32_logits = OnnxRunner(fp32_path).predict_batched(test_pixels)
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs advice on every call
+    with tempfile.TemporaryDirectory(prefix="lenet-edge-quant-") as tmpdir:
+        tmp = Path(tmpdir)
+        clean = clean_graph(model, test_pixels[:1000])
+        clean_path, pre_path = tmp / "clean.onnx", tmp / "pre.onnx"
+        onnx.save(clean, str(clean_path))
+        quant_pre_process(
+            str(clean_path),
+            str(pre_path),
+            skip_optimization=False,
+            skip_onnx_shape=False,
+            skip_symbolic_shape=False,
+            auto_merge=False,
+            int_max=2**31 - 1,
+            guess_output_rank=False,
+            verbose=0,
+            save_as_external_data=False,
+        )
+        yield Prepared(
+            fp32_path,
+            model,
+            exp_rec,
+            clean,
+            onnx.load(str(pre_path)),
+            pre_path,
+            test.labels,
+            test_pixels,
+            cal_pixels,
+            fp32_logits,
+        )
+
+
+def quantize_model(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    recipe: QuantRecipe,
+    calibration: Calibration,
+    data_dir: str | Path | None = None,
+    sqnr: bool = True,
+    max_drop_pp: float | None = None,
+    progress: bool = True,
+    prep: Prepared | None = None,
+) -> dict[str, Any]:
+    """Quantize one FP32 model; return (and write beside the INT8 file) its record.
+
+    `prep` (from `prepared()`) skips the recipe-independent steps when quantizing many recipes.
+    """
+    if prep is None:
+        with prepared(fp32_path, calibration, data_dir) as p:
+            return quantize_model(
+                fp32_path, out_path, recipe, calibration, data_dir, sqnr, max_drop_pp, progress, p
+            )
+    import onnx
+    import onnxruntime
+
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    model, exp_rec, pre, pre_path = prep.model, prep.exp_rec, prep.pre, prep.pre_path
+    fp32_path, clean, cal_pixels, test_pixels = prep.fp32_path, prep.clean, prep.cal_pixels, prep.test_pixels
+    fp32_logits, labels = prep.fp32_logits, prep.labels
+    name = exp_rec["model"]
+    fp32_acc = topk_accuracy(fp32_logits, labels)
+
+    with tempfile.TemporaryDirectory(prefix="lenet-edge-quant-") as tmpdir:
+        tmp = Path(tmpdir)
+        cache = None
+        if recipe.mode == "static":
+            cache = _calibrate(pre_path, recipe, cal_pixels, tmp, progress, f"{name} calibrate")
+        excluded: list[str] = []
+        sensitivity: list[str] = []
+        while True:
+            q_tmp = tmp / "int8.onnx"
+            options = _quantize(pre_path, q_tmp, recipe, cache, excluded)
+            try:
+                int8_logits = OnnxRunner(q_tmp).predict_batched(test_pixels)
+            except ContractError as e:
+                raise QuantizeError(
+                    f"{name} {recipe.name}: onnxruntime cannot run the INT8 model ({e})"
+                ) from None
+            int8_acc = topk_accuracy(int8_logits, labels)
+            drop_pp = 100 * (fp32_acc.top1 - int8_acc.top1)
+            if max_drop_pp is None or drop_pp <= max_drop_pp or recipe.quant_format != "qdq":
+                break
+            # Fallback: keep the least robust layer (lowest activation SQNR vs float) in FP32.
+            if not sensitivity:
+                s = layer_sqnr(pre_path, q_tmp, cal_pixels[:200], tmp)["activations_sqnr_db"]
+                nodes = {o: n.name for n in pre.graph.node for o in n.output}
+                ranked = sorted((v["vs_float"], k) for k, v in s.items() if k in nodes)
+                sensitivity = [nodes[k] for _, k in ranked]
+            if len(excluded) == len(sensitivity):
+                break
+            excluded.append(sensitivity[len(excluded)])
+        sqnr_rec = (
+            layer_sqnr(pre_path, q_tmp, cal_pixels[:500], tmp)
+            if sqnr and recipe.mode == "static" and recipe.quant_format == "qdq"
+            else None
+        )
+        int8 = compact_names(onnx.load(str(q_tmp)))
+        # Renaming must not change a single output bit (a rename, so 1,000 images suffice).
+        if not np.array_equal(
+            OnnxRunner(int8.SerializeToString()).predict(test_pixels[:1000]), int8_logits[:1000]
+        ):
+            raise QuantizeError(f"{name}: renaming tensors changed the INT8 outputs")
+
+    int8_correct = int8_logits.argmax(1) == labels
+    agreement = float((int8_logits.argmax(1) == fp32_logits.argmax(1)).mean())
+    int8.doc_string = f"lenet-edge {name}, INT8 ({recipe.name}). {CONTRACT_TEXT}"
+    fp32_bytes = fp32_path.stat().st_size
+    meta = {p.key: p.value for p in model.metadata_props}
+    set_metadata(
+        int8,
+        {
+            "model": name,
+            "precision": "int8",
+            "recipe": recipe.name,
+            "training_seed": meta.get("training_seed", ""),
+            "input_contract": CONTRACT_TEXT,
+            "checkpoint_sha256": meta.get("checkpoint_sha256", ""),
+            "fp32_sha256": exp_rec["onnx_sha256"],
+            "calibration_sha256": calibration.sha256,
+            "test_top1": f"{int8_acc.top1:.4f}",
+            "test_top2": f"{int8_acc.top2:.4f}",
+            "agreement_with_fp32": f"{agreement:.4f}",
+            "producer": f"onnxruntime {onnxruntime.__version__} quantization",
+        },
+    )
+    data = int8.SerializeToString()
+    write_bytes_atomic(out_path, data)
+    params = exp_rec["params"]
+    record = {
+        "model": name,
+        "precision": "int8",
+        "onnx": out_path.name,
+        "onnx_sha256": sha256_bytes(data),
+        "onnx_bytes": len(data),
+        "bytes_per_param": round(len(data) / params, 4),
+        "size_ratio_vs_fp32": round(len(data) / fp32_bytes, 4),
+        "fp32": {
+            "onnx": fp32_path.name,
+            "onnx_sha256": exp_rec["onnx_sha256"],
+            "onnx_bytes": fp32_bytes,
+            "test_top1": fp32_acc.top1,
+            "test_top2": fp32_acc.top2,
+        },
+        "recipe": recipe.to_dict(),
+        "recipe_name": recipe.name,
+        "default_recipe": recipe == DEFAULT_RECIPES[name],
+        "ort_options": options,
+        "calibration": {
+            "source": "results/calibration.json",
+            "sha256": calibration.sha256,
+            "images": int(len(cal_pixels)),
+        },
+        "nodes": {
+            "exported": op_counts(model),
+            "clean": op_counts(clean),
+            "pre_processed": op_counts(pre),
+            "int8": op_counts(int8),
+            "exported_total": len(model.graph.node),
+            "clean_total": len(clean.graph.node),
+            "int8_total": len(int8.graph.node),
+        },
+        "nodes_excluded": excluded,
+        "test_top1": int8_acc.top1,
+        "test_top2": int8_acc.top2,
+        "accuracy_drop_pp": round(100 * (fp32_acc.top1 - int8_acc.top1), 4),
+        "agreement_with_fp32": agreement,
+        "mcnemar": mcnemar_exact(fp32_logits.argmax(1) == labels, int8_correct),
+        "sqnr": sqnr_rec,
+        "params": params,
+        "versions": {
+            "onnxruntime": onnxruntime.__version__,
+            "onnx": onnx.__version__,
+            "onnxslim": __import__("onnxslim").__version__,
+            "numpy": np.__version__,
+        },
+        "source_sha256": source_sha256(),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "num_classes": NUM_CLASSES,
+    }
+    write_json_atomic(quantize_record_path(out_path), record)
+    return record

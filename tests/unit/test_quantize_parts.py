@@ -1,0 +1,175 @@
+import json
+
+import numpy as np
+import pytest
+
+from quantize.checks import int8_failures, load_tolerances
+from quantize.recipe import DEFAULT_RECIPES, QuantRecipe
+from quantize.stats import binom_tail_ge, mcnemar_exact
+from runtime.errors import ConfigError
+from tests.conftest import assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.unit
+
+
+def test_recipe_validates_and_round_trips():
+    r = QuantRecipe(per_channel=False, calibration="entropy", calibration_bins=512)
+    assert QuantRecipe.from_dict(r.to_dict()) == r
+    assert r.name == "static-qdq-u8s8-pt-rr-entropy512"
+    with pytest.raises(ConfigError, match="activation_type must be one of"):
+        QuantRecipe(activation_type="int8")
+    with pytest.raises(ConfigError, match="dynamic mode implies"):
+        QuantRecipe(mode="dynamic", quant_format="qdq")
+    with pytest.raises(ConfigError, match="unknown recipe fields"):
+        QuantRecipe.from_dict({"bits": 4})
+    assert set(DEFAULT_RECIPES) == {"lenet_pool", "lenet_stride"}
+
+
+def test_sweep_recipes_have_unique_names():
+    from quantize.sweep import all_recipes
+
+    names = [r.name for r in all_recipes()]
+    assert len(names) == len(set(names)) > 100
+
+
+def test_binomial_tail_exact():
+    assert binom_tail_ge(0, 5) == 1.0 and binom_tail_ge(6, 5) == 0.0
+    assert binom_tail_ge(5, 5) == 1 / 32 and binom_tail_ge(4, 5) == 6 / 32
+
+
+@pytest.mark.parametrize("b,c", [(0, 0), (3, 2), (10, 3), (1, 9), (25, 5), (0, 12)])
+def test_mcnemar_matches_scipy(b, c):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    ref = np.array([True] * b + [False] * c + [True] * 50 + [False] * 7)
+    new = np.array([False] * b + [True] * c + [True] * 50 + [False] * 7)
+    out = mcnemar_exact(ref, new)
+    assert (out["ref_only_correct"], out["new_only_correct"]) == (b, c)
+    if b + c:
+        want = scipy_stats.binomtest(b, b + c, 0.5, alternative="greater").pvalue
+        assert out["p_new_worse"] == pytest.approx(want, rel=1e-12)
+        assert out["p_two_sided"] == pytest.approx(scipy_stats.binomtest(b, b + c, 0.5).pvalue, rel=1e-12)
+    else:
+        assert out["p_new_worse"] == 1.0
+
+
+def _record(**kw):
+    rec = {
+        "model": "m",
+        "accuracy_drop_pp": 0.02,
+        "agreement_with_fp32": 0.9993,
+        "mcnemar": {"p_new_worse": 0.4},
+        "size_ratio_vs_fp32": 0.27,
+    }
+    rec.update(kw)
+    return rec
+
+
+def test_tolerance_checks_catch_each_violation():
+    tol = load_tolerances()
+    assert int8_failures(_record(), tol) == []
+    assert "drop 0.50 pp" in int8_failures(_record(accuracy_drop_pp=0.5), tol)[0]
+    assert "agreement 99.00 %" in int8_failures(_record(agreement_with_fp32=0.99), tol)[0]
+    assert "significantly worse" in int8_failures(_record(mcnemar={"p_new_worse": 0.001}), tol)[0]
+    assert "0.350 x FP32" in int8_failures(_record(size_ratio_vs_fp32=0.35), tol)[0]
+
+
+def test_tolerances_file_explains_every_value():
+    from quantize.checks import TOLERANCES
+
+    for key, entry in json.loads(TOLERANCES.read_text()).items():
+        if key != "about":
+            assert set(entry) == {"value", "why"} and len(entry["why"]) > 40, key
+
+
+def test_committed_calibration_subset(mnist_dir):
+    from quantize.calibration import load_calibration, make_indices
+    from runtime.mnist import load_split
+
+    cal = load_calibration()
+    labels = load_split("train", mnist_dir).labels
+    assert cal.indices.size == 1000
+    assert np.bincount(labels[cal.indices], minlength=10).tolist() == [100] * 10
+    assert np.array_equal(make_indices(labels), cal.indices)  # reproducible from its seed
+
+
+def test_calibration_file_problems(tmp_path):
+    from quantize.calibration import PixelReader, indices_sha256, load_calibration
+
+    p = tmp_path / "cal.json"
+    p.write_text(json.dumps({"indices": [], "sha256": ""}))
+    with pytest.raises(ConfigError, match="cal.json: the calibration set is empty"):
+        load_calibration(p)
+    p.write_text(json.dumps({"indices": [1, 2, 3], "sha256": indices_sha256(np.array([1, 2, 4]))}))
+    with pytest.raises(ConfigError, match="do not match their recorded sha256"):
+        load_calibration(p)
+    p.write_text(json.dumps({"indices": [1, 1], "sha256": indices_sha256(np.array([1, 1]))}))
+    with pytest.raises(ConfigError, match="unique"):
+        load_calibration(p)
+    with pytest.raises(ConfigError, match="empty"):
+        PixelReader(np.zeros((0, 1, 28, 28), np.float32))
+    reader = PixelReader(np.zeros((250, 1, 28, 28), np.float32), batch_size=100)
+    assert [len(b["pixels"]) for b in reader] == [100, 100, 50]
+
+
+def test_compact_names_keeps_contract_names():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from quantize.cleanup import compact_names
+
+    g = helper.make_graph(
+        [
+            helper.make_node("Relu", ["pixels"], ["a_very_long_intermediate_name"], name="relu_node"),
+            helper.make_node("Identity", ["a_very_long_intermediate_name"], ["scores"], name="id_node"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])],
+    )
+    m = compact_names(helper.make_model(g))
+    onnx.checker.check_model(m)
+    assert [list(n.input) + list(n.output) for n in m.graph.node] == [["pixels", "0"], ["0", "scores"]]
+
+
+def _tiny_model(path, input_name="pixels", shape=(None, 1, 28, 28)):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Identity", [input_name], ["scores"])],
+        "g",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, list(shape))],
+    )
+    onnx.save(helper.make_model(g), str(path))
+
+
+@pytest.mark.parametrize(
+    "case", ["garbage", "contract-name", "contract-shape", "no-record", "empty-calibration"]
+)
+def test_quantize_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
+    d = tmp_path / "onnx"
+    d.mkdir()
+    f = d / "lenet_pool.fp32.onnx"
+    args = ["-m", "quantize", "--model", "lenet_pool", "--onnx-dir", str(d)]
+    if case == "garbage":
+        f.write_bytes(b"\x08\x07garbage" * 10)
+        needles = [str(f), "not a readable ONNX model"]
+    elif case == "contract-name":
+        _tiny_model(f, input_name="x")
+        needles = [str(f), "do not match the contract"]
+    elif case == "contract-shape":
+        _tiny_model(f, shape=(None, 3, 32, 32))
+        needles = [str(f), "do not match the contract", "32"]
+    elif case == "no-record":
+        _tiny_model(f)
+        needles = [str(f), "no export record"]
+    else:
+        _tiny_model(f)
+        cal = tmp_path / "cal.json"
+        cal.write_text(json.dumps({"indices": [], "sha256": ""}))
+        args += ["--calibration-file", str(cal)]
+        needles = [str(cal), "empty"]
+    before = sorted(p.name for p in d.iterdir())
+    assert_one_line_error(run_cli(*args), *needles)
+    assert sorted(p.name for p in d.iterdir()) == before
