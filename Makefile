@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        quantize quantize-sweep bench-train test test-unit lint format clean help
+        quantize quantize-sweep variants bench bundle ingest arm-check bench-train test test-unit lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -52,6 +52,23 @@ quantize: export ## FP32 ONNX -> INT8 (ORT, default recipe per model), checked v
 
 quantize-sweep: export ## every quantization recipe for both models -> results/quantize_sweep.{json,md}
 	$(PY) -m quantize.sweep --onnx-dir $(ONNX_DIR)
+
+variants: export ## deployable FP32 variants (folded normalisation, static batch 1) + identity model
+	$(PY) -m export.variants --model $(MODELS) --onnx-dir $(ONNX_DIR)
+
+DEPLOY_MODELS = $(ONNX_DIR)/identity.onnx $(foreach m,lenet_pool lenet_stride,\
+  $(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx)
+
+bench: quantize variants ## latency of every model x format x call path, batch 1/64, 1/all threads -> build/bench/
+	$(PY) -m runtime.bench $(DEPLOY_MODELS) --out build/bench/bench.json
+
+bundle: quantize variants ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
+	$(PY) -m runtime.bundle build $(DEPLOY_MODELS) --out build/lenet-edge-bundle.tar.gz
+	rm -rf build/bundle-check && mkdir -p build/bundle-check && tar xzf build/lenet-edge-bundle.tar.gz -C build/bundle-check
+	cd build/bundle-check/lenet-edge-bundle && ../../../$(PY) -m runtime.bundle check .
+
+ingest: setup ## add a device's bench result to results/devices/ and its table: make ingest RESULT=file.json
+	$(PY) -m runtime.ingest $(RESULT)
 
 check-reference: setup ## compare the exported models with results/reference.json
 	$(PY) -m export.reference check --onnx-dir $(ONNX_DIR)

@@ -26,9 +26,10 @@ from runtime.contract import (
     to_pixels,
 )
 from runtime.errors import CheckpointError, ConfigError, ConversionError
-from runtime.evaluate import OnnxRunner, topk_accuracy
+from runtime.evaluate import topk_accuracy
 from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 from runtime.mnist import load_split
+from runtime.runner import OnnxRunner
 from train.checkpoint import load_checkpoint
 
 EXPORT_DIR = Path(__file__).resolve().parent

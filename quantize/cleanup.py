@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import ConversionError
-from runtime.evaluate import OnnxRunner
+from runtime.runner import OnnxRunner
 
 
 def op_counts(model: Any) -> dict[str, int]:

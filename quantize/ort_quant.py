@@ -26,9 +26,10 @@ from quantize.recipe import DEFAULT_RECIPES, QuantRecipe
 from quantize.stats import mcnemar_exact
 from runtime.contract import CONTRACT_TEXT, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, to_pixels
 from runtime.errors import ContractError, ConversionError, LenetEdgeError
-from runtime.evaluate import OnnxRunner, topk_accuracy
+from runtime.evaluate import topk_accuracy
 from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 from runtime.mnist import load_split
+from runtime.runner import OnnxRunner
 
 
 class QuantizeError(ConversionError):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import INPUT_NAME, check_pixels, to_pixels
-from runtime.errors import ContractError
+from runtime.contract import to_pixels
 from runtime.mnist import load_split
+from runtime.runner import OnnxRunner
 
 
 @dataclass(frozen=True)
@@ -31,39 +31,6 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
     hit1 = top2[:, 0] == labels
     hit2 = hit1 | (top2[:, 1] == labels)
     return Accuracy(top1=float(hit1.mean()), top2=float(hit2.mean()), n=int(labels.size))
-
-
-class OnnxRunner:
-    """One onnxruntime session with explicit options; `predict` checks the input contract."""
-
-    def __init__(self, model: str | Path | bytes, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # paddle2onnx leaves unused initializers; ORT warns on each
-        src = model if isinstance(model, bytes) else str(model)
-        try:
-            self.session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises several unrelated types for a bad file
-            name = "<bytes>" if isinstance(model, bytes) else str(model)
-            raise ContractError(f"{name}: onnxruntime cannot load the model ({e})") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
-            raise ContractError(
-                f"model input must be one tensor named {INPUT_NAME!r}, got {[i.name for i in inputs]}"
-            )
-        self.threads = threads
-
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {INPUT_NAME: check_pixels(pixels)})[0]
-
-    def predict_batched(self, pixels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        return np.concatenate(
-            [self.predict(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
-        )
 
 
 def evaluate_onnx(

@@ -1,0 +1,219 @@
+"""Deployable FP32 variants of an exported model, each verified against it on all test images.
+
+Reads build/onnx/<model>.fp32.onnx (+ export record); writes
+  <model>.fp32.opt.onnx     onnxslim clean-up, normalisation folded into conv1 (Pad with the
+                            raw value of a normalised 0, scaled weights), redundant ReLU dropped
+  <model>.fp32.opt.b1.onnx  the same with a static batch of 1 (ORT plans a fixed shape)
+  identity.onnx             Identity on the input contract: the per-call floor of a runtime
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.onnx_export import export_record_path, set_metadata
+from runtime.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, to_pixels
+from runtime.errors import ConversionError
+from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from runtime.mnist import load_split
+from runtime.runner import OnnxRunner
+
+
+def _consumers(graph: Any, tensor: str) -> list[Any]:
+    return [n for n in graph.node if tensor in n.input]
+
+
+def fold_normalisation(model: Any) -> Any:
+    """Add(x, -127.5) -> Mul(1/127.5) -> Conv(pad p)  ==>  Pad(x, p, value 127.5) -> Conv'(pad 0).
+
+    Zero padding of the normalised image equals padding the raw image with 127.5, so the fold is
+    exact at the borders too: w' = w * s, b' = b + s * off * sum(w).
+    """
+    import onnx
+    from onnx import helper
+    from onnx import numpy_helper as nh
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    add, mul, conv = g.node[0], g.node[1], g.node[2]
+    if (add.op_type, mul.op_type, conv.op_type) != ("Add", "Mul", "Conv") or add.input[0] != INPUT_NAME:
+        raise ConversionError(
+            f"unexpected graph head {[n.op_type for n in g.node[:3]]}: cannot fold normalisation"
+        )
+    off = float(nh.to_array(inits[add.input[1]]).reshape(-1)[0])
+    scale = float(nh.to_array(inits[mul.input[1]]).reshape(-1)[0])
+    w, b = nh.to_array(inits[conv.input[1]]), nh.to_array(inits[conv.input[2]])
+    inits[conv.input[1]].CopyFrom(nh.from_array((w * scale).astype(np.float32), conv.input[1]))
+    inits[conv.input[2]].CopyFrom(
+        nh.from_array((b + scale * off * w.sum(axis=(1, 2, 3))).astype(np.float32), conv.input[2])
+    )
+    pads = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+    head = []
+    if any(pads):
+        g.initializer.extend(
+            [
+                nh.from_array(
+                    np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64), "fold_pads"
+                ),
+                nh.from_array(np.array(-off, np.float32), "fold_pad_value"),
+            ]
+        )
+        head.append(
+            helper.make_node(
+                "Pad", [INPUT_NAME, "fold_pads", "fold_pad_value"], ["fold_padded"], mode="constant"
+            )
+        )
+        conv.input[0] = "fold_padded"
+        for a in conv.attribute:
+            if a.name == "pads":
+                a.ints[:] = [0, 0, 0, 0]
+    else:
+        conv.input[0] = INPUT_NAME
+    rest = list(g.node)[2:]
+    del g.node[:]
+    g.node.extend(head + rest)
+    return m
+
+
+def drop_redundant_relu(model: Any) -> Any:
+    """Relu(MaxPool(Relu(x))) == MaxPool(Relu(x)): the blog's second ReLU is a no-op."""
+    g = model.graph
+    by_output = {o: n for n in g.node for o in n.output}
+    for node in list(g.node):
+        pool = by_output.get(node.input[0]) if node.op_type == "Relu" else None
+        first = by_output.get(pool.input[0]) if pool is not None and pool.op_type == "MaxPool" else None
+        if first is not None and first.op_type == "Relu" and node.output[0] != OUTPUT_NAME:
+            for c in _consumers(g, node.output[0]):
+                c.input[:] = [pool.output[0] if s == node.output[0] else s for s in c.input]
+            g.node.remove(node)
+    return model
+
+
+def static_batch(model: Any, batch: int = 1) -> Any:
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in (m.graph.input[0], m.graph.output[0]):
+        d = vi.type.tensor_type.shape.dim[0]
+        d.ClearField("dim_param")
+        d.dim_value = batch
+    return m
+
+
+def identity_model() -> Any:
+    from onnx import TensorProto, helper
+
+    shape = ["N", *IMAGE_SHAPE]
+    g = helper.make_graph(
+        [helper.make_node("Identity", [INPUT_NAME], [OUTPUT_NAME])],
+        "identity",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, shape)],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], producer_name="lenet-edge")
+    m.ir_version = 8
+    set_metadata(m, {"model": "identity", "precision": "fp32", "purpose": "per-call floor of a runtime"})
+    return m
+
+
+def make_variants(
+    fp32_path: Path, out_dir: Path, data_dir: Path | None = None, atol: float = 1e-4
+) -> dict[str, Any]:
+    import onnx
+    import onnxslim
+
+    rec = read_json(export_record_path(fp32_path))
+    if rec.get("onnx_sha256") != sha256_file(fp32_path):
+        raise ConversionError(f"{fp32_path}: changed since export; re-export it")
+    name = rec["model"]
+    model = onnx.load(str(fp32_path))
+    opt = onnxslim.slim(drop_redundant_relu(fold_normalisation(onnxslim.slim(model))))
+    for p in model.metadata_props:
+        if p.key not in {q.key for q in opt.metadata_props}:
+            opt.metadata_props.add(key=p.key, value=p.value)
+    set_metadata(
+        opt,
+        {
+            "variant": "opt: onnxslim, normalisation folded into conv1, redundant ReLU dropped",
+            "fp32_sha256": rec["onnx_sha256"],
+        },
+    )
+    onnx.checker.check_model(opt, full_check=True)
+    test = load_split("test", data_dir)
+    pixels = to_pixels(test.images)
+    ref = OnnxRunner(fp32_path).predict_batched(pixels)
+    got = OnnxRunner(opt.SerializeToString()).predict_batched(pixels)
+    diff = float(np.abs(got - ref).max())
+    same = int((got.argmax(1) == ref.argmax(1)).sum())
+    if diff > atol or same != len(ref):
+        raise ConversionError(
+            f"{name}: optimised graph differs from the export: max |Δ| {diff:.3g}, top-1 same {same}/{len(ref)}"
+        )
+    b1 = static_batch(opt, 1)
+    set_metadata(b1, {"variant": "opt, static batch 1"})
+    got1 = OnnxRunner(b1.SerializeToString()).predict(pixels[:1])
+    if not np.array_equal(got1, got[:1]) and float(np.abs(got1 - got[:1]).max()) > atol:
+        raise ConversionError(f"{name}: static-batch variant differs from the dynamic one")
+    out = {}
+    for suffix, m in (("fp32.opt", opt), ("fp32.opt.b1", b1)):
+        data = m.SerializeToString()
+        path = out_dir / f"{name}.{suffix}.onnx"
+        write_bytes_atomic(path, data)
+        out[suffix] = {
+            "file": path.name,
+            "sha256": sha256_bytes(data),
+            "bytes": len(data),
+            "nodes": len(m.graph.node),
+            "ops": [n.op_type for n in m.graph.node],
+        }
+    record = {
+        "model": name,
+        "fp32": {"file": fp32_path.name, "sha256": rec["onnx_sha256"], "nodes": len(model.graph.node)},
+        "variants": out,
+        "max_abs_diff_vs_fp32": diff,
+        "top1_identical": same,
+        "images": len(ref),
+    }
+    write_json_atomic(out_dir / f"{name}.fp32.variants.json", record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.variants", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
+    p.add_argument("--data-dir", type=Path, default=None)
+    args = p.parse_args(argv)
+    import onnx
+
+    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    for name in names:
+        fp32 = args.onnx_dir / f"{name}.fp32.onnx"
+        if not fp32.is_file():
+            raise ConversionError(f"{fp32}: not found (run `make export`)")
+        r = make_variants(fp32, args.onnx_dir, args.data_dir)
+        v = r["variants"]["fp32.opt"]
+        print(
+            f"{name}: {v['file']} ({r['fp32']['nodes']} -> {v['nodes']} nodes: {' '.join(v['ops'])}), "
+            f"max |Δ| vs export {r['max_abs_diff_vs_fp32']:.1e}, top-1 identical {r['top1_identical']}/{r['images']}; "
+            f"+ {r['variants']['fp32.opt.b1']['file']}"
+        )
+    ident = identity_model()
+    onnx.checker.check_model(ident, full_check=True)
+    write_bytes_atomic(args.onnx_dir / "identity.onnx", ident.SerializeToString())
+    print(f"{args.onnx_dir / 'identity.onnx'}: per-call floor model")
+    return 0
+
+
+if __name__ == "__main__":
+    from runtime.cli import run
+
+    sys.exit(run(main))

@@ -1,0 +1,399 @@
+"""Latency benchmark: models x call paths x batch sizes x thread counts -> JSON + Markdown table.
+
+Start-up (session init, first inference, peak RSS) is measured in one subprocess per
+configuration; latency in one subprocess per (batch, threads) holding every session, timed in
+interleaved blocks over many rounds so that drift of a shared machine lands on all alike.
+Reports p50/p90/p99/min, throughput and each model's ratio to its default FP32 session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.contract import IMAGE_SHAPE, check_pixels
+from runtime.errors import ConfigError, LenetEdgeError
+from runtime.files import write_bytes_atomic, write_json_atomic
+
+SCHEMA = "lenet-edge/bench/v1"
+CALLS = ("run", "iobinding")
+
+
+def fixed_input(batch: int) -> np.ndarray:
+    """Deterministic raw-pixel batch (seeded), so every runtime times the same numbers."""
+    rng = np.random.default_rng(1234)
+    return rng.integers(0, 256, size=(batch, *IMAGE_SHAPE)).astype(np.float32)
+
+
+def model_label(path: Path) -> tuple[str, str]:
+    """lenet_pool.int8.qdq.onnx -> ('lenet_pool', 'int8.qdq'); identity.onnx -> ('identity', 'identity')."""
+    stem = path.name.removesuffix(".onnx").removesuffix(".tflite")
+    model, _, fmt = stem.partition(".")
+    return model, fmt or model
+
+
+def _load(model: Path, threads: int, call: str) -> Any:
+    from runtime.runner import SessionConfig, load_runner
+
+    return load_runner(model, SessionConfig(threads=threads, io_binding=call == "iobinding"))
+
+
+def measure_startup(model: Path, batch: int, threads: int, call: str) -> dict[str, Any]:
+    """Child process, one per configuration: session init, first inference, peak RSS."""
+    x = check_pixels(fixed_input(batch))
+    t0 = time.perf_counter()
+    runner = _load(model, threads, call)
+    init_ms = (time.perf_counter() - t0) * 1e3
+    if not runner.accepts_batch(batch):
+        return {"skipped": f"static batch {runner.static_batch}"}
+    t0 = time.perf_counter()
+    runner.run(x)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for _ in range(50):
+        runner.run(x)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "session_init_ms": init_ms,
+        "first_inference_ms": first_ms,
+        "peak_rss_mb": rss_mb,
+        "runner": runner.info(),
+    }
+
+
+def measure_latency(
+    configs: list[tuple[Path, str]], batch: int, threads: int, runs: int, warmup: int, rounds: int
+) -> dict[str, list[int]]:
+    """Child process, one per (batch, threads): every session loaded, timed in interleaved blocks.
+
+    Each round times every (model, call) for runs/rounds calls after 10 untimed ones; the input
+    is validated once, the timed loop is the runner's bare `run`, the path a device loop takes.
+    """
+    x = check_pixels(fixed_input(batch))
+    runs_by_key = {}
+    for model, call in configs:
+        runner = _load(model, threads, call)
+        for _ in range(warmup):
+            runner.run(x)
+        runs_by_key[f"{model}|{call}"] = runner.run
+    per_round = max(1, -(-runs // rounds))
+    samples: dict[str, list[int]] = {k: [] for k in runs_by_key}
+    clock = time.perf_counter_ns
+    for _ in range(rounds):
+        for key, run in runs_by_key.items():
+            for _ in range(10):
+                run(x)
+            out = samples[key]
+            for _ in range(per_round):
+                t = clock()
+                run(x)
+                out.append(clock() - t)
+    return samples
+
+
+def _child(args: list[str]) -> Any:
+    cmd = [sys.executable, "-m", "runtime.bench", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
+        raise LenetEdgeError(last)
+    return json.loads(proc.stdout)
+
+
+def summarize(samples_ns: np.ndarray, batch: int) -> dict[str, float]:
+    ms = samples_ns / 1e6
+    return {
+        "latency_ms_p50": float(np.percentile(ms, 50)),
+        "latency_ms_p90": float(np.percentile(ms, 90)),
+        "latency_ms_p99": float(np.percentile(ms, 99)),
+        "latency_ms_min": float(ms.min()),
+        "latency_ms_mean": float(ms.mean()),
+        "throughput_images_per_s": float(batch / (ms.mean() / 1e3)),
+    }
+
+
+def _ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ratio to the model's default FP32 session (exported file, plain run()); best artifact per setting."""
+
+    def default_fp32(r: dict[str, Any]) -> dict[str, Any] | None:
+        return next(
+            (
+                q
+                for q in results
+                if q["model"] == r["model"]
+                and q["format"] == "fp32"
+                and q["call"] == "run"
+                and q["batch"] == r["batch"]
+                and q["threads"] == r["threads"]
+            ),
+            None,
+        )
+
+    for r in results:
+        ref = default_fp32(r)
+        r["ratio_p50_vs_fp32"] = r["latency_ms_p50"] / ref["latency_ms_p50"] if ref else None
+    best = []
+    keys = sorted(
+        {(r["model"], r["batch"], r["threads"]) for r in results if r["ratio_p50_vs_fp32"] is not None}
+    )
+    for model, b, t in keys:
+        rows = [r for r in results if (r["model"], r["batch"], r["threads"]) == (model, b, t)]
+        top = min(rows, key=lambda r: r["latency_ms_p50"])
+        int8 = [r for r in rows if r["format"].startswith("int8")]
+        fp32 = [r for r in rows if r["format"].startswith("fp32")]
+        best.append(
+            {
+                "model": model,
+                "batch": b,
+                "threads": t,
+                "format": top["format"],
+                "call": top["call"],
+                "latency_ms_p50": top["latency_ms_p50"],
+                "ratio_p50_vs_fp32": top["ratio_p50_vs_fp32"],
+                # the fastest INT8 against the fastest FP32 of the same model and setting
+                "best_int8_over_best_fp32": (
+                    min(r["latency_ms_p50"] for r in int8) / min(r["latency_ms_p50"] for r in fp32)
+                )
+                if int8 and fp32
+                else None,
+            }
+        )
+    return best
+
+
+def run_bench(
+    models: list[Path],
+    batches: list[int],
+    threads: list[int],
+    calls: list[str],
+    runs: int,
+    warmup: int,
+    rounds: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    for m in models:
+        if not m.is_file():
+            raise ConfigError(f"{m}: model file not found")
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"\r{msg:<100}", end="", file=sys.stderr, flush=True)
+
+    try:
+        results = _measure_all(models, batches, threads, calls, runs, warmup, rounds, say)
+    finally:
+        if progress:
+            print(file=sys.stderr)  # end the progress line, also before an error message
+    best = _ratios(results)
+    import onnxruntime
+
+    from runtime.env import environment
+
+    return {
+        "schema": SCHEMA,
+        "created_unix": int(time.time()),
+        "environment": environment({"onnxruntime": onnxruntime.__version__}),
+        "settings": {
+            "batches": batches,
+            "threads": threads,
+            "calls": calls,
+            "runs": runs,
+            "warmup": warmup,
+            "rounds": rounds,
+            "input": "seeded uniform 0..255 pixels (runtime.bench.fixed_input)",
+            "timing": "one process per (batch, threads) holding every session; each round times every "
+            "(model, call) for runs/rounds calls after 10 untimed ones",
+        },
+        "results": results,
+        "best": best,
+    }
+
+
+def _measure_all(
+    models: list[Path],
+    batches: list[int],
+    threads: list[int],
+    calls: list[str],
+    runs: int,
+    warmup: int,
+    rounds: int,
+    say: Any,
+) -> list[dict[str, Any]]:
+    results = []
+    settings = [(b, t) for b in batches for t in threads]
+    for i, (b, t) in enumerate(settings):
+        startup = {}
+        for m in models:
+            for c in calls:
+                say(f"bench {i + 1}/{len(settings)} batch {b} threads {t}: start-up {m.name} {c}")
+                part = _child(["--startup", str(m), "--batches", str(b), "--threads", str(t), "--calls", c])
+                if "skipped" not in part:
+                    startup[(m, c)] = part
+        say(
+            f"bench {i + 1}/{len(settings)} batch {b} threads {t}: {len(startup)} sessions, {rounds} interleaved rounds"
+        )
+        spec = json.dumps([[str(m), c] for m, c in startup])
+        lat = _child(
+            [
+                "--latency",
+                spec,
+                "--batches",
+                str(b),
+                "--threads",
+                str(t),
+                "--runs",
+                str(runs),
+                "--warmup",
+                str(warmup),
+                "--rounds",
+                str(rounds),
+            ]
+        )
+        for (m, c), st in startup.items():
+            samples = np.asarray(lat[f"{m}|{c}"], dtype=np.int64)
+            model, fmt = model_label(m)
+            results.append(
+                {
+                    "model": model,
+                    "format": fmt,
+                    "file": m.name,
+                    "file_bytes": m.stat().st_size,
+                    "runtime": st["runner"]["backend"],
+                    "runtime_version": st["runner"]["version"],
+                    "call": c,
+                    "batch": b,
+                    "threads": t,
+                    "runs": int(samples.size),
+                    "warmup": warmup,
+                    "rounds": rounds,
+                    "session_init_ms": st["session_init_ms"],
+                    "first_inference_ms": st["first_inference_ms"],
+                    "peak_rss_mb": st["peak_rss_mb"],
+                    **summarize(samples, b),
+                    "session": st["runner"],
+                }
+            )
+    return results
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [
+        f"CPU: {env['cpu']['model']} ({', '.join(env['cpu']['isa_flags'])}), {env['cpu']['logical_cpus']} logical "
+        f"CPUs; {env['os']}; Python {env['python']}, numpy {env['numpy']}, onnxruntime {env.get('onnxruntime', '?')}.",
+        "",
+        "| model | format | runtime | call | batch | threads | p50 µs | p90 µs | p99 µs | min µs | × FP32 (p50) "
+        "| images/s | init ms | first ms | peak RSS MB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(
+        report["results"], key=lambda r: (r["batch"], r["threads"], r["model"], r["format"], r["call"])
+    ):
+        ratio = f"{r['ratio_p50_vs_fp32']:.2f}" if r["ratio_p50_vs_fp32"] is not None else "–"
+        lines.append(
+            f"| {r['model']} | {r['format']} | {r['runtime']} | {r['call']} | {r['batch']} | {r['threads']} "
+            f"| {1e3 * r['latency_ms_p50']:.1f} | {1e3 * r['latency_ms_p90']:.1f} | {1e3 * r['latency_ms_p99']:.1f} "
+            f"| {1e3 * r['latency_ms_min']:.1f} | {ratio} | {r['throughput_images_per_s']:,.0f} "
+            f"| {r['session_init_ms']:.1f} | {r['first_inference_ms']:.2f} | {r['peak_rss_mb']:.0f} |"
+        )
+    if report.get("best"):
+        lines += [
+            "",
+            "Best artifact per model and setting, against the default FP32 session (exported file, `run()`):",
+            "",
+            "| model | batch | threads | best format | call | p50 µs | × default FP32 | best INT8 / best FP32 |",
+            "|---|---:|---:|---|---|---:|---:|---:|",
+        ]
+        for b in report["best"]:
+            i8 = f"{b['best_int8_over_best_fp32']:.2f}" if b["best_int8_over_best_fp32"] is not None else "–"
+            lines.append(
+                f"| {b['model']} | {b['batch']} | {b['threads']} | {b['format']} | {b['call']} "
+                f"| {1e3 * b['latency_ms_p50']:.1f} | {b['ratio_p50_vs_fp32']:.2f} | {i8} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _int_list(text: str, all_value: int) -> list[int]:
+    try:
+        vals = [all_value if v.strip() == "all" else int(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers (or 'all'), got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"values must be >= 1, got {text!r}")
+    return sorted(set(vals))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="*", type=Path, help="model files (default: every model in --bundle)")
+    p.add_argument(
+        "--bundle", type=Path, default=None, help="a device bundle folder: self-check it, then benchmark it"
+    )
+    p.add_argument("--batches", default="1,64", help="comma-separated batch sizes (default 1,64)")
+    p.add_argument(
+        "--threads", default="1,all", help="comma-separated intra-op thread counts; 'all' = every core"
+    )
+    p.add_argument("--calls", default="run,iobinding", help="call paths: run (session.run) and/or iobinding")
+    p.add_argument("--runs", type=int, default=2000, help="timed runs per configuration (default 2000)")
+    p.add_argument(
+        "--warmup", type=int, default=200, help="untimed runs per session before timing (default 200)"
+    )
+    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("build/bench/bench.json"),
+        help="result JSON; a .md table goes beside it",
+    )
+    p.add_argument("--startup", type=Path, default=None, help=argparse.SUPPRESS)  # child modes
+    p.add_argument("--latency", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    ncpu = os.cpu_count() or 1
+    batches, threads = _int_list(args.batches, ncpu), _int_list(args.threads, ncpu)
+    calls = [c.strip() for c in args.calls.split(",") if c.strip()]
+    if not calls or set(calls) - set(CALLS):
+        raise ConfigError(f"--calls must be a comma-separated subset of {CALLS}, got {args.calls!r}")
+    if args.runs < 1 or args.warmup < 0 or args.rounds < 1:
+        raise ConfigError("--runs and --rounds must be >= 1, --warmup >= 0")
+    if args.startup is not None:
+        print(json.dumps(measure_startup(args.startup, batches[0], threads[0], calls[0])))
+        return 0
+    if args.latency is not None:
+        configs = [(Path(m), c) for m, c in json.loads(args.latency)]
+        print(
+            json.dumps(measure_latency(configs, batches[0], threads[0], args.runs, args.warmup, args.rounds))
+        )
+        return 0
+    models = list(args.models)
+    check = None
+    if args.bundle is not None:
+        from runtime.bundle import self_check
+
+        check = self_check(args.bundle)
+        print(check["summary"])
+        models = models or [args.bundle / m["file"] for m in check["models"]]
+    if not models:
+        raise ConfigError("no models given (pass model files or --bundle DIR)")
+    report = run_bench(models, batches, threads, calls, args.runs, args.warmup, args.rounds)
+    if check is not None:
+        report["bundle_check"] = check
+    write_json_atomic(args.out, report)
+    md = to_markdown(report)
+    write_bytes_atomic(args.out.with_suffix(".md"), md.encode())
+    print(md)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    from runtime.cli import run
+
+    sys.exit(run(main))

@@ -1,0 +1,239 @@
+"""Device bundle: build a self-describing tarball on the host, check it on any device.
+
+A bundle holds runtime/ (numpy + onnxruntime only), the models, a fixed input set with the
+outputs this host computed, per-platform requirement files and manifest.json (sha256 of every
+file). `python -m runtime.bundle check DIR` re-runs the inputs on the device and compares:
+FP32 within 1e-4 with identical predictions; INT8 made with reduce_range bit-exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.contract import CONTRACT_TEXT, to_pixels
+from runtime.errors import ContractError, LenetEdgeError
+from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_FILES = (
+    "__init__.py",
+    "bench.py",
+    "bundle.py",
+    "cli.py",
+    "contract.py",
+    "env.py",
+    "errors.py",
+    "evaluate.py",
+    "files.py",
+    "mnist.py",
+    "runner.py",
+)
+FP32_ATOL = 1e-4
+N_INPUTS = 200  # first 200 MNIST test images: small, fixed, with labels
+
+
+class BundleError(LenetEdgeError):
+    """A bundle is incomplete, altered, or its models disagree with the host's outputs."""
+
+
+def _precision(name: str) -> str:
+    return "int8" if ".int8." in name else "fp32"
+
+
+def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) -> dict[str, Any]:
+    """Tarball with runtime/, models, inputs + expected outputs and a manifest; written atomically."""
+    from runtime.env import environment
+    from runtime.mnist import load_split
+    from runtime.runner import OnnxRunner
+
+    test = load_split("test", data_dir)
+    images, labels = test.images[:N_INPUTS], test.labels[:N_INPUTS]
+    pixels = to_pixels(images)
+    files: dict[str, bytes] = {}
+    entries = []
+    expected = {}
+    for m in models:
+        if not m.is_file():
+            raise BundleError(f"{m}: model not found (run `make export quantize variants`)")
+        runner = OnnxRunner(m)
+        logits = (
+            runner.predict_batched(pixels)
+            if runner.static_batch is None
+            else np.concatenate([runner.predict(pixels[i : i + 1]) for i in range(len(pixels))])
+        )
+        data = m.read_bytes()
+        files[f"models/{m.name}"] = data
+        key = m.name.removesuffix(".onnx")
+        expected[key] = logits
+        rec_path = m.with_name(m.name.removesuffix(".onnx") + ".quantize.json")
+        rr = read_json(rec_path)["recipe"]["reduce_range"] if rec_path.is_file() else None
+        entries.append(
+            {
+                "file": f"models/{m.name}",
+                "sha256": sha256_bytes(data),
+                "bytes": len(data),
+                "precision": _precision(m.name),
+                "reduce_range": rr,
+                "expected_key": key,
+                "static_batch": runner.static_batch,
+                "top1_on_inputs": float((logits.argmax(1) == labels).mean())
+                if logits.shape[1:] == (10,)
+                else None,
+            }
+        )
+    buf = io.BytesIO()
+    np.savez(buf, images=images, labels=labels)
+    files["data/inputs.npz"] = buf.getvalue()
+    buf = io.BytesIO()
+    np.savez(buf, **expected)
+    files["data/expected.npz"] = buf.getvalue()
+    for f in RUNTIME_FILES:
+        files[f"runtime/{f}"] = (ROOT / "runtime" / f).read_bytes()
+    for req in sorted((ROOT / "requirements").glob("device-*.txt")):
+        files[f"requirements/{req.name}"] = req.read_bytes()
+    files["README.md"] = DEVICE_README.encode()
+    manifest = {
+        "schema": "lenet-edge/bundle/v1",
+        "created_unix": int(time.time()),
+        "input_contract": CONTRACT_TEXT,
+        "inputs": {"file": "data/inputs.npz", "images": N_INPUTS, "source": "MNIST test images 0..199"},
+        "expected": {"file": "data/expected.npz", "made_on": environment()},
+        "tolerances": {
+            "fp32_max_abs_diff": FP32_ATOL,
+            "fp32_predictions": "identical",
+            "int8_reduce_range": "bit-exact",
+            "int8_other": "agreement reported",
+        },
+        "models": entries,
+        "files": {name: sha256_bytes(data) for name, data in sorted(files.items())},
+    }
+    files["manifest.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
+    tar_buf = io.BytesIO()
+    with tarfile.open(fileobj=tar_buf, mode="w:gz") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(f"lenet-edge-bundle/{name}")
+            info.size, info.mtime, info.mode = len(data), manifest["created_unix"], 0o644
+            tar.addfile(info, io.BytesIO(data))
+    write_bytes_atomic(out, tar_buf.getvalue())
+    return manifest
+
+
+def self_check(bundle: Path) -> dict[str, Any]:
+    """Verify every file's sha256, then run the fixed inputs through every model and compare."""
+    from runtime.env import environment
+    from runtime.runner import OnnxRunner
+
+    bundle = Path(bundle)
+    manifest_path = bundle / "manifest.json"
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"{bundle}: not a bundle (no manifest.json); unpack the tarball and pass its folder"
+        )
+    manifest = read_json(manifest_path)
+    for name, want in manifest["files"].items():
+        p = bundle / name
+        if not p.is_file():
+            raise BundleError(f"{p}: missing from the bundle")
+        if sha256_file(p) != want:
+            raise BundleError(f"{p}: sha256 differs from manifest.json (altered or truncated)")
+    with np.load(bundle / "data/inputs.npz", allow_pickle=False) as f:
+        images, labels = f["images"], f["labels"]
+    with np.load(bundle / "data/expected.npz", allow_pickle=False) as f:
+        expected = {k: f[k] for k in f.files}
+    pixels = to_pixels(images)
+    rows = []
+    for m in manifest["models"]:
+        try:
+            runner = OnnxRunner(bundle / m["file"])
+        except ContractError as e:
+            raise BundleError(str(e)) from None
+        if runner.static_batch is None:
+            got = runner.predict_batched(pixels)
+        else:
+            got = np.concatenate([runner.predict(pixels[i : i + 1]) for i in range(len(pixels))])
+        want = expected[m["expected_key"]]
+        diff = float(np.abs(got - want).max())
+        agree = float((got.argmax(-1) == want.argmax(-1)).mean()) if got.ndim == 2 else None
+        row = {
+            "file": m["file"],
+            "precision": m["precision"],
+            "max_abs_diff": diff,
+            "agreement": agree,
+            "bit_exact": bool(np.array_equal(got, want)),
+            "top1_on_inputs": float((got.argmax(-1) == labels).mean()) if got.ndim == 2 else None,
+        }
+        if m["precision"] == "fp32":
+            row["passed"] = diff <= manifest["tolerances"]["fp32_max_abs_diff"] and agree in (None, 1.0)
+        elif m["reduce_range"]:
+            row["passed"] = row["bit_exact"]
+        else:
+            row["passed"] = True  # reported, not required: 16-bit saturation differs by ISA
+        rows.append(row)
+    failed = [r for r in rows if not r["passed"]]
+    summary = (
+        f"bundle {bundle}: {len(rows) - len(failed)}/{len(rows)} models match the host "
+        f"(FP32 max |Δ| {max((r['max_abs_diff'] for r in rows if r['precision'] == 'fp32'), default=0):.1e}; "
+        f"INT8 bit-exact {sum(r['bit_exact'] for r in rows if r['precision'] == 'int8')}/"
+        f"{sum(r['precision'] == 'int8' for r in rows)})"
+    )
+    result = {"summary": summary, "models": rows, "environment": environment(), "passed": not failed}
+    if failed:
+        worst = failed[0]
+        raise BundleError(
+            f"{bundle}/{worst['file']}: disagrees with the host: max |Δ| {worst['max_abs_diff']:.3g}, "
+            f"agreement {worst['agreement']}, bit-exact {worst['bit_exact']}"
+        )
+    return result
+
+
+DEVICE_README = """# lenet-edge device bundle
+
+    python3.11 -m venv venv && venv/bin/pip install -r requirements/device-linux-aarch64.txt
+    venv/bin/python -m runtime.bundle check .      # the models give the host's outputs here
+    venv/bin/python -m runtime.bench --bundle . --out result.json
+
+Copy result.json back and run `make ingest RESULT=result.json` on the host.
+Models take raw pixels: float32 [N,1,28,28], values 0..255; see manifest.json.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime.bundle", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="make the tarball (host)")
+    b.add_argument("models", nargs="+", type=Path)
+    b.add_argument("--out", type=Path, default=Path("build/lenet-edge-bundle.tar.gz"))
+    b.add_argument("--data-dir", type=Path, default=None)
+    c = sub.add_parser("check", help="verify an unpacked bundle on this machine")
+    c.add_argument("dir", type=Path)
+    c.add_argument("--json", type=Path, default=None, help="also write the check result here")
+    args = p.parse_args(argv)
+    if args.cmd == "build":
+        manifest = build_bundle(args.models, args.out, args.data_dir)
+        print(
+            f"{args.out}: {len(manifest['models'])} models, {len(manifest['files'])} files, "
+            f"{args.out.stat().st_size:,} bytes"
+        )
+    else:
+        result = self_check(args.dir)
+        print(result["summary"])
+        if args.json:
+            from runtime.files import write_json_atomic
+
+            write_json_atomic(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    from runtime.cli import run
+
+    sys.exit(run(main))

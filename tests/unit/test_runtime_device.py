@@ -1,0 +1,225 @@
+"""The device side: runner input validation, benchmark schema, bundle self-check, ingest."""
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from runtime.contract import check_pixels
+from runtime.errors import ContractError
+from tests.conftest import ROOT, assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.unit
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory):
+    from export.variants import identity_model
+
+    p = tmp_path_factory.mktemp("m") / "identity.onnx"
+    p.write_bytes(identity_model().SerializeToString())
+    return p
+
+
+BAD_INPUTS = {
+    "uint8": (np.zeros((1, 1, 28, 28), np.uint8), "dtype must be float32"),
+    "float64": (np.zeros((1, 1, 28, 28)), "dtype must be float32"),
+    "no-channel": (np.zeros((1, 28, 28), np.float32), "shape must be [N,1,28,28]"),
+    "rgb": (np.zeros((1, 3, 28, 28), np.float32), "shape must be [N,1,28,28]"),
+    "empty": (np.zeros((0, 1, 28, 28), np.float32), "N >= 1"),
+    "nan": (np.full((1, 1, 28, 28), np.nan, np.float32), "NaN or Inf"),
+    "inf": (np.full((1, 1, 28, 28), np.inf, np.float32), "NaN or Inf"),
+    "normalised": (np.full((1, 1, 28, 28), -1.0, np.float32), "0..255"),
+    "too-bright": (np.full((1, 1, 28, 28), 256.0, np.float32), "0..255"),
+    "list": ([[0.0]], "numpy array"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_runner_rejects_bad_input(identity, case):
+    from runtime.runner import OnnxRunner
+
+    x, msg = BAD_INPUTS[case]
+    with pytest.raises(ContractError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        OnnxRunner(identity).predict(x)
+
+
+def test_runner_fuzz_shapes_and_values(identity):
+    """Random shapes/dtypes/values: either a valid batch that round-trips, or a ContractError."""
+    from runtime.runner import OnnxRunner, SessionConfig
+
+    rng = np.random.default_rng(0)
+    plain, bound = OnnxRunner(identity), OnnxRunner(identity, SessionConfig(io_binding=True))
+    for _ in range(200):
+        ndim = int(rng.integers(2, 6))
+        shape = tuple(int(v) for v in rng.integers(0, 4, ndim))
+        if rng.random() < 0.5:
+            shape = (int(rng.integers(1, 4)), 1, 28, 28)
+        dtype = rng.choice([np.float32, np.float64, np.uint8, np.int32])
+        x = (rng.uniform(-50, 300, shape)).astype(dtype)
+        valid = (
+            x.dtype == np.float32
+            and x.ndim == 4
+            and x.shape[1:] == (1, 28, 28)
+            and x.shape[0] >= 1
+            and x.min() >= 0
+            and x.max() <= 255
+        )
+        if valid:
+            assert np.array_equal(plain.predict(x), x) and np.array_equal(bound.predict(x), x)
+        else:
+            with pytest.raises(ContractError):
+                plain.predict(x)
+
+
+def test_static_batch_model_refuses_other_batches(tmp_path, identity):
+    from export.variants import static_batch
+    from runtime.runner import OnnxRunner
+
+    p = tmp_path / "b1.onnx"
+    onnx.save(static_batch(onnx.load(str(identity)), 1), str(p))
+    r = OnnxRunner(p)
+    assert r.static_batch == 1 and r.predict(np.zeros((1, 1, 28, 28), np.float32)).shape == (1, 1, 28, 28)
+    with pytest.raises(ContractError, match="static batch of 1, got 2"):
+        r.predict(np.zeros((2, 1, 28, 28), np.float32))
+
+
+@pytest.mark.parametrize("content", [b"", b"not onnx at all", None], ids=["empty", "garbage", "truncated"])
+def test_runner_rejects_bad_model_files(tmp_path, identity, content):
+    from runtime.runner import OnnxRunner
+
+    p = tmp_path / "m.onnx"
+    p.write_bytes(content if content is not None else identity.read_bytes()[:40])
+    with pytest.raises(ContractError, match=r"m.onnx: onnxruntime cannot load the model"):
+        OnnxRunner(p)
+    with pytest.raises(ContractError, match="model file not found"):
+        OnnxRunner(tmp_path / "missing.onnx")
+
+
+def test_bench_cli_bad_model_is_one_line(tmp_path):
+    bad = tmp_path / "trunc.onnx"
+    bad.write_bytes(b"\x08\x07")
+    assert_one_line_error(
+        run_cli(
+            "-m",
+            "runtime.bench",
+            str(bad),
+            "--batches",
+            "1",
+            "--threads",
+            "1",
+            "--runs",
+            "10",
+            "--out",
+            str(tmp_path / "r.json"),
+        ),
+        "trunc.onnx",
+    )
+    assert not (tmp_path / "r.json").exists()
+    assert_one_line_error(
+        run_cli("-m", "runtime.bench", str(bad), "--batches", "x"), "comma-separated integers"
+    )
+
+
+def test_bench_schema_and_ratios(tmp_path, identity):
+    from runtime.bench import SCHEMA, run_bench, to_markdown
+
+    rep = run_bench(
+        [identity], [1, 2], [1], ["run", "iobinding"], runs=40, warmup=5, rounds=4, progress=False
+    )
+    assert rep["schema"] == SCHEMA and set(rep["environment"]) >= {
+        "cpu",
+        "os",
+        "python",
+        "numpy",
+        "onnxruntime",
+    }
+    assert rep["environment"]["cpu"]["model"] and isinstance(rep["environment"]["cpu"]["isa_flags"], list)
+    assert len(rep["results"]) == 4
+    for r in rep["results"]:
+        assert (
+            r["runs"] == 40
+            and r["latency_ms_min"] <= r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
+        )
+        assert r["session_init_ms"] > 0 and r["peak_rss_mb"] > 10 and r["throughput_images_per_s"] > 0
+        assert r["session"]["threads"] == 1 and r["session"]["graph_optimization"] == "all"
+        assert r["ratio_p50_vs_fp32"] is None  # identity has no FP32 sibling
+    assert "| identity | identity | onnxruntime | iobinding | 1 | 1 |" in to_markdown(rep)
+
+
+def test_env_parses_arm_cpuinfo():
+    from runtime.env import cpu_info
+
+    arm = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp asimddp\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n"
+    info = cpu_info(arm)
+    assert info["isa_flags"] == ["asimd", "asimddp", "asimdhp"] and "0xd0b" in info["model"]
+    x86 = "model name\t: AMD EPYC\nflags\t\t: fpu sse4_1 avx avx2 fma avx512_vnni amx_int8\n"
+    assert cpu_info(x86)["isa_flags"] == ["amx_int8", "avx", "avx2", "avx512_vnni", "fma", "sse4_1"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, identity, mnist_dir):
+    from runtime.bundle import build_bundle
+
+    d = tmp_path_factory.mktemp("bundle")
+    build_bundle([identity], d / "b.tar.gz", mnist_dir)
+    with tarfile.open(d / "b.tar.gz") as tar:
+        tar.extractall(d, filter="data")
+    return d / "lenet-edge-bundle"
+
+
+def test_bundle_self_check_passes_and_runtime_is_complete(bundle):
+    # run from inside the bundle, so only the bundle's own runtime/ is importable
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.bundle", "check", "."], cwd=bundle, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "1/1 models match the host" in proc.stdout, proc.stderr[-1500:]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert (
+        manifest["inputs"]["images"] == 200 and "requirements/device-linux-aarch64.txt" in manifest["files"]
+    )
+
+
+def test_bundle_detects_tampering(bundle, tmp_path):
+    import shutil
+
+    d = tmp_path / "b"
+    shutil.copytree(bundle, d)
+    m = d / "models" / "identity.onnx"
+    m.write_bytes(m.read_bytes()[:-3])
+    assert_one_line_error(run_cli("-m", "runtime.bundle", "check", str(d)), "identity.onnx", "sha256 differs")
+    assert_one_line_error(run_cli("-m", "runtime.bundle", "check", str(tmp_path)), "not a bundle")
+
+
+def test_ingest_validates_and_tabulates(tmp_path, identity):
+    from runtime.bench import run_bench
+    from runtime.errors import LenetEdgeError
+    from runtime.ingest import ingest
+
+    rep = run_bench([identity], [1], [1], ["run"], runs=10, warmup=1, rounds=1, progress=False)
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(rep))
+    dest = ingest(src, tmp_path / "devices")
+    assert (
+        dest.is_file()
+        and "| identity | identity | onnxruntime | run |" in (tmp_path / "devices" / "README.md").read_text()
+    )
+    src.write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(LenetEdgeError, match="not a lenet-edge benchmark result"):
+        ingest(src, tmp_path / "devices")
+
+
+def test_check_pixels_accepts_contract():
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    assert check_pixels(x) is x
+
+
+def test_runtime_files_in_bundle_exist():
+    from runtime.bundle import RUNTIME_FILES
+
+    assert all((ROOT / "runtime" / f).is_file() for f in RUNTIME_FILES)
