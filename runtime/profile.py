@@ -1,0 +1,73 @@
+"""Per-operator time of a model from onnxruntime's own profiler (kernel µs per inference)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from runtime.contract import INPUT_NAME
+
+
+def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from runtime.bench import fixed_input
+
+    with tempfile.TemporaryDirectory(prefix="lenet-edge-prof-") as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "prof")
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        x = fixed_input(batch)
+        for _ in range(runs):
+            sess.run(None, {INPUT_NAME: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = defaultdict(float)
+    nodes: dict[str, int] = defaultdict(int)
+    model_us = 0.0
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"].get("op_name", "?")
+            per_op[op] += e["dur"]
+            nodes[op] += 1
+        elif e.get("cat") == "Session" and e["name"] == "model_run":
+            model_us += e["dur"]
+    total_kernel = sum(per_op.values())
+    return {
+        "model": model.name,
+        "batch": batch,
+        "runs": runs,
+        "model_run_us": model_us / runs,
+        "kernel_us": total_kernel / runs,
+        "ops": {
+            op: {"us": per_op[op] / runs, "share": per_op[op] / total_kernel, "nodes": nodes[op] // runs}
+            for op in sorted(per_op, key=per_op.get, reverse=True)
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime.profile", description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", type=Path)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=2000)
+    args = p.parse_args(argv)
+    for m in args.models:
+        r = profile_ops(m, args.batch, args.runs)
+        ops = ", ".join(f"{op} {v['us']:.1f} ({v['nodes']})" for op, v in r["ops"].items())
+        print(f"{m.name}: session run {r['model_run_us']:.1f} µs, kernels {r['kernel_us']:.1f} µs: {ops}")
+    return 0
+
+
+if __name__ == "__main__":
+    from runtime.cli import run
+
+    sys.exit(run(main))
