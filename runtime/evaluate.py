@@ -12,7 +12,7 @@ import numpy as np
 
 from runtime.contract import to_pixels
 from runtime.mnist import load_split
-from runtime.runner import OnnxRunner
+from runtime.runner import load_runner
 
 
 @dataclass(frozen=True)
@@ -38,29 +38,44 @@ def evaluate_onnx(
 ) -> tuple[Accuracy, np.ndarray]:
     """Top-1/top-2 on all 10,000 test images, fed as raw pixels; also returns the logits."""
     test = load_split("test", data_dir)
-    logits = OnnxRunner(model).predict_batched(to_pixels(test.images), batch_size)
+    logits = load_runner(model).predict_batched(to_pixels(test.images), batch_size)
     return topk_accuracy(logits, test.labels), logits
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m runtime.evaluate",
-        description="Top-1/top-2 accuracy of ONNX models on the MNIST test set (raw-pixel input).",
+        description="Top-1/top-2 accuracy of ONNX or TFLite models on the MNIST test set (raw-pixel input).",
     )
-    p.add_argument("models", nargs="+", type=Path, help="ONNX files")
+    p.add_argument("models", nargs="+", type=Path, help="model files (.onnx or .tflite)")
+    p.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="also report prediction agreement and max |Δ| of each model against this one",
+    )
     p.add_argument(
         "--data-dir", type=Path, default=None, help="MNIST IDX folder (default: cache or $MNIST_DIR)"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
+    ref = evaluate_onnx(args.against, args.data_dir) if args.against else None
     rows = {}
     for m in args.models:
-        acc, _ = evaluate_onnx(m, args.data_dir)
-        rows[str(m)] = acc.as_dict()
+        acc, logits = evaluate_onnx(m, args.data_dir)
+        row: dict[str, object] = acc.as_dict()
+        text = f"{m}: top-1 {100 * acc.top1:.2f} %  top-2 {100 * acc.top2:.2f} %  (n={acc.n})"
+        if ref is not None:
+            row["against"] = str(args.against)
+            row["agreement"] = float((logits.argmax(1) == ref[1].argmax(1)).mean())
+            row["max_abs_diff"] = float(np.abs(logits - ref[1]).max())
+            row["correct"] = (logits.argmax(1) == load_split("test", args.data_dir).labels).tolist()
+            text += f"  agreement with {args.against.name} {100 * row['agreement']:.2f} %  max |Δ| {row['max_abs_diff']:.2e}"
+        rows[str(m)] = row
         if not args.json:
-            print(f"{m}: top-1 {100 * acc.top1:.2f} %  top-2 {100 * acc.top2:.2f} %  (n={acc.n})")
+            print(text)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows))
     return 0
 
 

@@ -6,6 +6,7 @@ contract, then calls `run`; the benchmark validates its fixed input once and tim
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,107 @@ class OnnxRunner:
         }
 
 
-def load_runner(model: str | Path | bytes, config: SessionConfig | None = None) -> OnnxRunner:
-    """The runner for a model file, by format (ONNX now; TFLite joins with its backend)."""
+def _tflite_interpreter() -> tuple[Any, str, str]:
+    """ai-edge-litert if installed (maintained), else tflite-runtime (last release 2.14).
+
+    LENET_EDGE_TFLITE=tflite-runtime (or ai-edge-litert) picks one when both are installed.
+    """
+    if os.environ.get("LENET_EDGE_TFLITE") == "tflite-runtime":
+        try:
+            import tflite_runtime as pkg
+            from tflite_runtime import interpreter as mod
+
+            return mod.Interpreter, "tflite-runtime", getattr(pkg, "__version__", "?")
+        except ImportError:
+            raise ContractError(
+                "LENET_EDGE_TFLITE=tflite-runtime but tflite_runtime is not installed"
+            ) from None
+    try:
+        import ai_edge_litert as pkg
+        from ai_edge_litert import interpreter as mod
+
+        return mod.Interpreter, "ai-edge-litert", getattr(pkg, "__version__", "?")
+    except ImportError:
+        pass
+    try:
+        import tflite_runtime as pkg
+        from tflite_runtime import interpreter as mod
+
+        return mod.Interpreter, "tflite-runtime", getattr(pkg, "__version__", "?")
+    except ImportError:
+        raise ContractError(
+            "no TFLite interpreter installed: pip install ai-edge-litert (or tflite-runtime)"
+        ) from None
+
+
+class TfliteRunner:
+    """A TFLite interpreter behind the same contract: callers pass float32 NCHW raw pixels.
+
+    onnx2tf models are NHWC with a static batch of 1; full-integer models take uint8 pixels
+    directly (scale 1, zero point 0), so the conversion here is exact for 0..255 integers.
+    """
+
+    static_batch = 1
+
+    def __init__(self, model: str | Path, config: SessionConfig | None = None) -> None:
+        self.config = config or SessionConfig()
+        interpreter, self.backend, self.version = _tflite_interpreter()
+        self.name = str(model)
+        if not Path(model).is_file():
+            raise ContractError(f"{self.name}: model file not found")
+        try:
+            self.it = interpreter(model_path=str(model), num_threads=self.config.threads)
+            self.it.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ContractError(f"{self.name}: {self.backend} cannot load the model ({msg})") from None
+        (inp,), (out,) = self.it.get_input_details(), self.it.get_output_details()
+        if list(inp["shape"]) != [1, 28, 28, 1]:
+            raise ContractError(f"{self.name}: expected an NHWC [1,28,28,1] input, got {list(inp['shape'])}")
+        self._in, self._out = inp, out
+        self._in_q = inp["quantization"] if inp["dtype"] != np.float32 else None
+        self._out_q = out["quantization"] if out["dtype"] != np.float32 else None
+        self.run = self._run
+
+    def accepts_batch(self, batch: int) -> bool:
+        return batch == 1
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        x = pixels.transpose(0, 2, 3, 1)
+        if self._in_q is not None:
+            scale, zp = self._in_q
+            info = np.iinfo(self._in["dtype"])
+            x = np.clip(np.rint(x / scale + zp), info.min, info.max)
+        self.it.set_tensor(self._in["index"], np.ascontiguousarray(x, dtype=self._in["dtype"]))
+        self.it.invoke()
+        y = self.it.get_tensor(self._out["index"])
+        if self._out_q is not None:
+            scale, zp = self._out_q
+            y = (y.astype(np.float32) - zp) * scale
+        return y
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = check_pixels(pixels)
+        return np.concatenate([self._run(pixels[i : i + 1]).copy() for i in range(len(pixels))])
+
+    def predict_batched(self, pixels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        return self.predict(pixels)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "version": self.version,
+            "threads": self.config.threads,
+            "input_dtype": np.dtype(self._in["dtype"]).name,
+            "input_quantization": list(self._in["quantization"]),
+            # TFLite applies its default XNNPACK delegate to float ops when the build has it
+            # (both wheels here do); the interpreter offers no query for it.
+            "delegate": "default (XNNPACK for float ops)",
+        }
+
+
+def load_runner(model: str | Path | bytes, config: SessionConfig | None = None) -> OnnxRunner | TfliteRunner:
+    """The runner for a model file, by format: .tflite -> TFLite interpreter, else onnxruntime."""
+    if not isinstance(model, bytes) and str(model).endswith(".tflite"):
+        return TfliteRunner(model, config)
     return OnnxRunner(model, config)
