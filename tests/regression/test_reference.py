@@ -1,6 +1,8 @@
 """Committed checkpoints -> export -> accuracy equals results/reference.json (exactly)."""
 
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -166,3 +168,82 @@ def test_broken_quantizer_fails_the_checks(exported, tolerances):
     )
     fails = int8_failures(rec, tolerances)
     assert any("drop" in f for f in fails) and any("agreement" in f for f in fails), rec["test_top1"]
+
+
+# ---- TFLite: the same exports through onnx2tf, checked in ai-edge-litert and tflite-runtime ----
+
+TFLITE_VENV, DEVICE_VENV = ROOT / ".venv-tflite", ROOT / ".venv-device"
+needs_tflite_envs = pytest.mark.skipif(
+    not ((TFLITE_VENV / "bin" / "onnx2tf").is_file() and (DEVICE_VENV / "bin" / "python").is_file()),
+    reason="run `make setup-tflite setup-device` (make test does)",
+)
+
+
+@pytest.fixture(scope="module")
+def tflite(quantized, exported):
+    proc = run_cli("-m", "quantize.tflite", "--onnx-dir", str(exported), timeout=1800)
+    assert proc.returncode == 0, (proc.stdout[-1500:], proc.stderr[-1500:])
+    return {name: json.loads((exported / f"{name}.tflite.json").read_text()) for name in MODELS}
+
+
+@needs_tflite_envs
+@pytest.mark.parametrize("name", MODELS)
+def test_tflite_parity_and_int8_in_both_interpreters(tflite, tolerances, name):
+    rec = tflite[name]
+    assert rec["failures"] == []
+    assert set(rec["checks"]) == {"ai-edge-litert", "tflite-runtime"}  # every file loads in both
+    for interp, c in rec["checks"].items():
+        assert c["fp32"]["max_abs_diff_vs_onnx"] <= tolerances["tflite_fp32_max_abs_diff"], interp
+        assert (
+            c["fp32"]["agreement_with_onnx"] == 1.0
+            and c["fp32"]["top1"] == REFERENCE["models"][name]["fp32"]["test_top1"]
+        )
+        i8 = c["int8_full"]
+        assert i8["accuracy_drop_pp"] <= tolerances["int8_top1_drop_pp_max"]
+        assert i8["agreement_with_fp32"] >= tolerances["int8_agreement_min"]
+        assert i8["mcnemar"]["p_new_worse"] >= tolerances["mcnemar_p_int8_worse_min"]
+        assert c["ort_int8_vs_tflite_int8_same_correctness"] >= 0.998  # the cross-runtime check
+    assert (
+        rec["outputs"]["int8.full"]["bytes"]
+        <= tolerances["int8_size_ratio_max"] * rec["outputs"]["fp32"]["bytes"]
+    )
+
+
+@needs_tflite_envs
+def test_tflite_int8_takes_uint8_camera_bytes(tflite, exported):
+    code = (
+        "import sys; sys.path.insert(0, '.'); from runtime.runner import TfliteRunner; "
+        f"r = TfliteRunner('{exported}/lenet_pool.int8.full.tflite'); i = r.info(); "
+        "print(i['input_dtype'], i['input_quantization'])"
+    )
+    proc = subprocess.run(
+        [str(DEVICE_VENV / "bin" / "python"), "-c", code], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.stdout.split()[:1] == ["uint8"] and "[1.0, 0]" in proc.stdout, proc.stderr[-1000:]
+
+
+@needs_tflite_envs
+def test_interpreter_rejecting_a_file_is_one_line(tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"TFL3" + bytes(60))
+    for interp in ("ai-edge-litert", "tflite-runtime"):
+        proc = subprocess.run(
+            [str(DEVICE_VENV / "bin" / "python"), "-m", "runtime.evaluate", str(bad)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LENET_EDGE_TFLITE": interp},
+        )
+        assert_one_line_error(proc, "model.tflite", "cannot load the model")
+
+
+def test_failed_conversion_is_one_line_and_writes_nothing(exported, tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    proc = run_cli("-m", "quantize.tflite", "--onnx-dir", str(d))
+    assert_one_line_error(proc, "lenet_pool.fp32.onnx", "not found")
+    assert list(d.iterdir()) == []
