@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        quantize quantize-sweep tflite setup-tflite setup-device variants bench bundle ingest arm-check bench-train test test-unit lint format clean help
+        quantize quantize-sweep tflite setup-tflite setup-device variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -91,6 +91,25 @@ bundle: variants tflite ## device tarball: runtime/, models, fixed inputs + expe
 	$(DEV_PY) -m runtime.bundle build $(DEPLOY_MODELS) --out build/lenet-edge-bundle.tar.gz
 	rm -rf build/bundle-check && mkdir -p build/bundle-check && tar xzf build/lenet-edge-bundle.tar.gz -C build/bundle-check
 	cd build/bundle-check/lenet-edge-bundle && ../../../$(DEV_PY) -m runtime.bundle check .
+
+ARM_BUILD := build/arm
+arm-check: bundle ## the bundle on emulated aarch64 (qemu-user, cortex-a72/a76): self-check + instruction counts -> build/arm/
+	bash arm/setup_sysroot.sh $(ARM_BUILD)/sysroot
+	bash arm/install_wheels.sh $(ARM_BUILD)/sysroot $(ARM_BUILD)/sysroot/opt/armlab/site
+	bash arm/build_plugin.sh $(ARM_BUILD)/sysroot
+	python3 arm/arm_check.py build/lenet-edge-bundle.tar.gz
+
+# The report (issue: answer the blog's question for deployment).
+SEEDS ?= 5
+JOBS ?= $(shell nproc)
+study: data ## multi-seed study: both models x SEEDS seeds (train, export, quantize, evaluate; JOBS in parallel) -> results/study.json
+	$(PY) -m report.study --seeds $(SEEDS) --jobs $(JOBS)
+
+invariance: quantize ## the reference models on shifted/rotated/scaled test images -> results/invariance.json
+	$(PY) -m report.invariance $(foreach m,lenet_pool lenet_stride,$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx)
+
+report: setup ## reports/REPORT.md + plots from the result files only (never trains)
+	$(PY) -m report
 
 ingest: setup ## add a device's bench result to results/devices/ and its table: make ingest RESULT=file.json
 	$(PY) -m runtime.ingest $(RESULT)

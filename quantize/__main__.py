@@ -15,7 +15,7 @@ RECIPE_HELP = {
     "activation_type": "u8 or s8",
     "weight_type": "s8 or u8",
     "per_channel": "per-channel weight scales",
-    "reduce_range": "7-bit weights (x86 == ARM results)",
+    "reduce_range": "7-bit weights (no u8*s8 saturation on AVX2)",
     "calibration": "minmax, entropy or percentile",
     "calibration_bins": "histogram bins for entropy/percentile",
     "percentile": "percentile for percentile calibration",

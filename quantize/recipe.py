@@ -20,7 +20,7 @@ class QuantRecipe:
     activation_type: str = "u8"  # u8 avoids the slow int8-activation path on x86
     weight_type: str = "s8"
     per_channel: bool = True
-    reduce_range: bool = True  # 7-bit weights: no u8*s8 16-bit saturation on AVX2, so x86 == ARM
+    reduce_range: bool = True  # 7-bit weights: no u8*s8 16-bit saturation on AVX2 (not x86 == ARM)
     calibration: str = "minmax"  # minmax | entropy | percentile (static only)
     calibration_bins: int = 2048  # histogram bins (entropy, percentile); ORT's own entropy uses 128
     percentile: float = 99.999

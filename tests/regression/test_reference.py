@@ -247,3 +247,36 @@ def test_failed_conversion_is_one_line_and_writes_nothing(exported, tmp_path):
     proc = run_cli("-m", "quantize.tflite", "--onnx-dir", str(d))
     assert_one_line_error(proc, "lenet_pool.fp32.onnx", "not found")
     assert list(d.iterdir()) == []
+
+
+def test_bundle_checks_int8_with_reference_and_fused_kernels(quantized, exported, tmp_path, mnist_dir):
+    """INT8 in a bundle: bit-exact with ORT's reference kernels, same predictions with the fused ones;
+    an expected output off by one quantization step of the reference kernels fails the check."""
+    import io
+    import tarfile
+
+    import numpy as np
+
+    from runtime.bundle import BundleError, build_bundle, self_check
+    from runtime.files import sha256_bytes
+
+    int8 = exported / "lenet_pool.int8.qdq.onnx"
+    build_bundle([int8], tmp_path / "b.tar.gz", mnist_dir)
+    with tarfile.open(tmp_path / "b.tar.gz") as t:
+        t.extractall(tmp_path, filter="data")
+    b = tmp_path / "lenet-edge-bundle"
+    res = self_check(b)
+    (row,) = res["models"]
+    assert row["passed"] and row["bit_exact"] and row["bit_exact_reference_kernels"] is True
+    # nudge one reference-kernel logit by 1e-3 and re-sign the manifest: the check must fail
+    with np.load(b / "data/expected.npz") as f:
+        exp = {k: f[k].copy() for k in f.files}
+    exp["lenet_pool.int8.qdq.reference_kernels"][0, 0] += 1e-3
+    buf = io.BytesIO()
+    np.savez(buf, **exp)
+    (b / "data/expected.npz").write_bytes(buf.getvalue())
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["files"]["data/expected.npz"] = sha256_bytes(buf.getvalue())
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="disagrees with the host"):
+        self_check(b)

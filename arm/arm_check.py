@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""make arm-check: the device bundle on emulated aarch64 (qemu-user, cortex-a72 = Pi 4, cortex-a76 = Pi 5).
+
+Reads build/lenet-edge-bundle.tar.gz; writes build/arm/arm-check.{json,md}. For each CPU it runs the
+bundle's own self-check inside the emulated Python (FP32 within 1e-4 with identical predictions,
+INT8 with identical predictions and bit-exact with the reference kernels) and counts aarch64 instructions per batch-1 inference with the TCG
+plugin. Instruction counts are emulated, not latency; emulated wall time is never reported.
+Stdlib only (the host side needs no project environment).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ARM_BUILD = Path(os.environ.get("ARM_BUILD", ROOT / "build" / "arm"))
+CPUS = ("cortex-a72", "cortex-a76")
+LABEL = "aarch64 instructions per inference (emulated), not latency"
+
+
+def unpack(tarball: Path) -> Path:
+    dest = ARM_BUILD / "bundle"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    with tarfile.open(tarball) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "lenet-edge-bundle"
+
+
+def bundle_check(bundle: Path, cpu: str, site: Path) -> dict:
+    out = ARM_BUILD / f"check-{cpu}.json"
+    out.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "DEST": str(ARM_BUILD / "sysroot"),
+        "GUEST_ENV": f"PYTHONPATH={site}:{site}-litert:{bundle} PYTHONDONTWRITEBYTECODE=1",
+    }
+    proc = subprocess.run(
+        [
+            str(HERE / "qemu_py.sh"),
+            "--cpu",
+            cpu,
+            "--site",
+            str(site),
+            "-m",
+            "runtime.bundle",
+            "check",
+            str(bundle),
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if not out.is_file():
+        sys.exit(
+            f"error: bundle check under qemu {cpu} produced no result: {proc.stderr.strip().splitlines()[-1:]}"
+        )
+    res = json.loads(out.read_text())
+    res["exit_code"] = proc.returncode
+    res["error"] = next((ln for ln in proc.stderr.splitlines() if ln.startswith("error:")), None)
+    return res
+
+
+def counts(bundle: Path, site: Path, models: list[Path], reps: int) -> dict:
+    outdir = ARM_BUILD / "counts"
+    cmd = [
+        sys.executable,
+        str(HERE / "run_counts.py"),
+        "--dest",
+        str(ARM_BUILD / "sysroot"),
+        "--site",
+        str(site),
+        "--reps",
+        str(reps),
+        "--outdir",
+        str(outdir),
+        "--models",
+        *map(str, models),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode not in (0, 1):  # 1 = repeats differ beyond tolerance: reported, not fatal
+        sys.exit(f"error: instruction counting failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads((outdir / "counts.json").read_text())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path, help="the tarball from `make bundle`")
+    ap.add_argument("--reps", type=int, default=1, help="counting repeats per model and CPU (default 1)")
+    a = ap.parse_args()
+    if not a.bundle.is_file():
+        sys.exit(f"error: {a.bundle}: not found (run `make bundle`)")
+    site = ARM_BUILD / "sysroot" / "opt" / "armlab" / "site"
+    bundle = unpack(a.bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    checks = {cpu: bundle_check(bundle, cpu, site) for cpu in CPUS}
+    onnx_models = [bundle / m["file"] for m in manifest["models"] if m["file"].endswith(".onnx")]
+    cnt = counts(bundle, site, onnx_models, a.reps)
+    per = {}
+    for r in cnt["rows"]:
+        per.setdefault((r["cpu"], r["model"]), []).append(r["insns_per_inference"])
+    insns = {f"{cpu}|{m}": statistics.mean(v) for (cpu, m), v in per.items()}
+
+    lines = [
+        "# aarch64 check (qemu-user; cortex-a72 = Raspberry Pi 4, cortex-a76 = Raspberry Pi 5)",
+        "",
+        "## The bundle's self-check, run inside the emulated Python",
+        "",
+        "| CPU | model | max \\|Δ\\| vs x86 | predictions identical | bit-exact | bit-exact, reference kernels | passed |",
+        "|---|---|---:|---|---|---|---|",
+    ]
+    for cpu, res in checks.items():
+        for m in res["models"]:
+            agree = (
+                "–"
+                if m["agreement"] is None
+                else ("yes" if m["agreement"] == 1.0 else f"{100 * m['agreement']:.2f} %")
+            )
+            lines.append(
+                f"| {cpu} | {m['file'].removeprefix('models/')} | {m['max_abs_diff']:.2e} | {agree} "
+                f"| {'yes' if m['bit_exact'] else 'no'} "
+                f"| {'–' if m.get('bit_exact_reference_kernels') is None else ('yes' if m['bit_exact_reference_kernels'] else 'NO')} "
+                f"| {'yes' if m['passed'] else 'NO'} |"
+            )
+    lines += [
+        "",
+        f"## {LABEL}",
+        "",
+        "One `sess.run` on a batch-1 input, after 20 warm-up runs, mean of 3 × 50 runs, marker cost "
+        "subtracted (arm/insn_plugin.c). Not cycles, not time.",
+        "",
+        "| model | format | "
+        + " | ".join(CPUS)
+        + " | INT8 / FP32 ("
+        + ", ".join(c.split("-")[1] for c in CPUS)
+        + ") |",
+        "|---|---|" + "---:|" * len(CPUS) + "---:|",
+    ]
+    for f in sorted({k.split("|")[1] for k in insns}):
+        model, _, fmt = f.removesuffix(".onnx").partition(".")
+        ratio = ""
+        if fmt.startswith("int8"):
+            ratio = ", ".join(f"{insns[f'{c}|{f}'] / insns[f'{c}|{model}.fp32.onnx']:.2f}" for c in CPUS)
+        lines.append(
+            f"| {model} | {fmt or model} | "
+            + " | ".join(f"{insns[f'{c}|{f}']:,.0f}" for c in CPUS)
+            + f" | {ratio} |"
+        )
+    md = "\n".join(lines) + "\n"
+    report = {
+        "label": LABEL,
+        "checks": checks,
+        "instructions_per_inference": insns,
+        "counting": {k: v for k, v in cnt.items() if k != "rows"},
+        "count_rows": cnt["rows"],
+    }
+    (ARM_BUILD / "arm-check.json").write_text(json.dumps(report, indent=1) + "\n")
+    (ARM_BUILD / "arm-check.md").write_text(md)
+    print(md)
+    fp32_bad = [
+        f"{cpu}: {m['file']}"
+        for cpu, r in checks.items()
+        for m in r["models"]
+        if m["precision"] == "fp32" and not m["passed"]
+    ]
+    int8_bad = [
+        f"{cpu}: {m['file']}"
+        for cpu, r in checks.items()
+        for m in r["models"]
+        if m["precision"] == "int8" and not m["passed"]
+    ]
+    if fp32_bad or int8_bad:
+        print(
+            f"error: aarch64 results differ from x86: {', '.join(fp32_bad + int8_bad)} (see {ARM_BUILD / 'arm-check.md'})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
