@@ -8,7 +8,17 @@ from tests.conftest import ROOT, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.unit
 
-CLIS = ["train", "train.data", "train.bench", "export", "export.reference", "runtime.evaluate"]
+CLIS = [
+    "train",
+    "train.data",
+    "train.bench",
+    "export",
+    "export.reference",
+    "runtime.evaluate",
+    "report",
+    "report.study",
+    "report.invariance",
+]
 
 
 @pytest.mark.parametrize("module", CLIS)

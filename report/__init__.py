@@ -1,0 +1,1 @@
+"""The report: multi-seed study, invariance study, statistics and REPORT.md with plots."""

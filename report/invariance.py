@@ -1,0 +1,109 @@
+"""Invariance study: top-1 of exported models on shifted, rotated and scaled test images.
+
+`python -m report.invariance MODEL... --out results/invariance.json` evaluates every model
+(ONNX or TFLite, through runtime/) on the clean test set and on each transformed copy of it
+(report/transforms.py). The blog's argument is that max-pooling buys invariance to small
+translations; this measures whether learned stride-2 downsampling loses it, in FP32 and INT8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from report.transforms import conditions
+from runtime.cli import run
+from runtime.errors import ContractError, LenetEdgeError
+from runtime.files import write_json_atomic
+from runtime.mnist import load_split
+from runtime.runner import load_runner
+
+SCHEMA = "lenet-edge/invariance/v1"
+
+
+def model_key(path: Path) -> str:
+    """lenet_pool.int8.qdq.onnx -> 'lenet_pool.int8.qdq.onnx' minus suffix: 'lenet_pool.int8.qdq'."""
+    return path.name.rsplit(".", 1)[0] if path.suffix in (".onnx", ".tflite") else path.name
+
+
+def evaluate_invariance(
+    models: list[Path], data_dir: Path | None = None, limit: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Accuracy of each model under every condition; per condition one transformed test set."""
+    test = load_split("test", data_dir)
+    images, labels = test.images[:limit], test.labels[:limit]
+    runners = {}
+    for m in models:
+        key = model_key(m) + (".tflite" if m.suffix == ".tflite" else "")
+        try:
+            runners[key] = load_runner(m)
+        except ContractError as e:
+            raise LenetEdgeError(str(e)) from None
+    conds = conditions()
+    acc: dict[str, list[float]] = {k: [] for k in runners}
+    t0 = time.perf_counter()
+    for _family, _mag, _label, fn in tqdm(conds, desc="invariance", unit="condition", disable=not progress):
+        pixels = fn(images)[:, None]  # [N,1,28,28] float32 0..255
+        for key, r in runners.items():
+            if r.static_batch is None:
+                logits = r.predict_batched(pixels)
+            else:
+                logits = np.concatenate([r.predict(pixels[i : i + 1]) for i in range(len(pixels))])
+            acc[key].append(float((logits.argmax(-1) == labels).mean()))
+    return {
+        "schema": SCHEMA,
+        "images": int(len(labels)),
+        "conditions": [{"family": f, "magnitude": m, "label": lb} for f, m, lb, _ in conds],
+        "top1": acc,
+        "models": {k: str(m) for k, m in zip(runners, models, strict=True)},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def curves(result: dict[str, Any]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Per model and family: [(magnitude, mean top-1 over directions)], starting at the clean set."""
+    conds = result["conditions"]
+    out: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for key, accs in result["top1"].items():
+        clean = next(a for c, a in zip(conds, accs, strict=True) if c["family"] == "none")
+        fam: dict[str, dict[float, list[float]]] = {}
+        for c, a in zip(conds, accs, strict=True):
+            if c["family"] != "none":
+                fam.setdefault(c["family"], {}).setdefault(c["magnitude"], []).append(a)
+        out[key] = {}
+        for f, by_mag in fam.items():
+            pts = sorted((m, float(np.mean(v))) for m, v in by_mag.items())
+            # the clean set is shift 0, rotation 0 and scale 1.0
+            pts = sorted([*pts, (1.0, clean)]) if f == "scale" else [(0.0, clean), *pts]
+            out[key][f] = pts
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m report.invariance", description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", type=Path, help="model files (.onnx or .tflite)")
+    p.add_argument(
+        "--out", type=Path, default=Path("results/invariance.json"), help="default results/invariance.json"
+    )
+    p.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    a = p.parse_args(argv)
+    for m in a.models:
+        if not m.is_file():
+            raise LenetEdgeError(f"{m}: model file not found (run `make quantize`)")
+    res = evaluate_invariance(a.models, a.data_dir, a.limit, a.progress)
+    write_json_atomic(a.out, res)
+    print(
+        f"wrote {a.out}: {len(res['conditions'])} conditions x {len(res['top1'])} models in {res['seconds']} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

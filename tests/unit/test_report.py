@@ -1,0 +1,222 @@
+"""The report's statistics, image transforms, study aggregation and report builder (no training)."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from report import stats, transforms
+from report.build import build
+from report.study import MODELS, aggregate, job_dir, job_result
+from tests.conftest import ROOT, assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.unit
+
+
+# -- statistics against known values ---------------------------------------------------------
+
+
+def test_summary_known_values():
+    s = stats.summary([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["sd"] == 1.0
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, df=2)
+    assert s["ci_low"] == pytest.approx(2 - half) and s["ci_high"] == pytest.approx(2 + half)
+
+
+def test_paired_t_hand_case_and_scipy():
+    # differences 1, 1, 1, 3: mean 1.5, sd 1, t = 1.5 / (1 / 2) = 3, df 3
+    r = stats.paired_t([2, 3, 4, 7], [1, 2, 3, 4])
+    assert r["mean_diff"] == 1.5 and r["sd_diff"] == 1.0 and r["t"] == pytest.approx(3.0) and r["df"] == 3
+    assert r["p_two_sided"] == pytest.approx(sps.ttest_rel([2, 3, 4, 7], [1, 2, 3, 4]).pvalue)
+    assert r["ci_low"] < 1.5 < r["ci_high"]
+
+
+def test_paired_t_rejects_unpaired_input():
+    with pytest.raises(ValueError):
+        stats.paired_t([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError):
+        stats.paired_t([1], [2])
+
+
+def test_wilcoxon_exact_matches_scipy():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        a, b = rng.normal(size=6), rng.normal(size=6)
+        want = sps.wilcoxon(a, b, method="exact").pvalue
+        assert stats.wilcoxon_exact(a, b)["p_two_sided"] == pytest.approx(want)
+    assert stats.wilcoxon_exact([1, 2, 3, 4, 5], [0] * 5)["p_two_sided"] == pytest.approx(2 / 32)
+
+
+def test_mcnemar_hand_case():
+    # 3 images only the first gets right, 0 the other way: P(X >= 3 | n=3) = 1/8
+    a = np.array([1, 1, 1, 1, 0], bool)
+    b = np.array([0, 0, 0, 1, 0], bool)
+    r = stats.mcnemar_exact(a, b)
+    assert (r["ref_only_correct"], r["new_only_correct"]) == (3, 0)
+    assert r["p_new_worse"] == pytest.approx(1 / 8) and r["p_two_sided"] == pytest.approx(1 / 4)
+
+
+def test_binomial_standard_error():
+    assert stats.binomial_se_pp(0.98, 10000) == pytest.approx(0.14, abs=0.001)
+
+
+# -- transforms --------------------------------------------------------------------------------
+
+
+def _blob():
+    im = np.zeros((1, 28, 28), np.float32)
+    im[0, 10:15, 11:16] = 200
+    im[0, 12, 13] = 255
+    return im
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_shift_moves_mass_by_k(k):
+    im = _blob()
+    c0 = transforms.centre_of_mass(im)[0]
+    for dx, dy in ((k, 0), (-k, 0), (0, k), (0, -k)):
+        c = transforms.centre_of_mass(transforms.shift(im, dx, dy))[0]
+        assert c == pytest.approx(c0 + [dy, dx])
+        assert transforms.shift(im, dx, dy).sum() == im.sum()  # nothing fell off the edge
+
+
+def test_shift_past_the_edge_loses_pixels_and_zero_is_identity():
+    im = _blob()
+    assert np.array_equal(transforms.shift(im, 0, 0), im)
+    assert transforms.shift(im, 20, 0).sum() == 0
+    assert transforms.shift(im, 30, 0).sum() == 0
+
+
+def test_rotation_and_scale():
+    im = _blob()
+    assert np.allclose(transforms.rotate(im, 0), im, atol=1e-3)
+    assert np.allclose(transforms.scale(im, 1.0), im, atol=1e-3)
+    # 90° counter-clockwise (y down): a point above the centre moves to its left
+    top = np.zeros((1, 28, 28), np.float32)
+    top[0, 5, 13:15] = 255
+    r, c = transforms.centre_of_mass(transforms.rotate(top, 90))[0]
+    assert r == pytest.approx(13.5, abs=0.6) and c < 8
+    # scaling about the centre scales the offset of the centroid
+    off = transforms.centre_of_mass(im)[0] - 13.5
+    assert transforms.centre_of_mass(transforms.scale(im, 1.2))[0] - 13.5 == pytest.approx(1.2 * off, abs=0.1)
+    out = transforms.rotate(im, 17)
+    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 255
+    with pytest.raises(ValueError):
+        transforms.scale(im, 0)
+
+
+def test_condition_list():
+    conds = transforms.conditions()
+    fams = [c[0] for c in conds]
+    assert fams.count("none") == 1 and fams.count("shift") == 16 and fams.count("rotate") == 8
+    assert fams.count("scale") == 4
+
+
+# -- study aggregation and the report on fixture results ----------------------------------------
+
+
+def _fake_invariance(base):
+    conds = transforms.conditions()
+    top1 = {}
+    for key, drop in ((".fp32", 0.0), (".int8.qdq", 0.001)):
+        accs = [base - drop - (0.02 * c[1] if c[0] in ("shift",) else 0.001 * abs(c[1] - 1)) for c in conds]
+        top1[key] = accs
+    return {"conditions": [{"family": f, "magnitude": m, "label": lb} for f, m, lb, _ in conds], "top1": top1}
+
+
+def _fake_study(root, seeds, gap):
+    rng = np.random.default_rng(0)
+    for s in seeds:
+        d = job_dir(root, s)
+        d.mkdir(parents=True)
+        for m in MODELS:
+            base = 0.987 + (gap if m == "lenet_stride" else 0) + 0.0005 * s
+            inv = _fake_invariance(base)
+            inv["top1"] = {f"{m}{k}": v for k, v in inv["top1"].items()}
+            rec = {
+                "model": m,
+                "seed": s,
+                "epochs": 10,
+                "fp32": {"top1": base, "top2": 0.997, "bytes": 250000},
+                "int8": {
+                    "top1": base - 0.0001,
+                    "top2": 0.997,
+                    "bytes": 70000,
+                    "agreement_with_fp32": 0.9993,
+                    "accuracy_drop_pp": 0.01,
+                    "mcnemar": {"p_new_worse": 0.5},
+                },
+                "checkpoint_sha256": "0" * 64,
+                "seconds": {"train": 1, "total": 2},
+                "invariance": inv,
+            }
+            job_result(root, s, m).write_text(json.dumps(rec))
+            correct = rng.random(10000) < base
+            np.savez(d / f"{m}.correct.npz", fp32=correct, int8=correct)
+
+
+def test_aggregate_detects_a_real_gap(tmp_path):
+    _fake_study(tmp_path, [0, 1, 2, 3, 4], gap=0.002)
+    res = aggregate(tmp_path, [0, 1, 2, 3, 4])
+    t = res["stride_minus_pool"]["fp32_top1_pp"]
+    assert t["mean_diff"] == pytest.approx(0.2) and t["sd_diff"] == pytest.approx(0, abs=1e-9)
+    assert res["stride_minus_pool"]["seeds_stride_better_fp32"] == 5
+    assert res["models"]["lenet_pool"]["int8_drop_pp"]["mean"] == pytest.approx(0.01)
+    curve = res["invariance"]["lenet_pool.fp32"]["shift"]
+    assert curve["magnitude"] == [0, 1, 2, 3, 4] and curve["mean"][0] > curve["mean"][-1]
+
+
+def _results_dir(tmp_path, with_study=True):
+    res = tmp_path / "results"
+    res.mkdir()
+    shutil.copy(ROOT / "results" / "reference.json", res / "reference.json")
+    if with_study:
+        _fake_study(tmp_path / "study", [0, 1, 2], gap=0.001)
+        agg = aggregate(tmp_path / "study", [0, 1, 2])
+        agg["jobs_in_parallel"] = 2
+        (res / "study.json").write_text(json.dumps(agg))
+    return res
+
+
+def test_report_builds_from_fixture_results(tmp_path):
+    res = _results_dir(tmp_path)
+    md = build(res, tmp_path / "no-onnx", tmp_path / "out")
+    text = md.read_text()
+    assert "The blog's table, reproduced" in text and "61,706" in text and "98.10 %" in text
+    assert "Stride − pool, FP32 top-1: +0.100 pp" in text
+    assert "make arm-check" in text and "make tflite" in text  # missing inputs are named
+    for png in ("pareto.png", "seeds.png", "invariance.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "What to deploy" in text and "On a Raspberry Pi we would ship" in text
+
+
+def test_report_without_study_says_how_to_make_it(tmp_path):
+    md = build(_results_dir(tmp_path, with_study=False), tmp_path / "none", tmp_path / "out")
+    assert "make study SEEDS=5" in md.read_text()
+
+
+def test_report_corrupt_result_file_is_one_line(tmp_path):
+    res = _results_dir(tmp_path, with_study=False)
+    (res / "study.json").write_text("{not json")
+    proc = run_cli("-m", "report", "--results", str(res), "--out-dir", str(tmp_path / "out"))
+    assert_one_line_error(proc, "study.json", "not a readable result file")
+    assert not (tmp_path / "out" / "REPORT.md").exists()
+
+
+def test_study_needs_two_seeds():
+    assert_one_line_error(run_cli("-m", "report.study", "--seeds", "1"), "--seeds 1")
+
+
+def test_study_resumes_from_cached_jobs_without_training(tmp_path):
+    _fake_study(tmp_path / "study", [0, 1, 2], gap=0.001)
+    out = tmp_path / "study.json"
+    proc = run_cli("-m", "report.study", "--seeds", "3", "--root", str(tmp_path / "study"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "6 cached" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["seeds"] == [0, 1, 2] and res["stride_minus_pool"]["fp32_top1_pp"][
+        "mean_diff"
+    ] == pytest.approx(0.1)
