@@ -220,7 +220,7 @@ def plot_sqnr(q: dict[str, Any], out: Path) -> bool:
     fig, axes = plt.subplots(1, len(have), figsize=(5.5 * len(have), 3.8), squeeze=False)
     for ax, (m, rec) in zip(axes[0], have.items(), strict=True):
         acts = {k: v for k, v in rec["sqnr"]["activations_sqnr_db"].items() if k != "pixels"}
-        names = sorted(acts, key=lambda k: acts[k]["vs_float"])  # worst first
+        names = sorted(acts, key=lambda k: (acts[k]["vs_float"], k))  # worst first, ties by name
         ax.barh(
             range(len(names)),
             [acts[n]["vs_float"] for n in names],
@@ -456,7 +456,7 @@ def build(results: Path, onnx_dir: Path, out_dir: Path) -> Path:
             # learned weight tensors only (biases are int32 and constants exact: hundreds of dB)
             w = [v for k, v in q["sqnr"]["weights_sqnr_db"].items() if k.endswith(".w_0")]
             acts = {k: v for k, v in q["sqnr"]["activations_sqnr_db"].items() if k != "pixels"}
-            worst = min(acts, key=lambda k: acts[k]["vs_float"])
+            worst = min(acts, key=lambda k: (acts[k]["vs_float"], k))
             L.append(f"| {m} | {min(w):.1f}–{max(w):.1f} | {acts[worst]['vs_float']:.1f} dB at `{worst}` |")
         L += ["", "![per-layer SQNR](sqnr.png)", ""]
     else:
@@ -596,7 +596,8 @@ def build(results: Path, onnx_dir: Path, out_dir: Path) -> Path:
     # 5. conclusion
     L += ["## 5. What to deploy", ""]
     L += conclusion(d, rows, headline, inv if inv_src else None)
-    L += ["", f"_Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python -m report`._", ""]
+    # no timestamp: the same result files give a byte-identical report
+    L += ["", "_Built by `python -m report` from the result files named above._", ""]
     md = out_dir / "REPORT.md"
     write_bytes_atomic(md, "\n".join(L).encode())
     return md

@@ -220,3 +220,11 @@ def test_study_resumes_from_cached_jobs_without_training(tmp_path):
     assert res["seeds"] == [0, 1, 2] and res["stride_minus_pool"]["fp32_top1_pp"][
         "mean_diff"
     ] == pytest.approx(0.1)
+
+
+def test_report_is_reproducible_byte_for_byte(tmp_path):
+    res = _results_dir(tmp_path)
+    a = build(res, tmp_path / "no-onnx", tmp_path / "a").read_bytes()
+    b = build(res, tmp_path / "no-onnx", tmp_path / "b").read_bytes()
+    assert a == b
+    assert (tmp_path / "a" / "seeds.png").read_bytes() == (tmp_path / "b" / "seeds.png").read_bytes()
