@@ -74,10 +74,10 @@ quantize: export ## FP32 ONNX -> INT8 (ORT, default recipe per model), checked v
 quantize-sweep: export ## every quantization recipe for both models -> results/quantize_sweep.{json,md}
 	$(PY) -m quantize.sweep --onnx-dir $(ONNX_DIR)
 
-variants: export ## deployable FP32 variants (folded normalisation, static batch 1) + identity model
+variants: export ## deployable FP32 variants (folded normalisation, static batch 1) + per-call floor model
 	$(PY) -m export.variants --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
-DEPLOY_MODELS = $(ONNX_DIR)/identity.onnx $(foreach m,lenet_pool lenet_stride,\
+DEPLOY_MODELS = $(ONNX_DIR)/floor.onnx $(foreach m,lenet_pool lenet_stride,\
   $(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx \
   $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite)
 # The benchmark and the bundle run in the device-like environment: numpy 1.26, onnxruntime and

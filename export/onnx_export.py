@@ -6,8 +6,9 @@ The graph takes raw pixels (normalisation baked in) and is checked against Paddl
 
 from __future__ import annotations
 
+import os
 import platform
-import tempfile
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +28,16 @@ from runtime.contract import (
 )
 from runtime.errors import CheckpointError, ConfigError, ConversionError
 from runtime.evaluate import topk_accuracy
-from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from runtime.files import (
+    owned_temp_dir,
+    read_json,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from runtime.mnist import load_split
+from runtime.numeric import exceeds, max_abs_diff
 from runtime.runner import OnnxRunner
 from train.checkpoint import load_checkpoint
 
@@ -57,12 +66,17 @@ def export_record_path(onnx_file: Path) -> Path:
 
 
 def source_sha256() -> str:
-    files = [EXPORT_DIR / "onnx_export.py", EXPORT_DIR.parent / "runtime" / "contract.py"]
-    return sha256_bytes(b"".join(f.read_bytes() for f in files))
+    """Hash of the export code and everything it imports (model classes, checkpoint format, contract)."""
+    from runtime.files import code_sha256
+
+    return code_sha256("export.onnx_export")
 
 
 def _raw_pixel_net(net: Any) -> Any:
     """Wrap the trained net so the graph takes 0..255 pixels: the contract's normalize, in Paddle."""
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     import paddle.nn as nn
 
     class RawPixelNet(nn.Layer):
@@ -77,6 +91,9 @@ def _raw_pixel_net(net: Any) -> Any:
 
 
 def _paddle_logits(net: Any, x: np.ndarray, batch: int) -> np.ndarray:
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     import paddle
 
     with paddle.no_grad():
@@ -87,13 +104,20 @@ def _paddle_logits(net: Any, x: np.ndarray, batch: int) -> np.ndarray:
 
 def _paddle_to_onnx(wrapper: Any, opset: int) -> bytes:
     """jit.save (dynamic batch) then paddle2onnx; both log instead of raising, so check outputs."""
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     import paddle
     import paddle2onnx
 
-    with tempfile.TemporaryDirectory(prefix="lenet-edge-export-") as tmp:
+    with owned_temp_dir("export") as tmp:
         prefix = Path(tmp) / "inference"
         spec = paddle.static.InputSpec([None, *IMAGE_SHAPE], "float32", INPUT_NAME)
-        paddle.jit.save(wrapper, str(prefix), input_spec=[spec])
+        from train.paddle_env import paddle_home
+
+        with paddle_home() as home:  # jit.save makes ~/.cache/paddle/to_static_tmp/<pid>
+            paddle.jit.save(wrapper, str(prefix), input_spec=[spec])
+        shutil.rmtree(home / ".cache" / "paddle" / "to_static_tmp" / str(os.getpid()), ignore_errors=True)
         model_file, params_file = prefix.with_suffix(".json"), prefix.with_suffix(".pdiparams")
         if not (model_file.is_file() and params_file.is_file()):
             raise ConversionError(f"paddle.jit.save wrote no {model_file.name}/{params_file.name} in {tmp}")
@@ -169,8 +193,15 @@ def export_model(
     """Export one checkpoint; return the export record (also written beside the ONNX file)."""
     t0 = time.perf_counter()
     checkpoint = Path(checkpoint)
-    state, train_rec = load_checkpoint(checkpoint)  # sha256-verified, no pickle
+    from train.models import MODELS
+
+    state, train_rec = load_checkpoint(checkpoint)  # sha256-verified, finite float32, no pickle
     name = train_rec["model"]
+    if name not in MODELS or not isinstance(train_rec.get("seed"), int):
+        raise CheckpointError(
+            f"{checkpoint}: its record names model {name!r} (known: {', '.join(sorted(MODELS))}) "
+            f"and seed {train_rec.get('seed')!r}; expected a known model and an integer seed"
+        )
     out = onnx_path(Path(out_dir), name)
     ckpt_sha = train_rec["checkpoint_sha256"]
     if not force and is_up_to_date(out, ckpt_sha, config):
@@ -178,6 +209,10 @@ def export_model(
         return read_json(export_record_path(out))
 
     import onnx
+
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     import paddle
     import paddle2onnx
 
@@ -212,12 +247,12 @@ def export_model(
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
-        raise ConversionError(f"{name}: exported ONNX fails onnx.checker: {e}") from None
+        raise ConversionError(f"{name}: exported ONNX fails onnx.checker: {e}") from e
 
     logits = OnnxRunner(model.SerializeToString()).predict_batched(pixels, config.batch_size)
-    max_abs = float(np.abs(logits - ref).max())
+    max_abs = max_abs_diff(logits, ref)
     top1_same = int((logits.argmax(1) == ref.argmax(1)).sum())
-    if max_abs > config.atol or top1_same != len(ref):
+    if exceeds(max_abs, config.atol) or top1_same != len(ref):
         raise ConversionError(
             f"{name}: ONNX Runtime vs Paddle parity failed on {len(ref)} test images: "
             f"max |Δlogit| {max_abs:.3g} (limit {config.atol:g}), "

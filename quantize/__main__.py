@@ -100,16 +100,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{out}: up to date (same FP32 model, recipe, calibration, code); --force re-quantizes")
             rec = read_json(quantize_record_path(out))
         else:
-            rec = quantize_model(
-                fp32,
-                out,
-                recipe,
-                calibration,
-                args.data_dir,
-                sqnr=args.sqnr,
-                max_drop_pp=args.max_drop_pp,
-                progress=args.progress,
-            )
+            try:
+                rec = quantize_model(
+                    fp32,
+                    out,
+                    recipe,
+                    calibration,
+                    args.data_dir,
+                    sqnr=args.sqnr,
+                    max_drop_pp=args.max_drop_pp,
+                    progress=args.progress,
+                    # checked before publishing: a recipe that fails leaves the previous model in place
+                    check=(lambda r: int8_failures(r, tol)) if args.check else None,
+                )
+            except QuantizeError as e:
+                failures.append(str(e))
+                continue
         mc = rec["mcnemar"]
         print(
             f"{name}: {out}  {recipe.name}  {rec['onnx_bytes']:,} bytes ({rec['bytes_per_param']:.3f} B/param, "

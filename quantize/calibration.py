@@ -51,7 +51,10 @@ class Calibration:
 def load_calibration(path: str | Path = CALIBRATION_FILE) -> Calibration:
     """Read and verify the committed subset: hash, range, uniqueness, non-empty."""
     d = read_json(path)
-    idx = np.asarray(d.get("indices", []), dtype=np.int64)
+    raw = d.get("indices") if isinstance(d, dict) else None
+    if not isinstance(raw, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+        raise ConfigError(f"{path}: 'indices' must be a list of integers")
+    idx = np.asarray(raw, dtype=np.int64) if raw else np.zeros(0, np.int64)
     if idx.size == 0:
         raise ConfigError(f"{path}: the calibration set is empty")
     if idx.min() < 0 or idx.max() >= 60000 or len(np.unique(idx)) != idx.size:

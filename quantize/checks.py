@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.files import read_json
+from runtime.numeric import exceeds, falls_below
 
 TOLERANCES = Path(__file__).resolve().parent.parent / "results" / "tolerances.json"
 
@@ -18,18 +19,18 @@ def int8_failures(record: dict[str, Any], tol: dict[str, Any]) -> list[str]:
     """Every tolerance the INT8 model breaks, each as a sentence with the numbers."""
     fails = []
     m = record["model"]
-    if record["accuracy_drop_pp"] > tol["int8_top1_drop_pp_max"]:
+    if exceeds(record["accuracy_drop_pp"], tol["int8_top1_drop_pp_max"]):
         fails.append(
             f"{m}: INT8 top-1 drop {record['accuracy_drop_pp']:.2f} pp > {tol['int8_top1_drop_pp_max']} pp"
         )
-    if record["agreement_with_fp32"] < tol["int8_agreement_min"]:
+    if falls_below(record["agreement_with_fp32"], tol["int8_agreement_min"]):
         fails.append(
             f"{m}: INT8/FP32 agreement {100 * record['agreement_with_fp32']:.2f} % < {100 * tol['int8_agreement_min']:.1f} %"
         )
     p = record["mcnemar"]["p_new_worse"]
-    if p < tol["mcnemar_p_int8_worse_min"]:
+    if falls_below(p, tol["mcnemar_p_int8_worse_min"]):
         fails.append(f"{m}: INT8 significantly worse than FP32 (McNemar one-sided p = {p:.2g})")
-    if record["size_ratio_vs_fp32"] > tol["int8_size_ratio_max"]:
+    if exceeds(record["size_ratio_vs_fp32"], tol["int8_size_ratio_max"]):
         fails.append(
             f"{m}: INT8 file is {record['size_ratio_vs_fp32']:.3f} x FP32 > {tol['int8_size_ratio_max']}"
         )

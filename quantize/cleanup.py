@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import ConversionError
+from runtime.numeric import exceeds, max_abs_diff
 from runtime.runner import OnnxRunner
 
 
@@ -28,8 +29,8 @@ def clean_graph(model: Any, check_pixels: np.ndarray, atol: float = 1e-4) -> Any
             slim.metadata_props.add(key=p.key, value=p.value)
     a = OnnxRunner(model.SerializeToString()).predict_batched(check_pixels)
     b = OnnxRunner(slim.SerializeToString()).predict_batched(check_pixels)
-    diff = float(np.abs(a - b).max())
-    if diff > atol or not np.array_equal(a.argmax(1), b.argmax(1)):
+    diff = max_abs_diff(a, b)
+    if exceeds(diff, atol) or not np.array_equal(a.argmax(1), b.argmax(1)):
         raise ConversionError(f"graph clean-up changed the outputs: max |Δ| {diff:.3g} > {atol:g}")
     return slim
 

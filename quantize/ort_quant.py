@@ -9,9 +9,8 @@ spelled out -> evaluate against FP32 on all test images -> per-layer SQNR -> ato
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,14 @@ from quantize.stats import mcnemar_exact
 from runtime.contract import CONTRACT_TEXT, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, to_pixels
 from runtime.errors import ContractError, ConversionError, LenetEdgeError
 from runtime.evaluate import topk_accuracy
-from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from runtime.files import (
+    owned_temp_dir,
+    read_json,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from runtime.mnist import load_split
 from runtime.runner import OnnxRunner
 
@@ -47,9 +53,10 @@ def quantize_record_path(onnx_file: Path) -> Path:
 
 
 def source_sha256() -> str:
-    here = Path(__file__).resolve().parent
-    files = [here / n for n in ("ort_quant.py", "cleanup.py", "calibration.py", "recipe.py")]
-    return sha256_bytes(b"".join(f.read_bytes() for f in files))
+    """Hash of the quantizer and everything it imports."""
+    from runtime.files import code_sha256
+
+    return code_sha256("quantize.ort_quant")
 
 
 def is_up_to_date(out_path: Path, fp32_path: Path, recipe: QuantRecipe, calibration: Calibration) -> bool:
@@ -80,7 +87,7 @@ def load_fp32(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf's DecodeError and friends
-        raise ContractError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+        raise ContractError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
     graph = model.graph
     dims = []
     if len(graph.input) == 1:
@@ -312,8 +319,7 @@ def prepared(
     test_pixels = to_pixels(test.images)
     fp32_logits = OnnxRunner(fp32_path).predict_batched(test_pixels)
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs advice on every call
-    with tempfile.TemporaryDirectory(prefix="lenet-edge-quant-") as tmpdir:
-        tmp = Path(tmpdir)
+    with owned_temp_dir("quant") as tmp:
         clean = clean_graph(model, test_pixels[:1000])
         clean_path, pre_path = tmp / "clean.onnx", tmp / "pre.onnx"
         onnx.save(clean, str(clean_path))
@@ -353,15 +359,18 @@ def quantize_model(
     max_drop_pp: float | None = None,
     progress: bool = True,
     prep: Prepared | None = None,
+    check: Callable[[dict[str, Any]], list[str]] | None = None,
 ) -> dict[str, Any]:
     """Quantize one FP32 model; return (and write beside the INT8 file) its record.
 
     `prep` (from `prepared()`) skips the recipe-independent steps when quantizing many recipes.
+    `check` returns the tolerance failures of a record: if it returns any, QuantizeError is
+    raised and nothing is written, so a failing recipe never replaces a good INT8 model.
     """
     if prep is None:
         with prepared(fp32_path, calibration, data_dir) as p:
             return quantize_model(
-                fp32_path, out_path, recipe, calibration, data_dir, sqnr, max_drop_pp, progress, p
+                fp32_path, out_path, recipe, calibration, data_dir, sqnr, max_drop_pp, progress, p, check
             )
     import onnx
     import onnxruntime
@@ -374,8 +383,7 @@ def quantize_model(
     name = exp_rec["model"]
     fp32_acc = topk_accuracy(fp32_logits, labels)
 
-    with tempfile.TemporaryDirectory(prefix="lenet-edge-quant-") as tmpdir:
-        tmp = Path(tmpdir)
+    with owned_temp_dir("quant") as tmp:
         cache = None
         if recipe.mode == "static":
             cache = _calibrate(pre_path, recipe, cal_pixels, tmp, progress, f"{name} calibrate")
@@ -389,7 +397,7 @@ def quantize_model(
             except ContractError as e:
                 raise QuantizeError(
                     f"{name} {recipe.name}: onnxruntime cannot run the INT8 model ({e})"
-                ) from None
+                ) from e
             int8_acc = topk_accuracy(int8_logits, labels)
             drop_pp = 100 * (fp32_acc.top1 - int8_acc.top1)
             if max_drop_pp is None or drop_pp <= max_drop_pp or recipe.quant_format != "qdq":
@@ -438,7 +446,6 @@ def quantize_model(
         },
     )
     data = int8.SerializeToString()
-    write_bytes_atomic(out_path, data)
     params = exp_rec["params"]
     record = {
         "model": name,
@@ -491,5 +498,11 @@ def quantize_model(
         "seconds": round(time.perf_counter() - t0, 2),
         "num_classes": NUM_CLASSES,
     }
+    failures = check(record) if check is not None else []
+    if failures:
+        raise QuantizeError(f"{'; '.join(failures)} (nothing written: {out_path} left as it was)")
+    # Model first, record last: a model without a matching record is stale to every reader
+    # (its sha256 is checked), so a kill between the two renames is detected, never trusted.
+    write_bytes_atomic(out_path, data)
     write_json_atomic(quantize_record_path(out_path), record)
     return record

@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from quantize.recipe import DEFAULT_RECIPES, QuantRecipe
 from runtime.cli import run
 from runtime.errors import LenetEdgeError
-from runtime.files import write_bytes_atomic, write_json_atomic
+from runtime.files import owned_temp_dir, write_bytes_atomic, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None)
     args = p.parse_args(argv)
     models = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
-    with tempfile.TemporaryDirectory(prefix="lenet-edge-sweep-") as tmp:
+    with owned_temp_dir("sweep") as tmp:
         rows = sweep(args.onnx_dir, args.work_dir or Path(tmp), models, args.data_dir)
     write_json_atomic(args.out.with_suffix(".json"), {"command": "make quantize-sweep", "rows": rows})
     write_bytes_atomic(args.out.with_suffix(".md"), to_markdown(rows).encode())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ import numpy as np
 from quantize.calibration import Calibration
 from runtime.contract import INPUT_NAME
 from runtime.errors import ConversionError, LenetEdgeError
-from runtime.files import sha256_bytes, sha256_file, write_json_atomic
+from runtime.files import owned_temp_dir, sha256_bytes, sha256_file, write_json_atomic
+from runtime.numeric import exceeds, max_abs_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 TFLITE_VENV = ROOT / ".venv-tflite"
@@ -46,20 +46,17 @@ def tflite_source(fp32: Path, data_dir: Path | None = None, atol: float = 1e-4) 
     data = model.SerializeToString()
     pixels = to_pixels(load_split("test", data_dir).images)
     ref, got = OnnxRunner(fp32).predict_batched(pixels), OnnxRunner(data).predict_batched(pixels)
-    diff = float(np.abs(ref - got).max())
-    if diff > atol or not np.array_equal(ref.argmax(1), got.argmax(1)):
+    diff = max_abs_diff(ref, got)
+    if exceeds(diff, atol) or not np.array_equal(ref.argmax(1), got.argmax(1)):
         raise ConversionError(f"{fp32}: TFLite source graph differs from the export (max |Δ| {diff:.3g})")
     return data
 
 
 def source_sha256() -> str:
-    here = Path(__file__).resolve()
-    files = [
-        here,
-        here.parent.parent / "export" / "variants.py",
-        here.parent.parent / "runtime" / "runner.py",
-    ]
-    return sha256_bytes(b"".join(f.read_bytes() for f in files))
+    """Hash of the TFLite conversion and everything it imports."""
+    from runtime.files import code_sha256
+
+    return code_sha256("quantize.tflite")
 
 
 def is_up_to_date(fp32: Path, out_dir: Path, name: str, calibration: Calibration) -> bool:
@@ -100,7 +97,7 @@ def convert_tflite(
     onnx2tf = venv / "bin" / "onnx2tf"
     if not onnx2tf.is_file():
         raise ConversionError(f"{onnx2tf}: converter environment missing (run `make setup-tflite`)")
-    with tempfile.TemporaryDirectory(prefix="lenet-edge-tflite-") as tmpdir:
+    with owned_temp_dir("tflite") as tmpdir:
         tmp = Path(tmpdir)
         (tmp / "model.onnx").write_bytes(source)  # a copy: onnx2tf overwrites its input
         # Calibration in the converted model's layout (NHWC) and scale (raw 0..255 pixels: the
@@ -237,7 +234,7 @@ def check_tflite(name: str, onnx_dir: Path, tol: dict[str, Any], venv: Path = DE
             o8 = np.array(res[str(ort_int8)]["correct"], bool)
             entry["ort_int8_vs_tflite_int8_same_correctness"] = float((o8 == i8_correct).mean())
         checks[interp] = entry
-        if fp["max_abs_diff"] > tol["tflite_fp32_max_abs_diff"] or fp["agreement"] != 1.0:
+        if exceeds(fp["max_abs_diff"], tol["tflite_fp32_max_abs_diff"]) or fp["agreement"] != 1.0:
             failures.append(
                 f"{name} {interp}: TFLite FP32 vs ONNX max |Δ| {fp['max_abs_diff']:.2e}, "
                 f"agreement {100 * fp['agreement']:.2f} %"

@@ -36,7 +36,7 @@ def _load(path: Path) -> Any | None:
     try:
         return read_json(path)
     except Exception as e:  # a corrupt result file is a user-facing problem, not a traceback
-        raise ReportError(f"{path}: not a readable result file ({e.__class__.__name__}: {e})") from None
+        raise ReportError(f"{path}: not a readable result file ({e.__class__.__name__}: {e})") from e
 
 
 def _record(onnx_dir: Path, results: Path, name: str) -> Any | None:

@@ -43,7 +43,7 @@ def evaluate_invariance(
         try:
             runners[key] = load_runner(m)
         except ContractError as e:
-            raise LenetEdgeError(str(e)) from None
+            raise LenetEdgeError(str(e)) from e
     conds = conditions()
     acc: dict[str, list[float]] = {k: [] for k in runners}
     t0 = time.perf_counter()

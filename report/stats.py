@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 from quantize.stats import mcnemar_exact
 
@@ -19,6 +18,8 @@ __all__ = ["binomial_se_pp", "mcnemar_exact", "paired_t", "summary", "wilcoxon_e
 
 def summary(values: Sequence[float], conf: float = 0.95) -> dict[str, float | int]:
     """Mean, sample sd, and the t-based confidence interval of the mean."""
+    from scipy import stats as sps  # here, not at import: `--help` stays instant
+
     x = np.asarray(values, dtype=float)
     n = int(x.size)
     if n == 0:
@@ -33,6 +34,8 @@ def summary(values: Sequence[float], conf: float = 0.95) -> dict[str, float | in
 
 def paired_t(a: Sequence[float], b: Sequence[float], conf: float = 0.95) -> dict[str, float | int]:
     """Paired t-test of mean(a - b) = 0 (two-sided) with the interval of the mean difference."""
+    from scipy import stats as sps  # here, not at import: `--help` stays instant
+
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired samples must be 1-d and equal length: {a.shape} vs {b.shape}")
@@ -66,6 +69,8 @@ def wilcoxon_exact(a: Sequence[float], b: Sequence[float]) -> dict[str, float | 
     With n pairs the smallest attainable p-value is 2 / 2**n (0.0625 for 5 seeds): reported so a
     reader sees how much 5 seeds can show without assuming normality.
     """
+    from scipy import stats as sps  # here, not at import: `--help` stays instant
+
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     d = d[d != 0]
     n = int(d.size)

@@ -62,13 +62,42 @@ def _step(cmd: list[str], log: Path, what: str) -> None:
         raise StudyError(f"{log}: {what} failed (exit {proc.returncode}): {last[0] if last else ''}")
 
 
+def job_key(seed: int, model: str, epochs: int, train_limit: int | None) -> dict[str, Any]:
+    """Everything that decides a job's result: a cached result with another key is not reused
+    (a 1-epoch smoke study must never stand in for the real one)."""
+    from runtime.files import code_sha256
+
+    return {
+        "model": model,
+        "seed": seed,
+        "epochs": epochs,
+        "train_limit": train_limit,
+        "code_sha256": code_sha256(
+            "report.study", "train.loop", "train.__main__", "export.__main__", "quantize.__main__"
+        ),
+    }
+
+
+def cached_result(root: Path, seed: int, model: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's result if it exists and was made with this very key, else None."""
+    out = job_result(root, seed, model)
+    if not out.is_file():
+        return None
+    try:
+        res = read_json(out)
+    except LenetEdgeError:
+        return None
+    return res if isinstance(res, dict) and res.get("job_key") == key else None
+
+
 def run_job(
     root: Path, seed: int, model: str, epochs: int, data_dir: Path | None, train_limit: int | None = None
 ) -> dict[str, Any]:
-    """train -> export -> quantize -> evaluate for one (seed, model); cached by its result file."""
+    """train -> export -> quantize -> evaluate for one (seed, model); cached by its key."""
     out = job_result(root, seed, model)
-    if out.is_file():
-        return read_json(out)
+    key = job_key(seed, model, epochs, train_limit)
+    if (res := cached_result(root, seed, model, key)) is not None:
+        return res
     d = job_dir(root, seed)
     onnx_dir = d / "onnx"
     d.mkdir(parents=True, exist_ok=True)
@@ -122,6 +151,7 @@ def run_job(
     _step([py, "-m", "report.study", "--evaluate-job", str(d), "--model", model, *data], log, "evaluation")
     res = read_json(d / f"{model}.eval.json")
     res["epochs"] = epochs
+    res["job_key"] = key
     res["seconds"] = {"train": round(t_train, 1), "total": round(time.time() - t0, 1)}
     write_json_atomic(out, res)
     return res
@@ -281,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(a.seeds))
     # Longest jobs first (lenet_stride trains ~2x slower), so the last job is not a lone long one.
     jobs = [(s, m) for m in reversed(MODELS) for s in seeds]
-    done = sum(job_result(a.root, s, m).is_file() for s, m in jobs)
+    keys = {(s, m): job_key(s, m, a.epochs, a.train_limit) for s, m in jobs}
+    done = sum(cached_result(a.root, s, m, keys[s, m]) is not None for s, m in jobs)
     print(
         f"study: {len(jobs)} jobs ({a.seeds} seeds x 2 models), {done} cached in {a.root}, {a.jobs} in parallel"
     )
@@ -292,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         pending: dict[Future, tuple[int, str]] = {}
         for s, m in jobs:
-            if not job_result(a.root, s, m).is_file():
+            if cached_result(a.root, s, m, keys[s, m]) is None:
                 pending[pool.submit(run_job, a.root, s, m, a.epochs, a.data_dir, a.train_limit)] = (s, m)
         try:
             while pending:

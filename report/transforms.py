@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
 
 
 def shift(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -30,6 +29,8 @@ def shift(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
 
 def _affine(images: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Resample each image with output(p) = input(matrix @ (p - c) + c), bilinear, zero fill."""
+    from scipy import ndimage
+
     x = np.asarray(images, dtype=np.float32)
     c = (np.array(x.shape[-2:], dtype=float) - 1) / 2
     offset = c - matrix @ c

@@ -23,6 +23,7 @@ import numpy as np
 from runtime.contract import IMAGE_SHAPE, check_pixels
 from runtime.errors import ConfigError, LenetEdgeError
 from runtime.files import write_bytes_atomic, write_json_atomic
+from runtime.runner import check_scores
 
 SCHEMA = "lenet-edge/bench/v1"
 CALLS = ("run", "iobinding")
@@ -35,7 +36,7 @@ def fixed_input(batch: int) -> np.ndarray:
 
 
 def model_label(path: Path) -> tuple[str, str]:
-    """lenet_pool.int8.qdq.onnx -> ('lenet_pool', 'int8.qdq'); identity.onnx -> ('identity', 'identity')."""
+    """lenet_pool.int8.qdq.onnx -> ('lenet_pool', 'int8.qdq'); floor.onnx -> ("floor", "floor")."""
     stem = path.name.removesuffix(".onnx")
     model, _, fmt = stem.partition(".")
     return model, fmt or model  # lenet_pool.fp32.tflite -> ('lenet_pool', 'fp32.tflite')
@@ -58,8 +59,9 @@ def measure_startup(model: Path, batch: int, threads: int, call: str) -> dict[st
     if call == "iobinding" and runner.backend != "onnxruntime":
         return {"skipped": "IO binding is an onnxruntime call path"}
     t0 = time.perf_counter()
-    runner.run(x)
+    out = runner.run(x)
     first_ms = (time.perf_counter() - t0) * 1e3
+    check_scores(runner.name, np.asarray(out), batch)  # a model that computes garbage is not timed
     for _ in range(50):
         runner.run(x)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -327,8 +329,8 @@ def to_markdown(report: dict[str, Any]) -> str:
 def _int_list(text: str, all_value: int) -> list[int]:
     try:
         vals = [all_value if v.strip() == "all" else int(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"expected comma-separated integers (or 'all'), got {text!r}") from None
+    except ValueError as e:
+        raise ConfigError(f"expected comma-separated integers (or 'all'), got {text!r}") from e
     if not vals or min(vals) < 1:
         raise ConfigError(f"values must be >= 1, got {text!r}")
     return sorted(set(vals))

@@ -24,7 +24,8 @@ import numpy as np
 
 from runtime.contract import CONTRACT_TEXT, to_pixels
 from runtime.errors import ContractError, LenetEdgeError
-from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic
+from runtime.files import inside, read_json, sha256_bytes, sha256_file, write_bytes_atomic
+from runtime.numeric import exceeds, max_abs_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_FILES = (
@@ -38,8 +39,10 @@ RUNTIME_FILES = (
     "evaluate.py",
     "files.py",
     "mnist.py",
+    "numeric.py",
     "runner.py",
 )
+SCHEMA = "lenet-edge/bundle/v1"
 FP32_ATOL = 1e-4
 N_INPUTS = 200  # first 200 MNIST test images: small, fixed, with labels
 
@@ -101,9 +104,7 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
                 "expected_key": key,
                 "expected_key_reference_kernels": ref_key,
                 "static_batch": runner.static_batch,
-                "top1_on_inputs": float((logits.argmax(1) == labels).mean())
-                if logits.shape[1:] == (10,)
-                else None,
+                "top1_on_inputs": float((logits.argmax(1) == labels).mean()),
             }
         )
     buf = io.BytesIO()
@@ -118,7 +119,7 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
         files[f"requirements/{req.name}"] = req.read_bytes()
     files["README.md"] = DEVICE_README.encode()
     manifest = {
-        "schema": "lenet-edge/bundle/v1",
+        "schema": SCHEMA,
         "created_unix": int(time.time()),
         "input_contract": CONTRACT_TEXT,
         "inputs": {"file": "data/inputs.npz", "images": N_INPUTS, "source": "MNIST test images 0..199"},
@@ -144,6 +145,72 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
     return manifest
 
 
+def validate_manifest(manifest: Any, source: Path) -> None:
+    """Types, required keys and at least one model, so a malformed manifest is one clear line
+    (not a KeyError) and an empty bundle cannot pass its check."""
+    import math
+    import re
+
+    def bad(what: str) -> BundleError:
+        return BundleError(f"{source}: {what}")
+
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise bad(f"not a lenet-edge bundle manifest (schema must be {SCHEMA!r})")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise bad("'files' must be a non-empty object of file name -> sha256")
+    for name, digest in files.items():
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise bad(f"files[{name!r}] is not a sha256 hex digest")
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts or "\\" in name:
+            raise bad(f"file name {name!r} leaves the bundle")
+    for need in ("data/inputs.npz", "data/expected.npz"):
+        if need not in files:
+            raise bad(f"{need} is not listed in 'files' (every file is verified by its sha256)")
+    tol = manifest.get("tolerances")
+    atol = tol.get("fp32_max_abs_diff") if isinstance(tol, dict) else None
+    if not (
+        isinstance(atol, int | float) and not isinstance(atol, bool) and math.isfinite(atol) and atol >= 0
+    ):
+        raise bad("tolerances.fp32_max_abs_diff must be a finite number >= 0")
+    models = manifest.get("models")
+    if not isinstance(models, list) or not models:
+        raise bad("'models' must list at least one model (an empty bundle checks nothing)")
+    for i, m in enumerate(models):
+        if not isinstance(m, dict):
+            raise bad(f"models[{i}] is not an object")
+        if not isinstance(m.get("file"), str) or m["file"] not in files:
+            raise bad(f"models[{i}].file must name a file listed in 'files'")
+        if m.get("precision") not in ("fp32", "int8"):
+            raise bad(f"models[{i}].precision must be 'fp32' or 'int8'")
+        if not isinstance(m.get("expected_key"), str):
+            raise bad(f"models[{i}].expected_key must be a string")
+        ref = m.get("expected_key_reference_kernels")
+        if ref is not None and not isinstance(ref, str):
+            raise bad(f"models[{i}].expected_key_reference_kernels must be a string or null")
+        if m.get("reduce_range") not in (None, True, False):
+            raise bad(f"models[{i}].reduce_range must be true, false or null")
+
+
+def _load_data(bundle: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The fixed inputs and expected outputs, checked for shape and type."""
+    try:
+        with np.load(bundle / "data/inputs.npz", allow_pickle=False) as f:
+            images, labels = f["images"], f["labels"]
+        with np.load(bundle / "data/expected.npz", allow_pickle=False) as f:
+            expected = {k: f[k] for k in f.files}
+    except (OSError, ValueError, KeyError) as e:
+        raise BundleError(f"{bundle}/data: unreadable inputs or expected outputs ({e})") from e
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) < 1:
+        raise BundleError(
+            f"{bundle}/data/inputs.npz: images must be uint8 [N,28,28], got {images.dtype} {images.shape}"
+        )
+    if labels.shape != (len(images),):
+        raise BundleError(f"{bundle}/data/inputs.npz: {labels.shape} labels for {len(images)} images")
+    return images, labels, expected
+
+
 def self_check(bundle: Path, report: Path | None = None) -> dict[str, Any]:
     """Verify every file's sha256, then run the fixed inputs through every model and compare."""
     from runtime.env import environment
@@ -156,27 +223,35 @@ def self_check(bundle: Path, report: Path | None = None) -> dict[str, Any]:
             f"{bundle}: not a bundle (no manifest.json); unpack the tarball and pass its folder"
         )
     manifest = read_json(manifest_path)
+    validate_manifest(manifest, manifest_path)
     for name, want in manifest["files"].items():
-        p = bundle / name
+        p = inside(bundle, bundle / name)
         if not p.is_file():
-            raise BundleError(f"{p}: missing from the bundle")
+            raise BundleError(f"{bundle / name}: missing from the bundle")
         if sha256_file(p) != want:
-            raise BundleError(f"{p}: sha256 differs from manifest.json (altered or truncated)")
-    with np.load(bundle / "data/inputs.npz", allow_pickle=False) as f:
-        images, labels = f["images"], f["labels"]
-    with np.load(bundle / "data/expected.npz", allow_pickle=False) as f:
-        expected = {k: f[k] for k in f.files}
+            raise BundleError(f"{bundle / name}: sha256 differs from manifest.json (altered or truncated)")
+    images, labels, expected = _load_data(bundle)
     pixels = to_pixels(images)
+    for m in manifest["models"]:
+        for key in (m["expected_key"], m.get("expected_key_reference_kernels")):
+            if key is not None and key not in expected:
+                raise BundleError(f"{bundle}/data/expected.npz: no expected outputs {key!r} for {m['file']}")
     rows = []
     for m in manifest["models"]:
         try:
             runner = load_runner(bundle / m["file"])
+            got = _logits(runner, pixels)
+            ref = None
+            if m.get("expected_key_reference_kernels"):
+                ref_runner = load_runner(
+                    bundle / m["file"], SessionConfig(graph_optimization=REFERENCE_KERNELS)
+                )
+                ref = _logits(ref_runner, pixels)
         except ContractError as e:
-            raise BundleError(str(e)) from None
-        got = _logits(runner, pixels)
+            raise BundleError(str(e)) from e
         want = expected[m["expected_key"]]
-        diff = float(np.abs(got - want).max())
-        agree = float((got.argmax(-1) == want.argmax(-1)).mean()) if got.ndim == 2 else None
+        diff = max_abs_diff(got, want)
+        agree = float((got.argmax(-1) == want.argmax(-1)).mean()) if got.shape == want.shape else 0.0
         row = {
             "file": m["file"],
             "precision": m["precision"],
@@ -184,22 +259,19 @@ def self_check(bundle: Path, report: Path | None = None) -> dict[str, Any]:
             "agreement": agree,
             "bit_exact": bool(np.array_equal(got, want)),
             "bit_exact_reference_kernels": None,
-            "top1_on_inputs": float((got.argmax(-1) == labels).mean()) if got.ndim == 2 else None,
+            "top1_on_inputs": float((got.argmax(-1) == labels).mean()),
         }
-        if m.get("expected_key_reference_kernels"):
-            ref = _logits(
-                load_runner(bundle / m["file"], SessionConfig(graph_optimization=REFERENCE_KERNELS)), pixels
-            )
+        if ref is not None:
             row["bit_exact_reference_kernels"] = bool(
                 np.array_equal(ref, expected[m["expected_key_reference_kernels"]])
             )
         if m["precision"] == "fp32":
-            row["passed"] = diff <= manifest["tolerances"]["fp32_max_abs_diff"] and agree in (None, 1.0)
+            row["passed"] = not exceeds(diff, manifest["tolerances"]["fp32_max_abs_diff"]) and agree == 1.0
         elif m["reduce_range"]:
             # The fused integer kernels (QLinearConv, QGemm) differ between x86 and aarch64 by an
             # output step or two (make arm-check): their decisions must agree; the reference
             # kernels must give the very same numbers.
-            row["passed"] = agree in (None, 1.0) and row["bit_exact_reference_kernels"] in (None, True)
+            row["passed"] = agree == 1.0 and row["bit_exact_reference_kernels"] in (None, True)
         else:
             row["passed"] = True  # reported, not required: 16-bit saturation differs by ISA
         rows.append(row)

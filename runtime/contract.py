@@ -49,4 +49,8 @@ def check_pixels(x: object) -> np.ndarray:
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > PIXEL_MAX:
         raise ContractError(f"input values must lie in 0..255, got {lo:g}..{hi:g}")
+    if 0.0 < hi <= 1.0 and (x != np.round(x)).any():
+        # Raw pixels reach 255 on a digit's stroke; fractions that never pass 1 are an image
+        # already scaled to [0, 1], which the graph would normalise a second time.
+        raise ContractError(f"input looks scaled to [0, 1] (values {lo:g}..{hi:g}); feed raw pixels 0..255")
     return x

@@ -12,6 +12,7 @@ import numpy as np
 
 from runtime.contract import to_pixels
 from runtime.mnist import load_split
+from runtime.numeric import max_abs_diff
 from runtime.runner import load_runner
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if ref is not None:
             row["against"] = str(args.against)
             row["agreement"] = float((logits.argmax(1) == ref[1].argmax(1)).mean())
-            row["max_abs_diff"] = float(np.abs(logits - ref[1]).max())
+            row["max_abs_diff"] = max_abs_diff(logits, ref[1])
             row["correct"] = (logits.argmax(1) == load_split("test", args.data_dir).labels).tolist()
             text += f"  agreement with {args.against.name} {100 * row['agreement']:.2f} %  max |Δ| {row['max_abs_diff']:.2e}"
         rows[str(m)] = row

@@ -1,15 +1,29 @@
-"""Atomic writes and hashing: an artifact is either complete on disk or absent."""
+"""Atomic writes, owned temp folders, hashing of files and of the code that makes an artifact.
+
+An artifact is either complete on disk or absent: it is written to a temp file named after the
+writing process, then renamed. Temp files and folders left by a process that was killed (kill -9
+skips every cleanup) are removed by the next writer of the same artifact or stage.
+"""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
+import re
+import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# The project's own top-level packages (the import closure of a stage stays inside these).
+PACKAGES = ("train", "export", "quantize", "runtime", "report")
+TEMP_PREFIX = "lenet-edge-"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -24,12 +38,84 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# --- fault injection (tests only) -------------------------------------------------------------
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """SIGKILL this process here if LENET_EDGE_KILL_AT names this point ("name" or "name#k" for
+    the k-th time it is reached). The fault tests use it to kill a stage at exact moments, such as
+    between writing a model and writing its record; without the variable it does nothing."""
+    want = os.environ.get("LENET_EDGE_KILL_AT")
+    if not want:
+        return
+    point, _, nth = want.partition("#")
+    if point != name:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --- stale temp files and folders ---------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_if_orphaned(p: Path, pid_text: str) -> None:
+    """Remove p if the process that made it (pid in its name) no longer exists."""
+    if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+        return
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    except FileNotFoundError:
+        pass  # another process cleaned it first
+
+
+def remove_stale_temp_files(path: Path) -> None:
+    """Delete `.NAME.PID.xxxx.tmp` siblings of `path` whose writer is dead."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[^/]*\.tmp$")
+    for sib in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        m = pattern.match(sib.name)
+        if m:
+            _remove_if_orphaned(sib, m.group(1))
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+@contextmanager
+def owned_temp_dir(stage: str) -> Iterator[Path]:
+    """A temp folder `lenet-edge-STAGE-PID-xxxx` removed on exit; first removes the folders of
+    this stage whose process was killed before it could clean up."""
+    root = Path(tempfile.gettempdir())
+    pattern = re.compile(rf"^{re.escape(TEMP_PREFIX + stage)}-(\d+)-[^/]+$")
+    for old in root.glob(f"{TEMP_PREFIX}{stage}-*"):
+        m = pattern.match(old.name)
+        if m:
+            _remove_if_orphaned(old, m.group(1))
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{stage}-{os.getpid()}-") as tmp:
+        yield Path(tmp)
+
+
+# --- atomic writes ------------------------------------------------------------------------------
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path next to `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -37,7 +123,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual mode
     try:
         yield tmp_path
+        fault_point("before-rename")
         os.replace(tmp_path, path)
+        fault_point("after-rename")
     finally:
         # Interrupted or failed: the half-written temp file never takes the real name.
         if tmp_path.exists():
@@ -58,7 +146,62 @@ def read_json(path: str | Path) -> Any:
 
     try:
         return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise LenetEdgeError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LenetEdgeError(f"{path}: not valid JSON ({e})") from None
+    except FileNotFoundError as e:
+        raise LenetEdgeError(f"{path}: file not found") from e
+    except IsADirectoryError as e:
+        raise LenetEdgeError(f"{path}: is a directory, expected a JSON file") from e
+    except PermissionError as e:
+        raise LenetEdgeError(f"{path}: permission denied") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise LenetEdgeError(f"{path}: not valid JSON ({str(e)[:200]})") from e
+
+
+def inside(folder: str | Path, path: str | Path) -> Path:
+    """`path` resolved, if it lies inside `folder` (symlinks followed); else LenetEdgeError."""
+    from runtime.errors import LenetEdgeError
+
+    base, p = Path(folder).resolve(), Path(path).resolve()
+    if p != base and base not in p.parents:
+        raise LenetEdgeError(f"{path}: resolves outside {folder}")
+    return p
+
+
+# --- what code made an artifact -----------------------------------------------------------------
+def _module_file(module: str) -> Path | None:
+    parts = module.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    base = ROOT.joinpath(*parts)
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def import_closure(*modules: str) -> list[Path]:
+    """The project's .py files that `modules` import, directly or not, at any depth (imports
+    inside functions included: a stage's lazy imports decide its output too)."""
+    seen: dict[Path, None] = {}
+    todo = list(modules)
+    while todo:
+        mod = todo.pop()
+        f = _module_file(mod)
+        if f is None or f in seen:
+            continue
+        seen[f] = None
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                todo.append(node.module)
+                todo += [f"{node.module}.{a.name}" for a in node.names]  # `from pkg import mod`
+    return sorted(seen)
+
+
+def code_sha256(*modules: str) -> str:
+    """sha256 over the path and bytes of every project file in the import closure of `modules`:
+    the freshness key of a stage's code. Editing any of them makes its artifacts stale."""
+    h = hashlib.sha256()
+    for f in import_closure(*modules):
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()

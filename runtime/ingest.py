@@ -1,8 +1,14 @@
-"""Host side: adds a device's benchmark JSON to results/devices/ and rebuilds results/devices/README.md."""
+"""Host side: adds a device's benchmark JSON to results/devices/ and rebuilds results/devices/README.md.
+
+The file comes from outside (a board, a colleague, an attacker): every field is checked for type
+and range before anything is written, the destination name is built only from checked and
+sanitised parts, and the final path must lie inside the devices folder.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -10,36 +16,99 @@ from typing import Any
 
 from runtime.bench import SCHEMA
 from runtime.errors import LenetEdgeError
-from runtime.files import read_json, write_bytes_atomic, write_json_atomic
+from runtime.files import inside, read_json, write_bytes_atomic, write_json_atomic
 
 DEVICES = Path(__file__).resolve().parent.parent / "results" / "devices"
-REQUIRED = ("model", "format", "runtime", "call", "batch", "threads", "latency_ms_p50", "ratio_p50_vs_fp32")
+# created_unix must be a plausible time: 2020-01-01 .. 2100-01-01.
+UNIX_RANGE = (1_577_836_800, 4_102_444_800)
+MAX_RESULTS = 10_000
+MAX_TEXT = 200
+
+
+class IngestError(LenetEdgeError):
+    """A device result is malformed, out of range, or would be written outside its folder."""
+
+
+def _text(v: Any, where: str, source: Path) -> str:
+    if not isinstance(v, str) or not v.strip() or len(v) > MAX_TEXT:
+        raise IngestError(f"{source}: {where} must be a non-empty string of at most {MAX_TEXT} characters")
+    return v
+
+
+def _int(v: Any, where: str, source: Path, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise IngestError(f"{source}: {where} must be an integer in {lo}..{hi}, got {v!r:.60}")
+    return v
+
+
+def _positive(v: Any, where: str, source: Path, allow_none: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    if not ok:
+        raise IngestError(f"{source}: {where} must be a finite positive number, got {v!r:.60}")
 
 
 def validate(report: Any, source: Path) -> None:
+    """Raise IngestError naming the file and the first field that is missing, mistyped or out of range."""
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
-        raise LenetEdgeError(f"{source}: not a lenet-edge benchmark result (schema must be {SCHEMA!r})")
+        raise IngestError(f"{source}: not a lenet-edge benchmark result (schema must be {SCHEMA!r})")
     for key in ("environment", "results", "created_unix"):
         if key not in report:
-            raise LenetEdgeError(f"{source}: missing {key!r}")
-    for i, r in enumerate(report["results"]):
-        missing = [k for k in REQUIRED if k not in r]
-        if missing:
-            raise LenetEdgeError(f"{source}: result {i} lacks {', '.join(missing)}")
+            raise IngestError(f"{source}: missing {key!r}")
+    _int(report["created_unix"], "created_unix", source, *UNIX_RANGE)
+    env = report["environment"]
+    if not isinstance(env, dict) or not isinstance(env.get("cpu"), dict):
+        raise IngestError(f"{source}: environment must be an object with a 'cpu' object")
+    _text(env.get("machine"), "environment.machine", source)
+    _text(env["cpu"].get("model"), "environment.cpu.model", source)
+    flags = env["cpu"].get("isa_flags")
+    if not isinstance(flags, list) or not all(isinstance(f, str) and len(f) <= 40 for f in flags):
+        raise IngestError(f"{source}: environment.cpu.isa_flags must be a list of short strings")
+    results = report["results"]
+    if not isinstance(results, list) or not 1 <= len(results) <= MAX_RESULTS:
+        raise IngestError(f"{source}: results must be a list of 1..{MAX_RESULTS} entries")
+    for i, r in enumerate(results):
+        if not isinstance(r, dict):
+            raise IngestError(f"{source}: result {i} is not an object")
+        for k in ("model", "format", "runtime", "call"):
+            _text(r.get(k), f"result {i} {k}", source)
+        _int(r.get("batch"), f"result {i} batch", source, 1, 1 << 20)
+        _int(r.get("threads"), f"result {i} threads", source, 1, 4096)
+        _positive(r.get("latency_ms_p50"), f"result {i} latency_ms_p50", source)
+        if "ratio_p50_vs_fp32" not in r:
+            raise IngestError(f"{source}: result {i} lacks ratio_p50_vs_fp32")
+        _positive(r["ratio_p50_vs_fp32"], f"result {i} ratio_p50_vs_fp32", source, allow_none=True)
+    check = report.get("bundle_check")
+    if check is not None and not (isinstance(check, dict) and isinstance(check.get("summary", ""), str)):
+        raise IngestError(f"{source}: bundle_check must be an object with a string summary")
+
+
+def slug(text: str, max_len: int = 60) -> str:
+    """Lower-case letters, digits and single hyphens only: safe as part of a file name."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len].strip("-") or "device"
 
 
 def ingest(result: Path, devices: Path = DEVICES) -> Path:
     report = read_json(result)
     validate(report, result)
     env = report["environment"]
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{env['machine']}-{env['cpu']['model']}".lower()).strip("-")
-    dest = devices / f"{slug}-{report['created_unix']}.json"
+    name = f"{slug(env['machine'] + '-' + env['cpu']['model'])}-{report['created_unix']:d}.json"
+    dest = devices / name
+    inside(devices, dest)  # the name is built from checked parts; this is the last line of defence
+    table = render(devices, extra=(dest, report))
     write_json_atomic(dest, report)
-    write_bytes_atomic(devices / "README.md", render(devices).encode())
+    write_bytes_atomic(devices / "README.md", table.encode())
     return dest
 
 
-def render(devices: Path) -> str:
+def _cell(text: Any) -> str:
+    """A value as a Markdown table cell: no pipes, no line breaks, bounded length."""
+    return re.sub(r"[|\r\n\t`<>]", " ", str(text))[:MAX_TEXT]
+
+
+def render(devices: Path, extra: tuple[Path, dict[str, Any]] | None = None) -> str:
+    """The table of every result in `devices` (plus `extra`, about to be written)."""
     lines = [
         "# Device benchmark results",
         "",
@@ -48,17 +117,22 @@ def render(devices: Path) -> str:
         "| device | ISA | model | format | runtime | call | p50 µs | × FP32 | bundle check |",
         "|---|---|---|---|---|---|---:|---:|---|",
     ]
-    for f in sorted(devices.glob("*.json")):
-        rep: dict[str, Any] = read_json(f)
+    reports = {f: None for f in sorted(devices.glob("*.json"))}
+    if extra is not None:
+        reports[extra[0]] = extra[1]
+    for f in sorted(reports):
+        rep = reports[f] if reports[f] is not None else read_json(f)
+        validate(rep, f)  # a file put there by hand is held to the same rules
         env = rep["environment"]
-        check = rep.get("bundle_check", {}).get("summary", "–").split(": ", 1)[-1]
+        check = (rep.get("bundle_check") or {}).get("summary", "–").split(": ", 1)[-1]
         for r in rep["results"]:
             if r["batch"] == 1 and r["threads"] == 1:
                 ratio = f"{r['ratio_p50_vs_fp32']:.2f}" if r["ratio_p50_vs_fp32"] is not None else "–"
                 lines.append(
-                    f"| {env['machine']} {env['cpu']['model']} | {' '.join(env['cpu']['isa_flags'])} "
-                    f"| {r['model']} | {r['format']} | {r['runtime']} | {r['call']} "
-                    f"| {1e3 * r['latency_ms_p50']:.1f} | {ratio} | {check} |"
+                    f"| {_cell(env['machine'])} {_cell(env['cpu']['model'])} "
+                    f"| {_cell(' '.join(env['cpu']['isa_flags']))} "
+                    f"| {_cell(r['model'])} | {_cell(r['format'])} | {_cell(r['runtime'])} | {_cell(r['call'])} "
+                    f"| {1e3 * r['latency_ms_p50']:.1f} | {ratio} | {_cell(check)} |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -66,8 +140,14 @@ def render(devices: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.ingest", description=__doc__.splitlines()[0])
     p.add_argument("result", type=Path, help="result JSON written by `python -m runtime.bench` on a device")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DEVICES,
+        help="where device results and their table live (default results/devices)",
+    )
     args = p.parse_args(argv)
-    dest = ingest(args.result)
+    dest = ingest(args.result, args.out_dir)
     print(f"added {dest}; table in {dest.parent / 'README.md'}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,12 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
     path = Path(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected an IDX file") from None
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file not found") from e
+    except IsADirectoryError as e:
+        raise DataError(f"{path}: is a directory, expected an IDX file") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from e
     if len(data) < 4:
         raise DataError(f"{path}: not an IDX file ({len(data)} bytes, shorter than a header)")
     zero, type_code, ndim = int.from_bytes(data[0:2], "big"), data[2], data[3]
@@ -66,7 +69,7 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # Python ints: no int64 overflow
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise DataError(f"{path}: {what}: header says {dims} -> {expected} bytes, file has {len(data)}")
@@ -78,7 +81,10 @@ def verify_file(path: Path) -> None:
     want, _ = MNIST_FILES[path.name]
     if not path.is_file():
         raise DataError(f"{path}: file not found (run `make data` or set MNIST_DIR)")
-    got = sha256_file(path)
+    try:
+        got = sha256_file(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from e
     if got != want:
         raise DataError(f"{path}: sha256 {got[:16]}… does not match MNIST's {want[:16]}…")
 
@@ -104,6 +110,8 @@ def load_split(split: str, data_dir: str | Path | None = None, verify: bool = Tr
     labels = read_idx(lab_path, expected_ndim=1)
     if images.dtype != np.uint8 or labels.dtype != np.uint8:
         raise DataError(f"{img_path}: MNIST files must hold unsigned bytes")
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"{img_path}: images must be 28x28, the header says {images.shape[1:]}")
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{lab_path}: {labels.shape[0]} labels for {images.shape[0]} images")
     if labels.size and labels.max() > 9:
@@ -111,5 +119,6 @@ def load_split(split: str, data_dir: str | Path | None = None, verify: bool = Tr
     return Split(
         images=images,
         labels=labels.astype(np.int64),
-        sha256={p.name: MNIST_FILES[p.name][0] for p in (img_path, lab_path)} if verify else {},
+        # Unverified files still record what they were: a record never claims data it did not see.
+        sha256={p.name: MNIST_FILES[p.name][0] if verify else sha256_file(p) for p in (img_path, lab_path)},
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from runtime.contract import INPUT_NAME
+from runtime.files import owned_temp_dir
 
 
 def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1)
 
     from runtime.bench import fixed_input
 
-    with tempfile.TemporaryDirectory(prefix="lenet-edge-prof-") as tmp:
+    with owned_temp_dir("prof") as tmp:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -13,10 +13,58 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import INPUT_NAME, OUTPUT_NAME, check_pixels
+from runtime.contract import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, check_pixels
 from runtime.errors import ConfigError, ContractError
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+# predict() runs dynamic-batch models in chunks of this many images: memory stays flat in N
+# (a 100,000-image call as one batch took 8 GB of activations).
+CHUNK = 256
+
+
+def check_scores(name: str, scores: np.ndarray, n: int) -> np.ndarray:
+    """The model's output must honour the contract: float32 [n,10], every value finite."""
+    if not isinstance(scores, np.ndarray) or scores.dtype != np.float32:
+        raise ContractError(
+            f"{name}: output must be float32 scores, got {getattr(scores, 'dtype', type(scores))}"
+        )
+    if scores.shape != (n, NUM_CLASSES):
+        raise ContractError(f"{name}: output shape must be [{n},{NUM_CLASSES}], got {list(scores.shape)}")
+    if not np.isfinite(scores).all():
+        raise ContractError(
+            f"{name}: output contains NaN or Inf ({int((~np.isfinite(scores)).sum())} values)"
+        )
+    return scores
+
+
+def _check_onnx_io(name: str, inputs: list[Any], outputs: list[Any]) -> None:
+    """Names, element types and shapes of the graph's input and output against the contract,
+    before anything runs. A symbolic dimension passes here; its value is checked after a run."""
+
+    def fits(shape: list[Any], want: tuple[int, ...]) -> bool:
+        return len(shape) == len(want) and all(
+            not isinstance(d, int) or d == w for d, w in zip(shape, want, strict=True)
+        )
+
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        raise ContractError(
+            f"{name}: model input must be one tensor named {INPUT_NAME!r}, got {[i.name for i in inputs]}"
+        )
+    i = inputs[0]
+    batch = i.shape[0] if i.shape else None
+    if i.type != "tensor(float)" or len(i.shape) != 4 or not fits(list(i.shape)[1:], IMAGE_SHAPE):
+        raise ContractError(
+            f"{name}: input {INPUT_NAME!r} must be float32 [N,1,28,28], got {i.type} {i.shape}"
+        )
+    if isinstance(batch, int) and batch < 1:
+        raise ContractError(f"{name}: input batch dimension must be >= 1, got {batch}")
+    if len(outputs) != 1 or outputs[0].name != OUTPUT_NAME:
+        raise ContractError(
+            f"{name}: model output must be one tensor named {OUTPUT_NAME!r}, got {[o.name for o in outputs]}"
+        )
+    o = outputs[0]
+    if o.type != "tensor(float)" or len(o.shape) != 2 or not fits(list(o.shape)[1:], (NUM_CLASSES,)):
+        raise ContractError(f"{name}: output {OUTPUT_NAME!r} must be float32 [N,10], got {o.type} {o.shape}")
 
 
 @dataclass(frozen=True)
@@ -66,17 +114,14 @@ class OnnxRunner:
             self.session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises several unrelated types for a bad file
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ContractError(f"{name}: onnxruntime cannot load the model ({msg})") from None
+            raise ContractError(f"{name}: onnxruntime cannot load the model ({msg})") from e
         inputs = self.session.get_inputs()
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
-            raise ContractError(
-                f"{name}: model input must be one tensor named {INPUT_NAME!r}, got {[i.name for i in inputs]}"
-            )
+        _check_onnx_io(name, inputs, self.session.get_outputs())
         self.name = name
         self.version = ort.__version__
         batch = inputs[0].shape[0]
         self.static_batch = batch if isinstance(batch, int) else None
-        self._out_dims = self.session.get_outputs()[0].shape[1:]
+        self._out_dims = [NUM_CLASSES]
         self._bound_shape: tuple[int, ...] | None = None
         self.run = self._run_bound if self.config.io_binding else self._run_plain
 
@@ -108,19 +153,22 @@ class OnnxRunner:
         self.session.run_with_iobinding(self._binding)
         return self._out
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
+    def predict(self, pixels: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+        """Validated input -> validated scores [N,10]; runs in chunks of at most `chunk` images."""
         pixels = check_pixels(pixels)
-        if not self.accepts_batch(pixels.shape[0]):
-            raise ContractError(
-                f"{self.name}: this model has a static batch of {self.static_batch}, got {pixels.shape[0]}"
-            )
-        out = self.run(pixels)
-        return out.copy() if self.config.io_binding else out
+        n = pixels.shape[0]
+        if not self.accepts_batch(n):
+            raise ContractError(f"{self.name}: this model has a static batch of {self.static_batch}, got {n}")
+        if not isinstance(chunk, int) or chunk < 1:
+            raise ConfigError(f"batch size must be a positive integer, got {chunk!r}")
+        out = np.empty((n, NUM_CLASSES), np.float32)
+        for i in range(0, n, chunk):
+            part = pixels[i : i + chunk]
+            out[i : i + len(part)] = check_scores(self.name, self.run(part), len(part))
+        return out
 
     def predict_batched(self, pixels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        return np.concatenate(
-            [self.predict(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
-        )
+        return self.predict(pixels, batch_size)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -144,10 +192,8 @@ def _tflite_interpreter() -> tuple[Any, str, str]:
             from tflite_runtime import interpreter as mod
 
             return mod.Interpreter, "tflite-runtime", getattr(pkg, "__version__", "?")
-        except ImportError:
-            raise ContractError(
-                "LENET_EDGE_TFLITE=tflite-runtime but tflite_runtime is not installed"
-            ) from None
+        except ImportError as e:
+            raise ContractError("LENET_EDGE_TFLITE=tflite-runtime but tflite_runtime is not installed") from e
     try:
         import ai_edge_litert as pkg
         from ai_edge_litert import interpreter as mod
@@ -160,10 +206,10 @@ def _tflite_interpreter() -> tuple[Any, str, str]:
         from tflite_runtime import interpreter as mod
 
         return mod.Interpreter, "tflite-runtime", getattr(pkg, "__version__", "?")
-    except ImportError:
+    except ImportError as e:
         raise ContractError(
             "no TFLite interpreter installed: pip install ai-edge-litert (or tflite-runtime)"
-        ) from None
+        ) from e
 
 
 class TfliteRunner:
@@ -186,10 +232,12 @@ class TfliteRunner:
             self.it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ContractError(f"{self.name}: {self.backend} cannot load the model ({msg})") from None
+            raise ContractError(f"{self.name}: {self.backend} cannot load the model ({msg})") from e
         (inp,), (out,) = self.it.get_input_details(), self.it.get_output_details()
         if list(inp["shape"]) != [1, 28, 28, 1]:
             raise ContractError(f"{self.name}: expected an NHWC [1,28,28,1] input, got {list(inp['shape'])}")
+        if list(out["shape"]) != [1, NUM_CLASSES]:
+            raise ContractError(f"{self.name}: expected a [1,10] output, got {list(out['shape'])}")
         self._in, self._out = inp, out
         self._in_q = inp["quantization"] if inp["dtype"] != np.float32 else None
         self._out_q = out["quantization"] if out["dtype"] != np.float32 else None
@@ -214,7 +262,10 @@ class TfliteRunner:
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         pixels = check_pixels(pixels)
-        return np.concatenate([self._run(pixels[i : i + 1]).copy() for i in range(len(pixels))])
+        out = np.empty((len(pixels), NUM_CLASSES), np.float32)
+        for i in range(len(pixels)):
+            out[i] = check_scores(self.name, np.asarray(self._run(pixels[i : i + 1]), np.float32), 1)[0]
+        return out
 
     def predict_batched(self, pixels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         return self.predict(pixels)

@@ -10,7 +10,6 @@ import argparse
 import gzip
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,20 @@ import numpy as np
 
 from runtime.cli import run
 from runtime.contract import normalize
+from runtime.files import owned_temp_dir
 from runtime.mnist import default_data_dir, load_split
 
 
 def _fit_epoch(name: str, gz_dir: Path, steps: int | None, seed: int) -> tuple[float, int]:
     """The blog's way: Paddle's MNIST Dataset (per-sample Normalize) -> DataLoader -> Model.fit."""
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     import paddle
+
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     from paddle.vision.datasets import MNIST
     from paddle.vision.transforms import Normalize
 
@@ -54,6 +61,9 @@ def _fit_epoch(name: str, gz_dir: Path, steps: int | None, seed: int) -> tuple[f
 
 
 def _our_epoch(name: str, x: np.ndarray, y: np.ndarray, steps: int | None, seed: int) -> tuple[float, int]:
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     import paddle
 
     from train.loop import train_epoch
@@ -75,7 +85,7 @@ def bench_train(models: list[str], rounds: int, steps: int | None, data_dir: Pat
     train = load_split("train", data_dir)
     x, y = normalize(train.images[:, None]), train.labels
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="lenet-edge-bench-") as tmp:
+    with owned_temp_dir("bench") as tmp:
         gz_dir = Path(tmp)
         src = Path(data_dir) if data_dir else default_data_dir()
         for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):

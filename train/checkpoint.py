@@ -51,6 +51,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     if not rec_path.is_file():
         raise CheckpointError(f"{path}: no training record {rec_path.name} beside it; incomplete run?")
     record = read_json(rec_path)
+    if not isinstance(record, dict) or not isinstance(record.get("model"), str):
+        raise CheckpointError(f"{rec_path}: not a training record (no 'model' field)")
     want = record.get("checkpoint_sha256")
     got = sha256_file(path)
     if got != want:
@@ -58,6 +60,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     try:
         with np.load(path, allow_pickle=False) as npz:
             state = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a readable .npz ({e})") from None
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: not a readable .npz ({e})") from e
+    for k, v in state.items():
+        if v.dtype != np.float32:
+            raise CheckpointError(f"{path}: array {k} is {v.dtype}, expected float32")
+        if not np.isfinite(v).all():
+            raise CheckpointError(f"{path}: array {k} holds {int((~np.isfinite(v)).sum())} NaN/Inf values")
     return state, record

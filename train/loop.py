@@ -45,15 +45,16 @@ class TrainConfig:
 
 
 def source_sha256() -> str:
-    """Hash of the training code: a record made by other code is not 'up to date'."""
-    from runtime.files import sha256_bytes
+    """Hash of the training code (its whole import closure): a record made by other code is not 'up to date'."""
+    from runtime.files import code_sha256
 
-    names = ["loop.py", "models.py", "checkpoint.py"]  # what decides the weights, not CLI or bench
-    files = [TRAIN_DIR / n for n in names] + [TRAIN_DIR.parent / "runtime" / "contract.py"]
-    return sha256_bytes(b"".join(f.read_bytes() for f in files))
+    return code_sha256("train.loop")
 
 
 def library_versions() -> dict[str, str]:
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     import paddle
 
     return {"python": platform.python_version(), "paddle": paddle.__version__, "numpy": np.__version__}
@@ -76,6 +77,9 @@ def is_up_to_date(checkpoint: Path, config: TrainConfig, data_sha256: dict[str, 
 
 
 def _evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch: int = 1000) -> dict[str, float]:
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     import paddle
 
     model.eval()
@@ -92,6 +96,9 @@ def train_epoch(
     model: Any, opt: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int, bar: Any = None
 ) -> tuple[float, int]:
     """One pass over x[order] in batches (last one partial, as fit()); returns (loss sum, correct)."""
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     import paddle
     import paddle.nn.functional as F
 
@@ -122,6 +129,9 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate on the test set, write checkpoint then record; return the record."""
+    from train.paddle_env import import_paddle
+
+    import_paddle()
     import paddle
     from tqdm import tqdm
 

