@@ -54,6 +54,8 @@ def load_calibration(path: str | Path = CALIBRATION_FILE) -> Calibration:
     raw = d.get("indices") if isinstance(d, dict) else None
     if not isinstance(raw, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
         raise ConfigError(f"{path}: 'indices' must be a list of integers")
+    if not all(0 <= i < 60000 for i in raw):
+        raise ConfigError(f"{path}: indices must be unique and within the 60,000 training images")
     idx = np.asarray(raw, dtype=np.int64) if raw else np.zeros(0, np.int64)
     if idx.size == 0:
         raise ConfigError(f"{path}: the calibration set is empty")

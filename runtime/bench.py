@@ -59,7 +59,7 @@ def measure_startup(model: Path, batch: int, threads: int, call: str) -> dict[st
     if call == "iobinding" and runner.backend != "onnxruntime":
         return {"skipped": "IO binding is an onnxruntime call path"}
     t0 = time.perf_counter()
-    out = runner.run(x)
+    out = runner.run_checked(x)
     first_ms = (time.perf_counter() - t0) * 1e3
     check_scores(runner.name, np.asarray(out), batch)  # a model that computes garbage is not timed
     for _ in range(50):
@@ -242,6 +242,8 @@ def _measure_all(
                 part = _child(["--startup", str(m), "--batches", str(b), "--threads", str(t), "--calls", c])
                 if "skipped" not in part:
                     startup[(m, c)] = part
+        if not startup:
+            continue  # e.g. only static-batch-1 models at batch 64
         say(
             f"bench {i + 1}/{len(settings)} batch {b} threads {t}: {len(startup)} sessions, {rounds} interleaved rounds"
         )
@@ -286,6 +288,11 @@ def _measure_all(
                     "session": st["runner"],
                 }
             )
+    if not results:
+        raise ConfigError(
+            f"nothing to time: every model was skipped at batches {batches} "
+            f"(static batch, or a call path its runtime lacks); {', '.join(m.name for m in models)}"
+        )
     return results
 
 

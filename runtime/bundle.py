@@ -17,6 +17,7 @@ import json
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 from runtime.contract import CONTRACT_TEXT, to_pixels
 from runtime.errors import ContractError, LenetEdgeError
 from runtime.files import inside, read_json, sha256_bytes, sha256_file, write_bytes_atomic
-from runtime.numeric import exceeds, max_abs_diff
+from runtime.numeric import exceeds, finite, max_abs_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_FILES = (
@@ -56,9 +57,7 @@ REFERENCE_KERNELS = "basic"
 
 
 def _logits(runner: Any, pixels: np.ndarray) -> np.ndarray:
-    if runner.static_batch is None:
-        return runner.predict_batched(pixels)
-    return np.concatenate([runner.predict(pixels[i : i + 1]) for i in range(len(pixels))])
+    return runner.predict(pixels)  # chunked, and image by image for a static batch of 1
 
 
 def _precision(name: str) -> str:
@@ -148,7 +147,6 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
 def validate_manifest(manifest: Any, source: Path) -> None:
     """Types, required keys and at least one model, so a malformed manifest is one clear line
     (not a KeyError) and an empty bundle cannot pass its check."""
-    import math
     import re
 
     def bad(what: str) -> BundleError:
@@ -162,17 +160,22 @@ def validate_manifest(manifest: Any, source: Path) -> None:
     for name, digest in files.items():
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise bad(f"files[{name!r}] is not a sha256 hex digest")
-        parts = Path(name).parts
-        if not name or Path(name).is_absolute() or ".." in parts or "\\" in name:
-            raise bad(f"file name {name!r} leaves the bundle")
+        # Only the names a bundle is built with: portable characters, no '..', no absolute path,
+        # no NUL or unencodable text, bounded length.
+        parts = name.split("/")
+        if (
+            not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", name)
+            or ".." in parts
+            or len(name) > 255
+            or any(len(p) > 100 for p in parts)
+        ):
+            raise bad(f"file name {name[:80]!r} leaves the bundle or is not a plain relative path")
     for need in ("data/inputs.npz", "data/expected.npz"):
         if need not in files:
             raise bad(f"{need} is not listed in 'files' (every file is verified by its sha256)")
     tol = manifest.get("tolerances")
     atol = tol.get("fp32_max_abs_diff") if isinstance(tol, dict) else None
-    if not (
-        isinstance(atol, int | float) and not isinstance(atol, bool) and math.isfinite(atol) and atol >= 0
-    ):
+    if not (finite(atol) and atol >= 0):
         raise bad("tolerances.fp32_max_abs_diff must be a finite number >= 0")
     models = manifest.get("models")
     if not isinstance(models, list) or not models:
@@ -200,8 +203,13 @@ def _load_data(bundle: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarr
             images, labels = f["images"], f["labels"]
         with np.load(bundle / "data/expected.npz", allow_pickle=False) as f:
             expected = {k: f[k] for k in f.files}
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise BundleError(f"{bundle}/data: unreadable inputs or expected outputs ({e})") from e
+    for k, v in expected.items():
+        if v.dtype != np.float32 or v.ndim != 2:
+            raise BundleError(
+                f"{bundle}/data/expected.npz: {k} must be float32 [N,10], got {v.dtype} {v.shape}"
+            )
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) < 1:
         raise BundleError(
             f"{bundle}/data/inputs.npz: images must be uint8 [N,28,28], got {images.dtype} {images.shape}"

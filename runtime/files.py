@@ -22,7 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # The project's own top-level packages (the import closure of a stage stays inside these).
-PACKAGES = ("train", "export", "quantize", "runtime", "report")
+PACKAGES = ("train", "export", "optimize", "quantize", "runtime", "report")
 TEMP_PREFIX = "lenet-edge-"
 
 
@@ -152,7 +152,7 @@ def read_json(path: str | Path) -> Any:
         raise LenetEdgeError(f"{path}: is a directory, expected a JSON file") from e
     except PermissionError as e:
         raise LenetEdgeError(f"{path}: permission denied") from e
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, >4300-digit integers
         raise LenetEdgeError(f"{path}: not valid JSON ({str(e)[:200]})") from e
 
 

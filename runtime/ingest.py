@@ -8,7 +8,6 @@ sanitised parts, and the final path must lie inside the devices folder.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from runtime.bench import SCHEMA
 from runtime.errors import LenetEdgeError
 from runtime.files import inside, read_json, write_bytes_atomic, write_json_atomic
+from runtime.numeric import finite
 
 DEVICES = Path(__file__).resolve().parent.parent / "results" / "devices"
 # created_unix must be a plausible time: 2020-01-01 .. 2100-01-01.
@@ -32,6 +32,10 @@ class IngestError(LenetEdgeError):
 def _text(v: Any, where: str, source: Path) -> str:
     if not isinstance(v, str) or not v.strip() or len(v) > MAX_TEXT:
         raise IngestError(f"{source}: {where} must be a non-empty string of at most {MAX_TEXT} characters")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate is valid JSON but not text
+        raise IngestError(f"{source}: {where} is not valid Unicode text") from e
     return v
 
 
@@ -44,8 +48,7 @@ def _int(v: Any, where: str, source: Path, lo: int, hi: int) -> int:
 def _positive(v: Any, where: str, source: Path, allow_none: bool = False) -> None:
     if v is None and allow_none:
         return
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-    if not ok:
+    if not (finite(v) and v > 0):
         raise IngestError(f"{source}: {where} must be a finite positive number, got {v!r:.60}")
 
 
@@ -63,8 +66,14 @@ def validate(report: Any, source: Path) -> None:
     _text(env.get("machine"), "environment.machine", source)
     _text(env["cpu"].get("model"), "environment.cpu.model", source)
     flags = env["cpu"].get("isa_flags")
-    if not isinstance(flags, list) or not all(isinstance(f, str) and len(f) <= 40 for f in flags):
+    if (
+        not isinstance(flags, list)
+        or len(flags) > 100
+        or not all(isinstance(f, str) and len(f) <= 40 for f in flags)
+    ):
         raise IngestError(f"{source}: environment.cpu.isa_flags must be a list of short strings")
+    for f in flags:
+        _text(f, "environment.cpu.isa_flags", source)
     results = report["results"]
     if not isinstance(results, list) or not 1 <= len(results) <= MAX_RESULTS:
         raise IngestError(f"{source}: results must be a list of 1..{MAX_RESULTS} entries")
@@ -80,8 +89,14 @@ def validate(report: Any, source: Path) -> None:
             raise IngestError(f"{source}: result {i} lacks ratio_p50_vs_fp32")
         _positive(r["ratio_p50_vs_fp32"], f"result {i} ratio_p50_vs_fp32", source, allow_none=True)
     check = report.get("bundle_check")
-    if check is not None and not (isinstance(check, dict) and isinstance(check.get("summary", ""), str)):
-        raise IngestError(f"{source}: bundle_check must be an object with a string summary")
+    if check is not None:
+        summary = check.get("summary", "–") if isinstance(check, dict) else None
+        if not isinstance(summary, str) or len(summary) > 2000:
+            raise IngestError(f"{source}: bundle_check must be an object with a string summary")
+        try:
+            summary.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise IngestError(f"{source}: bundle_check.summary is not valid Unicode text") from e
 
 
 def slug(text: str, max_len: int = 60) -> str:
@@ -96,9 +111,9 @@ def ingest(result: Path, devices: Path = DEVICES) -> Path:
     name = f"{slug(env['machine'] + '-' + env['cpu']['model'])}-{report['created_unix']:d}.json"
     dest = devices / name
     inside(devices, dest)  # the name is built from checked parts; this is the last line of defence
-    table = render(devices, extra=(dest, report))
+    table = render(devices, extra=(dest, report)).encode()  # everything checked before the first write
     write_json_atomic(dest, report)
-    write_bytes_atomic(devices / "README.md", table.encode())
+    write_bytes_atomic(devices / "README.md", table)
     return dest
 
 

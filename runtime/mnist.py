@@ -73,7 +73,12 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise DataError(f"{path}: {what}: header says {dims} -> {expected} bytes, file has {len(data)}")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    try:
+        return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    except ValueError as e:  # more than 64 dimensions, or a zero-size array of absurd extent
+        raise DataError(
+            f"{path}: header says {ndim} dimensions {dims[:8]}…: not an array numpy can hold ({e})"
+        ) from e
 
 
 def verify_file(path: Path) -> None:

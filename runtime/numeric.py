@@ -15,7 +15,7 @@ import numpy as np
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     """max |a - b|; inf if the shapes differ, either array is empty or holds NaN/inf."""
     a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape or a.size == 0:
+    if a.shape != b.shape or a.size == 0 or a.dtype.kind not in "fiu" or b.dtype.kind not in "fiu":
         return math.inf
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return math.inf
@@ -23,8 +23,13 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def finite(x: object) -> bool:
-    """A real, finite number (bools and non-numbers are not)."""
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    """A real, finite number (bools, non-numbers and integers beyond float range are not)."""
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer with hundreds of digits
+        return False
 
 
 def exceeds(value: object, limit: float) -> bool:

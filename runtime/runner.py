@@ -136,7 +136,7 @@ class OnnxRunner:
         """IO binding: copy into the bound input buffer, run, return the bound output buffer.
 
         The returned array is overwritten by the next call. No RunOptions are passed: in ORT 1.32
-        that alone adds ~39 µs per call (shared/PERF-NOTES.md).
+        that alone adds ~39 µs per call (docs/PERF-NOTES.md).
         """
         if pixels.shape != self._bound_shape:
             self._in = np.empty(pixels.shape, np.float32)
@@ -154,18 +154,32 @@ class OnnxRunner:
         return self._out
 
     def predict(self, pixels: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-        """Validated input -> validated scores [N,10]; runs in chunks of at most `chunk` images."""
+        """Validated input -> validated scores [N,10]; runs in chunks of at most `chunk` images
+        (of exactly the static batch, for a model that has one)."""
         pixels = check_pixels(pixels)
         n = pixels.shape[0]
-        if not self.accepts_batch(n):
-            raise ContractError(f"{self.name}: this model has a static batch of {self.static_batch}, got {n}")
-        if not isinstance(chunk, int) or chunk < 1:
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise ConfigError(f"batch size must be a positive integer, got {chunk!r}")
+        if self.static_batch is not None:
+            if n % self.static_batch:
+                raise ContractError(
+                    f"{self.name}: this model has a static batch of {self.static_batch}, got {n} images"
+                )
+            chunk = self.static_batch
         out = np.empty((n, NUM_CLASSES), np.float32)
         for i in range(0, n, chunk):
             part = pixels[i : i + chunk]
-            out[i : i + len(part)] = check_scores(self.name, self.run(part), len(part))
+            out[i : i + len(part)] = check_scores(self.name, self.run_checked(part), len(part))
         return out
+
+    def run_checked(self, pixels: np.ndarray) -> np.ndarray:
+        """`run`, with onnxruntime's run-time failures (a shape that only breaks when data flows,
+        an index out of range) turned into one ContractError naming the model."""
+        try:
+            return self.run(pixels)
+        except Exception as e:  # ORT raises its own pybind types (Fail, InvalidArgument, ...)
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ContractError(f"{self.name}: onnxruntime failed to run the model ({msg[:300]})") from e
 
     def predict_batched(self, pixels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         return self.predict(pixels, batch_size)
@@ -264,8 +278,17 @@ class TfliteRunner:
         pixels = check_pixels(pixels)
         out = np.empty((len(pixels), NUM_CLASSES), np.float32)
         for i in range(len(pixels)):
-            out[i] = check_scores(self.name, np.asarray(self._run(pixels[i : i + 1]), np.float32), 1)[0]
+            out[i] = check_scores(self.name, np.asarray(self.run_checked(pixels[i : i + 1]), np.float32), 1)[
+                0
+            ]
         return out
+
+    def run_checked(self, pixels: np.ndarray) -> np.ndarray:
+        try:
+            return self._run(pixels)
+        except (RuntimeError, ValueError) as e:  # the interpreter's failures on invoke
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ContractError(f"{self.name}: {self.backend} failed to run the model ({msg[:300]})") from e
 
     def predict_batched(self, pixels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         return self.predict(pixels)

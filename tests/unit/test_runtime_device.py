@@ -88,16 +88,20 @@ def test_runner_fuzz_shapes_and_values(identity):
     assert seen["valid"] >= 20 and seen["invalid"] >= 20, seen
 
 
-def test_static_batch_model_refuses_other_batches(tmp_path, identity):
+def test_static_batch_model_runs_in_its_batch_and_refuses_a_remainder(tmp_path, identity):
     from export.variants import static_batch
     from runtime.runner import OnnxRunner
 
+    x = (np.arange(3 * 784, dtype=np.float32) % 256).reshape(3, 1, 28, 28)
     p = tmp_path / "b1.onnx"
     onnx.save(static_batch(onnx.load(str(identity)), 1), str(p))
     r = OnnxRunner(p)
-    assert r.static_batch == 1 and r.predict(np.zeros((1, 1, 28, 28), np.float32)).shape == (1, 10)
-    with pytest.raises(ContractError, match="static batch of 1, got 2"):
-        r.predict(np.zeros((2, 1, 28, 28), np.float32))
+    assert r.static_batch == 1 and np.array_equal(r.predict(x), first10(x))  # image by image
+    onnx.save(static_batch(onnx.load(str(identity)), 2), str(p))
+    r = OnnxRunner(p)
+    assert np.array_equal(r.predict(x[:2]), first10(x[:2]))
+    with pytest.raises(ContractError, match="static batch of 2, got 3"):
+        r.predict(x)
 
 
 @pytest.mark.parametrize("content", [b"", b"not onnx at all", None], ids=["empty", "garbage", "truncated"])
