@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        quantize quantize-sweep tflite setup-tflite setup-device variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
+        optimize quantize quantize-sweep tflite setup-tflite setup-device variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -67,6 +67,9 @@ export: data ## Paddle -> ONNX (raw-pixel input), parity-checked -> build/onnx/
 
 evaluate: data ## top-1/top-2 of the exported ONNX models through onnxruntime
 	$(PY) -m runtime.evaluate $(ONNX_DIR)/lenet_pool.fp32.onnx $(ONNX_DIR)/lenet_stride.fp32.onnx
+
+optimize: export ## FP32 ONNX -> rewritten FP32 ONNX (pattern passes: folded normalisation, space-to-depth conv1), checked vs the export
+	$(PY) -m optimize --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
 quantize: export ## FP32 ONNX -> INT8 (ORT, default recipe per model), checked vs FP32 -> build/onnx/
 	$(PY) -m quantize --model $(MODELS) --onnx-dir $(ONNX_DIR)

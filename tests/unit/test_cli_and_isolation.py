@@ -13,7 +13,7 @@ HEAVY = ("paddle", "paddle2onnx", "tensorflow", "onnx", "onnxruntime", "onnxslim
 def _entry_points() -> list[str]:
     """Every command-line entry point: each package's __main__ and each module with a __main__ guard."""
     found = []
-    for pkg in ("train", "export", "quantize", "runtime", "report"):
+    for pkg in ("train", "export", "optimize", "quantize", "runtime", "report"):
         for f in sorted((ROOT / pkg).glob("*.py")):
             text = f.read_text()
             if f.name == "__main__.py":
@@ -31,6 +31,7 @@ def test_every_entry_point_is_found():
     for m in (
         "train",
         "export",
+        "optimize",
         "quantize",
         "quantize.tflite",
         "quantize.sweep",

@@ -1,0 +1,62 @@
+"""CLI: python -m optimize --model lenet_pool|lenet_stride|all [--variant s2d|opt] [--passes a,b]."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from runtime.cli import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m optimize",
+        description="Rewrite exported FP32 ONNX models with pattern-based graph passes (onnxscript "
+        "rewriter), check each against the export on all test images, and write "
+        "<model>.fp32.<variant>.onnx + a record of what every pass did.",
+    )
+    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p.add_argument(
+        "--onnx-dir", type=Path, default=Path("build/onnx"), help="exported models (default build/onnx)"
+    )
+    p.add_argument("--out-dir", type=Path, default=None, help="default: same as --onnx-dir")
+    p.add_argument(
+        "--variant",
+        default="s2d",
+        help="s2d (default: normalisation folded, space-to-depth "
+        "first conv) or fold (normalisation folded, no-op ReLU dropped); any name with --passes",
+    )
+    p.add_argument(
+        "--passes", default=None, help="comma-separated pass names, in order (default: the variant's)"
+    )
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--force", action="store_true", help="rewrite even if the output is up to date")
+    args = p.parse_args(argv)
+
+    from optimize.stage import OptimizeConfig, is_up_to_date, optimize_model, optimized_path
+
+    passes = tuple(x.strip() for x in args.passes.split(",") if x.strip()) if args.passes else None
+    config = OptimizeConfig(variant=args.variant, passes=passes)
+    out_dir = args.out_dir or args.onnx_dir
+    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    for name in names:
+        fp32 = args.onnx_dir / f"{name}.fp32.onnx"
+        if not args.force and is_up_to_date(fp32, out_dir, name, config):
+            print(f"{optimized_path(out_dir, name, config.variant)}: up to date (--force rewrites)")
+            continue
+        rec = optimize_model(fp32, out_dir, config, args.data_dir)
+        did = ", ".join(f"{e['pass']} x{e['rewrites']}" for e in rec["passes"] if e["rewrites"]) or "nothing"
+        skipped = "; ".join(f"{e['pass']}: {e['not_applied'][0]}" for e in rec["passes"] if not e["rewrites"])
+        print(
+            f"{name}: {rec['onnx']} ({sum(rec['nodes']['exported'].values())} -> "
+            f"{sum(rec['nodes']['optimized'].values())} nodes) applied {did}"
+            + (f"; not applied: {skipped}" if skipped else "")
+            + f"; max |Δlogit| vs export {rec['check']['max_abs_logit_diff']:.1e}, "
+            f"top-1 identical {rec['check']['top1_identical']}/{rec['check']['images']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

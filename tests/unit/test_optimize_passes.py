@@ -1,0 +1,192 @@
+"""Each graph pass on small synthetic graphs: random weights, odd shapes, batch > 1; the rewritten
+graph must compute the same function, and a graph outside a pass's preconditions must be left
+untouched with the reason recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.unit
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+
+def _graph(nodes, inits, in_shape, out_shape):
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        initializer=[
+            numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k)
+            for k, v in inits.items()
+        ],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def _run(model, x):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # compare the graphs as written
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})[0]
+
+
+def _check(model, passes, x, expect_rewrites):
+    from optimize.stage import apply_passes
+
+    new, report = apply_passes(model, passes)
+    counts = {e["pass"]: e["rewrites"] for e in report}
+    assert counts == expect_rewrites, report
+    a, b = _run(model, x), _run(new, x)
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, float(np.abs(a).max())), np.abs(a - b).max()
+    return new, report
+
+
+def _ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+@pytest.mark.parametrize(
+    "cin,k,pad,hw", [(1, 5, 2, (28, 28)), (1, 3, 1, (10, 14)), (2, 5, 0, (13, 17)), (3, 3, 0, (9, 9))]
+)
+def test_fold_affine_into_conv(cin, k, pad, hw):
+    rng = np.random.default_rng(cin * 100 + k)
+    w, b = rng.normal(size=(4, cin, k, k)), rng.normal(size=4)
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Add", ["x", "a"], ["xa"]),
+        helper.make_node("Mul", ["xa", "s"], ["xn"]),
+        helper.make_node("Conv", ["xn", "w", "b"], ["y"], kernel_shape=[k, k], pads=[pad] * 4),
+    ]
+    inits = {"a": np.array(-127.5), "s": np.array(1 / 127.5), "w": w, "b": b}
+    oh, ow = hw[0] + 2 * pad - k + 1, hw[1] + 2 * pad - k + 1
+    m = _graph(nodes, inits, [3, cin, *hw], [3, 4, oh, ow])
+    x = rng.integers(0, 256, size=(3, cin, *hw)).astype(np.float32)
+    new, _ = _check(m, ("fold-normalisation",), x, {"fold-normalisation": 1})
+    assert _ops(new) == (["Pad", "Conv"] if pad else ["Conv"])
+
+
+def test_fold_refuses_a_per_channel_affine():
+    from onnx import helper
+
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Add", ["x", "a"], ["xa"]),
+        helper.make_node("Mul", ["xa", "s"], ["xn"]),
+        helper.make_node("Conv", ["xn", "w", "b"], ["y"], kernel_shape=[3, 3]),
+    ]
+    inits = {
+        "a": rng.normal(size=(1, 2, 1, 1)),
+        "s": np.array(0.5),
+        "w": rng.normal(size=(4, 2, 3, 3)),
+        "b": np.zeros(4),
+    }
+    m = _graph(nodes, inits, [1, 2, 8, 8], [1, 4, 6, 6])
+    x = rng.normal(size=(1, 2, 8, 8)).astype(np.float32)
+    new, report = _check(m, ("fold-normalisation",), x, {"fold-normalisation": 0})
+    assert "not scalar constants" in report[0]["not_applied"][0] and _ops(new) == _ops(m)
+
+
+def _conv_relu_pool(cin, k, pad, hw, pool=(2, 2), batch=3, seed=0):
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], pads=[pad] * 4),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=list(pool), strides=list(pool)),
+    ]
+    inits = {"w": rng.normal(size=(6, cin, k, k)), "b": rng.normal(size=6)}
+    oh, ow = (hw[0] + 2 * pad - k + 1) // pool[0], (hw[1] + 2 * pad - k + 1) // pool[1]
+    m = _graph(nodes, inits, [batch, cin, *hw], [batch, 6, oh, ow])
+    x = rng.integers(0, 256, size=(batch, cin, *hw)).astype(np.float32)
+    return m, x
+
+
+@pytest.mark.parametrize(
+    "cin,k,pad,hw",
+    [(1, 5, 2, (28, 28)), (1, 3, 1, (10, 6)), (2, 5, 0, (14, 18)), (1, 4, 0, (9, 11)), (1, 5, 2, (14, 30))],
+)
+def test_s2d_conv_pool_is_exact(cin, k, pad, hw):
+    m, x = _conv_relu_pool(cin, k, pad, hw)
+    new, _ = _check(m, ("s2d-conv-pool",), x, {"s2d-conv-pool": 1})
+    assert "SpaceToDepth" in _ops(new)
+    conv = next(n for n in new.graph.node if n.op_type == "Conv")
+    w = next(i for i in new.graph.initializer if i.name == conv.input[1])
+    assert list(w.dims) == [24, 4 * cin, (k + 2) // 2, (k + 2) // 2]
+
+
+@pytest.mark.parametrize(
+    "kwargs,why",
+    [
+        ({"cin": 3, "k": 3, "pad": 1, "hw": (8, 8)}, "3 input channels"),
+        ({"cin": 1, "k": 4, "pad": 1, "hw": (8, 8)}, "is not even"),
+        ({"cin": 1, "k": 3, "pad": 1, "hw": (9, 9), "pool": (3, 3)}, "not a plain 2x2"),
+    ],
+)
+def test_s2d_conv_pool_refuses_and_leaves_the_graph(kwargs, why):
+    m, x = _conv_relu_pool(**kwargs)
+    new, report = _check(m, ("s2d-conv-pool",), x, {"s2d-conv-pool": 0})
+    assert any(why in r for r in report[0]["not_applied"]), report
+    assert _ops(new) == _ops(m)
+
+
+@pytest.mark.parametrize("k1,pad,k2,hw", [(5, 2, 5, (28, 28)), (3, 1, 3, (12, 10)), (5, 0, 3, (16, 20))])
+def test_s2d_conv_then_stride2_conv_is_exact(k1, pad, k2, hw):
+    from onnx import helper
+
+    rng = np.random.default_rng(k1 + k2)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k1, k1], pads=[pad] * 4),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["y"], kernel_shape=[k2, k2], strides=[2, 2]),
+    ]
+    inits = {
+        "w": rng.normal(size=(6, 1, k1, k1)),
+        "b": rng.normal(size=6),
+        "w2": rng.normal(size=(5, 6, k2, k2)),
+        "b2": rng.normal(size=5),
+    }
+    h1, w1 = hw[0] + 2 * pad - k1 + 1, hw[1] + 2 * pad - k1 + 1
+    m = _graph(nodes, inits, [2, 1, *hw], [2, 5, (h1 - k2) // 2 + 1, (w1 - k2) // 2 + 1])
+    x = rng.integers(0, 256, size=(2, 1, *hw)).astype(np.float32)
+    new, _ = _check(m, ("s2d-conv-stride2",), x, {"s2d-conv-stride2": 1})
+    assert _ops(new).count("Conv") == 2 and "SpaceToDepth" in _ops(new)
+
+
+def test_drop_relu_after_pool():
+    from onnx import helper
+
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Relu", ["p"], ["y"]),
+    ]
+    m = _graph(nodes, {}, [2, 3, 6, 6], [2, 3, 3, 3])
+    x = rng.normal(size=(2, 3, 6, 6)).astype(np.float32)
+    new, _ = _check(m, ("drop-redundant-relu",), x, {"drop-redundant-relu": 1})
+    assert _ops(new) == ["Relu", "MaxPool"]
+
+
+def test_unknown_pass_and_bad_variant_are_config_errors():
+    from optimize.stage import OptimizeConfig
+    from runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown or no pass"):
+        OptimizeConfig(variant="x", passes=("no-such-pass",))
+    with pytest.raises(ConfigError, match="lower-case letters"):
+        OptimizeConfig(variant="../x")
+    with pytest.raises(ConfigError, match="no default passes"):
+        OptimizeConfig(variant="mine")
+    assert OptimizeConfig().passes[-1] == "s2d-conv-stride2"
