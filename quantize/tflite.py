@@ -19,7 +19,7 @@ import numpy as np
 from quantize.calibration import Calibration
 from runtime.contract import INPUT_NAME
 from runtime.errors import ConversionError, LenetEdgeError
-from runtime.files import owned_temp_dir, sha256_bytes, sha256_file, write_json_atomic
+from runtime.files import owned_temp_dir, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
 from runtime.numeric import exceeds, max_abs_diff
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,10 +142,8 @@ def convert_tflite(
             )
         outputs = {}
         for tag, src in made.items():
-            dest = out_dir / f"{name}.{tag}.tflite"
-            tmp_dest = dest.with_name(f".{dest.name}.tmp")
-            shutil.copyfile(src, tmp_dest)
-            os.replace(tmp_dest, dest)
+            dest = out_dir / f"{name}.{tag}.tflite"  # out_dir is the caller's staging folder
+            shutil.copyfile(src, dest)
             outputs[tag] = {"file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size}
     record = {
         "model": name,
@@ -167,8 +165,15 @@ def convert_tflite(
         "int8_input": "uint8, scale 1, zero point 0: raw camera bytes, no float conversion",
         "outputs": outputs,
     }
-    write_json_atomic(out_dir / f"{name}.tflite.json", record)
     return record
+
+
+def publish(staged: Path, out_dir: Path, name: str, record: dict[str, Any]) -> None:
+    """Move checked .tflite files from the staging folder into place (each an atomic rename of
+    a complete copy), then write the record that vouches for them (by sha256)."""
+    for o in record["outputs"].values():
+        write_bytes_atomic(out_dir / o["file"], (staged / o["file"]).read_bytes())
+    write_json_atomic(out_dir / f"{name}.tflite.json", record)
 
 
 DEVICE_VENV = ROOT / ".venv-device"
@@ -199,13 +204,18 @@ def _evaluate_in_device_env(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def check_tflite(name: str, onnx_dir: Path, tol: dict[str, Any], venv: Path = DEVICE_VENV) -> dict[str, Any]:
-    """TFLite FP32 vs ONNX FP32, TFLite INT8 vs FP32, ORT INT8 vs TFLite INT8, in both interpreters."""
+def check_tflite(
+    name: str, onnx_dir: Path, tol: dict[str, Any], venv: Path = DEVICE_VENV, tflite_dir: Path | None = None
+) -> dict[str, Any]:
+    """TFLite FP32 vs ONNX FP32, TFLite INT8 vs FP32, ORT INT8 vs TFLite INT8, in both interpreters.
+
+    The .tflite files are read from `tflite_dir` (the staging folder, before they are published)."""
     from quantize.checks import int8_failures
     from quantize.stats import mcnemar_exact
 
+    tflite_dir = tflite_dir or onnx_dir
     fp32_onnx = onnx_dir / f"{name}.fp32.onnx"
-    files = [onnx_dir / f"{name}.fp32.tflite", onnx_dir / f"{name}.int8.full.tflite"]
+    files = [tflite_dir / f"{name}.fp32.tflite", tflite_dir / f"{name}.int8.full.tflite"]
     ort_int8 = onnx_dir / f"{name}.int8.qdq.onnx"
     checks: dict[str, Any] = {}
     failures: list[str] = []
@@ -286,13 +296,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
             failures += rec["failures"]
             continue
-        rec = convert_tflite(fp32, args.onnx_dir, calibration, args.data_dir)
-        outs = ", ".join(f"{o['file']} {o['bytes']:,} B" for o in rec["outputs"].values())
-        print(f"{name}: {outs}")
-        if args.check:
-            res = check_tflite(name, args.onnx_dir, tol)
-            rec.update(res)
-            write_json_atomic(args.onnx_dir / f"{name}.tflite.json", rec)
+        with owned_temp_dir("tflite-stage") as staged:
+            rec = convert_tflite(fp32, staged, calibration, args.data_dir)
+            outs = ", ".join(f"{o['file']} {o['bytes']:,} B" for o in rec["outputs"].values())
+            print(f"{name}: {outs}")
+            res = check_tflite(name, args.onnx_dir, tol, tflite_dir=staged) if args.check else None
+            if res is not None and res["failures"]:
+                # checked before publishing: the previous .tflite files and record stay as they were
+                failures += [f"{f} (nothing written)" for f in res["failures"]]
+                continue
+            if res is not None:
+                rec.update(res)
+            publish(staged, args.onnx_dir, name, rec)
+        if res is not None:
             for interp, c in res["checks"].items():
                 f, i = c["fp32"], c["int8_full"]
                 cross = c.get("ort_int8_vs_tflite_int8_same_correctness")

@@ -44,6 +44,12 @@ def _run(cmd: list[str], tmpdir: Path, kill: str | None = None, duration: float 
     return proc.returncode
 
 
+def _vouched(record: dict, field: str) -> object:
+    for key in field.split("/"):  # "outputs/int8.full/sha256": a path into the record
+        record = record.get(key, {}) if isinstance(record, dict) else {}
+    return record
+
+
 def _pairs(d: Path, artifact: str, record: str, field: str) -> dict[str, object]:
     a, r = d / artifact, d / record
     state = {
@@ -51,7 +57,7 @@ def _pairs(d: Path, artifact: str, record: str, field: str) -> dict[str, object]
         "record": sha256_file(r) if r.is_file() else None,
     }
     state["consistent"] = (
-        a.is_file() and r.is_file() and json.loads(r.read_text()).get(field) == sha256_file(a)
+        a.is_file() and r.is_file() and _vouched(json.loads(r.read_text()), field) == sha256_file(a)
     )
     return state
 
@@ -112,7 +118,41 @@ STAGES = {
         "lenet_pool.int8.qdq.quantize.json",
         "onnx_sha256",
     ),
+    "optimize": (
+        lambda out, onnx_dir: [
+            "-m",
+            "optimize",
+            "--model",
+            "lenet_pool",
+            "--onnx-dir",
+            str(onnx_dir),
+            "--out-dir",
+            str(out),
+        ],
+        "lenet_pool.fp32.s2d.onnx",
+        "lenet_pool.fp32.s2d.optimize.json",
+        "onnx_sha256",
+    ),
+    # TFLite writes two files, then the record: kill #2 falls between the INT8 file and the record.
+    # --no-check: the short-trained `old` model need not meet the INT8 tolerances here.
+    "tflite": (
+        lambda out, onnx_dir: _tflite_cmd(out, onnx_dir),
+        "lenet_pool.int8.full.tflite",
+        "lenet_pool.tflite.json",
+        "outputs/int8.full/sha256",
+    ),
 }
+
+
+KILLS_BY_STAGE = {"tflite": ["before-rename#1", "after-rename#2", "time:0.7"]}
+
+
+def _tflite_cmd(out: Path, onnx_dir: Path) -> list[str]:
+    # quantize.tflite reads and writes one folder: bring the export in first
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("lenet_pool.fp32.onnx", "lenet_pool.fp32.export.json"):
+        shutil.copy(onnx_dir / f, out / f)
+    return ["-m", "quantize.tflite", "--model", "lenet_pool", "--onnx-dir", str(out), "--no-check"]
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +170,8 @@ def inputs(tmp_path_factory, mnist_dir):
         "train": (1, 0),
         "export": (short, ROOT / "results" / "checkpoints"),
         "quantize": (onnx_old, onnx_new),
+        "optimize": (onnx_old, onnx_new),
+        "tflite": (onnx_old, onnx_new),
     }
 
 
@@ -145,7 +187,7 @@ def test_sigkill_at_every_point_keeps_artifacts_safe(stage, inputs, tmp_path):
     duration = time.monotonic() - t0
     before = _pairs(good, artifact, record, field)
     assert before["consistent"]
-    for kill in KILLS:
+    for kill in KILLS_BY_STAGE.get(stage, KILLS):
         d = tmp_path / re.sub(r"\W", "_", kill)
         shutil.copytree(good, d)
         rc = _run(cmd(d, new_in), tmpdir, kill, duration)

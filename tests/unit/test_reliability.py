@@ -522,3 +522,34 @@ def test_atomic_json_is_complete_or_absent_under_concurrent_writers(tmp_path):
             json.loads((tmp_path / "a.json").read_text())
     assert all(p.wait() == 0 for p in procs)
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_tflite_files_that_fail_their_checks_are_never_published(tmp_path, monkeypatch, capsys):
+    """Before: the .tflite files were written into place, then checked; a failing check left them."""
+    import quantize.tflite as tfl
+    from runtime.cli import run
+
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    good = {f"lenet_pool.{t}.tflite": f"good {t}".encode() for t in ("fp32", "int8.full")}
+    for f, data in good.items():
+        (onnx_dir / f).write_bytes(data)
+    (onnx_dir / "lenet_pool.tflite.json").write_text('{"good": true}')
+
+    def fake_convert(fp32, out_dir, calibration, data_dir=None):
+        outputs = {}
+        for tag in ("fp32", "int8.full"):
+            (out_dir / f"lenet_pool.{tag}.tflite").write_bytes(b"new, failing")
+            outputs[tag] = {"file": f"lenet_pool.{tag}.tflite", "sha256": "0" * 64, "bytes": 12}
+        return {"model": "lenet_pool", "outputs": outputs}
+
+    monkeypatch.setattr(tfl, "convert_tflite", fake_convert)
+    monkeypatch.setattr(
+        tfl, "check_tflite", lambda *a, **k: {"checks": {}, "failures": ["lenet_pool: drop 5 pp"]}
+    )
+    assert run(tfl.main, ["--model", "lenet_pool", "--onnx-dir", str(onnx_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "drop 5 pp (nothing written)" in err
+    assert {f: (onnx_dir / f).read_bytes() for f in good} == good
+    assert (onnx_dir / "lenet_pool.tflite.json").read_text() == '{"good": true}'
+    assert sorted(p.name for p in onnx_dir.iterdir()) == sorted([*good, "lenet_pool.tflite.json"])
