@@ -37,7 +37,7 @@ from runtime.files import (
     write_json_atomic,
 )
 from runtime.mnist import load_split
-from runtime.numeric import exceeds, max_abs_diff
+from runtime.numeric import exceeds, finite, max_abs_diff
 from runtime.runner import OnnxRunner
 from train.checkpoint import load_checkpoint
 
@@ -63,6 +63,39 @@ def onnx_path(out_dir: Path, model: str, precision: str = "fp32") -> Path:
 
 def export_record_path(onnx_file: Path) -> Path:
     return onnx_file.with_name(onnx_file.name.removesuffix(".onnx") + ".export.json")
+
+
+def read_export_record(onnx_file: Path) -> dict[str, Any]:
+    """The export record beside `onnx_file`, checked: made by `make export` for a known model and
+    vouching for this very file (sha256). Anything else is one clear LenetEdgeError."""
+    import re
+
+    from train.models import MODELS
+
+    onnx_file = Path(onnx_file)
+    path = export_record_path(onnx_file)
+    if not path.is_file():
+        raise ConversionError(
+            f"{onnx_file}: no export record {path.name} beside it; not made by `make export`"
+        )
+    rec = read_json(path)
+    if not (
+        isinstance(rec, dict)
+        and rec.get("model") in MODELS
+        and isinstance(rec.get("onnx_sha256"), str)
+        and re.fullmatch(r"[0-9a-f]{64}", rec["onnx_sha256"])
+        and isinstance(rec.get("params"), int)
+        and isinstance(rec.get("checkpoint_sha256"), str)
+        and all(finite(rec.get(k)) and 0 <= rec[k] <= 1 for k in ("test_top1", "test_top2"))
+    ):
+        raise ConversionError(f"{path}: not an export record of a known model (run `make export`)")
+    if not onnx_file.is_file():
+        raise ConversionError(f"{onnx_file}: model not found (run `make export`)")
+    if rec["onnx_sha256"] != sha256_file(onnx_file):
+        raise ConversionError(
+            f"{onnx_file}: changed since export (sha256 differs from {path.name}); re-export it"
+        )
+    return rec
 
 
 def source_sha256() -> str:

@@ -106,8 +106,10 @@ def check_exports(onnx_dir: Path, strict: bool) -> int:
     """Compare exported models with the reference; exact equality expected from the same weights."""
     ref = read_json(REFERENCE)["models"]
     worst = 0
+    from export.onnx_export import read_export_record
+
     for name in MODELS:
-        exp = read_json(onnx_dir / f"{name}.fp32.export.json")
+        exp = read_export_record(onnx_dir / f"{name}.fp32.onnx")
         r = ref[name]
         same_weights = exp["checkpoint_sha256"] == r["checkpoint_sha256"]
         d1 = 100 * (exp["test_top1"] - r["fp32"]["test_top1"])

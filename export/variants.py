@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from export.onnx_export import export_record_path, set_metadata
+from export.onnx_export import set_metadata
 from runtime.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, to_pixels
 from runtime.errors import ConversionError
-from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from runtime.files import sha256_bytes, write_bytes_atomic, write_json_atomic
 from runtime.mnist import load_split
 from runtime.numeric import exceeds, max_abs_diff
 from runtime.runner import OnnxRunner
@@ -181,9 +181,9 @@ def make_variants(
     import onnx
     import onnxslim
 
-    rec = read_json(export_record_path(fp32_path))
-    if rec.get("onnx_sha256") != sha256_file(fp32_path):
-        raise ConversionError(f"{fp32_path}: changed since export; re-export it")
+    from quantize.ort_quant import load_fp32
+
+    _, rec = load_fp32(fp32_path)  # our export, unchanged since, honouring the contract
     name = rec["model"]
     model = onnx.load(str(fp32_path))
     opt = onnxslim.slim(drop_redundant_relu(fold_normalisation(onnxslim.slim(model))))

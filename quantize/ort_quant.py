@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from export.onnx_export import export_record_path, set_metadata
+from export.onnx_export import read_export_record, set_metadata
 from quantize.calibration import Calibration, PixelReader
 from quantize.cleanup import clean_graph, compact_names, op_counts
 from quantize.recipe import DEFAULT_RECIPES, QuantRecipe
@@ -93,6 +93,9 @@ def load_fp32(path: Path) -> tuple[Any, dict[str, Any]]:
     if len(graph.input) == 1:
         t = graph.input[0].type.tensor_type
         dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+    out_dims = []
+    if len(graph.output) == 1:
+        out_dims = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
     if (
         len(graph.input) != 1
         or graph.input[0].name != INPUT_NAME
@@ -100,20 +103,14 @@ def load_fp32(path: Path) -> tuple[Any, dict[str, Any]]:
         or dims[1:] != list(IMAGE_SHAPE)
         or len(graph.output) != 1
         or graph.output[0].name != OUTPUT_NAME
+        or graph.output[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT
+        or out_dims[1:] != [NUM_CLASSES]
     ):
         raise ContractError(
             f"{path}: input/output do not match the contract ({CONTRACT_TEXT}); got inputs "
-            f"{[i.name for i in graph.input]} {dims}, outputs {[o.name for o in graph.output]}"
+            f"{[i.name for i in graph.input]} {dims}, outputs {[o.name for o in graph.output]} {out_dims}"
         )
-    rec_path = export_record_path(path)
-    if not rec_path.is_file():
-        raise LenetEdgeError(f"{path}: no export record {rec_path.name} beside it; not made by `make export`")
-    rec = read_json(rec_path)
-    if rec.get("onnx_sha256") != sha256_file(path):
-        raise LenetEdgeError(
-            f"{path}: changed since export (sha256 differs from {rec_path.name}); re-export it"
-        )
-    return model, rec
+    return model, read_export_record(path)
 
 
 def _ort_enums(recipe: QuantRecipe) -> dict[str, Any]:

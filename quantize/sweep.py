@@ -65,11 +65,10 @@ def sweep(onnx_dir: Path, work_dir: Path, models: list[str], data_dir: Path | No
     calibration = load_calibration()
     recipes = all_recipes()
     rows = []
-    bar = tqdm(total=len(models) * len(recipes), desc="quantize sweep", unit="model")
-    for name in models:
-        with prepared(onnx_dir / f"{name}.fp32.onnx", calibration, data_dir) as prep:
-            rows += _sweep_model(name, prep, recipes, calibration, work_dir, bar)
-    bar.close()
+    with tqdm(total=len(models) * len(recipes), desc="quantize sweep", unit="model") as bar:
+        for name in models:
+            with prepared(onnx_dir / f"{name}.fp32.onnx", calibration, data_dir) as prep:
+                rows += _sweep_model(name, prep, recipes, calibration, work_dir, bar)
     return rows
 
 

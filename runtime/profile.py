@@ -17,7 +17,9 @@ def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1)
     import onnxruntime as ort
 
     from runtime.bench import fixed_input
+    from runtime.runner import OnnxRunner
 
+    OnnxRunner(model)  # a readable model that honours the contract, or one clear ContractError
     with owned_temp_dir("prof") as tmp:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1

@@ -1281,3 +1281,102 @@ def test_process_export_malformed_checkpoint(tmp_path, case):
     args = ["-m", "export", "--model", "lenet_pool", "--checkpoint-dir", d, "--out-dir", out]
     _proc_case(args, needle, "lenet_pool", inputs=(d,))
     assert not out.exists() or not any(out.iterdir())
+
+
+# ---- the remaining entry points: a seeded generator of malformed model files, as processes -------
+
+
+def _malformed_models(seed: int) -> list[bytes]:
+    """Random bytes, a truncated real model and a valid model that breaks the contract."""
+    from onnx import TensorProto, helper
+
+    from export.variants import floor_model
+
+    rng = np.random.default_rng(seed)
+    floor = floor_model().SerializeToString()
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["pixels"], ["scores"])],
+        "wrong",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 1, 28, 28])],
+    )
+    wrong = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    wrong.ir_version = 8
+    return [
+        rng.bytes(int(rng.integers(1, 400))),
+        floor[: int(rng.integers(5, len(floor) - 1))],
+        wrong.SerializeToString(),
+    ]
+
+
+REMAINING = {
+    # name: (argv for a folder holding a malformed lenet_pool.fp32.onnx, needle in the error line)
+    "optimize": (
+        lambda d: ["-m", "optimize", "--model", "lenet_pool", "--onnx-dir", str(d)],
+        "lenet_pool.fp32.onnx",
+    ),
+    "quantize.tflite": (
+        lambda d: ["-m", "quantize.tflite", "--model", "lenet_pool", "--onnx-dir", str(d)],
+        "lenet_pool.fp32.onnx",
+    ),
+    "quantize.sweep": (
+        lambda d: [
+            "-m",
+            "quantize.sweep",
+            "--model",
+            "lenet_pool",
+            "--onnx-dir",
+            str(d),
+            "--out",
+            str(d / "s"),
+        ],
+        "lenet_pool.fp32.onnx",
+    ),
+    "export.variants": (
+        lambda d: ["-m", "export.variants", "--model", "lenet_pool", "--onnx-dir", str(d)],
+        "lenet_pool.fp32.onnx",
+    ),
+    "export.reference": (
+        lambda d: ["-m", "export.reference", "check", "--onnx-dir", str(d)],
+        "lenet_pool.fp32",
+    ),
+    "report.invariance": (
+        lambda d: ["-m", "report.invariance", str(d / "lenet_pool.fp32.onnx"), "--out", str(d / "inv.json")],
+        "lenet_pool.fp32.onnx",
+    ),
+    "runtime.profile": (
+        lambda d: ["-m", "runtime.profile", str(d / "lenet_pool.fp32.onnx")],
+        "lenet_pool.fp32.onnx",
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(REMAINING))
+@pytest.mark.parametrize("case", [0, 1, 2], ids=["random-bytes", "truncated", "contract-breaking"])
+def test_process_remaining_entry_points_with_malformed_models(entry, case, tmp_path):
+    argv, needle = REMAINING[entry]
+    d = tmp_path / "onnx"
+    d.mkdir()
+    model = d / "lenet_pool.fp32.onnx"
+    model.write_bytes(_malformed_models(seed=case)[case])
+    (d / "lenet_pool.fp32.export.json").write_text(f'{{"onnx_sha256": "{sha256_file(model)}"}}')
+    with nothing_changes(model):
+        proc = run_cli(*argv(d))
+    assert_one_line_error(proc, needle)
+
+
+def test_process_train_with_a_malformed_idx_folder(tmp_path):
+    d = tmp_path / "mnist"
+    d.mkdir()
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (d / name).write_bytes(np.random.default_rng(len(name)).bytes(64))
+    proc = run_cli(
+        "-m", "train", "--model", "lenet_pool", "--data-dir", str(d), "--out-dir", str(tmp_path / "out")
+    )
+    assert_one_line_error(proc, "train-images-idx3-ubyte")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
