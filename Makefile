@@ -80,15 +80,22 @@ quantize-sweep: export ## every quantization recipe for both models -> results/q
 variants: export ## deployable FP32 variants (folded normalisation, static batch 1) + per-call floor model
 	$(PY) -m export.variants --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
-DEPLOY_MODELS = $(ONNX_DIR)/floor.onnx $(foreach m,lenet_pool lenet_stride,\
-  $(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx \
+# lenet-edge's artifacts (what the bundle ships) and, for the benchmark, the stock ones beside them.
+OURS = $(ONNX_DIR)/floor.onnx $(foreach m,lenet_pool lenet_stride,\
+  $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).fp32.s2d.onnx \
+  $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite \
+  $(ONNX_DIR)/$(m).int8.dynamic.tflite)
+STOCK = $(foreach m,lenet_pool lenet_stride,$(ONNX_DIR)/$(m).fp32.onnx \
+  $(foreach t,fp32 fp16 int8.dynamic int8.full,$(ONNX_DIR)/$(m).stock.$(t).tflite))
+DEPLOY_MODELS = $(ONNX_DIR)/floor.onnx $(foreach m,lenet_pool lenet_stride,$(ONNX_DIR)/$(m).fp32.onnx \
+  $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx \
   $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite)
 # The benchmark and the bundle run in the device-like environment: numpy 1.26, onnxruntime and
 # both TFLite interpreters, so ORT and TFLite are measured side by side in one run.
 DEV_PY := .venv-device/bin/python
 
-bench: variants tflite ## latency of every model x format x runtime x call path, batch 1/64, 1/all threads -> build/bench/
-	$(DEV_PY) -m runtime.bench $(DEPLOY_MODELS) --out build/bench/bench.json
+bench: variants optimize tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/
+	$(DEV_PY) -m runtime.bench $(OURS) $(STOCK) --out build/bench/bench.json
 
 bundle: variants tflite ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
 	$(DEV_PY) -m runtime.bundle build $(DEPLOY_MODELS) --out build/lenet-edge-bundle.tar.gz

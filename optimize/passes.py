@@ -251,6 +251,17 @@ class SpaceToDepthConvPool(_SpaceToDepthBase):
         return op.Reshape(best, back)
 
 
+class SpaceToDepthConvPoolSplitMax(SpaceToDepthConvPool):
+    """As SpaceToDepthConvPool, with the phase max as Split into 4 groups + an element-wise Max:
+    the form converters that move to NHWC (onnx2tf) handle, where a Reshape across channels is not."""
+
+    def rewrite(self, op, x, w, b, conv1, pool):
+        phases, o_n = self.s2d_head(op, x, w, b, conv1)
+        sizes = op.initializer(ir.tensor(np.array([o_n] * 4, np.int64)), name=f"{pool.name}_split")
+        a, b_, c, d = op.Split(phases, sizes, axis=1, _outputs=4)
+        return op.Max(a, b_, c, d)
+
+
 class SpaceToDepthConvStride2(_SpaceToDepthBase):
     """Conv_s2(Relu(Conv(x))) -> Conv''(Relu(Conv'(SpaceToDepth(x)))): a stride-2 conv over the
     full-resolution map is a stride-1 conv over its phases."""
@@ -291,5 +302,6 @@ RULES = {
     "fold-normalisation": FoldAffineIntoConv,
     "drop-redundant-relu": DropReluAfterPool,
     "s2d-conv-pool": SpaceToDepthConvPool,
+    "s2d-conv-pool-split": SpaceToDepthConvPoolSplitMax,
     "s2d-conv-stride2": SpaceToDepthConvStride2,
 }

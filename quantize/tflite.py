@@ -1,9 +1,12 @@
-"""ONNX -> TFLite (FP32 and full-integer INT8 with uint8 input) with onnx2tf, wrapped once.
+"""ONNX -> TFLite with onnx2tf, wrapped once: ours from the optimized graph, stock beside them.
 
-Reads build/onnx/<model>.fp32.onnx (+ export record) and the committed calibration subset;
-writes <model>.fp32.tflite and <model>.int8.full.tflite with a .tflite.json record. onnx2tf runs
-in its own environment (.venv-tflite: TensorFlow 2.19, onnx 1.19.1) as a subprocess, on a copy
-of the input (it overwrites its input file), with a few fixed flags.
+Reads build/onnx/<model>.fp32.onnx (+ export record) and the committed calibration subset; writes
+<model>.fp32.tflite, <model>.int8.full.tflite (uint8 input), <model>.int8.dynamic.tflite (int8
+weights, float activations; LiteRT only) from the optimize passes' graph, the stock conversions
+<model>.stock.{fp32,fp16,int8.dynamic,int8.full}.tflite of the plain graph (for the benchmark),
+and a .tflite.json record. onnx2tf runs in its own environment (.venv-tflite: TensorFlow 2.19,
+onnx 1.19.1) as a subprocess, on a copy of the input (it overwrites its input file), with a few
+fixed flags. Files are converted and checked in a staging folder and published only if they pass.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +31,26 @@ ROOT = Path(__file__).resolve().parent.parent
 TFLITE_VENV = ROOT / ".venv-tflite"
 
 
-def tflite_source(fp32: Path, data_dir: Path | None = None, atol: float = 1e-4) -> bytes:
-    """The graph onnx2tf gets: the export, cleaned, normalisation as a 1x1 Conv, checked equal.
+# The optimize passes per TFLite target: the space-to-depth first conv (a 1-channel int8 conv is
+# XNNPACK's worst case: stock full-int8 ran 4.0x / 3.4x LiteRT FP32 on a Xeon, see README), with
+# the pool's phase max as Split + Max, the form onnx2tf converts. The normalisation is folded into
+# that conv for float activations (FP32, dynamic-range); for full-int8 it stays a 1x1 conv: the
+# folded graph pads with 127.5, which a uint8 grid cannot hold (measured on lenet_pool, full-int8:
+# McNemar p 0.004 / 0.002 in LiteRT / tflite-runtime, which the checks refuse).
+PASSES = {
+    "float": ("fold-normalisation", "drop-redundant-relu", "s2d-conv-pool-split", "s2d-conv-stride2"),
+    "int8": ("drop-redundant-relu", "s2d-conv-pool-split", "s2d-conv-stride2"),
+    "stock": (),
+}
 
-    onnx2tf fails on the export's leading scalar Add/Mul (a tf.nn.convolution error), and the
-    conv1-folded variant pads with 127.5, which full-integer TFLite cannot hold on a uint8 grid
-    (measured: -0.08 pp, McNemar p 0.004 on lenet_pool).
-    """
+
+def tflite_source(
+    fp32: Path, data_dir: Path | None = None, atol: float = 1e-4, target: str = "float"
+) -> bytes:
+    """The graph onnx2tf gets for `target` (PASSES), checked equal to the export on all test
+    images: cleaned, then the target's passes; the normalisation becomes a 1x1 Conv unless a pass
+    folded it. onnx2tf fails on the export's leading scalar Add/Mul (a tf.nn.convolution error).
+    The stock source is the least a conversion needs."""
     import onnx
     import onnxslim
 
@@ -41,7 +59,14 @@ def tflite_source(fp32: Path, data_dir: Path | None = None, atol: float = 1e-4) 
     from runtime.mnist import load_split
     from runtime.runner import OnnxRunner
 
-    model = normalisation_as_conv(onnxslim.slim(onnx.load(str(fp32))))
+    model = onnxslim.slim(onnx.load(str(fp32)))
+    if "fold-normalisation" not in PASSES[target]:
+        model = normalisation_as_conv(model)
+    if PASSES[target]:
+        from optimize.stage import apply_passes
+
+        model, _ = apply_passes(model, PASSES[target])
+        model = onnxslim.slim(model)
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()
     pixels = to_pixels(load_split("test", data_dir).images)
@@ -82,23 +107,30 @@ def is_up_to_date(fp32: Path, out_dir: Path, name: str, calibration: Calibration
         return False
 
 
-def convert_tflite(
-    fp32: Path,
-    out_dir: Path,
-    calibration: Calibration,
-    data_dir: Path | None = None,
-    venv: Path = TFLITE_VENV,
-) -> dict[str, Any]:
-    from quantize.ort_quant import load_fp32
+# onnx2tf's output files -> ours. Stock files (the export converted with nothing but what onnx2tf
+# needs) are made beside ours so that the benchmark compares both in one run.
+OUTPUTS = {
+    "fp32": ("float", "model_float32.tflite"),
+    "int8.dynamic": ("float", "model_dynamic_range_quant.tflite"),
+    "int8.full": ("int8", "model_full_integer_quant.tflite"),
+}
+STOCK_OUTPUTS = {
+    "stock.fp32": ("stock", "model_float32.tflite"),
+    "stock.fp16": ("stock", "model_float16.tflite"),
+    "stock.int8.dynamic": ("stock", "model_dynamic_range_quant.tflite"),
+    "stock.int8.full": ("stock", "model_full_integer_quant.tflite"),
+}
 
-    _, exp_rec = load_fp32(fp32)  # our export, unchanged since, honouring the contract
-    name = exp_rec["model"]
-    source = tflite_source(fp32, data_dir)
+
+@contextmanager
+def _onnx2tf(
+    source: bytes, calibration: Calibration, data_dir: Path | None, venv: Path, label: str
+) -> Iterator[tuple[Path, list[str]]]:
+    """Run onnx2tf once on `source` in an owned temp folder; yield (its output folder, command)."""
     onnx2tf = venv / "bin" / "onnx2tf"
     if not onnx2tf.is_file():
         raise ConversionError(f"{onnx2tf}: converter environment missing (run `make setup-tflite`)")
-    with owned_temp_dir("tflite") as tmpdir:
-        tmp = Path(tmpdir)
+    with owned_temp_dir("tflite") as tmp:
         (tmp / "model.onnx").write_bytes(source)  # a copy: onnx2tf overwrites its input
         # Calibration in the converted model's layout (NHWC) and scale (raw 0..255 pixels: the
         # normalisation is inside the graph, so mean 0 and std 1).
@@ -128,44 +160,66 @@ def convert_tflite(
             "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
         }  # it calls onnxsim
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=1800)
-        made = {
-            "fp32": tmp / "out" / "model_float32.tflite",
-            "int8.full": tmp / "out" / "model_full_integer_quant.tflite",
-        }
-        missing = [p.name for p in made.values() if not p.is_file()]
-        if proc.returncode != 0 or missing:
+        if proc.returncode != 0:
             lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "rror" in ln] or [
                 "no error text"
             ]
-            raise ConversionError(
-                f"{fp32}: onnx2tf failed (exit {proc.returncode}, missing {missing}): {lines[-1][:300]}"
-            )
-        outputs = {}
-        for tag, src in made.items():
-            dest = out_dir / f"{name}.{tag}.tflite"  # out_dir is the caller's staging folder
-            shutil.copyfile(src, dest)
-            outputs[tag] = {"file": dest.name, "sha256": sha256_file(dest), "bytes": dest.stat().st_size}
-    record = {
-        "model": name,
-        "source": {
-            "export": fp32.name,
-            "export_sha256": exp_rec["onnx_sha256"],
-            "graph": "onnxslim clean-up, normalisation as a 1x1 Conv (export.variants.normalisation_as_conv)",
+            raise ConversionError(f"{label}: onnx2tf failed (exit {proc.returncode}): {lines[-1][:300]}")
+        yield tmp / "out", cmd
+
+
+def convert_tflite(
+    fp32: Path,
+    out_dir: Path,
+    calibration: Calibration,
+    data_dir: Path | None = None,
+    venv: Path = TFLITE_VENV,
+) -> dict[str, Any]:
+    """Convert the optimized source (ours) and the stock source into `out_dir` (a staging folder)."""
+    from quantize.ort_quant import load_fp32
+
+    _, exp_rec = load_fp32(fp32)  # our export, unchanged since, honouring the contract
+    name = exp_rec["model"]
+    outputs: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
+    every = {**OUTPUTS, **STOCK_OUTPUTS}
+    for target, passes in PASSES.items():
+        source = tflite_source(fp32, data_dir, target=target)
+        wanted = {tag: f for tag, (t, f) in every.items() if t == target}
+        with _onnx2tf(source, calibration, data_dir, venv, f"{fp32} ({target} source)") as (made, cmd):
+            missing = [f for f in wanted.values() if not (made / f).is_file()]
+            if missing:
+                raise ConversionError(f"{fp32}: onnx2tf wrote no {', '.join(missing)}")
+            for tag, f in wanted.items():
+                dest = out_dir / f"{name}.{tag}.tflite"
+                shutil.copyfile(made / f, dest)
+                outputs[tag] = {
+                    "file": dest.name,
+                    "sha256": sha256_file(dest),
+                    "bytes": dest.stat().st_size,
+                    "stock": target == "stock",
+                    "source": target,
+                }
+        sources[target] = {
+            "passes": list(passes),
+            "normalisation": "folded into the first conv" if "fold-normalisation" in passes else "a 1x1 Conv",
             "sha256": sha256_bytes(source),
-        },
+            "command": " ".join(cmd),
+        }
+    return {
+        "model": name,
+        "source": {"export": fp32.name, "export_sha256": exp_rec["onnx_sha256"], **sources},
         "converter": "onnx2tf 1.29.24 (TensorFlow 2.19.0)",
         "source_sha256": source_sha256(),
-        "command": " ".join(cmd),
         "calibration": {
             "sha256": calibration.sha256,
             "images": int(calibration.indices.size),
             "layout": "NHWC",
             "scale": "raw pixels 0..255 (mean 0, std 1)",
         },
-        "int8_input": "uint8, scale 1, zero point 0: raw camera bytes, no float conversion",
+        "int8_input": "full-int8: uint8, scale 1, zero point 0: raw camera bytes, no float conversion",
         "outputs": outputs,
     }
-    return record
 
 
 def publish(staged: Path, out_dir: Path, name: str, record: dict[str, Any]) -> None:
@@ -204,59 +258,84 @@ def _evaluate_in_device_env(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _int8_entry(fp: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
+    from quantize.stats import mcnemar_exact
+
+    return {
+        "top1": q["top1"],
+        "top2": q["top2"],
+        "agreement_with_fp32": q["agreement"],
+        "accuracy_drop_pp": round(100 * (fp["top1"] - q["top1"]), 4),
+        "mcnemar": mcnemar_exact(np.array(fp["correct"], bool), np.array(q["correct"], bool)),
+    }
+
+
 def check_tflite(
     name: str, onnx_dir: Path, tol: dict[str, Any], venv: Path = DEVICE_VENV, tflite_dir: Path | None = None
 ) -> dict[str, Any]:
-    """TFLite FP32 vs ONNX FP32, TFLite INT8 vs FP32, ORT INT8 vs TFLite INT8, in both interpreters.
+    """TFLite FP32 vs ONNX FP32, TFLite INT8 vs FP32, ORT INT8 vs TFLite INT8, in both interpreters;
+    the dynamic-range file in ai-edge-litert only (tflite-runtime 2.14 cannot load TF 2.19's
+    dynamic-range op versions). Stock files are evaluated and reported, never failed.
 
     The .tflite files are read from `tflite_dir` (the staging folder, before they are published)."""
     from quantize.checks import int8_failures
-    from quantize.stats import mcnemar_exact
 
     tflite_dir = tflite_dir or onnx_dir
     fp32_onnx = onnx_dir / f"{name}.fp32.onnx"
-    files = [tflite_dir / f"{name}.fp32.tflite", tflite_dir / f"{name}.int8.full.tflite"]
+    f = {tag: tflite_dir / f"{name}.{tag}.tflite" for tag in (*OUTPUTS, *STOCK_OUTPUTS)}
     ort_int8 = onnx_dir / f"{name}.int8.qdq.onnx"
     checks: dict[str, Any] = {}
     failures: list[str] = []
     for interp in INTERPRETERS:
-        res = _evaluate_in_device_env(
-            files + ([ort_int8] if ort_int8.is_file() else []), fp32_onnx, interp, venv
-        )
-        fp, i8 = res[str(files[0])], res[str(files[1])]
-        fp32_correct, i8_correct = np.array(fp["correct"], bool), np.array(i8["correct"], bool)
-        entry = {
+        litert = interp == "ai-edge-litert"
+        tags = ["fp32", "int8.full"] + (["int8.dynamic", *STOCK_OUTPUTS] if litert else [])
+        files = [f[t] for t in tags] + ([ort_int8] if ort_int8.is_file() else [])
+        res = _evaluate_in_device_env(files, fp32_onnx, interp, venv)
+        fp, i8 = res[str(f["fp32"])], res[str(f["int8.full"])]
+        entry: dict[str, Any] = {
             "fp32": {
                 "top1": fp["top1"],
                 "top2": fp["top2"],
                 "max_abs_diff_vs_onnx": fp["max_abs_diff"],
                 "agreement_with_onnx": fp["agreement"],
             },
-            "int8_full": {
-                "top1": i8["top1"],
-                "top2": i8["top2"],
-                "agreement_with_fp32": i8["agreement"],
-                "accuracy_drop_pp": round(100 * (fp["top1"] - i8["top1"]), 4),
-                "mcnemar": mcnemar_exact(fp32_correct, i8_correct),
-            },
+            "int8_full": _int8_entry(fp, i8),
+            "int8_dynamic": _int8_entry(fp, res[str(f["int8.dynamic"])])
+            if litert
+            else "not loadable by tflite-runtime 2.14 (TF 2.19 op versions); LiteRT only",
         }
+        if litert:
+            entry["stock"] = {
+                t: {"top1": res[str(f[t])]["top1"], "agreement_with_fp32_onnx": res[str(f[t])]["agreement"]}
+                for t in STOCK_OUTPUTS
+            }
         if str(ort_int8) in res:
             o8 = np.array(res[str(ort_int8)]["correct"], bool)
-            entry["ort_int8_vs_tflite_int8_same_correctness"] = float((o8 == i8_correct).mean())
+            entry["ort_int8_vs_tflite_int8_same_correctness"] = float(
+                (o8 == np.array(i8["correct"], bool)).mean()
+            )
         checks[interp] = entry
         if exceeds(fp["max_abs_diff"], tol["tflite_fp32_max_abs_diff"]) or fp["agreement"] != 1.0:
             failures.append(
                 f"{name} {interp}: TFLite FP32 vs ONNX max |Δ| {fp['max_abs_diff']:.2e}, "
                 f"agreement {100 * fp['agreement']:.2f} %"
             )
-        fake = {
-            "model": f"{name} ({interp} full-int8)",
-            "accuracy_drop_pp": entry["int8_full"]["accuracy_drop_pp"],
-            "agreement_with_fp32": i8["agreement"],
-            "mcnemar": {"p_new_worse": entry["int8_full"]["mcnemar"]["p_new_worse"]},
-            "size_ratio_vs_fp32": files[1].stat().st_size / files[0].stat().st_size,
-        }
-        failures += int8_failures(fake, tol)
+        for key, tag in (("int8_full", "int8.full"), ("int8_dynamic", "int8.dynamic")):
+            if not isinstance(entry[key], dict):
+                continue
+            fake = {
+                "model": f"{name} ({interp} {tag})",
+                "accuracy_drop_pp": entry[key]["accuracy_drop_pp"],
+                "agreement_with_fp32": entry[key]["agreement_with_fp32"],
+                "mcnemar": {"p_new_worse": entry[key]["mcnemar"]["p_new_worse"]},
+                "size_ratio_vs_fp32": f[tag].stat().st_size / f["fp32"].stat().st_size,
+            }
+            size_tol = (
+                tol
+                if tag == "int8.full"
+                else {**tol, "int8_size_ratio_max": tol["int8_dynamic_size_ratio_max"]}
+            )
+            failures += int8_failures(fake, size_tol)
     return {"checks": checks, "failures": failures}
 
 
@@ -320,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
                     + (
                         f"; ORT INT8 and TFLite INT8 right/wrong on the same images: {100 * cross:.2f} %"
                         if cross
+                        else ""
+                    )
+                    + (
+                        f"; dynamic-range top-1 {100 * c['int8_dynamic']['top1']:.2f} % "
+                        f"(drop {c['int8_dynamic']['accuracy_drop_pp']:+.2f} pp)"
+                        if isinstance(c.get("int8_dynamic"), dict)
                         else ""
                     )
                 )

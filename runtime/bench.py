@@ -35,6 +35,63 @@ def fixed_input(batch: int) -> np.ndarray:
     return rng.integers(0, 256, size=(batch, *IMAGE_SHAPE)).astype(np.float32)
 
 
+def native_input(runner: Any, batch: int) -> np.ndarray:
+    """The fixed batch, validated once, in the dtype the model takes (uint8 for full-int8 TFLite):
+    the timed call does no conversion, as on a device feeding camera bytes."""
+    from runtime.runner import as_native
+
+    return as_native(check_pixels(fixed_input(batch)), runner.input_dtype)
+
+
+def is_stock(path: Path) -> bool:
+    """What a user gets from the stock tools alone: the plain export (`<model>.fp32.onnx`) and the
+    `.stock.` conversions; everything else is lenet-edge's own (passes, recipes, variants)."""
+    return ".stock." in path.name or path.name.endswith(".fp32.onnx")
+
+
+def _fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return min(rows, key=lambda r: r["latency_ms_p50"]) if rows else None
+
+
+def summarize_goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model, batch and threads: per runtime the best INT8 and best FP32 p50 and their ratio;
+    and the best lenet-edge artifact against the best stock one (any runtime). Ratios in one run."""
+    out = []
+    for key in sorted({(r["model"], r["batch"], r["threads"]) for r in results}):
+        rows = [r for r in results if (r["model"], r["batch"], r["threads"]) == key]
+
+        entry: dict[str, Any] = {"model": key[0], "batch": key[1], "threads": key[2], "per_runtime": {}}
+        for rt in sorted({r["runtime"] for r in rows}):
+            rr = [r for r in rows if r["runtime"] == rt]
+            i8 = _fastest([r for r in rr if "int8" in r["format"]])
+            fp = _fastest([r for r in rr if "int8" not in r["format"]])
+            entry["per_runtime"][rt] = {
+                "best_int8": i8
+                and {"file": i8["file"], "call": i8["call"], "latency_ms_p50": i8["latency_ms_p50"]},
+                "best_fp32": fp
+                and {"file": fp["file"], "call": fp["call"], "latency_ms_p50": fp["latency_ms_p50"]},
+                "int8_over_fp32": i8["latency_ms_p50"] / fp["latency_ms_p50"] if i8 and fp else None,
+            }
+        ours, stock = _fastest([r for r in rows if not r["stock"]]), _fastest([r for r in rows if r["stock"]])
+        entry["best_lenet_edge"] = ours and {
+            "file": ours["file"],
+            "runtime": ours["runtime"],
+            "call": ours["call"],
+            "latency_ms_p50": ours["latency_ms_p50"],
+        }
+        entry["best_stock"] = stock and {
+            "file": stock["file"],
+            "runtime": stock["runtime"],
+            "call": stock["call"],
+            "latency_ms_p50": stock["latency_ms_p50"],
+        }
+        entry["lenet_edge_over_stock"] = (
+            ours["latency_ms_p50"] / stock["latency_ms_p50"] if ours and stock else None
+        )
+        out.append(entry)
+    return out
+
+
 def model_label(path: Path) -> tuple[str, str]:
     """lenet_pool.int8.qdq.onnx -> ('lenet_pool', 'int8.qdq'); floor.onnx -> ("floor", "floor")."""
     stem = path.name.removesuffix(".onnx")
@@ -50,10 +107,10 @@ def _load(model: Path, threads: int, call: str) -> Any:
 
 def measure_startup(model: Path, batch: int, threads: int, call: str) -> dict[str, Any]:
     """Child process, one per configuration: session init, first inference, peak RSS."""
-    x = check_pixels(fixed_input(batch))
     t0 = time.perf_counter()
     runner = _load(model, threads, call)
     init_ms = (time.perf_counter() - t0) * 1e3
+    x = native_input(runner, batch)
     if not runner.accepts_batch(batch):
         return {"skipped": f"static batch {runner.static_batch}"}
     if call == "iobinding" and runner.backend != "onnxruntime":
@@ -81,18 +138,18 @@ def measure_latency(
     Each round times every (model, call) for runs/rounds calls after 10 untimed ones; the input
     is validated once, the timed loop is the runner's bare `run`, the path a device loop takes.
     """
-    x = check_pixels(fixed_input(batch))
     runs_by_key = {}
     for model, call in configs:
         runner = _load(model, threads, call)
+        x = native_input(runner, batch)
         for _ in range(warmup):
             runner.run(x)
-        runs_by_key[f"{model}|{call}"] = runner.run
+        runs_by_key[f"{model}|{call}"] = (runner.run, x)
     per_round = max(1, -(-runs // rounds))
     samples: dict[str, list[int]] = {k: [] for k in runs_by_key}
     clock = time.perf_counter_ns
     for _ in range(rounds):
-        for key, run in runs_by_key.items():
+        for key, (run, x) in runs_by_key.items():
             for _ in range(10):
                 run(x)
             out = samples[key]
@@ -219,6 +276,7 @@ def run_bench(
         },
         "results": results,
         "best": best,
+        "summary": summarize_goals(results),
     }
 
 
@@ -272,6 +330,7 @@ def _measure_all(
                     "model": model,
                     "format": fmt,
                     "file": m.name,
+                    "stock": is_stock(m),
                     "file_bytes": m.stat().st_size,
                     "runtime": st["runner"]["backend"],
                     "runtime_version": st["runner"]["version"],
@@ -302,16 +361,17 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"CPU: {env['cpu']['model']} ({', '.join(env['cpu']['isa_flags'])}), {env['cpu']['logical_cpus']} logical "
         f"CPUs; {env['os']}; Python {env['python']}, numpy {env['numpy']}, onnxruntime {env.get('onnxruntime', '?')}.",
         "",
-        "| model | format | runtime | call | batch | threads | p50 µs | p90 µs | p99 µs | min µs | × FP32 (p50) "
-        "| images/s | init ms | first ms | peak RSS MB |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | format | stock | runtime | call | batch | threads | p50 µs | p90 µs | p99 µs | min µs "
+        "| × FP32 (p50) | images/s | init ms | first ms | peak RSS MB |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(
         report["results"], key=lambda r: (r["batch"], r["threads"], r["model"], r["format"], r["call"])
     ):
         ratio = f"{r['ratio_p50_vs_fp32']:.2f}" if r["ratio_p50_vs_fp32"] is not None else "–"
         lines.append(
-            f"| {r['model']} | {r['format']} | {r['runtime']} | {r['call']} | {r['batch']} | {r['threads']} "
+            f"| {r['model']} | {r['format']} | {'stock' if r.get('stock') else 'lenet-edge'} | {r['runtime']} "
+            f"| {r['call']} | {r['batch']} | {r['threads']} "
             f"| {1e3 * r['latency_ms_p50']:.1f} | {1e3 * r['latency_ms_p90']:.1f} | {1e3 * r['latency_ms_p99']:.1f} "
             f"| {1e3 * r['latency_ms_min']:.1f} | {ratio} | {r['throughput_images_per_s']:,.0f} "
             f"| {r['session_init_ms']:.1f} | {r['first_inference_ms']:.2f} | {r['peak_rss_mb']:.0f} |"
@@ -330,7 +390,41 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"| {b['model']} | {b['batch']} | {b['threads']} | {b['format']} | {b['call']} "
                 f"| {1e3 * b['latency_ms_p50']:.1f} | {b['ratio_p50_vs_fp32']:.2f} | {i8} |"
             )
+    if report.get("summary"):
+        lines += [
+            "",
+            "Goals, as ratios within this run: best INT8 / best FP32 per runtime, and the fastest lenet-edge "
+            "artifact / the fastest stock artifact (any runtime):",
+            "",
+            "| model | batch | threads | runtime | best INT8 | best FP32 | INT8 / FP32 |",
+            "|---|---:|---:|---|---|---|---:|",
+        ]
+        for e in report["summary"]:
+            for rt, v in e["per_runtime"].items():
+                i8, fp = v["best_int8"], v["best_fp32"]
+                lines.append(
+                    f"| {e['model']} | {e['batch']} | {e['threads']} | {rt} "
+                    f"| {_cell(i8)} | {_cell(fp)} | {_ratio(v['int8_over_fp32'])} |"
+                )
+        lines += [
+            "",
+            "| model | batch | threads | fastest lenet-edge | fastest stock | lenet-edge / stock |",
+            "|---|---:|---:|---|---|---:|",
+        ]
+        for e in report["summary"]:
+            lines.append(
+                f"| {e['model']} | {e['batch']} | {e['threads']} | {_cell(e['best_lenet_edge'])} "
+                f"| {_cell(e['best_stock'])} | {_ratio(e['lenet_edge_over_stock'])} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _cell(b: dict[str, Any] | None) -> str:
+    return f"{b['file']} ({b['call']}) {1e3 * b['latency_ms_p50']:.1f} µs" if b else "–"
+
+
+def _ratio(x: float | None) -> str:
+    return f"{x:.2f}" if x is not None else "–"
 
 
 def _int_list(text: str, all_value: int) -> list[int]:

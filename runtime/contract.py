@@ -1,7 +1,9 @@
 """The input contract shared by training, export, calibration, evaluation and the device runner.
 
-Models take raw pixels: float32 [N, 1, 28, 28], values 0..255 (MNIST polarity, white digit on
-black). The normalisation below is baked into every exported graph, so a device feeds pixels.
+Models take raw pixels: [N, 1, 28, 28], values 0..255 (MNIST polarity, white digit on black), as
+float32 or as the uint8 bytes a camera gives (both hold every pixel value exactly; each runner
+feeds its model the dtype it takes natively, converting only when they differ). The
+normalisation below is baked into every exported graph, so a device feeds pixels.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ NORM_STD = 127.5
 
 CONTRACT_TEXT = (
     "input 'pixels': float32 [N,1,28,28], raw pixel values 0..255 (white digit on black, "
-    "as in the MNIST IDX files); the graph normalises (x-127.5)/127.5 itself. "
+    "as in the MNIST IDX files; runners also take uint8); the graph normalises (x-127.5)/127.5 itself. "
     "output 'scores': float32 [N,10] logits, argmax is the digit."
 )
 
@@ -40,10 +42,12 @@ def check_pixels(x: object) -> np.ndarray:
     """Validate a batch against the contract; return it unchanged or raise ContractError."""
     if not isinstance(x, np.ndarray):
         raise ContractError(f"input must be a numpy array, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise ContractError(f"input dtype must be float32 raw pixels 0..255, got {x.dtype}")
+    if x.dtype != np.float32 and x.dtype != np.uint8:
+        raise ContractError(f"input dtype must be float32 or uint8 raw pixels 0..255, got {x.dtype}")
     if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or x.shape[0] < 1:
         raise ContractError(f"input shape must be [N,1,28,28] with N >= 1, got {list(x.shape)}")
+    if x.dtype == np.uint8:
+        return x  # every uint8 value is a valid pixel
     if not np.isfinite(x).all():
         raise ContractError("input contains NaN or Inf")
     lo, hi = float(x.min()), float(x.max())

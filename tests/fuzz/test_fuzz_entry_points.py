@@ -365,8 +365,15 @@ def _models() -> dict[str, bytes]:
 MODELS = _models()
 FLOOR = MODELS["floor"]
 # Valid models: success is right for them (everything else must fail, except where noted).
-EVAL_MAY_SUCCEED = {"floor", "symbolic_channel", "nan_sqrt_neg"}  # MNIST's first 10 pixels are 0
-BENCH_MAY_SUCCEED = {"floor", "symbolic_channel", "static_batch_1", "static_batch_2"}
+EVAL_MAY_SUCCEED = {
+    "floor",
+    "symbolic_channel",
+    "nan_sqrt_neg",
+    "input_uint8",
+    "static_batch_1",
+    "static_batch_2",
+}
+BENCH_MAY_SUCCEED = {"floor", "symbolic_channel", "static_batch_1", "static_batch_2", "input_uint8"}
 
 
 class ModelFile(NamedTuple):
@@ -698,10 +705,12 @@ def _lay_out(x: np.ndarray, layout: str) -> np.ndarray:
 
 def contract_ok(x: Any) -> bool:
     """The contract, written out independently of runtime.contract."""
-    if not isinstance(x, np.ndarray) or x.dtype != np.dtype(np.float32):
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.dtype(np.float32), np.dtype(np.uint8)):
         return False
     if x.ndim != 4 or x.shape[1:] != (1, 28, 28) or x.shape[0] < 1:
         return False
+    if x.dtype == np.uint8:
+        return True
     if not np.isfinite(x).all() or x.min() < 0 or x.max() > 255:
         return False
     return not (x.max() <= 1 and (x != np.floor(x)).any())
@@ -721,7 +730,7 @@ def test_runner_predict_returns_the_floor_or_raises_contract_error(case, tmp_pat
             assert not contract_ok(x), "a valid batch was refused"
             return
     assert contract_ok(x), "an input breaking the contract was accepted"
-    want = np.ascontiguousarray(x).reshape(len(x), -1)[:, :10]
+    want = np.ascontiguousarray(x).reshape(len(x), -1)[:, :10].astype(np.float32)
     assert y.dtype == np.float32 and np.array_equal(y, want)
 
 

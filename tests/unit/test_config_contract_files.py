@@ -19,8 +19,10 @@ def test_normalize_maps_pixels_to_unit_range():
 def test_check_pixels_rejects_contract_violations():
     ok = to_pixels(np.zeros((2, 28, 28), np.uint8))
     assert check_pixels(ok) is ok
-    with pytest.raises(ContractError, match="dtype must be float32"):
-        check_pixels(ok.astype(np.uint8))
+    camera = ok.astype(np.uint8)  # raw bytes are pixels too
+    assert check_pixels(camera) is camera
+    with pytest.raises(ContractError, match="dtype must be float32 or uint8"):
+        check_pixels(ok.astype(np.float64))
     with pytest.raises(ContractError, match=r"shape must be \[N,1,28,28\]"):
         check_pixels(np.zeros((2, 28, 28), np.float32))
     with pytest.raises(ContractError, match="NaN or Inf"):

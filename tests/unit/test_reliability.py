@@ -231,7 +231,7 @@ def test_runner_refuses_wrong_output_name_and_input_shape(tmp_path):
         in_shape=("N", 3, 28, 28),
         inits=_slice_inits(10),
     )
-    with pytest.raises(ContractError, match=r"must be float32 \[N,1,28,28\]"):
+    with pytest.raises(ContractError, match=r"must be float32 or uint8 \[N,1,28,28\]"):
         OnnxRunner(p)
 
 

@@ -29,7 +29,7 @@ def first10(x):
 
 
 BAD_INPUTS = {
-    "uint8": (np.zeros((1, 1, 28, 28), np.uint8), "dtype must be float32"),
+    "int32": (np.zeros((1, 1, 28, 28), np.int32), "dtype must be float32 or uint8"),
     "float64": (np.zeros((1, 1, 28, 28)), "dtype must be float32"),
     "no-channel": (np.zeros((1, 28, 28), np.float32), "shape must be [N,1,28,28]"),
     "rgb": (np.zeros((1, 3, 28, 28), np.float32), "shape must be [N,1,28,28]"),
@@ -71,7 +71,7 @@ def test_runner_fuzz_shapes_and_values(identity):
         lo, hi = [(0, 255), (0, 255), (-50, 255), (0, 300)][int(rng.integers(0, 4))]
         x = np.rint(rng.uniform(lo, hi, shape)).astype(dtype)
         valid = (
-            x.dtype == np.float32
+            x.dtype in (np.float32, np.uint8)
             and x.ndim == 4
             and x.shape[1:] == (1, 28, 28)
             and x.shape[0] >= 1
@@ -80,7 +80,7 @@ def test_runner_fuzz_shapes_and_values(identity):
         )
         seen["valid" if valid else "invalid"] += 1
         if valid:
-            want = first10(x)
+            want = first10(x).astype(np.float32)
             assert np.array_equal(plain.predict(x), want) and np.array_equal(bound.predict(x), want)
         else:
             with pytest.raises(ContractError):
@@ -164,7 +164,7 @@ def test_bench_schema_and_ratios(tmp_path, identity):
         assert r["session_init_ms"] > 0 and r["peak_rss_mb"] > 10 and r["throughput_images_per_s"] > 0
         assert r["session"]["threads"] == 1 and r["session"]["graph_optimization"] == "all"
         assert r["ratio_p50_vs_fp32"] is None  # the floor has no FP32 sibling
-    assert "| floor | floor | onnxruntime | iobinding | 1 | 1 |" in to_markdown(rep)
+    assert "| floor | floor | lenet-edge | onnxruntime | iobinding | 1 | 1 |" in to_markdown(rep)
 
 
 def test_env_parses_arm_cpuinfo():
@@ -241,3 +241,43 @@ def test_runtime_files_in_bundle_exist():
     from runtime.bundle import RUNTIME_FILES
 
     assert all((ROOT / "runtime" / f).is_file() for f in RUNTIME_FILES)
+
+
+def test_goal_summary_picks_the_fastest_per_runtime_and_stock_vs_ours():
+    from pathlib import Path
+
+    from runtime.bench import is_stock, summarize_goals
+
+    assert is_stock(Path("lenet_pool.fp32.onnx")) and is_stock(Path("lenet_pool.stock.int8.full.tflite"))
+    assert not is_stock(Path("lenet_pool.fp32.opt.b1.onnx")) and not is_stock(
+        Path("lenet_pool.int8.full.tflite")
+    )
+
+    def row(file, fmt, rt, us, stock):
+        return {
+            "model": "m",
+            "batch": 1,
+            "threads": 1,
+            "file": file,
+            "format": fmt,
+            "runtime": rt,
+            "call": "run",
+            "latency_ms_p50": us / 1e3,
+            "stock": stock,
+        }
+
+    rows = [
+        row("m.fp32.onnx", "fp32", "onnxruntime", 40, True),
+        row("m.fp32.opt.onnx", "fp32.opt", "onnxruntime", 30, False),
+        row("m.int8.qdq.onnx", "int8.qdq", "onnxruntime", 60, False),
+        row("m.stock.fp32.tflite", "stock.fp32.tflite", "ai-edge-litert", 20, True),
+        row("m.int8.full.tflite", "int8.full.tflite", "ai-edge-litert", 16, False),
+    ]
+    (s,) = summarize_goals(rows)
+    assert s["per_runtime"]["onnxruntime"]["int8_over_fp32"] == pytest.approx(2.0)
+    assert s["per_runtime"]["ai-edge-litert"]["int8_over_fp32"] == pytest.approx(0.8)
+    assert (
+        s["best_lenet_edge"]["file"] == "m.int8.full.tflite"
+        and s["best_stock"]["file"] == "m.stock.fp32.tflite"
+    )
+    assert s["lenet_edge_over_stock"] == pytest.approx(0.8)
