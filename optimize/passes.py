@@ -128,6 +128,71 @@ class DropReluAfterPool(_Rule):
         return op.MaxPool(op.Relu(x), **dict(node.attributes.items()))
 
 
+class FoldAffineIntoConvExact(_Rule):
+    """Conv(Mul(Add(x, a), s), W, B) -> Add(Conv(x, W*s, zero pads), M): no pad value to round.
+
+    M[o,h,w] = B[o] + s*a*(sum of W over the taps that land inside the image at (h,w)): the
+    affine offset only ever multiplies in-bounds taps. Exact like FoldAffineIntoConv, and the
+    padding stays zero, which a uint8 input grid holds exactly (127.5 it cannot)."""
+
+    def pattern(self, op, x, a, s, w, b):
+        return op.Conv(op.Mul(op.Add(x, a), s), w, b, _allow_other_attributes=True, _outputs=["conv"])
+
+    def check(self, context, x, a, s, w, b, conv) -> MatchResult:
+        r = MatchResult()
+        if get_singleton_value(a) is None or get_singleton_value(s) is None:
+            return self.fail(r, "affine offset/scale are not scalar constants")
+        if _const(w) is None or _const(b) is None:
+            return self.fail(r, "conv weight or bias is not constant")
+        node = conv.producer()
+        if (
+            node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET"
+            or node.attributes.get_int("group", 1) != 1
+        ):
+            return self.fail(r, "conv uses auto_pad or groups")
+        if x.shape is None or len(x.shape) != 4 or not all(isinstance(d, int) for d in x.shape[2:]):
+            return self.fail(r, "input spatial shape is not static (the bias map needs it)")
+        return r
+
+    def rewrite(self, op, x, a, s, w, b, conv):
+        node = conv.producer()
+        off, scale = float(get_singleton_value(a)), float(get_singleton_value(s))
+        wv, bv = _const(w).astype(np.float64), _const(b).astype(np.float64)
+        pads = _ints(node, "pads", [0, 0, 0, 0])
+        strides, dil = _ints(node, "strides", [1, 1]), _ints(node, "dilations", [1, 1])
+        inside = in_bounds_tap_sums(wv, x.shape[2], x.shape[3], pads, strides, dil)
+        bias_map = (bv[:, None, None] + scale * off * inside)[None]
+        new_w = op.initializer(ir.tensor((wv * scale).astype(np.float32)), name=f"{w.name}_folded_exact")
+        m = op.initializer(ir.tensor(bias_map.astype(np.float32)), name=f"{node.name}_bias_map")
+        attrs = dict(node.attributes.items())
+        return op.Add(op.Conv(x, new_w, **attrs), m)
+
+
+def in_bounds_tap_sums(
+    w: np.ndarray, h: int, wd: int, pads: list[int], strides: list[int], dil: list[int]
+) -> np.ndarray:
+    """[O, Ho, Wo]: for each output pixel, the sum of w[o] over the taps inside the h x wd image."""
+    o_n, _, kh, kw = w.shape
+    ho = (h + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (wd + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    rows = np.arange(ho)[:, None] * strides[0] - pads[0]  # [Ho, 1] + u*dil: input row of tap u
+    cols = np.arange(wo)[None, :] * strides[1] - pads[1]
+    out = np.zeros((o_n, ho, wo))
+    per_tap = w.sum(axis=1)  # [O, kh, kw]
+    for u in range(kh):
+        for v in range(kw):
+            r, c = rows + u * dil[0], cols + v * dil[1]
+            ok = ((r >= 0) & (r < h)) & ((c >= 0) & (c < wd))  # [Ho, Wo]
+            out += per_tap[:, u, v][:, None, None] * ok[None]
+    return out
+
+
+def space_to_depth(m: np.ndarray) -> np.ndarray:
+    """numpy ONNX SpaceToDepth(blocksize 2): [N, C, H, W] -> [N, 4C, H/2, W/2], channel (bh*2+bw)*C + c."""
+    n, c, h, w = m.shape
+    return m.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 3, 5, 1, 2, 4).reshape(n, 4 * c, h // 2, w // 2)
+
+
 # --- space-to-depth for a low-channel first conv -------------------------------------------------
 def s2d_weights(w: np.ndarray) -> np.ndarray:
     """[O, C, k, k] stride-1 weights -> [4*O, 4*C, K, K] weights on a 2x2 space-to-depth input.
@@ -186,8 +251,17 @@ class _SpaceToDepthBase(_Rule):
             return self.fail(r, "input spatial shape is not static")
         return None
 
-    def s2d_head(self, op, x: ir.Value, w: ir.Value, b: ir.Value | None, conv1: ir.Value) -> tuple[Any, int]:
-        """Pad (conv pads, plus one row/column to an even size), SpaceToDepth, conv on 4 phases."""
+    def s2d_head(
+        self,
+        op,
+        x: ir.Value,
+        w: ir.Value,
+        b: ir.Value | None,
+        conv1: ir.Value,
+        bias_map: np.ndarray | None = None,
+    ) -> tuple[Any, int]:
+        """Pad (conv pads, plus one row/column to an even size), SpaceToDepth, conv on 4 phases;
+        a per-position bias map [1,O,H,W] (from FoldAffineIntoConvExact) is added in phase order."""
         node = conv1.producer()
         wv = _const(w)
         o_n, _, kh, kw = wv.shape
@@ -201,8 +275,12 @@ class _SpaceToDepthBase(_Rule):
         s2d = op.SpaceToDepth(src, blocksize=2)
         bias = np.zeros(o_n, np.float32) if b is None else _const(b)
         w4 = op.initializer(ir.tensor(s2d_weights(wv).astype(np.float32)), name=f"{w.name}_s2d")
-        b4 = op.initializer(ir.tensor(np.tile(bias, 4).astype(np.float32)), name=f"{node.name}_bias_s2d")
-        return op.Relu(op.Conv(s2d, w4, b4, pads=[0, 0, 0, 0])), o_n
+        if bias_map is None:
+            b4 = op.initializer(ir.tensor(np.tile(bias, 4).astype(np.float32)), name=f"{node.name}_bias_s2d")
+            return op.Relu(op.Conv(s2d, w4, b4, pads=[0, 0, 0, 0])), o_n
+        full = bias_map.reshape(1, o_n, *bias_map.shape[-2:]) + bias.reshape(1, o_n, 1, 1)
+        m4 = op.initializer(ir.tensor(space_to_depth(full).astype(np.float32)), name=f"{node.name}_map_s2d")
+        return op.Relu(op.Add(op.Conv(s2d, w4, pads=[0, 0, 0, 0]), m4)), o_n
 
 
 class SpaceToDepthConvPool(_SpaceToDepthBase):
@@ -298,10 +376,81 @@ class SpaceToDepthConvStride2(_SpaceToDepthBase):
         return op.Conv(phases, w3, b2, pads=[0, 0, 0, 0])
 
 
+def _bias_map(m: ir.Value, o_n: int, h: int, w: int) -> np.ndarray | None:
+    mv = _const(m)
+    if mv is None or mv.size != o_n * h * w or mv.shape[-2:] != (h, w):
+        return None
+    return mv.reshape(1, o_n, h, w)
+
+
+class SpaceToDepthConvMapPoolSplit(SpaceToDepthConvPool):
+    """As SpaceToDepthConvPoolSplitMax for Conv -> Add(per-position bias map) -> Relu -> MaxPool,
+    the form FoldAffineIntoConvExact leaves."""
+
+    def pattern(self, op, x, w, m):
+        conv = op.Conv(x, w, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["conv1"])
+        return op.MaxPool(op.Relu(op.Add(conv, m)), _allow_other_attributes=True, _outputs=["pool"])
+
+    def check(self, context, x, w, m, conv1, pool) -> MatchResult:
+        r = super().check(context, x, w, self._bias_input(conv1), conv1, pool)
+        if not r:
+            return r
+        if self._map(x, w, m, conv1) is None:
+            return self.fail(r, "the added tensor is not a constant per-position map of the conv output")
+        return r
+
+    @staticmethod
+    def _bias_input(conv1: ir.Value) -> ir.Value | None:
+        ins = conv1.producer().inputs
+        return ins[2] if len(ins) > 2 else None
+
+    def _map(self, x: ir.Value, w: ir.Value, m: ir.Value, conv1: ir.Value) -> np.ndarray | None:
+        o_n, _, kh, kw = _const(w).shape
+        pads = _ints(conv1.producer(), "pads", [0, 0, 0, 0])
+        return _bias_map(
+            m, o_n, x.shape[2] + pads[0] + pads[2] - kh + 1, x.shape[3] + pads[1] + pads[3] - kw + 1
+        )
+
+    def rewrite(self, op, x, w, m, conv1, pool):
+        phases, o_n = self.s2d_head(op, x, w, self._bias_input(conv1), conv1, self._map(x, w, m, conv1))
+        sizes = op.initializer(ir.tensor(np.array([o_n] * 4, np.int64)), name=f"{pool.name}_split")
+        a, b_, c, d = op.Split(phases, sizes, axis=1, _outputs=4)
+        return op.Max(a, b_, c, d)
+
+
+class SpaceToDepthConvMapStride2(SpaceToDepthConvStride2):
+    """As SpaceToDepthConvStride2 for Conv -> Add(per-position bias map) -> Relu -> stride-2 Conv."""
+
+    def pattern(self, op, x, w, m, w2, b2):
+        conv = op.Conv(x, w, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["conv1"])
+        return op.Conv(op.Relu(op.Add(conv, m)), w2, b2, _allow_other_attributes=True, _outputs=["conv2"])
+
+    def check(self, context, x, w, m, w2, b2, conv1, conv2) -> MatchResult:
+        b = SpaceToDepthConvMapPoolSplit._bias_input(conv1)
+        r = super().check(context, x, w, b, w2, b2, conv1, conv2)
+        if not r:
+            return r
+        if SpaceToDepthConvMapPoolSplit._map(self, x, w, m, conv1) is None:
+            return self.fail(r, "the added tensor is not a constant per-position map of the conv output")
+        return r
+
+    def rewrite(self, op, x, w, m, w2, b2, conv1, conv2):
+        b = SpaceToDepthConvMapPoolSplit._bias_input(conv1)
+        bias_map = SpaceToDepthConvMapPoolSplit._map(self, x, w, m, conv1)
+        phases, _ = self.s2d_head(op, x, w, b, conv1, bias_map)
+        w3 = op.initializer(
+            ir.tensor(s2d_stride2_weights(_const(w2)).astype(np.float32)), name=f"{w2.name}_s2d"
+        )
+        return op.Conv(phases, w3, b2, pads=[0, 0, 0, 0])
+
+
 RULES = {
     "fold-normalisation": FoldAffineIntoConv,
+    "fold-normalisation-exact": FoldAffineIntoConvExact,
     "drop-redundant-relu": DropReluAfterPool,
     "s2d-conv-pool": SpaceToDepthConvPool,
     "s2d-conv-pool-split": SpaceToDepthConvPoolSplitMax,
     "s2d-conv-stride2": SpaceToDepthConvStride2,
+    "s2d-conv-map-pool-split": SpaceToDepthConvMapPoolSplit,
+    "s2d-conv-map-stride2": SpaceToDepthConvMapStride2,
 }

@@ -190,3 +190,60 @@ def test_unknown_pass_and_bad_variant_are_config_errors():
     with pytest.raises(ConfigError, match="no default passes"):
         OptimizeConfig(variant="mine")
     assert OptimizeConfig().passes[-1] == "s2d-conv-stride2"
+
+
+@pytest.mark.parametrize(
+    "cin,k,pad,stride,hw", [(1, 5, 2, 1, (28, 28)), (2, 3, 1, 2, (11, 9)), (3, 3, 0, 1, (8, 10))]
+)
+def test_exact_fold_pads_with_zeros_and_adds_a_bias_map(cin, k, pad, stride, hw):
+    from onnx import helper
+
+    rng = np.random.default_rng(cin * 7 + k)
+    nodes = [
+        helper.make_node("Add", ["x", "a"], ["xa"]),
+        helper.make_node("Mul", ["xa", "s"], ["xn"]),
+        helper.make_node(
+            "Conv", ["xn", "w", "b"], ["y"], kernel_shape=[k, k], pads=[pad] * 4, strides=[stride] * 2
+        ),
+    ]
+    inits = {
+        "a": np.array(-127.5),
+        "s": np.array(1 / 127.5),
+        "w": rng.normal(size=(4, cin, k, k)),
+        "b": rng.normal(size=4),
+    }
+    oh, ow = (hw[0] + 2 * pad - k) // stride + 1, (hw[1] + 2 * pad - k) // stride + 1
+    m = _graph(nodes, inits, [2, cin, *hw], [2, 4, oh, ow])
+    x = rng.integers(0, 256, size=(2, cin, *hw)).astype(np.float32)
+    new, _ = _check(m, ("fold-normalisation-exact",), x, {"fold-normalisation-exact": 1})
+    assert _ops(new) == ["Conv", "Add"]  # no Pad node: the zero padding is the conv's own
+
+
+@pytest.mark.parametrize("second", ["pool", "stride2"])
+def test_s2d_after_the_exact_fold_keeps_the_bias_map(second):
+    from onnx import helper
+
+    rng = np.random.default_rng(11)
+    nodes = [
+        helper.make_node("Add", ["x", "a"], ["xa"]),
+        helper.make_node("Mul", ["xa", "s"], ["xn"]),
+        helper.make_node("Conv", ["xn", "w", "b"], ["c"], kernel_shape=[5, 5], pads=[2] * 4),
+        helper.make_node("Relu", ["c"], ["r"]),
+    ]
+    inits = {
+        "a": np.array(-127.5),
+        "s": np.array(1 / 127.5),
+        "w": rng.normal(size=(6, 1, 5, 5)),
+        "b": rng.normal(size=6),
+    }
+    if second == "pool":
+        nodes.append(helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2]))
+        out, rule = [2, 6, 14, 14], "s2d-conv-map-pool-split"
+    else:
+        nodes.append(helper.make_node("Conv", ["r", "w2", "b2"], ["y"], kernel_shape=[5, 5], strides=[2, 2]))
+        inits.update(w2=rng.normal(size=(4, 6, 5, 5)), b2=rng.normal(size=4))
+        out, rule = [2, 4, 12, 12], "s2d-conv-map-stride2"
+    m = _graph(nodes, inits, [2, 1, 28, 28], out)
+    x = rng.integers(0, 256, size=(2, 1, 28, 28)).astype(np.float32)
+    new, _ = _check(m, ("fold-normalisation-exact", rule), x, {"fold-normalisation-exact": 1, rule: 1})
+    assert "SpaceToDepth" in _ops(new) and "Add" in _ops(new)
