@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         "--onnx-dir", type=Path, default=Path("build/onnx"), help="FP32 models (default build/onnx)"
     )
     p.add_argument("--out-dir", type=Path, default=None, help="default: same as --onnx-dir")
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="quantize <model>.fp32.<variant>.onnx from `make optimize` (e.g. s2d) instead of the export; "
+        "writes <model>.int8.<variant>.qdq.onnx",
+    )
     g = p.add_argument_group("recipe (default: the model's default recipe)")
     for f in fields(QuantRecipe):
         flag = "--" + f.name.replace("_", "-")
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from quantize.checks import int8_failures, load_tolerances
     from quantize.ort_quant import (
         QuantizeError,
+        fp32_source,
         int8_path,
         is_up_to_date,
         quantize_model,
@@ -94,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     for name in names:
         recipe = replace(DEFAULT_RECIPES[name], **overrides)
-        out = int8_path(out_dir, name, recipe)
-        fp32 = args.onnx_dir / f"{name}.fp32.onnx"
+        out = int8_path(out_dir, name, recipe, args.variant)
+        fp32 = fp32_source(args.onnx_dir, name, args.variant)
         if not args.force and args.max_drop_pp is None and is_up_to_date(out, fp32, recipe, calibration):
             print(f"{out}: up to date (same FP32 model, recipe, calibration, code); --force re-quantizes")
             rec = read_json(quantize_record_path(out))

@@ -42,10 +42,16 @@ class QuantizeError(ConversionError):
     """Quantization failed or its result did not pass a check."""
 
 
-def int8_path(out_dir: Path, model: str, recipe: QuantRecipe) -> Path:
+def int8_path(out_dir: Path, model: str, recipe: QuantRecipe, variant: str | None = None) -> Path:
+    """<model>.int8.<fmt>.onnx from the export; <model>.int8.<variant>.<fmt>.onnx from an
+    optimize variant (<model>.fp32.<variant>.onnx)."""
     fmt = "qdq" if recipe.mode == "static" and recipe.quant_format == "qdq" else recipe.quant_format
     tag = fmt if recipe.mode == "static" else "dynamic"
-    return Path(out_dir) / f"{model}.int8.{tag}.onnx"
+    return Path(out_dir) / f"{model}.int8.{variant + '.' if variant else ''}{tag}.onnx"
+
+
+def fp32_source(onnx_dir: Path, model: str, variant: str | None = None) -> Path:
+    return Path(onnx_dir) / f"{model}.fp32.{variant + '.' if variant else ''}onnx"
 
 
 def quantize_record_path(onnx_file: Path) -> Path:
@@ -110,7 +116,28 @@ def load_fp32(path: Path) -> tuple[Any, dict[str, Any]]:
             f"{path}: input/output do not match the contract ({CONTRACT_TEXT}); got inputs "
             f"{[i.name for i in graph.input]} {dims}, outputs {[o.name for o in graph.output]} {out_dims}"
         )
+    opt_rec = path.with_name(path.name.removesuffix(".onnx") + ".optimize.json")
+    if opt_rec.is_file():
+        return model, _optimized_record(path, opt_rec)
     return model, read_export_record(path)
+
+
+def _optimized_record(path: Path, opt_rec_path: Path) -> dict[str, Any]:
+    """An optimize variant stands in for the export it was made from: its own record must vouch
+    for this file, and that export must be ours and unchanged. Returns the export record with the
+    variant's file and sha256 (what the INT8 record then names as its FP32 source)."""
+    r = read_json(opt_rec_path)
+    src = r.get("fp32", {}).get("onnx") if isinstance(r, dict) else None
+    if not isinstance(src, str) or "/" in src or not isinstance(r.get("onnx_sha256"), str):
+        raise LenetEdgeError(f"{opt_rec_path}: not an optimize record (run `make optimize`)")
+    if r["onnx_sha256"] != sha256_file(path):
+        raise LenetEdgeError(
+            f"{path}: changed since `make optimize` (sha256 differs from {opt_rec_path.name})"
+        )
+    exp = read_export_record(path.with_name(src))
+    if exp["onnx_sha256"] != r["fp32"].get("onnx_sha256"):
+        raise LenetEdgeError(f"{path}: made from another export than {src}; run `make optimize` again")
+    return {**exp, "onnx": path.name, "onnx_sha256": r["onnx_sha256"], "optimize_variant": r.get("variant")}
 
 
 def _ort_enums(recipe: QuantRecipe) -> dict[str, Any]:

@@ -340,3 +340,28 @@ def test_bundle_checks_int8_with_reference_and_fused_kernels(quantized, exported
     (b / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="disagrees with the host"):
         self_check(b)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_int8_from_the_optimized_graph_meets_the_tolerances(exported, tolerances, name, tmp_path):
+    """make optimize, then quantize --variant s2d: the INT8 model names the optimized FP32 file as
+    its source, passes the same tolerances, and a tampered optimized file is refused."""
+    import shutil
+
+    from quantize.checks import int8_failures
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    for f in (f"{name}.fp32.onnx", f"{name}.fp32.export.json"):
+        shutil.copy(exported / f, d / f)
+    assert run_cli("-m", "optimize", "--model", name, "--onnx-dir", str(d)).returncode == 0
+    proc = run_cli(
+        "-m", "quantize", "--model", name, "--onnx-dir", str(d), "--variant", "s2d", "--no-progress"
+    )
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    rec = json.loads((d / f"{name}.int8.s2d.qdq.quantize.json").read_text())
+    assert rec["fp32"]["onnx"] == f"{name}.fp32.s2d.onnx" and int8_failures(rec, tolerances) == []
+    s2d = d / f"{name}.fp32.s2d.onnx"
+    s2d.write_bytes(s2d.read_bytes() + b"\x00")
+    proc = run_cli("-m", "quantize", "--model", name, "--onnx-dir", str(d), "--variant", "s2d", "--force")
+    assert_one_line_error(proc, f"{name}.fp32.s2d.onnx")
