@@ -91,7 +91,8 @@ OURS = $(ONNX_DIR)/floor.onnx $(foreach m,lenet_pool lenet_stride,\
 STOCK = $(foreach m,lenet_pool lenet_stride,$(ONNX_DIR)/$(m).fp32.onnx \
   $(foreach t,fp32 fp16 int8.dynamic int8.full,$(ONNX_DIR)/$(m).stock.$(t).tflite))
 DEPLOY_MODELS = $(ONNX_DIR)/floor.onnx $(foreach m,lenet_pool lenet_stride,$(ONNX_DIR)/$(m).fp32.onnx \
-  $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx \
+  $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).fp32.s2d.onnx \
+  $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx \
   $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite)
 # The benchmark and the bundle run in the device-like environment: numpy 1.26, onnxruntime and
 # both TFLite interpreters, so ORT and TFLite are measured side by side in one run.
@@ -100,7 +101,7 @@ DEV_PY := .venv-device/bin/python
 bench: variants optimize quantize-s2d tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/
 	$(DEV_PY) -m runtime.bench $(OURS) $(STOCK) --out build/bench/bench.json
 
-bundle: variants tflite ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
+bundle: variants optimize quantize-s2d tflite ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
 	$(DEV_PY) -m runtime.bundle build $(DEPLOY_MODELS) --out build/lenet-edge-bundle.tar.gz
 	rm -rf build/bundle-check && mkdir -p build/bundle-check && tar xzf build/lenet-edge-bundle.tar.gz -C build/bundle-check
 	cd build/bundle-check/lenet-edge-bundle && ../../../$(DEV_PY) -m runtime.bundle check .

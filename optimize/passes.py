@@ -128,29 +128,20 @@ class DropReluAfterPool(_Rule):
         return op.MaxPool(op.Relu(x), **dict(node.attributes.items()))
 
 
-class FoldAffineIntoConvExact(_Rule):
+class FoldAffineIntoConvExact(FoldAffineIntoConv):
     """Conv(Mul(Add(x, a), s), W, B) -> Add(Conv(x, W*s, zero pads), M): no pad value to round.
 
     M[o,h,w] = B[o] + s*a*(sum of W over the taps that land inside the image at (h,w)): the
     affine offset only ever multiplies in-bounds taps. Exact like FoldAffineIntoConv, and the
     padding stays zero, which a uint8 input grid holds exactly (127.5 it cannot)."""
 
-    def pattern(self, op, x, a, s, w, b):
-        return op.Conv(op.Mul(op.Add(x, a), s), w, b, _allow_other_attributes=True, _outputs=["conv"])
-
     def check(self, context, x, a, s, w, b, conv) -> MatchResult:
-        r = MatchResult()
-        if get_singleton_value(a) is None or get_singleton_value(s) is None:
-            return self.fail(r, "affine offset/scale are not scalar constants")
-        if _const(w) is None or _const(b) is None:
-            return self.fail(r, "conv weight or bias is not constant")
-        node = conv.producer()
-        if (
-            node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET"
-            or node.attributes.get_int("group", 1) != 1
-        ):
-            return self.fail(r, "conv uses auto_pad or groups")
-        if x.shape is None or len(x.shape) != 4 or not all(isinstance(d, int) for d in x.shape[2:]):
+        r = super().check(context, x, a, s, w, b, conv)
+        if not r:
+            return r
+        if conv.producer().attributes.get_int("group", 1) != 1:
+            return self.fail(r, "conv is grouped")
+        if not all(isinstance(d, int) for d in x.shape[2:]):
             return self.fail(r, "input spatial shape is not static (the bias map needs it)")
         return r
 
