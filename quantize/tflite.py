@@ -32,7 +32,7 @@ TFLITE_VENV = ROOT / ".venv-tflite"
 
 
 # The optimize passes per TFLite target: the space-to-depth first conv (a 1-channel int8 conv is
-# XNNPACK's worst case: stock full-int8 ran 3.3x / 2.8x LiteRT FP32 on a Xeon, see README), with
+# XNNPACK's worst case: stock full-int8 ran 3.9x / 3.0x LiteRT FP32 on a Xeon, see README), with
 # the pool's phase max as Split + Max, the form onnx2tf converts. The normalisation is folded into
 # that conv for float activations; for full-int8 it stays a 1x1 conv: the plain fold pads with
 # 127.5, which a uint8 grid cannot hold (lenet_pool full-int8 from it: McNemar p 0.004 / 0.002 in
