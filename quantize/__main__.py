@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out-dir", type=Path, default=None, help="default: same as --onnx-dir")
     p.add_argument(
+        "--stock",
+        action="store_true",
+        help="instead, write <model>.stock.int8.qdq.onnx: ORT's quantize_static with every option at its "
+        "default (the benchmark's stock INT8; recorded, not checked)",
+    )
+    p.add_argument(
         "--variant",
         default=None,
         help="quantize <model>.fp32.<variant>.onnx from `make optimize` (e.g. s2d) instead of the export; "
@@ -98,6 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     tol = load_tolerances()
     out_dir = args.out_dir or args.onnx_dir
     names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    if args.stock:
+        from quantize.ort_quant import quantize_stock
+
+        for name in names:
+            r = quantize_stock(
+                args.onnx_dir / f"{name}.fp32.onnx",
+                out_dir / f"{name}.stock.int8.qdq.onnx",
+                calibration,
+                args.data_dir,
+            )
+            print(
+                f"{name}: {r['onnx']} (stock quantize_static) {r['onnx_bytes']:,} bytes, top-1 "
+                f"{100 * r['test_top1']:.2f} % (drop {r['accuracy_drop_pp']:+.2f} pp), agreement {100 * r['agreement_with_fp32']:.2f} %"
+            )
+        return 0
     failures = []
     for name in names:
         recipe = replace(DEFAULT_RECIPES[name], **overrides)

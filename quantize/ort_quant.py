@@ -530,3 +530,45 @@ def quantize_model(
     write_bytes_atomic(out_path, data)
     write_json_atomic(quantize_record_path(out_path), record)
     return record
+
+
+def quantize_stock(
+    fp32_path: str | Path, out_path: str | Path, calibration: Calibration, data_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """What a user gets from ONNX Runtime alone: `quantize_static(model, out, reader)` with every
+    option at its default, on the plain export, calibrated on the same committed subset. For the
+    benchmark's stock rows; its accuracy is recorded, never checked against the tolerances."""
+    import onnxruntime
+    from onnxruntime.quantization import quantize_static
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    _, exp_rec = load_fp32(fp32_path)
+    test = load_split("test", data_dir)
+    pixels = to_pixels(test.images)
+    logging.getLogger().setLevel(logging.ERROR)
+    with owned_temp_dir("quant-stock") as tmp:
+        q_tmp = tmp / "stock.onnx"
+        quantize_static(str(fp32_path), str(q_tmp), PixelReader(calibration.pixels(data_dir), batch_size=100))
+        data = q_tmp.read_bytes()
+    fp32_logits = OnnxRunner(fp32_path).predict(pixels)
+    int8_logits = OnnxRunner(data).predict(pixels)
+    fp32_acc, int8_acc = topk_accuracy(fp32_logits, test.labels), topk_accuracy(int8_logits, test.labels)
+    record = {
+        "model": exp_rec["model"],
+        "precision": "int8",
+        "stock": True,
+        "onnx": out_path.name,
+        "onnx_sha256": sha256_bytes(data),
+        "onnx_bytes": len(data),
+        "fp32": {"onnx": fp32_path.name, "onnx_sha256": exp_rec["onnx_sha256"], "test_top1": fp32_acc.top1},
+        "call": "onnxruntime.quantization.quantize_static(model_input, model_output, calibration_data_reader), "
+        "every other option at its default",
+        "test_top1": int8_acc.top1,
+        "accuracy_drop_pp": round(100 * (fp32_acc.top1 - int8_acc.top1), 4),
+        "agreement_with_fp32": float((int8_logits.argmax(1) == fp32_logits.argmax(1)).mean()),
+        "calibration": {"sha256": calibration.sha256, "images": int(len(calibration.indices))},
+        "versions": {"onnxruntime": onnxruntime.__version__},
+    }
+    write_bytes_atomic(out_path, data)
+    write_json_atomic(quantize_record_path(out_path), record)
+    return record

@@ -365,3 +365,21 @@ def test_int8_from_the_optimized_graph_meets_the_tolerances(exported, tolerances
     s2d.write_bytes(s2d.read_bytes() + b"\x00")
     proc = run_cli("-m", "quantize", "--model", name, "--onnx-dir", str(d), "--variant", "s2d", "--force")
     assert_one_line_error(proc, f"{name}.fp32.s2d.onnx")
+
+
+def test_stock_quantize_static_is_recorded_not_checked(exported, tmp_path):
+    """`quantize --stock`: ORT defaults on the plain export, for the benchmark's stock INT8 row."""
+    import shutil
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    for f in ("lenet_pool.fp32.onnx", "lenet_pool.fp32.export.json"):
+        shutil.copy(exported / f, d / f)
+    proc = run_cli("-m", "quantize", "--model", "lenet_pool", "--onnx-dir", str(d), "--stock")
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    rec = json.loads((d / "lenet_pool.stock.int8.qdq.quantize.json").read_text())
+    assert rec["stock"] is True and "every other option at its default" in rec["call"]
+    assert 0.95 < rec["test_top1"] <= 1 and rec["onnx_sha256"]
+    from runtime.bench import is_stock
+
+    assert is_stock(d / "lenet_pool.stock.int8.qdq.onnx")
