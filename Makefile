@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        optimize quantize quantize-s2d quantize-stock quantize-sweep tflite setup-tflite setup-device variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
+        optimize quantize quantize-s2d quantize-stock quantize-sweep select tflite setup-tflite setup-device variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -103,6 +103,9 @@ DEV_PY := .venv-device/bin/python
 
 bench: variants optimize quantize-s2d quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/
 	$(DEV_PY) -m runtime.bench $(OURS) $(STOCK) --out build/bench/bench.json
+
+select: setup ## per model and runtime, the artifact to deploy from the benchmark (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json
+	$(PY) -m quantize.select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --out build/bench/targets.json $(SELECT_FLAGS)
 
 bundle: variants optimize quantize-s2d tflite ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
 	$(DEV_PY) -m runtime.bundle build $(DEPLOY_MODELS) --out build/lenet-edge-bundle.tar.gz

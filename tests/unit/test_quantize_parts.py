@@ -175,3 +175,55 @@ def test_quantize_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
     before = sorted(p.name for p in d.iterdir())
     assert_one_line_error(run_cli(*args), *needles)
     assert sorted(p.name for p in d.iterdir()) == before
+
+
+def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
+    """Stock rows are never chosen, an INT8 model whose record breaks the tolerances is no
+    candidate, and --no-timing records the documented default."""
+    from quantize.select import select
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+
+    def row(file, fmt, rt, us, stock=False, call="run"):
+        (d / file).write_bytes(b"x")
+        return {
+            "model": "m",
+            "batch": 1,
+            "threads": 1,
+            "file": file,
+            "format": fmt,
+            "runtime": rt,
+            "call": call,
+            "latency_ms_p50": us / 1e3,
+            "stock": stock,
+        }
+
+    good = {
+        "model": "m",
+        "accuracy_drop_pp": 0.0,
+        "agreement_with_fp32": 0.999,
+        "mcnemar": {"p_new_worse": 0.5},
+        "size_ratio_vs_fp32": 0.28,
+    }
+    bad = {**good, "accuracy_drop_pp": 2.0}
+    (d / "m.int8.s2d.qdq.quantize.json").write_text(json.dumps(good))
+    (d / "m.int8.qdq.quantize.json").write_text(json.dumps(bad))
+    rows = [
+        row("m.fp32.onnx", "fp32", "onnxruntime", 5, stock=True),
+        row("m.fp32.opt.onnx", "fp32.opt", "onnxruntime", 30),
+        row("m.int8.qdq.onnx", "int8.qdq", "onnxruntime", 10),  # fastest, but breaks the tolerances
+        row("m.int8.s2d.qdq.onnx", "int8.s2d.qdq", "onnxruntime", 25, call="iobinding"),
+        row("m.int8.s2d.qdq.onnx", "int8.s2d.qdq", "onnxruntime", 27),
+    ]
+    bench = {"results": rows, "environment": {"cpu": {"model": "X", "isa_flags": ["avx2"]}}}
+    (c,) = select(bench, d)["choices"]
+    assert c["choice"]["file"] == "m.int8.s2d.qdq.onnx" and c["choice"]["call"] == "iobinding"
+    assert {x["file"] for x in c["candidates"]} == {"m.fp32.opt.onnx", "m.int8.s2d.qdq.onnx"}
+    rows[3]["latency_ms_p50"] = rows[4]["latency_ms_p50"] = 0.040  # now slower than FP32
+    (c,) = select(bench, d)["choices"]
+    assert c["choice"]["file"] == "m.fp32.opt.onnx" and c["fastest_int8"]["file"] == "m.int8.s2d.qdq.onnx"
+    res = select(bench, d, timing=False)
+    assert (
+        res["method"] == "documented default" and res["choices"][0]["choice"]["file"] == "m.int8.s2d.qdq.onnx"
+    )
