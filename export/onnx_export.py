@@ -40,6 +40,7 @@ from runtime.mnist import load_split
 from runtime.numeric import exceeds, finite, max_abs_diff
 from runtime.runner import OnnxRunner
 from train.checkpoint import load_checkpoint
+from train.paddle_env import import_paddle, paddle_home
 
 EXPORT_DIR = Path(__file__).resolve().parent
 
@@ -107,8 +108,6 @@ def source_sha256() -> str:
 
 def _raw_pixel_net(net: Any) -> Any:
     """Wrap the trained net so the graph takes 0..255 pixels: the contract's normalize, in Paddle."""
-    from train.paddle_env import import_paddle
-
     import_paddle()
     import paddle.nn as nn
 
@@ -124,10 +123,7 @@ def _raw_pixel_net(net: Any) -> Any:
 
 
 def _paddle_logits(net: Any, x: np.ndarray, batch: int) -> np.ndarray:
-    from train.paddle_env import import_paddle
-
-    import_paddle()
-    import paddle
+    paddle = import_paddle()
 
     with paddle.no_grad():
         return np.concatenate(
@@ -137,17 +133,12 @@ def _paddle_logits(net: Any, x: np.ndarray, batch: int) -> np.ndarray:
 
 def _paddle_to_onnx(wrapper: Any, opset: int) -> bytes:
     """jit.save (dynamic batch) then paddle2onnx; both log instead of raising, so check outputs."""
-    from train.paddle_env import import_paddle
-
-    import_paddle()
-    import paddle
+    paddle = import_paddle()
     import paddle2onnx
 
     with owned_temp_dir("export") as tmp:
         prefix = Path(tmp) / "inference"
         spec = paddle.static.InputSpec([None, *IMAGE_SHAPE], "float32", INPUT_NAME)
-        from train.paddle_env import paddle_home
-
         with paddle_home() as home:  # jit.save makes ~/.cache/paddle/to_static_tmp/<pid>
             paddle.jit.save(wrapper, str(prefix), input_spec=[spec])
         shutil.rmtree(home / ".cache" / "paddle" / "to_static_tmp" / str(os.getpid()), ignore_errors=True)
@@ -243,10 +234,7 @@ def export_model(
 
     import onnx
 
-    from train.paddle_env import import_paddle
-
-    import_paddle()
-    import paddle
+    paddle = import_paddle()
     import paddle2onnx
 
     from train.models import build_model, count_params

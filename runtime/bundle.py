@@ -56,10 +56,6 @@ class BundleError(LenetEdgeError):
 REFERENCE_KERNELS = "basic"
 
 
-def _logits(runner: Any, pixels: np.ndarray) -> np.ndarray:
-    return runner.predict(pixels)  # chunked, and image by image for a static batch of 1
-
-
 def _precision(name: str) -> str:
     return "int8" if ".int8." in name else "fp32"
 
@@ -80,7 +76,7 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
         if not m.is_file():
             raise BundleError(f"{m}: model not found (run `make export quantize variants`)")
         runner = load_runner(m)
-        logits = _logits(runner, pixels)
+        logits = runner.predict(pixels)
         data = m.read_bytes()
         files[f"models/{m.name}"] = data
         key = m.name.removesuffix(".onnx")
@@ -90,8 +86,8 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
         ref_key = None
         if _precision(m.name) == "int8" and m.suffix == ".onnx":
             ref_key = f"{key}.reference_kernels"
-            expected[ref_key] = _logits(
-                load_runner(m, SessionConfig(graph_optimization=REFERENCE_KERNELS)), pixels
+            expected[ref_key] = load_runner(m, SessionConfig(graph_optimization=REFERENCE_KERNELS)).predict(
+                pixels
             )
         entries.append(
             {
@@ -248,13 +244,13 @@ def self_check(bundle: Path, report: Path | None = None) -> dict[str, Any]:
     for m in manifest["models"]:
         try:
             runner = load_runner(bundle / m["file"])
-            got = _logits(runner, pixels)
+            got = runner.predict(pixels)
             ref = None
             if m.get("expected_key_reference_kernels"):
                 ref_runner = load_runner(
                     bundle / m["file"], SessionConfig(graph_optimization=REFERENCE_KERNELS)
                 )
-                ref = _logits(ref_runner, pixels)
+                ref = ref_runner.predict(pixels)
         except ContractError as e:
             raise BundleError(str(e)) from e
         want = expected[m["expected_key"]]

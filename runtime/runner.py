@@ -149,7 +149,7 @@ class OnnxRunner:
         """IO binding: copy into the bound input buffer, run, return the bound output buffer.
 
         The returned array is overwritten by the next call. No RunOptions are passed: in ORT 1.32
-        that alone adds ~39 µs per call (docs/PERF-NOTES.md).
+        that alone adds ~39 µs per call (docs/performance.md).
         """
         if pixels.shape != self._bound_shape:
             self._in = np.empty(pixels.shape, self.input_dtype)

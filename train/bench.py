@@ -20,18 +20,12 @@ from runtime.cli import run
 from runtime.contract import normalize
 from runtime.files import owned_temp_dir
 from runtime.mnist import default_data_dir, load_split
+from train.paddle_env import import_paddle
 
 
 def _fit_epoch(name: str, gz_dir: Path, steps: int | None, seed: int) -> tuple[float, int]:
     """The blog's way: Paddle's MNIST Dataset (per-sample Normalize) -> DataLoader -> Model.fit."""
-    from train.paddle_env import import_paddle
-
-    import_paddle()
-    import paddle
-
-    from train.paddle_env import import_paddle
-
-    import_paddle()
+    paddle = import_paddle()
     from paddle.vision.datasets import MNIST
     from paddle.vision.transforms import Normalize
 
@@ -61,10 +55,7 @@ def _fit_epoch(name: str, gz_dir: Path, steps: int | None, seed: int) -> tuple[f
 
 
 def _our_epoch(name: str, x: np.ndarray, y: np.ndarray, steps: int | None, seed: int) -> tuple[float, int]:
-    from train.paddle_env import import_paddle
-
-    import_paddle()
-    import paddle
+    paddle = import_paddle()
 
     from train.loop import train_epoch
     from train.models import build_model

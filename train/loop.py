@@ -16,6 +16,7 @@ from runtime.evaluate import topk_accuracy
 from runtime.files import read_json, sha256_file, write_json_atomic
 from runtime.mnist import load_split
 from train.checkpoint import record_path, write_checkpoint
+from train.paddle_env import import_paddle
 
 TRAIN_DIR = Path(__file__).resolve().parent
 
@@ -52,10 +53,7 @@ def source_sha256() -> str:
 
 
 def library_versions() -> dict[str, str]:
-    from train.paddle_env import import_paddle
-
-    import_paddle()
-    import paddle
+    paddle = import_paddle()
 
     return {"python": platform.python_version(), "paddle": paddle.__version__, "numpy": np.__version__}
 
@@ -77,10 +75,7 @@ def is_up_to_date(checkpoint: Path, config: TrainConfig, data_sha256: dict[str, 
 
 
 def _evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch: int = 1000) -> dict[str, float]:
-    from train.paddle_env import import_paddle
-
-    import_paddle()
-    import paddle
+    paddle = import_paddle()
 
     model.eval()
     with paddle.no_grad():
@@ -96,10 +91,7 @@ def train_epoch(
     model: Any, opt: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int, bar: Any = None
 ) -> tuple[float, int]:
     """One pass over x[order] in batches (last one partial, as fit()); returns (loss sum, correct)."""
-    from train.paddle_env import import_paddle
-
-    import_paddle()
-    import paddle
+    paddle = import_paddle()
     import paddle.nn.functional as F
 
     loss_sum, correct = 0.0, 0
@@ -129,10 +121,7 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate on the test set, write checkpoint then record; return the record."""
-    from train.paddle_env import import_paddle
-
-    import_paddle()
-    import paddle
+    paddle = import_paddle()
     from tqdm import tqdm
 
     from train.models import build_model, count_params

@@ -19,7 +19,7 @@ class Conv2D(nn.Conv2D):
     """nn.Conv2D whose bias add is cheaper to train: same parameters, same forward values.
 
     Paddle adds a conv bias by broadcasting a [1,C,1,1] tensor, and that add plus its gradient
-    cost ~30 % of a LeNet training step on CPU (docs/PERF-NOTES.md). In training mode the
+    cost ~30 % of a LeNet training step on CPU (docs/performance.md). In training mode the
     bias is added to a [N*C, H*W] view with a [N*C, 1] tiled bias instead. Eval mode (and so
     jit.save / export) uses the stock layer, so exported graphs are plain Conv nodes.
     """
