@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        optimize quantize quantize-s2d quantize-stock quantize-sweep select tflite setup-tflite setup-device variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
+        optimize quantize quantize-s2d quantize-ort quantize-stock quantize-sweep select tflite setup-tflite setup-device variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -77,6 +77,9 @@ quantize: export ## FP32 ONNX -> INT8 (ORT, default recipe per model), checked v
 quantize-s2d: optimize ## INT8 from the space-to-depth graph of `make optimize` -> build/onnx/<model>.int8.s2d.qdq.onnx
 	$(PY) -m quantize --model $(MODELS) --onnx-dir $(ONNX_DIR) --variant s2d
 
+quantize-ort: quantize-s2d ## ONNX Runtime target: the s2d INT8 model as an integer NHWC graph taking uint8 pixels, same logits -> <model>.int8.s2d.ort.onnx
+	$(PY) -m optimize.ort_int8 --model $(MODELS) --onnx-dir $(ONNX_DIR)
+
 quantize-stock: export ## ORT quantize_static with every option at its default (the benchmark's stock INT8) -> <model>.stock.int8.qdq.onnx
 	$(PY) -m quantize --model $(MODELS) --onnx-dir $(ONNX_DIR) --stock
 
@@ -89,25 +92,25 @@ variants: export ## deployable FP32 variants (folded normalisation, static batch
 # lenet-edge's artifacts (what the bundle ships) and, for the benchmark, the stock ones beside them.
 OURS = $(ONNX_DIR)/floor.onnx $(foreach m,lenet_pool lenet_stride,\
   $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).fp32.s2d.onnx \
-  $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx $(ONNX_DIR)/$(m).fp32.tflite \
-  $(ONNX_DIR)/$(m).int8.full.tflite $(ONNX_DIR)/$(m).int8.dynamic.tflite)
+  $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.ort.onnx \
+  $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite $(ONNX_DIR)/$(m).int8.dynamic.tflite)
 STOCK = $(foreach m,lenet_pool lenet_stride,$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).stock.int8.qdq.onnx \
   $(foreach t,fp32 fp16 int8.dynamic int8.full,$(ONNX_DIR)/$(m).stock.$(t).tflite))
 DEPLOY_MODELS = $(ONNX_DIR)/floor.onnx $(foreach m,lenet_pool lenet_stride,$(ONNX_DIR)/$(m).fp32.onnx \
   $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).fp32.s2d.onnx \
-  $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx \
+  $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.ort.onnx \
   $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite)
 # The benchmark and the bundle run in the device-like environment: numpy 1.26, onnxruntime and
 # both TFLite interpreters, so ORT and TFLite are measured side by side in one run.
 DEV_PY := .venv-device/bin/python
 
-bench: variants optimize quantize-s2d quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/
+bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/
 	$(DEV_PY) -m runtime.bench $(OURS) $(STOCK) --out build/bench/bench.json
 
 select: setup ## per model and runtime, the artifact to deploy from the benchmark (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json
 	$(PY) -m quantize.select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --out build/bench/targets.json $(SELECT_FLAGS)
 
-bundle: variants optimize quantize-s2d tflite ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
+bundle: variants optimize quantize-ort tflite ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
 	$(DEV_PY) -m runtime.bundle build $(DEPLOY_MODELS) --out build/lenet-edge-bundle.tar.gz
 	rm -rf build/bundle-check && mkdir -p build/bundle-check && tar xzf build/lenet-edge-bundle.tar.gz -C build/bundle-check
 	cd build/bundle-check/lenet-edge-bundle && ../../../$(DEV_PY) -m runtime.bundle check .

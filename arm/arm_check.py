@@ -86,10 +86,18 @@ def counts(bundle: Path, site: Path, models: list[Path], reps: int) -> dict:
         "--models",
         *map(str, models),
     ]
+    (outdir / "counts.json").unlink(missing_ok=True)  # never report a previous run's counts
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode not in (0, 1):  # 1 = repeats differ beyond tolerance: reported, not fatal
-        sys.exit(f"error: instruction counting failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads((outdir / "counts.json").read_text())
+    out = outdir / "counts.json"
+    # rc 1 with a complete counts.json = repeats differ beyond tolerance: reported, not fatal.
+    # Anything else (a model that fails to run, rc 1 from sys.exit) is an error.
+    got = json.loads(out.read_text()) if out.is_file() and proc.returncode in (0, 1) else None
+    want = {(cpu, m.name) for cpu in CPUS for m in models}
+    have = {(r["cpu"], r["model"]) for r in got["rows"]} if got else set()
+    if not want <= have:
+        last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+        sys.exit(f"error: instruction counting failed for {sorted(want - have)[:3]}: {last}")
+    return got
 
 
 def main() -> int:

@@ -80,6 +80,7 @@ if a.runner_root:
     runner = OnnxRunner(
         a.model, SessionConfig(threads=a.threads, graph_optimization="all", io_binding=a.io_binding)
     )
+    x = x.astype(runner.input_dtype)  # the bare `run` takes the model's own dtype (pixels are integers)
     infer = runner.run if a.call == "run" else runner.predict
     entry = f"runtime.runner.OnnxRunner.{a.call}" + (" (io_binding)" if a.io_binding else "")
 else:
@@ -93,7 +94,8 @@ else:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
     run = sess.run
-    feeds = {"pixels": x}
+    # the model's own input dtype: uint8-input models take the same pixel values as bytes
+    feeds = {"pixels": x.astype(np.uint8) if sess.get_inputs()[0].type == "tensor(uint8)" else x}
     outs = ["scores"]
 
     def infer(_x):

@@ -22,7 +22,7 @@ from runtime.files import read_json, write_json_atomic
 # The documented default per runtime (README, "Per-target choice"): what the measurements on both
 # x86 machine kinds and aarch64 favour for INT8 so far; used by --no-timing (CI).
 DEFAULTS = {
-    "onnxruntime": "int8.s2d.qdq",
+    "onnxruntime": "int8.s2d.ort",
     "ai-edge-litert": "int8.dynamic.tflite",
     "tflite-runtime": "int8.full.tflite",
 }

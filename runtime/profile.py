@@ -16,10 +16,10 @@ from runtime.files import owned_temp_dir
 def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from runtime.bench import fixed_input
+    from runtime.bench import native_input
     from runtime.runner import OnnxRunner
 
-    OnnxRunner(model)  # a readable model that honours the contract, or one clear ContractError
+    runner = OnnxRunner(model)  # a readable model that honours the contract, or one clear ContractError
     with owned_temp_dir("prof") as tmp:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -28,7 +28,7 @@ def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1)
         opts.profile_file_prefix = str(Path(tmp) / "prof")
         opts.log_severity_level = 3
         sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-        x = fixed_input(batch)
+        x = native_input(runner, batch)  # the model's own input dtype (float32 or uint8 pixels)
         for _ in range(runs):
             sess.run(None, {INPUT_NAME: x})
         events = json.loads(Path(sess.end_profiling()).read_text())

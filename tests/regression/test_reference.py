@@ -361,6 +361,18 @@ def test_int8_from_the_optimized_graph_meets_the_tolerances(exported, tolerances
     assert proc.returncode == 0, proc.stderr[-1500:]
     rec = json.loads((d / f"{name}.int8.s2d.qdq.quantize.json").read_text())
     assert rec["fp32"]["onnx"] == f"{name}.fp32.s2d.onnx" and int8_failures(rec, tolerances) == []
+    # ONNX Runtime target: same logits on every test image, uint8 input, record readable as INT8's
+    proc = run_cli("-m", "optimize.ort_int8", "--model", name, "--onnx-dir", str(d))
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    ort_rec = json.loads((d / f"{name}.int8.s2d.ort.quantize.json").read_text())
+    t = ort_rec["ort_target"]
+    assert t["check"] == {"images": 10000, "max_abs_logit_diff_vs_source": 0.0, "top1_identical": 10000}
+    assert t["input_dtype"] == "uint8" and int8_failures(ort_rec, tolerances) == []
+    assert "Transpose" not in t["nodes"] or t["nodes"]["Transpose"] == 1
+    qdq = d / f"{name}.int8.s2d.qdq.onnx"
+    qdq.write_bytes(qdq.read_bytes() + b"\x00")  # no longer the file its record describes
+    proc = run_cli("-m", "optimize.ort_int8", "--model", name, "--onnx-dir", str(d), "--force")
+    assert_one_line_error(proc, f"{name}.int8.s2d.qdq.quantize.json")
     s2d = d / f"{name}.fp32.s2d.onnx"
     s2d.write_bytes(s2d.read_bytes() + b"\x00")
     proc = run_cli("-m", "quantize", "--model", name, "--onnx-dir", str(d), "--variant", "s2d", "--force")

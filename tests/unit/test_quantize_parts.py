@@ -207,23 +207,23 @@ def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
         "size_ratio_vs_fp32": 0.28,
     }
     bad = {**good, "accuracy_drop_pp": 2.0}
-    (d / "m.int8.s2d.qdq.quantize.json").write_text(json.dumps(good))
+    (d / "m.int8.s2d.ort.quantize.json").write_text(json.dumps(good))
     (d / "m.int8.qdq.quantize.json").write_text(json.dumps(bad))
     rows = [
         row("m.fp32.onnx", "fp32", "onnxruntime", 5, stock=True),
         row("m.fp32.opt.onnx", "fp32.opt", "onnxruntime", 30),
         row("m.int8.qdq.onnx", "int8.qdq", "onnxruntime", 10),  # fastest, but breaks the tolerances
-        row("m.int8.s2d.qdq.onnx", "int8.s2d.qdq", "onnxruntime", 25, call="iobinding"),
-        row("m.int8.s2d.qdq.onnx", "int8.s2d.qdq", "onnxruntime", 27),
+        row("m.int8.s2d.ort.onnx", "int8.s2d.ort", "onnxruntime", 25, call="iobinding"),
+        row("m.int8.s2d.ort.onnx", "int8.s2d.ort", "onnxruntime", 27),
     ]
     bench = {"results": rows, "environment": {"cpu": {"model": "X", "isa_flags": ["avx2"]}}}
     (c,) = select(bench, d)["choices"]
-    assert c["choice"]["file"] == "m.int8.s2d.qdq.onnx" and c["choice"]["call"] == "iobinding"
-    assert {x["file"] for x in c["candidates"]} == {"m.fp32.opt.onnx", "m.int8.s2d.qdq.onnx"}
+    assert c["choice"]["file"] == "m.int8.s2d.ort.onnx" and c["choice"]["call"] == "iobinding"
+    assert {x["file"] for x in c["candidates"]} == {"m.fp32.opt.onnx", "m.int8.s2d.ort.onnx"}
     rows[3]["latency_ms_p50"] = rows[4]["latency_ms_p50"] = 0.040  # now slower than FP32
     (c,) = select(bench, d)["choices"]
-    assert c["choice"]["file"] == "m.fp32.opt.onnx" and c["fastest_int8"]["file"] == "m.int8.s2d.qdq.onnx"
+    assert c["choice"]["file"] == "m.fp32.opt.onnx" and c["fastest_int8"]["file"] == "m.int8.s2d.ort.onnx"
     res = select(bench, d, timing=False)
     assert (
-        res["method"] == "documented default" and res["choices"][0]["choice"]["file"] == "m.int8.s2d.qdq.onnx"
+        res["method"] == "documented default" and res["choices"][0]["choice"]["file"] == "m.int8.s2d.ort.onnx"
     )

@@ -1,0 +1,633 @@
+"""ONNX Runtime target passes for a QDQ INT8 model: an integer NHWC graph with no layout round trips.
+
+ORT runs a QDQ model by fusing DQ -> op -> Q into integer kernels and (level 3) moving convolutions
+to NHWC. What it cannot fuse stays behind as float islands and Transposes: on lenet_pool's
+space-to-depth graph 4 Transposes, a uint8 MaxPool in NCHW (the generic, slow kernel), float Pad and
+SpaceToDepth between Q/DQ pairs, and a Q of the input. These passes start from ORT's own level-3
+graph (saved with the hardware-specific NCHWc transformer disabled, so the file holds only standard
+ops and the com.microsoft integer ops every CPU build has) and remove what is left:
+
+- uint8-input: the input's QuantizeLinear with scale 1 and zero point 0 (raw pixels are bytes) goes;
+  the model takes uint8 pixels. A constant Pad and a SpaceToDepth before the first integer conv
+  become a Reshape/Transpose/Reshape straight into NHWC, and the Pad folds into the conv: padding
+  with value v equals padding with the zero point v and adding (v - zp) * sum(w) to the int32 bias
+  (exact in integers).
+- nhwc-group-max: Transpose -> Reshape -> MaxPool over channel groups -> Reshape -> Transpose
+  (the pool fused into a space-to-depth conv) becomes Reshape -> NhwcMaxPool -> Reshape.
+- nhwc-flatten-gemm: Transpose(NHWC->NCHW) -> Reshape(flatten) -> (Q)Gemm/MatMul with constant
+  weights becomes a flatten in NHWC order with the weight rows permuted to match.
+
+Each pass checks its preconditions on concrete shapes (taken by running the graph once) and leaves
+a graph that does not match untouched, saying why. The result is checked against the QDQ model on
+all test images by the caller (`make quantize-ort`): identical logits are expected, since every
+rewrite is exact in integers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MS = "com.microsoft"
+TO_NCHW = [0, 3, 1, 2]
+TO_NHWC = [0, 2, 3, 1]
+
+
+class Graph:
+    """Small queries over one onnx.GraphProto: producers, consumers, constants, shapes."""
+
+    def __init__(self, model: Any, shapes: dict[str, tuple[int, ...]]):
+        self.model, self.g, self.shapes = model, model.graph, shapes
+        self.init = {i.name: i for i in self.g.initializer}
+        self._names = (
+            {n.name for n in self.g.node} | set(self.init) | {o for n in self.g.node for o in n.output}
+        )
+
+    def producer(self, name: str) -> Any:
+        return next((n for n in self.g.node if name in n.output), None)
+
+    def consumers(self, name: str) -> list[Any]:
+        users = [n for n in self.g.node if name in n.input]
+        return users + ([None] if name in {o.name for o in self.g.output} else [])
+
+    def only_consumer(self, name: str, op: str) -> Any:
+        users = self.consumers(name)
+        return users[0] if len(users) == 1 and users[0] is not None and users[0].op_type == op else None
+
+    def const(self, name: str) -> np.ndarray | None:
+        """An initializer, or DequantizeLinear of initializers (ORT keeps Pad's value that way)."""
+        from onnx import numpy_helper
+
+        if name in self.init:
+            return numpy_helper.to_array(self.init[name])
+        p = self.producer(name)
+        if p is not None and p.op_type == "DequantizeLinear" and p.domain in ("", "ai.onnx"):
+            x, s, *z = (self.const(i) for i in p.input)
+            if (
+                x is not None
+                and s is not None
+                and s.size == 1
+                and all(v is not None and v.size == 1 for v in z)
+            ):
+                zp = z[0].astype(np.float64) if z else 0.0
+                return ((x.astype(np.float64) - zp) * s.astype(np.float64)).astype(np.float32)
+        return None
+
+    def attr(self, node: Any, name: str, default: Any = None) -> Any:
+        from onnx import helper
+
+        a = next((a for a in node.attribute if a.name == name), None)
+        return default if a is None else helper.get_attribute_value(a)
+
+    def set_attr(self, node: Any, name: str, value: Any) -> None:
+        from onnx import helper
+
+        for a in list(node.attribute):
+            if a.name == name:
+                node.attribute.remove(a)
+        node.attribute.append(helper.make_attribute(name, value))
+
+    def fresh(self, base: str) -> str:
+        k = 0
+        while f"{base}_{k}" in self._names:
+            k += 1
+        self._names.add(f"{base}_{k}")
+        return f"{base}_{k}"
+
+    def add_const(self, base: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = self.fresh(base)
+        t = numpy_helper.from_array(np.asarray(value), name)
+        self.g.initializer.append(t)
+        self.init[name] = t
+        return name
+
+    def node(self, op: str, inputs: list[str], base: str, domain: str = "", **attrs: Any) -> tuple[Any, str]:
+        from onnx import helper
+
+        out = self.fresh(base)
+        return helper.make_node(op, inputs, [out], name=self.fresh(op), domain=domain, **attrs), out
+
+    def replace(self, old: list[Any], new: list[Any]) -> None:
+        """Put `new` where the first of `old` was, drop `old` (the graph stays topologically sorted)."""
+        nodes = list(self.g.node)
+        gone = [any(n == o for o in old) for n in nodes]
+        at = gone.index(True)
+        keep = [n for n, x in zip(nodes, gone, strict=True) if not x]
+        at = sum(1 for x in gone[:at] if not x)
+        copies = [type(n)() for n in keep[:at] + new + keep[at:]]
+        for c, n in zip(copies, keep[:at] + new + keep[at:], strict=True):
+            c.CopyFrom(n)
+        del self.g.node[:]
+        self.g.node.extend(copies)
+
+    def prune(self) -> None:
+        """Drop nodes and initializers nothing uses any more."""
+        while True:
+            used = {i for n in self.g.node for i in n.input} | {o.name for o in self.g.output}
+            dead = [n for n in self.g.node if not any(o in used for o in n.output)]
+            if not dead:
+                break
+            self.replace(dead, [])
+        used = {i for n in self.g.node for i in n.input}
+        for t in [t for t in self.g.initializer if t.name not in used]:
+            self.g.initializer.remove(t)
+            self.init.pop(t.name, None)
+
+    def rename_uses(self, old: str, new: str) -> None:
+        for n in self.g.node:
+            for k, i in enumerate(n.input):
+                if i == old:
+                    n.input[k] = new
+        for o in self.g.output:
+            if o.name == old:
+                o.name = new
+
+
+def _scalar(g: Graph, name: str, value: float, dtype: Any = None) -> bool:
+    c = g.const(name) if name else None
+    return (
+        c is not None
+        and c.size == 1
+        and float(c.reshape(())) == value
+        and (dtype is None or c.dtype == dtype)
+    )
+
+
+def _is_unit_q(g: Graph, node: Any, op: str) -> bool:
+    """QuantizeLinear/DequantizeLinear with scale 1 and uint8 zero point 0: an exact byte <-> float."""
+    return (
+        node is not None
+        and node.op_type == op
+        and len(node.input) == 3
+        and _scalar(g, node.input[1], 1.0)
+        and _scalar(g, node.input[2], 0.0, np.uint8)
+    )
+
+
+def uint8_input(g: Graph) -> str:
+    """See the module docstring. Returns '' when applied, or why not."""
+    from onnx import TensorProto
+
+    if len(g.g.input) != 1:
+        return "graph has not exactly one input"
+    inp = g.g.input[0]
+    if inp.type.tensor_type.elem_type != TensorProto.FLOAT:
+        return "input is not float32"
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    if len(dims) != 4 or not all(dims[1:]):
+        return "input is not [N, C, H, W] with static C, H, W"
+    _, c, h, w = dims
+    q = g.only_consumer(inp.name, "QuantizeLinear")
+    if not _is_unit_q(g, q, "QuantizeLinear"):
+        return "input is not quantized with scale 1, zero point 0 (uint8)"
+    chain, cur = [q], q.output[0]
+    pads, pad_value, block = [0, 0, 0, 0], None, 1
+    # Optional float islands ORT left: DQ -> Pad(const) -> Q and DQ -> SpaceToDepth -> Q, each exact.
+    while True:
+        dq = g.only_consumer(cur, "DequantizeLinear")
+        if not _is_unit_q(g, dq, "DequantizeLinear"):
+            break
+        op = g.consumers(dq.output[0])
+        op = op[0] if len(op) == 1 else None
+        if op is None or op.op_type not in ("Pad", "SpaceToDepth"):
+            return f"a DequantizeLinear of the input feeds {op.op_type if op else 'several nodes'}"
+        q2 = g.only_consumer(op.output[0], "QuantizeLinear")
+        if not _is_unit_q(g, q2, "QuantizeLinear"):
+            return f"{op.op_type} output is not requantized with scale 1, zero point 0"
+        if op.op_type == "Pad":
+            if block != 1 or pad_value is not None:
+                return "Pad after SpaceToDepth or twice"
+            p = g.const(op.input[1]) if len(op.input) > 1 else None
+            v = g.const(op.input[2]) if len(op.input) > 2 and op.input[2] else np.zeros(1, np.float32)
+            mode = g.attr(op, "mode", b"constant")
+            if p is None or v is None or v.size != 1 or mode not in (b"constant", "constant"):
+                return "Pad is not constant-mode with constant pads and value"
+            if len(op.input) > 3 and op.input[3]:
+                return "Pad has axes"
+            p = p.astype(np.int64).tolist()
+            if len(p) != 8 or any(p[i] for i in (0, 1, 4, 5)) or min(p) < 0:
+                return "Pad pads more than H and W, or crops"
+            pads = [p[2], p[3], p[6], p[7]]  # top, left, bottom, right
+            pad_value = int(np.clip(np.rint(float(v.reshape(()))), 0, 255))  # what Q(1, 0) makes of it
+        else:
+            if g.attr(op, "mode", b"DCR") not in (b"DCR", "DCR"):
+                return "SpaceToDepth is not DCR"
+            block = int(g.attr(op, "blocksize"))
+        chain += [dq, op, q2]
+        cur = q2.output[0]
+    t = g.only_consumer(cur, "Transpose")
+    if t is None or list(g.attr(t, "perm", [])) != TO_NHWC:
+        return "the quantized input does not go to NHWC through one Transpose"
+    conv = g.only_consumer(t.output[0], "QLinearConv")
+    if conv is None or conv.domain != MS or g.attr(conv, "channels_last", 0) != 1:
+        return "the NHWC input does not feed an NHWC QLinearConv"
+    if not (_scalar(g, conv.input[1], 1.0) and _scalar(g, conv.input[2], 0.0, np.uint8)):
+        return "the conv's input scale/zero point are not 1/0"
+    hp, wp = h + pads[0] + pads[2], w + pads[1] + pads[3]
+    if hp % block or wp % block:
+        return f"padded H, W ({hp}, {wp}) not divisible by the block {block}"
+    # Whole-block pads on a divisible image fold into the conv; other pads stay a uint8 Pad.
+    fold = pad_value is not None and any(pads) and not any(x % block for x in (*pads, h, w))
+    wq = g.const(conv.input[3])
+    if wq is None:
+        return "conv weights are not constant"
+    old_pads = list(g.attr(conv, "pads", [0, 0, 0, 0]))
+    if g.attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return "conv uses auto_pad"
+    if pad_value is not None and any(pads) and any(old_pads) and not any(x % block for x in (*pads, h, w)):
+        return "conv pads too (the fold would pad with two values)"
+
+    # Rewrite: uint8 input -> (space-to-depth as Reshape/Transpose/Reshape | Transpose) -> conv.
+    new: list[Any] = []
+    inp.type.tensor_type.elem_type = TensorProto.UINT8
+    src = inp.name
+    if pad_value is not None and any(pads) and not fold:
+        p8 = np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]])
+        pad_node, src = g.node(
+            "Pad",
+            [src, g.add_const("pads", p8), g.add_const("pad_value", np.array(pad_value, np.uint8))],
+            "pad",
+        )
+        new, h, w = [pad_node], hp, wp
+    if block > 1:
+        b = block
+        # DCR space-to-depth straight into NHWC; one channel drops its unit axis (a 5-D transpose
+        # instead of 6-D: 30.5 -> 27.6 µs for lenet_pool at batch 1, 1,000 -> 834 µs at 64)
+        shape, perm = (
+            ([-1, h // b, b, w // b, b], [0, 1, 3, 2, 4])
+            if c == 1
+            else (
+                [-1, c, h // b, b, w // b, b],
+                [0, 2, 4, 3, 5, 1],
+            )
+        )
+        n1, r1 = g.node("Reshape", [src, g.add_const("s2d_shape", np.array(shape))], "s2d")
+        n2, t1 = g.node("Transpose", [r1], "s2d", perm=perm)
+        n3, x = g.node(
+            "Reshape", [t1, g.add_const("s2d_shape", np.array([-1, h // b, w // b, b * b * c]))], "s2d"
+        )
+        new += [n1, n2, n3]
+    else:
+        n1, x = g.node("Transpose", [src], "nhwc", perm=TO_NHWC)
+        new += [n1]
+    conv.input[0] = x
+    if fold:
+        hb, wb = [p // block for p in pads[::2]], [p // block for p in pads[1::2]]
+        g.set_attr(
+            conv, "pads", [old_pads[0] + hb[0], old_pads[1] + wb[0], old_pads[2] + hb[1], old_pads[3] + wb[1]]
+        )
+        wsum = wq.astype(np.int64).reshape(wq.shape[0], -1).sum(axis=1)
+        bias = g.const(conv.input[8]).astype(np.int64) if len(conv.input) > 8 and conv.input[8] else 0
+        b32 = bias + pad_value * wsum
+        if np.abs(b32).max() >= 2**31:
+            return "folded bias overflows int32"
+        conv.input[2] = g.add_const("pad_as_zero_point", np.array(pad_value, np.uint8))
+        while len(conv.input) < 9:
+            conv.input.append("")
+        conv.input[8] = g.add_const("bias_with_pad", b32.astype(np.int32))
+    g.replace([*chain, t], new)
+    g.prune()
+    return ""
+
+
+def _each_match(g: Graph, rewrite_one: Callable[[Graph, Any], bool]) -> int:
+    """Rewrite matches one at a time, rescanning the graph after each (node lists are copied)."""
+    hits = 0
+    while any(rewrite_one(g, n) for n in list(g.g.node)):
+        hits += 1
+    g.prune()
+    return hits
+
+
+def _group_max_one(g: Graph, t1: Any) -> bool:
+    if t1.op_type == "Transpose" and list(g.attr(t1, "perm", [])) == TO_NCHW:
+        r1 = g.only_consumer(t1.output[0], "Reshape")
+        mp = r1 and g.only_consumer(r1.output[0], "MaxPool")
+        r2 = mp and g.only_consumer(mp.output[0], "Reshape")
+        t2 = r2 and g.only_consumer(r2.output[0], "Transpose")
+        if not t2 or list(g.attr(t2, "perm", [])) != TO_NHWC or len(mp.output) != 1:
+            return False
+        n, h, w, gc = g.shapes[t1.input[0]]
+        s1, s2 = g.shapes[r1.output[0]], g.shapes[r2.output[0]]
+        k, st = list(g.attr(mp, "kernel_shape", [])), list(g.attr(mp, "strides", [1, 1]))
+        if any(g.attr(mp, "pads", [0, 0, 0, 0])) or g.attr(mp, "ceil_mode", 0) or len(k) != 2:
+            return False
+        groups = s1[2] if len(s1) == 4 else 0
+        if not (s1 == (n, 1, groups, gc // groups * h * w) and k == [groups, 1] and st == [groups, 1]):
+            return False
+        if (
+            gc % groups
+            or s2 != (n, gc // groups, h, w)
+            or any(d != 1 for d in g.attr(mp, "dilations", [1, 1]))
+        ):
+            return False
+        c = gc // groups
+        # NHWC [n, h, w, groups*c] is [n, h, w*groups, c] in memory: a (1, groups) pool over that
+        # W gives [n, h, w, c] directly, no reshape back
+        a, x1 = g.node(
+            "Reshape", [t1.input[0], g.add_const("gmax_shape", np.array([-1, h, w * groups, c]))], "gmax"
+        )
+        b, x2 = g.node("NhwcMaxPool", [x1], "gmax", domain=MS, kernel_shape=[1, groups], strides=[1, groups])
+        g.rename_uses(t2.output[0], x2)
+        g.replace([t1, r1, mp, r2, t2], [a, b])
+        return True
+    return False
+
+
+def nhwc_group_max(g: Graph) -> str:
+    return "" if _each_match(g, _group_max_one) else "no NHWC -> channel-group MaxPool -> NHWC chain"
+
+
+# (op, domain) -> index of the constant weight input whose rows follow the flattened features
+GEMMS = {
+    ("QGemm", MS): 3,
+    ("QLinearMatMul", ""): 3,
+    ("MatMulInteger", ""): 1,
+    ("Gemm", ""): 1,
+    ("MatMul", ""): 1,
+}
+
+
+def _flatten_gemm_one(g: Graph, t: Any) -> bool:
+    if t.op_type == "Transpose" and list(g.attr(t, "perm", [])) == TO_NCHW:
+        r = g.only_consumer(t.output[0], "Reshape") or g.only_consumer(t.output[0], "Flatten")
+        if r is None:
+            return False
+        n, h, w, c = g.shapes[t.input[0]]
+        if g.shapes[r.output[0]] != (n, h * w * c):
+            return False
+        users = g.consumers(r.output[0])
+        gemm = users[0] if len(users) == 1 and users[0] is not None else None
+        if gemm is None or (gemm.op_type, gemm.domain) not in GEMMS:
+            return False
+        bi = GEMMS[(gemm.op_type, gemm.domain)]
+        wt = g.const(gemm.input[bi])
+        if wt is None or gemm.input[bi] not in g.init or len(g.consumers(gemm.input[bi])) != 1:
+            return False
+        if g.attr(gemm, "transA", 0):
+            return False
+        trans_b = g.attr(gemm, "transB", 0)
+        perm = np.arange(h * w * c).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)  # NHWC row -> NCHW row
+        wt = wt[:, perm] if trans_b else wt[perm]
+        gemm.input[bi] = g.add_const("weights_nhwc", np.ascontiguousarray(wt))
+        a, x = g.node("Reshape", [t.input[0], g.add_const("flat_shape", np.array([-1, h * w * c]))], "flat")
+        gemm.input[0] = x
+        g.replace([t, r], [a])
+        return True
+    return False
+
+
+def nhwc_flatten_gemm(g: Graph) -> str:
+    hits = _each_match(g, _flatten_gemm_one)
+    return "" if hits else "no Transpose(NHWC->NCHW) -> flatten -> Gemm with constant weights"
+
+
+PASSES: dict[str, Callable[[Graph], str]] = {
+    "uint8-input": uint8_input,
+    "nhwc-group-max": nhwc_group_max,
+    "nhwc-flatten-gemm": nhwc_flatten_gemm,
+}
+
+
+def ort_level3(src: Path, dst: Path) -> Any:
+    """ORT's own optimised graph (QDQ fused, NHWC), without the machine-specific NCHWc layout."""
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(dst)
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    ort.InferenceSession(
+        str(src), so, providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"]
+    )
+    model = onnx.load(str(dst))
+    odd = sorted({n.domain for n in model.graph.node} - {"", "ai.onnx", MS})
+    if odd:
+        raise ValueError(f"ORT's optimised graph uses machine-specific domains {odd}")
+    return model
+
+
+def run_shapes(model: Any, x: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from one run (the contrib ops have no ONNX shape inference)."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for n in m.graph.node:
+        for o in n.output:
+            if o and o not in have:
+                m.graph.output.append(onnx.ValueInfoProto(name=o))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    outs = s.run(None, {m.graph.input[0].name: x})
+    return {o.name: tuple(v.shape) for o, v in zip(s.get_outputs(), outs, strict=True)}
+
+
+def apply_ort_passes(
+    model: Any, names: tuple[str, ...], probe: np.ndarray
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Run the passes in order on a copy; a pass that refuses leaves the graph as it was."""
+    import onnx
+
+    from runtime.runner import as_native
+
+    log = []
+    for name in names:
+        trial = onnx.ModelProto()
+        trial.CopyFrom(model)
+        dtype = (
+            np.uint8
+            if trial.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+            else np.float32
+        )
+        why = PASSES[name](Graph(trial, run_shapes(trial, as_native(probe, dtype))))
+        if not why:
+            onnx.checker.check_model(trial)
+            model = trial
+        log.append({"pass": name, "applied": not why, **({"not_applied": why} if why else {})})
+    return model, log
+
+
+# --- the stage: <model>.int8.<variant>.qdq.onnx -> <model>.int8.<variant>.ort.onnx ------------------
+
+DEFAULT_PASSES = tuple(PASSES)
+
+
+def ort_path(onnx_dir: Path, model: str, variant: str) -> Path:
+    return Path(onnx_dir) / f"{model}.int8.{variant}.ort.onnx"
+
+
+def record_path(onnx_file: Path) -> Path:
+    """The same name the quantize stage uses, so select/bench/bundle read it like any INT8 record."""
+    return onnx_file.with_name(onnx_file.name.removesuffix(".onnx") + ".quantize.json")
+
+
+def source_sha256() -> str:
+    from runtime.files import code_sha256
+
+    return code_sha256("optimize.ort_int8")
+
+
+def _source(onnx_dir: Path, model: str, variant: str) -> tuple[Path, dict[str, Any]]:
+    """The checked QDQ model and its quantize record (refused if stale, stock, or failing tolerances)."""
+    from quantize.checks import int8_failures, load_tolerances
+    from runtime.errors import ConfigError
+    from runtime.files import read_json, sha256_file
+
+    src = Path(onnx_dir) / f"{model}.int8.{variant}.qdq.onnx"
+    rec_path = record_path(src)
+    if not src.is_file() or not rec_path.is_file():
+        raise ConfigError(f"{src}: missing (or its record is); run `make quantize-s2d` first")
+    rec = read_json(rec_path)
+    if not isinstance(rec, dict) or rec.get("onnx_sha256") != sha256_file(src):
+        raise ConfigError(f"{rec_path}: does not describe {src.name} (re-run the quantize stage)")
+    fails = int8_failures(rec, load_tolerances())
+    if rec.get("stock") or fails:
+        raise ConfigError(f"{rec_path}: not a checked lenet-edge INT8 model ({'; '.join(fails) or 'stock'})")
+    return src, rec
+
+
+def is_up_to_date(onnx_dir: Path, model: str, variant: str) -> bool:
+    import onnxruntime
+
+    from runtime.files import read_json, sha256_file
+
+    out = ort_path(onnx_dir, model, variant)
+    src = Path(onnx_dir) / f"{model}.int8.{variant}.qdq.onnx"
+    if not (out.is_file() and record_path(out).is_file() and src.is_file()):
+        return False
+    try:
+        t = read_json(record_path(out)).get("ort_target", {})
+    except Exception:
+        return False
+    return (
+        t.get("source_sha256") == sha256_file(src)
+        and t.get("code_sha256") == source_sha256()
+        and t.get("onnxruntime") == onnxruntime.__version__
+        and read_json(record_path(out)).get("onnx_sha256") == sha256_file(out)
+    )
+
+
+def make_ort_model(
+    onnx_dir: str | Path, model: str, variant: str = "s2d", data_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Build, check (identical top-1 and |Δlogit| <= 1e-5 vs the QDQ model on every test image)
+    and publish the ORT-target INT8 model; return its record. Nothing is written if a check fails."""
+    import time
+
+    import onnx
+    import onnxruntime
+
+    from runtime.contract import to_pixels
+    from runtime.errors import ConversionError
+    from runtime.files import owned_temp_dir, sha256_bytes, write_bytes_atomic, write_json_atomic
+    from runtime.mnist import load_split
+    from runtime.numeric import max_abs_diff
+    from runtime.runner import OnnxRunner
+
+    t0 = time.perf_counter()
+    onnx_dir = Path(onnx_dir)
+    src, src_rec = _source(onnx_dir, model, variant)
+    out = ort_path(onnx_dir, model, variant)
+    pixels = to_pixels(load_split("test", data_dir).images)
+    with owned_temp_dir("ort-int8") as tmp:
+        level3 = ort_level3(src, tmp / "level3.onnx")
+    final, log = apply_ort_passes(level3, DEFAULT_PASSES, pixels[:2])
+    if not any(e["applied"] for e in log):
+        raise ConversionError(
+            f"{src.name}: no ORT-target pass applies ({'; '.join(e['not_applied'] for e in log)})"
+        )
+    final.producer_name = "lenet-edge optimize.ort_int8"
+    onnx.checker.check_model(final)
+    data = final.SerializeToString()
+    try:
+        ref = OnnxRunner(src).predict(pixels)
+        got = OnnxRunner(data).predict(pixels)
+    except Exception as e:
+        raise ConversionError(f"{model}: the ORT-target model does not run: {e}") from e
+    diff = max_abs_diff(ref, got)
+    same = int((ref.argmax(1) == got.argmax(1)).sum())
+    if not diff <= 1e-5 or same != len(ref):
+        raise ConversionError(
+            f"{model}: the ORT-target model differs from {src.name} on {len(ref)} test images: "
+            f"max |Δlogit| {diff:.3g} (limit 1e-05), top-1 differs on {len(ref) - same}"
+        )
+    params = src_rec.get("params")
+    record = {
+        **src_rec,
+        "onnx": out.name,
+        "onnx_sha256": sha256_bytes(data),
+        "onnx_bytes": len(data),
+        "bytes_per_param": round(len(data) / params, 4) if params else None,
+        "size_ratio_vs_fp32": round(len(data) / src_rec["fp32"]["onnx_bytes"], 4),
+        "ort_target": {
+            "source": src.name,
+            "source_sha256": src_rec["onnx_sha256"],
+            "method": "onnxruntime level-3 graph without NCHWc, then lenet-edge passes",
+            "passes": log,
+            "nodes": dict(sorted(Counter(n.op_type for n in final.graph.node).items())),
+            "input_dtype": "uint8"
+            if final.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+            else "float32",
+            "check": {"images": len(ref), "max_abs_logit_diff_vs_source": diff, "top1_identical": same},
+            "onnxruntime": onnxruntime.__version__,
+            "code_sha256": source_sha256(),
+            "seconds": round(time.perf_counter() - t0, 2),
+        },
+    }
+    write_bytes_atomic(out, data)
+    write_json_atomic(record_path(out), record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m optimize.ort_int8",
+        description="ONNX Runtime target: turn a checked QDQ INT8 model into an integer NHWC graph "
+        "(uint8 pixels in, no layout round trips), check it gives the same logits on every test image, "
+        "and write <model>.int8.<variant>.ort.onnx + its record.",
+    )
+    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"), help="default build/onnx")
+    p.add_argument("--variant", default="s2d", help="which <model>.int8.<variant>.qdq.onnx (default s2d)")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = p.parse_args(argv)
+    for name in ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]:
+        out = ort_path(args.onnx_dir, name, args.variant)
+        if not args.force and is_up_to_date(args.onnx_dir, name, args.variant):
+            print(f"{out}: up to date (--force rebuilds)")
+            continue
+        rec = make_ort_model(args.onnx_dir, name, args.variant, args.data_dir)
+        t = rec["ort_target"]
+        did = ", ".join(e["pass"] for e in t["passes"] if e["applied"])
+        skip = "; ".join(f"{e['pass']}: {e['not_applied']}" for e in t["passes"] if not e["applied"])
+        print(
+            f"{name}: {out.name} ({sum(t['nodes'].values())} nodes, {t['input_dtype']} input) applied {did}"
+            + (f"; not applied: {skip}" if skip else "")
+            + f"; max |Δlogit| vs {t['source']} {t['check']['max_abs_logit_diff_vs_source']:.1e}, "
+            f"top-1 identical {t['check']['top1_identical']}/{t['check']['images']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from runtime.cli import run
+
+    sys.exit(run(main))

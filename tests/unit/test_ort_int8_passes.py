@@ -1,0 +1,205 @@
+"""The ONNX Runtime target passes (optimize.ort_int8) on small synthetic INT8 graphs: random weights,
+odd shapes, batch > 1. Each rewrite is exact in integers, so the rewritten graph must give the same
+logits as the QDQ model it came from; a graph outside a pass's preconditions is left as it was."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.unit
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+def _fp32_model(h, w, k, pad, cin=1, norm=True, seed=0, pool=True):
+    """[normalise] -> Conv(pad) -> Relu -> MaxPool 2x2 -> Conv 3x3 -> Relu -> Flatten -> MatMul -> Add."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    h1, w1 = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    if pool:
+        h1, w1 = h1 // 2, w1 // 2
+    h2, w2 = h1 - 2, w1 - 2
+    inits = {
+        "a": np.array(-127.5, np.float32),
+        "s": np.array(1 / 127.5, np.float32),
+        "w1": rng.normal(size=(6, cin, k, k)).astype(np.float32) * 0.3,
+        "b1": rng.normal(size=6).astype(np.float32) * 0.1,
+        "w2": rng.normal(size=(5, 6, 3, 3)).astype(np.float32) * 0.3,
+        "b2": rng.normal(size=5).astype(np.float32) * 0.1,
+        "fw": rng.normal(size=(5 * h2 * w2, 7)).astype(np.float32) * 0.1,
+        "fb": rng.normal(size=7).astype(np.float32) * 0.1,
+    }
+    x = "x"
+    nodes = []
+    if norm:
+        nodes += [helper.make_node("Add", ["x", "a"], ["xa"]), helper.make_node("Mul", ["xa", "s"], ["xn"])]
+        x = "xn"
+    nodes += [
+        helper.make_node("Conv", [x, "w1", "b1"], ["c1"], kernel_shape=[k, k], pads=[pad] * 4),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+    ]
+    last = "r1"
+    if pool:
+        nodes.append(helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]))
+        last = "p1"
+    nodes += [
+        helper.make_node("Conv", [last, "w2", "b2"], ["c2"], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Flatten", ["r2"], ["f"]),
+        helper.make_node("MatMul", ["f", "fw"], ["m"]),
+        helper.make_node("Add", ["m", "fb"], ["y"]),
+    ]
+    used = {i for n in nodes for i in n.input}
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cin, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7])],
+        initializer=[numpy_helper.from_array(v, n) for n, v in inits.items() if n in used],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    x = rng.integers(0, 256, size=(64, cin, h, w)).astype(np.float32)
+    return m, x
+
+
+def _qdq(model, x, tmp_path, passes):
+    """FP32 lenet-edge passes, then ORT static QDQ quantization (u8 activations, s8 weights)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from optimize.stage import apply_passes
+
+    if passes:
+        model, _ = apply_passes(model, passes)
+    src, out = tmp_path / "fp32.onnx", tmp_path / "int8.qdq.onnx"
+    onnx.save(model, src)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": x[i : i + 16]} for i in range(0, len(x), 16)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(
+        str(src),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return out
+
+
+def _run(model_or_path, x):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    src = model_or_path if isinstance(model_or_path, str) else model_or_path.SerializeToString()
+    s = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    inp = s.get_inputs()[0]
+    feed = np.rint(x).astype(np.uint8) if inp.type == "tensor(uint8)" else x
+    return s.run(None, {inp.name: feed})[0]
+
+
+def _rewrite(qdq_path, x, tmp_path):
+    from optimize.ort_int8 import DEFAULT_PASSES, apply_ort_passes, ort_level3
+
+    level3 = ort_level3(qdq_path, tmp_path / "level3.onnx")
+    new, log = apply_ort_passes(level3, DEFAULT_PASSES, x[:2])
+    ref, got = _run(str(qdq_path), x), _run(new, x)
+    assert ref.shape == got.shape and np.array_equal(ref, got), np.abs(ref - got).max()
+    return new, {e["pass"]: e for e in log}
+
+
+def _ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+@pytest.mark.parametrize(
+    "h,w,k,pad,cin",
+    [(28, 28, 5, 2, 1), (12, 16, 3, 1, 1), (14, 10, 5, 2, 1), (9, 11, 4, 0, 1), (12, 10, 5, 2, 2)],
+)
+def test_s2d_pool_graph_becomes_integer_nhwc_with_identical_logits(h, w, k, pad, cin, tmp_path):
+    m, x = _fp32_model(h, w, k, pad, cin=cin, seed=h + k)
+    new, log = _rewrite(_qdq(m, x, tmp_path, ("fold-normalisation", "s2d-conv-pool")), x, tmp_path)
+    assert all(e["applied"] for e in log.values()), log
+    assert new.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    ops = _ops(new)
+    assert "Transpose" in ops and ops.count("Transpose") == 1  # only the space-to-depth reorder is left
+    assert not {"QuantizeLinear", "SpaceToDepth", "MaxPool"} & set(ops), ops
+    # whole 2x2-block pads fold into the conv (zero point + bias); others stay one uint8 Pad
+    assert ("Pad" in ops) == bool(pad % 2 or h % 2 or w % 2)
+    assert ops.count("NhwcMaxPool") == 1
+
+
+def test_graph_without_s2d_or_pool_keeps_what_does_not_match(tmp_path):
+    """Plain conv (no space-to-depth, no pool): the input and flatten passes apply, the group max
+    has nothing to match and says so; logits stay identical."""
+    m, x = _fp32_model(10, 12, 3, 1, seed=3, pool=False)
+    new, log = _rewrite(_qdq(m, x, tmp_path, ("fold-normalisation",)), x, tmp_path)
+    assert log["uint8-input"]["applied"] and log["nhwc-flatten-gemm"]["applied"]
+    assert not log["nhwc-group-max"]["applied"] and "no NHWC" in log["nhwc-group-max"]["not_applied"]
+    assert "Pad" not in _ops(new)  # the constant pad folded into the conv's zero point and bias
+
+
+def test_input_with_a_scale_is_refused_and_left_float(tmp_path):
+    """Normalisation not folded: the input is quantized for an Add, not for an NHWC conv, so
+    uint8-input must refuse with its reason and the graph keep its float input."""
+    m, x = _fp32_model(12, 12, 3, 1, seed=5)
+    new, log = _rewrite(_qdq(m, x, tmp_path, ()), x, tmp_path)
+    assert not log["uint8-input"]["applied"] and "NHWC" in log["uint8-input"]["not_applied"]
+    assert new.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_pad_fold_is_exact_at_the_border():
+    """The pad-to-zero-point fold alone: padding with v == zero point v plus (v - zp) * sum(w) bias."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    wq = rng.integers(-60, 60, size=(3, 2, 3, 3)).astype(np.int8)
+    bias = rng.integers(-500, 500, size=3).astype(np.int32)
+    x = rng.integers(0, 256, size=(2, 5, 7, 2)).astype(np.uint8)  # NHWC
+
+    def conv(x_in, zp, b, pads):
+        inits = {
+            "xs": np.array(1.0, np.float32),
+            "xz": np.array(zp, np.uint8),
+            "w": wq,
+            "ws": np.full(3, 0.01, np.float32),
+            "wz": np.zeros(3, np.int8),
+            "ys": np.array(2.0, np.float32),
+            "yz": np.array(7, np.uint8),
+            "b": b,
+        }
+        node = helper.make_node(
+            "QLinearConv",
+            ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"],
+            ["y"],
+            domain="com.microsoft",
+            channels_last=1,
+            pads=pads,
+            kernel_shape=[3, 3],
+        )
+        g = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x_in.shape))],
+            [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+            [numpy_helper.from_array(v, k) for k, v in inits.items()],
+        )
+        m = helper.make_model(
+            g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+        )
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return s.run(None, {"x": x_in})[0]
+
+    v = 128
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=v)
+    ref = conv(padded, 0, bias, [0, 0, 0, 0])
+    folded = conv(x, v, (bias + v * wq.astype(np.int64).reshape(3, -1).sum(1)).astype(np.int32), [1, 1, 1, 1])
+    assert np.array_equal(ref, folded)
