@@ -84,9 +84,9 @@ class PixelReader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._start == 0 and self.progress:
-            from tqdm import tqdm
+            from runtime.progress import Progress
 
-            self._bar = tqdm(total=len(self.pixels), desc=self.desc or "calibrate", unit="img", leave=False)
+            self._bar = Progress(len(self.pixels), self.desc or "calibrate", "img", every=None, leave=False)
         if self._start >= len(self.pixels):
             if self._bar is not None:
                 self._bar.close()

@@ -57,15 +57,15 @@ def all_recipes() -> list[QuantRecipe]:
 
 
 def sweep(onnx_dir: Path, work_dir: Path, models: list[str], data_dir: Path | None) -> list[dict[str, Any]]:
-    from tqdm import tqdm
-
     from quantize.calibration import load_calibration
     from quantize.ort_quant import prepared
 
     calibration = load_calibration()
     recipes = all_recipes()
     rows = []
-    with tqdm(total=len(models) * len(recipes), desc="quantize sweep", unit="model") as bar:
+    from runtime.progress import Progress
+
+    with Progress(len(models) * len(recipes), "quantize sweep", "model", every=0.1) as bar:
         for name in models:
             with prepared(onnx_dir / f"{name}.fp32.onnx", calibration, data_dir) as prep:
                 rows += _sweep_model(name, prep, recipes, calibration, work_dir, bar)

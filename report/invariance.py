@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from report.transforms import conditions
 from runtime.cli import run
 from runtime.errors import ContractError, LenetEdgeError
 from runtime.files import write_json_atomic
 from runtime.mnist import load_split
+from runtime.progress import Progress
 from runtime.runner import load_runner
 
 SCHEMA = "lenet-edge/invariance/v1"
@@ -47,7 +47,8 @@ def evaluate_invariance(
     conds = conditions()
     acc: dict[str, list[float]] = {k: [] for k in runners}
     t0 = time.perf_counter()
-    for _family, _mag, _label, fn in tqdm(conds, desc="invariance", unit="condition", disable=not progress):
+    bar = Progress(len(conds), "invariance", "condition", enabled=progress)
+    for _family, _mag, _label, fn in conds:
         pixels = fn(images)[:, None]  # [N,1,28,28] float32 0..255
         for key, r in runners.items():
             if r.static_batch is None:
@@ -55,6 +56,8 @@ def evaluate_invariance(
             else:
                 logits = np.concatenate([r.predict(pixels[i : i + 1]) for i in range(len(pixels))])
             acc[key].append(float((logits.argmax(-1) == labels).mean()))
+        bar.update(1)
+    bar.close()
     return {
         "schema": SCHEMA,
         "images": int(len(labels)),

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from runtime.cli import run
 from runtime.errors import LenetEdgeError
 from runtime.files import read_json, sha256_file, write_json_atomic
+from runtime.progress import Progress
 
 MODELS = ("lenet_pool", "lenet_stride")
 SCHEMA = "lenet-edge/study/v1"
@@ -319,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     with (
         ThreadPoolExecutor(max_workers=a.jobs) as pool,
-        tqdm(total=len(jobs), initial=done, unit="job") as bar,
+        Progress(
+            len(jobs), "study", "job", initial=done, every=1 / len(jobs)
+        ) as bar,  # a line per job in a log
     ):
         pending: dict[Future, tuple[int, str]] = {}
         for s, m in jobs:

@@ -245,14 +245,21 @@ def run_bench(
         if not m.is_file():
             raise ConfigError(f"{m}: model file not found")
 
+    from runtime.progress import live
+
+    redraw = live()
+
     def say(msg: str) -> None:
-        if progress:
+        # a terminal redraws one line; a log gets only the per-setting lines, not every start-up
+        if progress and redraw:
             print(f"\r{msg:<100}", end="", file=sys.stderr, flush=True)
+        elif progress and ": start-up " not in msg:
+            print(msg, file=sys.stderr, flush=True)
 
     try:
         results = _measure_all(models, batches, threads, calls, runs, warmup, rounds, say)
     finally:
-        if progress:
+        if progress and redraw:
             print(file=sys.stderr)  # end the progress line, also before an error message
     best = _ratios(results)
     import onnxruntime

@@ -41,6 +41,7 @@ RUNTIME_FILES = (
     "files.py",
     "mnist.py",
     "numeric.py",
+    "progress.py",
     "runner.py",
 )
 SCHEMA = "lenet-edge/bundle/v1"

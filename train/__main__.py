@@ -3,10 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from runtime.cli import run
+from runtime.errors import ConfigError, LenetEdgeError
+
+
+def _in_parallel(names: list[str], argv: list[str], jobs: int) -> int:
+    """One `python -m train --model NAME --jobs 1` process per model, `jobs` at a time. Paddle runs
+    each single-threaded (it sets OMP_NUM_THREADS=1), exactly as when trained one by one. Their
+    progress goes to the log as plain lines (two live bars would overwrite each other)."""
+    rest: list[str] = []
+    skip = False
+    for a in argv:  # drop --model/--jobs (and their values); keep every other flag as given
+        if skip:
+            skip = False
+        elif a in ("--model", "--jobs"):
+            skip = True
+        elif not a.startswith(("--model=", "--jobs=")):
+            rest.append(a)
+    env = {**os.environ, "LENET_EDGE_PROGRESS": "lines"}
+    root = Path(__file__).resolve().parent.parent
+    queue, running, failed = list(names), {}, []
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                name = queue.pop(0)
+                cmd = [sys.executable, "-m", "train", "--model", name, "--jobs", "1", *rest]
+                running[name] = subprocess.Popen(cmd, env=env, cwd=root)
+            for name, proc in list(running.items()):
+                if proc.poll() is not None:
+                    del running[name]
+                    if proc.returncode != 0:
+                        failed.append(f"{name} (exit {proc.returncode})")
+            if failed:
+                break
+            time.sleep(0.2)
+    finally:
+        for proc in running.values():  # a failure or Ctrl-C stops the others too
+            proc.terminate()
+            proc.wait()
+    if failed:
+        raise LenetEdgeError(f"training failed: {', '.join(failed)} (its error is above)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +71,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (default: cache or $MNIST_DIR)")
     p.add_argument("--force", action="store_true", help="retrain even if an up-to-date checkpoint exists")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="models trained at once, one single-threaded process each (default: one per core, "
+        "up to the number of models); the weights are bitwise those of training one by one",
+    )
     args = p.parse_args(argv)
+    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    jobs = min(len(names), args.jobs if args.jobs is not None else (os.cpu_count() or 1))
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    if jobs > 1:
+        return _in_parallel(names, argv if argv is not None else sys.argv[1:], jobs)
 
     from train.loop import TrainConfig, train
 
-    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
     for name in names:
         cfg = TrainConfig(
             model=name,

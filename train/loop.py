@@ -58,6 +58,15 @@ def library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), "paddle": paddle.__version__, "numpy": np.__version__}
 
 
+def training_environment() -> dict[str, Any]:
+    """The CPU class a checkpoint was trained on: training is bitwise reproducible per CPU model,
+    ISA and library versions, not across them (check-reference compares these)."""
+    from runtime.env import cpu_info
+
+    cpu = cpu_info()
+    return {"cpu_model": cpu["model"], "isa_flags": cpu["isa_flags"], "machine": platform.machine()}
+
+
 def is_up_to_date(checkpoint: Path, config: TrainConfig, data_sha256: dict[str, str]) -> bool:
     rec = record_path(checkpoint)
     if not (checkpoint.is_file() and rec.is_file()):
@@ -122,8 +131,7 @@ def train(
 ) -> dict[str, Any]:
     """Train, evaluate on the test set, write checkpoint then record; return the record."""
     paddle = import_paddle()
-    from tqdm import tqdm
-
+    from runtime.progress import Progress
     from train.models import build_model, count_params
 
     out_dir = Path(out_dir)
@@ -152,13 +160,9 @@ def train(
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
-        bar = tqdm(
-            total=steps,
-            desc=f"{config.model} epoch {epoch + 1}/{config.epochs}",
-            unit="step",
-            disable=not progress,
-            leave=True,
-            dynamic_ncols=True,
+        # a live bar on a terminal; in a log only the epoch line below (no redraws)
+        bar = Progress(
+            steps, f"{config.model} epoch {epoch + 1}/{config.epochs}", "step", enabled=progress, every=None
         )
         loss_sum, correct = train_epoch(
             model, opt, x_train, y_train, rng.permutation(n), config.batch_size, bar
@@ -193,6 +197,7 @@ def train(
         "cpu_seconds": time.process_time() - cpu0,
         "seconds_per_epoch": (time.perf_counter() - wall0) / config.epochs,
         "versions": library_versions(),
+        "environment": training_environment(),
         "data_sha256": data_sha,
         "source_sha256": source_sha256(),
         "checkpoint": ckpt.name,

@@ -19,11 +19,14 @@ SHORT = ["--epochs", "1", "--train-limit", "1280", "--test-limit", "500", "--no-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, mnist_dir):
-    """Two runs with seed 0 and one with seed 1, both models, in separate folders."""
+    """Two runs with seed 0 (a: both models at once, one process each; b: one after the other)
+    and one with seed 1, both models, in separate folders."""
     out = {}
-    for tag, seed in [("a", 0), ("b", 0), ("c", 1)]:
+    for tag, seed, jobs in [("a", 0, "2"), ("b", 0, "1"), ("c", 1, "2")]:
         d = tmp_path_factory.mktemp(f"train_{tag}")
-        proc = run_cli("-m", "train", "--model", "all", "--seed", str(seed), "--out-dir", str(d), *SHORT)
+        proc = run_cli(
+            "-m", "train", "--model", "all", "--seed", str(seed), "--out-dir", str(d), "--jobs", jobs, *SHORT
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         out[tag] = d
     return out
@@ -31,6 +34,7 @@ def runs(tmp_path_factory, mnist_dir):
 
 @pytest.mark.parametrize("name", ["lenet_pool", "lenet_stride"])
 def test_same_seed_gives_bitwise_identical_weights(runs, name):
+    """...also when both models train at once (a) rather than one by one (b)."""
     a, b, c = ((runs[t] / f"{name}.npz").read_bytes() for t in "abc")
     assert a == b
     assert a != c
@@ -45,6 +49,7 @@ def test_training_record_is_complete(runs, name):
     assert len(rec["epochs"]) == 1 and rec["epochs"][0]["train_loss"] > 0
     assert rec["cpu_seconds"] > 0 and rec["wall_seconds"] > 0
     assert set(rec["versions"]) >= {"paddle", "numpy", "python"}
+    assert rec["environment"]["cpu_model"] and isinstance(rec["environment"]["isa_flags"], list)
     assert len(rec["data_sha256"]) == 4 and len(rec["checkpoint_sha256"]) == 64
     assert 0.5 < rec["test_top1"] <= rec["test_top2"] <= 1.0  # 1,280 images already teach a lot
 
