@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        optimize quantize quantize-s2d quantize-ort quantize-stock quantize-sweep select tflite setup-tflite setup-device variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
+        optimize quantize quantize-s2d quantize-ort quantize-stock quantize-sweep search select tflite setup-tflite setup-device variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -106,6 +106,9 @@ DEV_PY := .venv-device/bin/python
 
 bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/
 	$(DEV_PY) -m runtime.bench $(OURS) $(STOCK) --out build/bench/bench.json
+
+search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT target), then per-layer FP32/INT8 by timing; every candidate checked -> build/bench/search.{json,md} (SEARCH_FLAGS=--no-timing for the documented default)
+	$(PY) -m quantize.search --model $(MODELS) --onnx-dir $(ONNX_DIR) --out build/bench/search.json $(SEARCH_FLAGS)
 
 select: setup ## per model and runtime, the artifact to deploy from the benchmark (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json
 	$(PY) -m quantize.select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --out build/bench/targets.json $(SELECT_FLAGS)

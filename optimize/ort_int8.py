@@ -520,28 +520,21 @@ def is_up_to_date(onnx_dir: Path, model: str, variant: str) -> bool:
     )
 
 
-def make_ort_model(
-    onnx_dir: str | Path, model: str, variant: str = "s2d", data_dir: str | Path | None = None
-) -> dict[str, Any]:
-    """Build, check (identical top-1 and |Δlogit| <= 1e-5 vs the QDQ model on every test image)
-    and publish the ORT-target INT8 model; return its record. Nothing is written if a check fails."""
+def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) -> dict[str, Any]:
+    """The ORT target of one checked QDQ file: build, check (identical top-1 and |Δlogit| <= 1e-5
+    on `pixels`), write `out` + its record; nothing is written if a check fails."""
     import time
 
     import onnx
     import onnxruntime
 
-    from runtime.contract import to_pixels
     from runtime.errors import ConversionError
     from runtime.files import owned_temp_dir, sha256_bytes, write_bytes_atomic, write_json_atomic
-    from runtime.mnist import load_split
     from runtime.numeric import max_abs_diff
     from runtime.runner import OnnxRunner
 
     t0 = time.perf_counter()
-    onnx_dir = Path(onnx_dir)
-    src, src_rec = _source(onnx_dir, model, variant)
-    out = ort_path(onnx_dir, model, variant)
-    pixels = to_pixels(load_split("test", data_dir).images)
+    model = src_rec.get("model", src.name)
     with owned_temp_dir("ort-int8") as tmp:
         level3 = ort_level3(src, tmp / "level3.onnx")
     final, log = apply_ort_passes(level3, DEFAULT_PASSES, pixels[:2])
@@ -590,6 +583,20 @@ def make_ort_model(
     write_bytes_atomic(out, data)
     write_json_atomic(record_path(out), record)
     return record
+
+
+def make_ort_model(
+    onnx_dir: str | Path, model: str, variant: str = "s2d", data_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """`make quantize-ort` for one model: <model>.int8.<variant>.qdq.onnx (checked, fresh) -> its
+    ORT target, checked on all test images."""
+    from runtime.contract import to_pixels
+    from runtime.mnist import load_split
+
+    onnx_dir = Path(onnx_dir)
+    src, src_rec = _source(onnx_dir, model, variant)
+    pixels = to_pixels(load_split("test", data_dir).images)
+    return build_ort_model(src, src_rec, ort_path(onnx_dir, model, variant), pixels)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ RECIPE_HELP = {
     "percentile": "percentile for percentile calibration",
     "symmetric_activation": "symmetric activation ranges",
     "symmetric_weight": "symmetric weight ranges",
+    "fp32_layers": "comma-separated weighted layers kept in FP32, by type and order (e.g. Conv:0,Gemm:2)",
 }
 
 
@@ -56,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         if f.type in ("bool", bool):
             g.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=RECIPE_HELP[f.name]
+            )
+        elif f.name == "fp32_layers":
+            g.add_argument(
+                flag,
+                type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()),
+                default=None,
+                help=RECIPE_HELP[f.name],
             )
         else:
             typ = {"int": int, "float": float}.get(str(f.type), str)

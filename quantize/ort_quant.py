@@ -373,6 +373,26 @@ def prepared(
         )
 
 
+def resolve_layers(model: Any, layers: tuple[str, ...], name: str) -> list[str]:
+    """'Conv:0' -> the node name of the first Conv in graph order (+ a MatMul's bias Add)."""
+    by_type: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        by_type.setdefault(n.op_type, []).append(n)
+    out = []
+    for layer in layers:
+        op, k = layer.split(":")
+        nodes = by_type.get(op, [])
+        if int(k) >= len(nodes):
+            raise QuantizeError(
+                f"{name}: recipe keeps {layer} in FP32, but the graph has {len(nodes)} {op} node(s)"
+            )
+        node = nodes[int(k)]
+        out.append(node.name)
+        if op == "MatMul":  # its bias Add stays with it (the clean-up usually makes them one Gemm)
+            out += [a.name for a in by_type.get("Add", []) if node.output[0] in a.input]
+    return out
+
+
 def quantize_model(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -411,7 +431,8 @@ def quantize_model(
         cache = None
         if recipe.mode == "static":
             cache = _calibrate(pre_path, recipe, cal_pixels, tmp, progress, f"{name} calibrate")
-        excluded: list[str] = []
+        fixed = resolve_layers(pre, recipe.fp32_layers, name)  # kept FP32 by the recipe
+        excluded: list[str] = list(fixed)
         sensitivity: list[str] = []
         while True:
             q_tmp = tmp / "int8.onnx"
@@ -432,9 +453,10 @@ def quantize_model(
                 nodes = {o: n.name for n in pre.graph.node for o in n.output}
                 ranked = sorted((v["vs_float"], k) for k, v in s.items() if k in nodes)
                 sensitivity = [nodes[k] for _, k in ranked]
-            if len(excluded) == len(sensitivity):
+            added = len(excluded) - len(fixed)
+            if added == len(sensitivity):
                 break
-            excluded.append(sensitivity[len(excluded)])
+            excluded.append(sensitivity[added])
         sqnr_rec = (
             layer_sqnr(pre_path, q_tmp, cal_pixels[:500], tmp)
             if sqnr and recipe.mode == "static" and recipe.quant_format == "qdq"

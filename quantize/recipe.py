@@ -26,8 +26,17 @@ class QuantRecipe:
     percentile: float = 99.999
     symmetric_activation: bool = False
     symmetric_weight: bool = True
+    # weighted layers kept in FP32, named by type and order ("Conv:0" = the first Conv), never by
+    # node name; chosen by measurement (quantize.search), empty by default
+    fp32_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        import re
+
+        object.__setattr__(self, "fp32_layers", tuple(self.fp32_layers))
+        for layer in self.fp32_layers:
+            if not isinstance(layer, str) or not re.fullmatch(r"[A-Za-z]{1,32}:\d{1,4}", layer):
+                raise ConfigError(f"fp32_layers entries look like 'Conv:0', got {layer!r}")
         checks = [
             ("mode", MODES),
             ("quant_format", FORMATS),
@@ -67,10 +76,14 @@ class QuantRecipe:
                 parts.append("symact")
         if not self.symmetric_weight:
             parts.append("asymw")
+        if self.fp32_layers:
+            parts.append("fp32_" + "+".join(x.replace(":", "") for x in self.fp32_layers))
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["fp32_layers"] = list(self.fp32_layers)  # as JSON holds it, so records compare equal
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QuantRecipe:

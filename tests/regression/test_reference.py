@@ -379,6 +379,42 @@ def test_int8_from_the_optimized_graph_meets_the_tolerances(exported, tolerances
     assert_one_line_error(proc, f"{name}.fp32.s2d.onnx")
 
 
+def test_search_builds_checks_and_times_every_candidate(exported, tolerances, tmp_path):
+    """quantize.search on lenet_pool with few timed runs: every candidate has a check verdict, the
+    timed ones a p50, failing ones none; the choice is a checked candidate; --no-timing picks the
+    documented default without timing."""
+    import shutil
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    for f in ("lenet_pool.fp32.onnx", "lenet_pool.fp32.export.json"):
+        shutil.copy(exported / f, d / f)
+    assert run_cli("-m", "optimize", "--model", "lenet_pool", "--onnx-dir", str(d)).returncode == 0
+    out = tmp_path / "search.json"
+    args = ["-m", "quantize.search", "--model", "lenet_pool", "--onnx-dir", str(d), "--out", str(out)]
+    proc = run_cli(*args, "--runs", "60", "--rounds", "3")
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    (m,) = json.loads(out.read_text())["models"]
+    rows = m["candidates"] + m["mixed_precision"]["trials"]
+    assert len(m["candidates"]) >= 15 and m["mixed_precision"]["layers"][:2] == ["Conv:0", "Conv:1"]
+    for r in rows:
+        assert r["passed"] == (r.get("p50_us") is not None), r  # checked first, only survivors timed
+        assert r["passed"] or r["why"]
+    assert any(not r["passed"] for r in rows)  # e.g. FC layers kept FP32 break the size tolerance
+    labels = {r["label"]: r for r in rows if r["passed"]}
+    assert (
+        m["choice"]["label"] in labels
+        and m["choice"]["p50_us"] == min(r["p50_us"] for r in m["candidates"] if r["passed"])
+        or m["mixed_precision"]["kept_fp32"]
+    )
+    assert "Choice:" in out.with_suffix(".md").read_text()
+    proc = run_cli(*args, "--no-timing")
+    assert proc.returncode == 0 and "documented default" in proc.stdout
+    assert (
+        json.loads(out.read_text())["models"][0]["choice"]["label"] == "s2d.static-qdq-u8s8-pc-rr-minmax.ort"
+    )
+
+
 def test_stock_quantize_static_is_recorded_not_checked(exported, tmp_path):
     """`quantize --stock`: ORT defaults on the plain export, for the benchmark's stock INT8 row."""
     import shutil

@@ -25,6 +25,31 @@ def test_recipe_validates_and_round_trips():
     assert set(DEFAULT_RECIPES) == {"lenet_pool", "lenet_stride"}
 
 
+def test_recipe_names_layers_kept_in_fp32_by_type_and_order():
+    r = QuantRecipe(fp32_layers=["Conv:1", "Gemm:0"])  # a list, as JSON gives it
+    assert r.fp32_layers == ("Conv:1", "Gemm:0") and r.name.endswith("-fp32_Conv1+Gemm0")
+    assert QuantRecipe.from_dict(r.to_dict()) == r and r.to_dict()["fp32_layers"] == ["Conv:1", "Gemm:0"]
+    for bad in ("conv1", "Conv:x", "node_Conv_5", "Conv:0:1"):
+        with pytest.raises(ConfigError, match="fp32_layers"):
+            QuantRecipe(fp32_layers=(bad,))
+
+
+def test_resolve_layers_maps_type_and_order_to_nodes_and_refuses_what_is_not_there():
+    from onnx import helper
+
+    from quantize.ort_quant import QuantizeError, resolve_layers
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="first_conv"),
+        helper.make_node("MatMul", ["c", "m"], ["mm"], name="mm0"),
+        helper.make_node("Add", ["mm", "b"], ["y"], name="bias0"),
+    ]
+    g = helper.make_graph(nodes, "g", [], [])
+    assert resolve_layers(helper.make_model(g), ("Conv:0", "MatMul:0"), "m") == ["first_conv", "mm0", "bias0"]
+    with pytest.raises(QuantizeError, match="has 1 Conv node"):
+        resolve_layers(helper.make_model(g), ("Conv:1",), "m")
+
+
 def test_sweep_recipes_have_unique_names():
     from quantize.sweep import all_recipes
 

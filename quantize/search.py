@@ -1,0 +1,278 @@
+"""Per-target INT8 choice by measurement: candidates built, checked, timed; the fastest kept.
+
+For each model, on the machine it runs on (ONNX Runtime, batch 1, one thread, IO binding):
+1. candidates: each source graph (the export; the space-to-depth graph of `make optimize`) x the
+   default recipe and one change of it at a time (QOperator; int8 activations; no reduce-range;
+   per-tensor weights); each QDQ candidate also as the ONNX Runtime target (optimize.ort_int8);
+2. every candidate is quantized with the quantize stage and checked against
+   results/tolerances.json; one that fails is recorded with the reason and never timed;
+3. the survivors and the model's FP32 files are timed in one interleaved child process;
+4. mixed precision by measurement: from the fastest INT8 candidate's recipe, each weighted layer
+   in turn is kept in FP32 (`fp32_layers`), built, checked and timed the same way; a layer stays
+   FP32 only if that is faster. The fastest checked INT8 candidate is the choice.
+Writes the record (every candidate, its checks and p50, the CPU from the environment capture,
+never a machine name) as JSON and Markdown; the candidates are built in a temp folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from runtime.cli import run
+from runtime.errors import LenetEdgeError
+
+SOURCES = {"export": None, "s2d": "s2d"}  # label -> the fp32 variant quantize reads
+CHANGES = {
+    "default": {},
+    "qoperator": {"quant_format": "qoperator"},
+    "s8-activations": {"activation_type": "s8"},
+    "no-reduce-range": {"reduce_range": False},
+    "per-tensor": {"per_channel": False},
+}
+WEIGHTED = ("Conv", "MatMul", "Gemm")
+KEEP_FP32_IF_BELOW = 0.97
+
+
+def _time(files: list[Path], runs: int, rounds: int) -> dict[str, float]:
+    """p50 µs per file, batch 1, one thread, IO binding, all in one interleaved child process."""
+    import numpy as np
+
+    from runtime.bench import _child
+
+    configs = [[str(f), "iobinding"] for f in files]
+    samples = _child(
+        ["--latency", json.dumps(configs), "--batches", "1", "--threads", "1"]
+        + ["--runs", str(runs), "--warmup", "200", "--rounds", str(rounds)]
+    )
+    return {Path(k.split("|")[0]).name: float(np.percentile(v, 50)) / 1e3 for k, v in samples.items()}
+
+
+def _weighted_layers(model: Any) -> list[str]:
+    """'Conv:0', 'Gemm:2', ...: the k-th node of that type in the graph ORT quantizes (after the
+    clean-up, so MatMul+Add are Gemm), in graph order; never node names."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in WEIGHTED:
+            out.append(f"{n.op_type}:{seen.get(n.op_type, 0)}")
+            seen[n.op_type] = seen.get(n.op_type, 0) + 1
+    return out
+
+
+def _build(
+    name: str, source: str, recipe: Any, onnx_dir: Path, work: Path, calibration: Any, prep: Any
+) -> list[dict[str, Any]]:
+    """Quantize one candidate (and its ORT target if QDQ); one row per file, checked."""
+    from optimize.ort_int8 import build_ort_model
+    from quantize.checks import int8_failures, load_tolerances
+    from quantize.ort_quant import QuantizeError, quantize_model
+
+    tol = load_tolerances()
+    label = f"{source}.{recipe.name}"
+    row: dict[str, Any] = {"model": name, "source": source, "recipe": recipe.to_dict(), "label": label}
+    out = work / f"{name}.int8.{label}.onnx"
+    try:
+        rec = quantize_model(
+            prep.fp32_path, out, recipe, calibration, sqnr=False, progress=False, prep=prep,
+            check=lambda r: int8_failures(r, tol),
+        )  # fmt: skip
+    except (QuantizeError, LenetEdgeError) as e:
+        return [{**row, "file": None, "passed": False, "why": _why(e, work)}]
+    except Exception as e:  # ORT rejects some type combinations with its own exceptions
+        return [{**row, "file": None, "passed": False, "why": f"{type(e).__name__}: {_why(e, work)}"}]
+    rows = [{**row, "file": out.name, "passed": True, **_metrics(rec)}]
+    if recipe.quant_format == "qdq":
+        ort_out = work / f"{name}.int8.{label}.ort.onnx"
+        try:
+            ort_rec = build_ort_model(out, rec, ort_out, prep.test_pixels)
+            rows.append(
+                {**row, "label": label + ".ort", "file": ort_out.name, "passed": True, **_metrics(ort_rec)}
+            )
+        except LenetEdgeError as e:
+            rows.append({**row, "label": label + ".ort", "file": None, "passed": False, "why": _why(e, work)})
+    return rows
+
+
+def _why(e: Exception, work: Path) -> str:
+    """The reason, without the temp folder's path (records are committed)."""
+    return str(e).replace(f"{work}/", "").replace(str(work), ".")[:300]
+
+
+def _metrics(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: rec[k] for k in ("test_top1", "accuracy_drop_pp", "agreement_with_fp32", "bytes_per_param")}
+
+
+def search_model(
+    name: str, onnx_dir: Path, work: Path, runs: int, rounds: int, data_dir: Path | None, timing: bool = True
+) -> dict[str, Any]:
+    from quantize.calibration import load_calibration
+    from quantize.ort_quant import fp32_source, prepared
+    from quantize.recipe import DEFAULT_RECIPES
+
+    calibration = load_calibration()
+    base = DEFAULT_RECIPES[name]
+    rows: list[dict[str, Any]] = []
+    preps = {}
+    fp32_files = [fp32_source(onnx_dir, name, v) for v in SOURCES.values()]
+    for f in fp32_files:
+        if not f.is_file():
+            raise LenetEdgeError(f"{f}: missing; run `make optimize` first")
+    with (
+        prepared(fp32_files[0], calibration, data_dir) as p0,
+        prepared(fp32_files[1], calibration, data_dir) as p1,
+    ):
+        preps = {"export": p0, "s2d": p1}
+        for source in SOURCES:
+            for change in CHANGES.values():
+                rows += _build(
+                    name, source, replace(base, **change), onnx_dir, work, calibration, preps[source]
+                )
+        if not timing:  # the documented default, checked but not timed (CI)
+            default = f"s2d.{base.name}.ort"
+            pick = next((r for r in rows if r["label"] == default and r["passed"]), None)
+            if pick is None:
+                raise LenetEdgeError(f"{name}: the default candidate {default} failed its checks")
+            return {
+                "model": name,
+                "candidates": rows,
+                "mixed_precision": {"layers": [], "kept_fp32": [], "trials": []},
+                "fp32_p50_us": {},
+                "choice": {**{k: pick[k] for k in ("label", "file", "recipe")}, "p50_us": None},
+                "method": "documented default (--no-timing)",
+            }
+        for f in fp32_files:
+            shutil.copyfile(f, work / f.name)
+        files = [work / f.name for f in fp32_files] + [work / r["file"] for r in rows if r["passed"]]
+        p50 = _time(files, runs, rounds)
+        for r in rows:
+            r["p50_us"] = p50.get(r["file"]) if r["passed"] else None
+        # mixed precision by measurement, greedy over the weighted layers, from the fastest INT8
+        best = min((r for r in rows if r["passed"]), key=lambda r: r["p50_us"])
+        layers = _weighted_layers(preps[best["source"]].pre)
+        kept: tuple[str, ...] = ()
+        mixed = []
+        for layer in layers:
+            trial = replace(base.__class__.from_dict(best["recipe"]), fp32_layers=(*kept, layer))
+            built = _build(name, best["source"], trial, onnx_dir, work, calibration, preps[best["source"]])
+            # the same kind as the current best (QDQ or its ORT target); failures stay in the record
+            built = [
+                b
+                for b in built
+                if not b["passed"] or b["label"].endswith(".ort") == best["label"].endswith(".ort")
+            ]
+            timed = [work / b["file"] for b in built if b["passed"]]
+            if not timed:
+                mixed += built
+                continue
+            t = _time([work / best["file"], *timed], runs, rounds)
+            for b in built:
+                b["p50_us"] = t.get(b["file"]) if b["passed"] else None
+                b["vs_current_best_same_run"] = (
+                    t[b["file"]] / t[best["file"]] if b["passed"] and b["file"] in t else None
+                )
+            mixed += built
+            # keep the layer in FP32 only if clearly faster in the same run (3 %: above run-to-run noise)
+            ok = [b for b in built if b["passed"] and b["vs_current_best_same_run"] < KEEP_FP32_IF_BELOW]
+            if ok:
+                kept = (*kept, layer)
+                best = {**ok[0], "p50_us": ok[0]["p50_us"]}
+    fp32 = {f.name: p50[f.name] for f in fp32_files}
+    choice = best
+    return {
+        "model": name,
+        "candidates": rows,
+        "mixed_precision": {"layers": layers, "kept_fp32": list(kept), "trials": mixed},
+        "fp32_p50_us": fp32,
+        "choice": {k: choice[k] for k in ("label", "file", "recipe", "p50_us")},
+        "choice_over_best_fp32_first_run": choice["p50_us"] / min(fp32.values())
+        if choice["p50_us"]
+        else None,
+        "method": "fastest checked candidate, interleaved timing (batch 1, one thread, IO binding)",
+    }
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    lines = [
+        f"# INT8 search ({res['cpu']['model']}; {', '.join(res['cpu']['isa_flags'])}; onnxruntime "
+        f"{res['onnxruntime']})",
+        "",
+        f"Command: `{res['command']}`. p50 µs, batch 1, one thread, IO binding; candidates timed in one "
+        "interleaved run per model; mixed-precision trials each in a run with the current best.",
+        "",
+    ]
+    for m in res["models"]:
+        lines += [f"## {m['model']}", "", "| candidate | checks | top-1 % | p50 µs |", "|---|---|---:|---:|"]
+        for r in m["candidates"] + m["mixed_precision"]["trials"]:
+            checks = "pass" if r["passed"] else "fail: " + r["why"].replace("|", "/")[:100]
+            top1 = f"{100 * r['test_top1']:.2f}" if r["passed"] else ""
+            p50 = f"{r['p50_us']:.1f}" if r.get("p50_us") else ""
+            lines.append(f"| `{r['label']}` | {checks} | {top1} | {p50} |")
+        fp = ", ".join(f"`{k}` {v:.1f} µs" for k, v in m["fp32_p50_us"].items()) or "not timed"
+        took = f" ({m['choice']['p50_us']:.1f} µs)" if m["choice"]["p50_us"] else f" ({m['method']})"
+        lines += [
+            "",
+            f"FP32 in the same run: {fp}. Layers kept FP32 by measurement: "
+            f"{', '.join(m['mixed_precision']['kept_fp32']) or 'none'}. "
+            f"**Choice: `{m['choice']['label']}`**{took}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m quantize.search", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
+    p.add_argument("--out", type=Path, default=Path("build/bench/search.json"), help="writes OUT and OUT.md")
+    p.add_argument("--runs", type=int, default=2000, help="timed runs per candidate (default 2000)")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument(
+        "--timing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-timing: build and check every candidate, record the documented default (CI)",
+    )
+    args = p.parse_args(argv)
+    if args.runs < args.rounds or args.rounds < 1:
+        raise LenetEdgeError(f"--runs ({args.runs}) must be >= --rounds ({args.rounds}) >= 1")
+
+    import onnxruntime
+
+    from runtime.env import environment
+    from runtime.files import owned_temp_dir, write_bytes_atomic, write_json_atomic
+
+    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    env = environment({"onnxruntime": onnxruntime.__version__})
+    res: dict[str, Any] = {
+        "command": "python -m quantize.search " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpu": env["cpu"],
+        "onnxruntime": onnxruntime.__version__,
+        "environment": env,
+        "models": [],
+    }
+    with owned_temp_dir("search") as work:
+        for name in names:
+            m = search_model(name, args.onnx_dir, work, args.runs, args.rounds, args.data_dir, args.timing)
+            res["models"].append(m)
+            c = m["choice"]
+            took = (
+                f"{c['p50_us']:.1f} µs (FP32 in the same run: {min(m['fp32_p50_us'].values()):.1f} µs)"
+                if c["p50_us"]
+                else m["method"]
+            )
+            print(f"{name}: {c['label']} {took}")
+    write_json_atomic(args.out, res)
+    write_bytes_atomic(args.out.with_suffix(".md"), to_markdown(res).encode())
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
