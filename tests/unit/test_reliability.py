@@ -1,5 +1,5 @@
 """Regression tests for the defects that bad input and faults found (issue: nothing lost, nothing
-let in). Each test fails on the code before its fix; the README's reliability table lists them."""
+let in). Each test fails on the code before its fix; docs/reliability.md lists them."""
 
 from __future__ import annotations
 
