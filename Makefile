@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        optimize quantize quantize-s2d quantize-ort quantize-stock quantize-sweep search select tflite setup-tflite setup-device variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
+        optimize quantize quantize-s2d quantize-ort quantize-stock quantize-sweep search select tflite setup-tflite setup-device setup-llvm variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -160,7 +160,15 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: data lint $(TFLITE_STAMP) $(DEVICE_STAMP) ## the default test suite: unit, integration, regression (incl. TFLite)
+# llvm-mc / llvm-mca 19 (Debian) for the ARM cycle estimates (arm/mca.py) and their tests
+LLVM_MCA := /usr/lib/llvm-19/bin/llvm-mca
+$(LLVM_MCA):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends llvm-19 >/dev/null \
+	  || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends llvm-19 >/dev/null)
+
+setup-llvm: $(LLVM_MCA) ## llvm-19 from Debian (llvm-mc, llvm-mca: cycle estimates)
+
+test: data lint $(TFLITE_STAMP) $(DEVICE_STAMP) $(LLVM_MCA) ## the default test suite: unit, integration, regression (incl. TFLite)
 	$(PY) -m pytest -q
 
 test-unit: setup

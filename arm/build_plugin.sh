@@ -27,7 +27,21 @@ else
     log "$SO up to date"
 fi
 
+BB=$ARM_BUILD/libbb.so
+if [[ ! -f $BB || $HERE/bb_plugin.c -nt $BB || $ARM_BUILD/third_party/qemu-plugin.h -nt $BB ]]; then
+    log "compiling $BB (per-block counts for the cycle estimates)"
+    nice -n 10 gcc -O2 -g -Wall -Wextra -Wno-unused-parameter -std=gnu11 -fPIC -shared \
+        -I "$ARM_BUILD/third_party" -o "$BB" "$HERE/bb_plugin.c" -lpthread
+fi
+
 if [[ -x $DEST/usr/bin/python3.11 ]]; then
+    log "self-test bb_plugin"
+    out=$(mktemp)
+    DEST=$DEST "$HERE/qemu_py.sh" --cpu cortex-a72 --plugin "$BB,out=$out" "$HERE/test_plugin.py"
+    /usr/bin/python3 "$HERE/test_plugin.py" --check-bb "$out" | sed 's/^/    /' >&2
+    rc=${PIPESTATUS[0]}
+    rm -f "$out"
+    ((rc == 0)) || { log "bb_plugin self-test FAILED"; exit 1; }
     for mode in inline tb; do
         log "self-test mode=$mode"
         out=$(mktemp)

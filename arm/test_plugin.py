@@ -108,7 +108,35 @@ def check(path: str) -> int:
     return 0 if ok else 1
 
 
+def check_bb(path: str) -> int:
+    """The per-block report of bb_plugin.c on the same guest: block counts add up to the regions'
+    instructions (checked by the parser), the count-down loop's body ran exactly sum(N - 1) times
+    per repetition, and llvm-mca models that body at ~1 cycle per iteration."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import mca
+
+    rep = mca.parse_report(Path(path).read_text())
+    body = "000400f1e1ffff54"  # subs x0, x0, #1 ; b.ne .-4
+    want = REPS * sum(n - 1 for n in LOOPS)
+    got = rep.blocks[body].work if body in rep.blocks else 0
+    ok = got == want and rep.blocks[body].empty == 0 if body in rep.blocks else False
+    print(
+        f"bb: {len(rep.blocks)} blocks, loop body executed {got} times, expected {want}: {'OK' if ok else 'FAIL'}"
+    )
+    if (mca.LLVM_BIN / "llvm-mca").is_file():
+        cyc = mca.block_cycles(mca.disassemble(body, "aarch64"), "aarch64", "cortex-a72")
+        good = abs(cyc - 1.0) <= 0.05
+        print(
+            f"bb: llvm-mca cortex-a72 loop body {cyc:.3f} cycles/iteration, expected ~1: {'OK' if good else 'FAIL'}"
+        )
+        ok &= good
+    print("BB PLUGIN SELF-TEST", "PASSED" if ok else "FAILED")
+    return 0 if ok else 1
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--check":
         sys.exit(check(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] == "--check-bb":
+        sys.exit(check_bb(sys.argv[2]))
     guest()
