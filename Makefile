@@ -1,4 +1,5 @@
-# lenet-edge: the pipeline as targets. `make` = set-up, data, train, export, quantize, evaluate, check.
+# lenet-edge: the pipeline as targets. `make` = set-up, data, train, export, quantize (QDQ, ORT target),
+# TFLite, evaluate, check.
 # Every stage decides freshness itself from hashes in its JSON record (checkpoint, data, code),
 # so a stale artifact is rebuilt and an up-to-date one is skipped.
 
@@ -24,9 +25,9 @@ export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-all: ## train both models, export them, evaluate, compare with results/reference.json
+all: ## train both models (at once), export them, every deployable format (INT8 ONNX, ORT target, TFLite), evaluate, compare with results/reference.json
 	$(MAKE) train
-	$(MAKE) export quantize evaluate check-reference CKPT_DIR=$(TRAIN_DIR)
+	$(MAKE) export quantize quantize-ort tflite evaluate check-reference CKPT_DIR=$(TRAIN_DIR)
 
 $(STAMP): requirements/host.in requirements/host.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

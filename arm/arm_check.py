@@ -23,6 +23,10 @@ ROOT = HERE.parent
 ARM_BUILD = Path(os.environ.get("ARM_BUILD", ROOT / "build" / "arm"))
 CPUS = ("cortex-a72", "cortex-a76")
 LABEL = "aarch64 instructions per inference (emulated), not latency"
+# Cycle estimates: the clocks of the boards these cores stand for (Pi 4, Pi 5), and the artifacts
+# estimated (the ones the per-target choice picks from; each costs one emulated run per core).
+CLOCK_GHZ = {"cortex-a72": 1.8, "cortex-a76": 2.4}
+ESTIMATED = ("fp32.onnx", "fp32.s2d.onnx", "int8.s2d.qdq.onnx", "int8.s2d.ort.onnx")
 
 
 def unpack(tarball: Path) -> Path:
@@ -100,6 +104,113 @@ def counts(bundle: Path, site: Path, models: list[Path], reps: int) -> dict:
     return got
 
 
+def _bb_run(bundle: Path, site: Path, cpu: str, model: Path) -> Path:
+    out = ARM_BUILD / "bb" / f"{cpu}.{model.name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    cmd = [str(HERE / "qemu_py.sh"), "--cpu", cpu, "--site", str(site), "--plugin",
+           f"{ARM_BUILD / 'libbb.so'},out={out}", str(HERE / "count_insns.py"), str(model),
+           "--runs", "30", "--warmup", "20", "--regions", "2"]  # fmt: skip
+    p = subprocess.run(
+        cmd, env={**os.environ, "DEST": str(ARM_BUILD / "sysroot")}, capture_output=True, text=True
+    )
+    if p.returncode != 0 or not out.is_file():
+        sys.exit(
+            f"error: block counting failed for {model.name} on {cpu}: {(p.stderr.strip() or 'no output')[-300:]}"
+        )
+    return out
+
+
+def _mca_available() -> bool:
+    sys.path.insert(0, str(HERE))
+    import mca
+
+    return (mca.LLVM_BIN / "llvm-mca").is_file() and (ARM_BUILD / "libbb.so").is_file()
+
+
+def _estimate_lines(est: dict | None, ok: bool) -> list[str]:
+    if est is None:
+        return [
+            "",
+            "No cycle estimates: llvm-19 or build/arm/libbb.so missing (make setup-llvm; arm/build_plugin.sh).",
+        ]
+    models = est["scheduling_models"]
+    same = len(set(models.values())) < len(models)
+    cal = est["calibration"]
+    band = (
+        f"x86-calibrated: × {cal['factor']:.3f} from `{cal['file']}` (leave-one-out error on x86 "
+        f"{100 * cal['loo_min']:+.0f} % .. {100 * cal['loo_max']:+.0f} %"
+        + (
+            ""
+            if cal["same_kernels"]
+            else "; that validation compared AVX2-emulated with AVX-512 native kernels"
+        )
+        + "; on real boards the error is unknown until measurements are ingested)"
+        if cal
+        else "no x86 calibration committed"
+    )
+    out = [
+        "",
+        "## Latency estimates per inference (estimate, not a measurement)",
+        "",
+        "Per-block execution counts (arm/bb_plugin.c, 2 × 30 runs after 20 warm-up) × llvm-mca 19 cycles per "
+        f"block for the core, at {', '.join(f'{c} {g} GHz' for c, g in CLOCK_GHZ.items())}. Raw, and {band}. "
+        + (
+            "LLVM 19 uses **one scheduling model for both cores** (same fingerprint): the cores differ here only by "
+            "the code they run (the a76 has dot-product kernels) and the clock."
+            if same
+            else ""
+        ),
+        "",
+        "| model | " + " | ".join(f"{c} µs raw / calibrated" for c in CPUS) + " |",
+        "|---|" + "---:|" * len(CPUS),
+    ]
+    for m in sorted({r["model"] for r in est["rows"]}):
+        cells = []
+        for c in CPUS:
+            r = next(r for r in est["rows"] if r["cpu"] == c and r["model"] == m)
+            calib = f"{r['us_estimate_calibrated']:.1f}" if r["us_estimate_calibrated"] is not None else "–"
+            cells.append(f"{r['us_estimate_raw']:.1f} / {calib}")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out
+
+
+def x86_calibration() -> dict | None:
+    """The newest committed x86 validation (arm/validate_x86.py): its factor and error band."""
+    files = sorted((ROOT / "results" / "arm").glob("validate-x86*.json"), key=lambda f: f.stat().st_mtime)
+    if not files:
+        return None
+    v = json.loads(files[-1].read_text())
+    return {"file": f"results/arm/{files[-1].name}", **v["calibration"], "same_kernels": v["same_kernels"]}
+
+
+def cycle_estimates(bundle: Path, site: Path, models: list[Path]) -> dict:
+    """Per core and artifact: cycles per inference from block counts + llvm-mca (arm/mca.py),
+    microseconds at the board's clock, raw and with the x86 calibration factor. Estimates."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mca
+
+    jobs = [(cpu, m) for cpu in CPUS for m in models]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        reports = list(pool.map(lambda j: _bb_run(bundle, site, *j), jobs))
+    cal = x86_calibration()
+    rows, cache = [], {}
+    for (cpu, m), rep_path in zip(jobs, reports, strict=True):
+        e = mca.estimate(mca.parse_report(rep_path.read_text()), 30, "aarch64", cpu, cache=cache)
+        us = e["cycles_per_inference"] / (CLOCK_GHZ[cpu] * 1e3)
+        rows.append({"cpu": cpu, "model": m.name, "ghz": CLOCK_GHZ[cpu], "cycles_estimate": e["cycles_per_inference"],
+                     "us_estimate_raw": us, "us_estimate_calibrated": us * cal["factor"] if cal else None,
+                     "insns_per_inference": e["insns_per_inference"], "coverage": e["coverage"],
+                     "unmodelled_share": e["unmodelled_share"]})  # fmt: skip
+    return {
+        "label": "estimate: llvm-mca 19 throughput model of the executed blocks, not a measurement",
+        "scheduling_models": {cpu: mca.model_fingerprint("aarch64", cpu) for cpu in CPUS},
+        "calibration": cal,
+        "rows": rows,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path, help="the tarball from `make bundle`")
@@ -117,6 +228,8 @@ def main() -> int:
     for r in cnt["rows"]:
         per.setdefault((r["cpu"], r["model"]), []).append(r["insns_per_inference"])
     insns = {f"{cpu}|{m}": statistics.mean(v) for (cpu, m), v in per.items()}
+    est_models = [bundle / m["file"] for m in manifest["models"] if m["file"].split(".", 1)[-1] in ESTIMATED]
+    estimates = cycle_estimates(bundle, site, est_models) if (mca_ok := _mca_available()) else None
 
     lines = [
         "# aarch64 check (qemu-user; cortex-a72 = Raspberry Pi 4, cortex-a76 = Raspberry Pi 5)",
@@ -163,6 +276,7 @@ def main() -> int:
             + " | ".join(f"{insns[f'{c}|{f}']:,.0f}" for c in CPUS)
             + f" | {ratio} |"
         )
+    lines += _estimate_lines(estimates, mca_ok)
     md = "\n".join(lines) + "\n"
     report = {
         "label": LABEL,
@@ -170,6 +284,7 @@ def main() -> int:
         "instructions_per_inference": insns,
         "counting": {k: v for k, v in cnt.items() if k != "rows"},
         "count_rows": cnt["rows"],
+        "cycle_estimates": estimates,
     }
     (ARM_BUILD / "arm-check.json").write_text(json.dumps(report, indent=1) + "\n")
     (ARM_BUILD / "arm-check.md").write_text(md)

@@ -10,8 +10,9 @@ Each hot block (the fewest blocks covering `coverage` of the dynamic instruction
 disassembled with llvm-mc and its steady-state throughput taken from llvm-mca for the named core
 (cycles per iteration of the block run back to back: a throughput model, no cache misses, no
 branch mispredictions); the remaining blocks are charged at the hot blocks' mean cycles per
-instruction. A block llvm-mca cannot model (system instructions) is charged the same way and
-counted as unmodelled. The result is an **estimate**: cycles per inference, and microseconds at a
+instruction. A block that does not disassemble is charged the same way and counted as
+unmodelled; instructions llvm-mca has no scheduling data for (e.g. aarch64 LSE atomics in the
+a76 model) are left out of their block's cycles. The result is an **estimate**: cycles per inference, and microseconds at a
 stated clock.
 
 Stdlib only; needs llvm-19 (`apt-get install llvm-19`). `python3 arm/mca.py --help`.
@@ -95,11 +96,13 @@ def _tool(name: str) -> str:
     return str(path)
 
 
-def disassemble(code_hex: str, triple: str) -> str:
+def disassemble(code_hex: str, triple: str, mcpu: str = "", mattr: str = "") -> str:
+    """LLVM assembly of raw machine code; the core's features decide what decodes (sdot needs dotprod)."""
     data = " ".join(f"0x{code_hex[i : i + 2]}" for i in range(0, len(code_hex), 2))
-    p = subprocess.run(
-        [_tool("llvm-mc"), "--disassemble", f"-triple={triple}"], input=data, capture_output=True, text=True
-    )
+    cmd = [_tool("llvm-mc"), "--disassemble", f"-triple={triple}"]
+    cmd += [f"-mcpu={mcpu}"] if mcpu else []
+    cmd += [f"-mattr={mattr}"] if mattr else []
+    p = subprocess.run(cmd, input=data, capture_output=True, text=True)
     if p.returncode != 0 or "invalid instruction" in p.stderr:
         raise McaError(f"llvm-mc cannot disassemble: {p.stderr.strip()[:200]}")
     return p.stdout
@@ -115,6 +118,46 @@ def block_cycles(asm: str, triple: str, mcpu: str, mattr: str = "", iterations: 
     if p.returncode != 0 or not m:
         raise McaError(f"llvm-mca: {p.stderr.strip().splitlines()[-1:] or ['no output']}")
     return int(m.group(1)) / iterations
+
+
+def _asm_lines(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(".")]
+
+
+def blocks_cycles(
+    codes: list[str], n_insns: list[int], triple: str, mcpu: str, mattr: str = "", iterations: int = 200
+) -> list[float | None]:
+    """block_cycles of many blocks with one llvm-mc and one llvm-mca process (llvm-mca code
+    regions); None for a block that cannot be disassembled or modelled."""
+    if not codes:
+        return []
+    feats = ([f"-mcpu={mcpu}"] if mcpu else []) + ([f"-mattr={mattr}"] if mattr else [])
+    data = "\n".join(" ".join(f"0x{c[i : i + 2]}" for i in range(0, len(c), 2)) for c in codes)
+    p = subprocess.run([_tool("llvm-mc"), "--disassemble", f"-triple={triple}", *feats],
+                       input=data, capture_output=True, text=True)  # fmt: skip
+    lines = _asm_lines(p.stdout)
+    asm: list[str | None] = []
+    if p.returncode == 0 and not p.stderr.strip() and len(lines) == sum(n_insns):
+        at = 0
+        for n in n_insns:  # one output line per instruction, blocks in order
+            asm.append("\n".join(lines[at : at + n]))
+            at += n
+    else:  # something did not decode: find which, block by block
+        for c in codes:
+            try:
+                asm.append("\n".join(_asm_lines(disassemble(c, triple, mcpu, mattr))))
+            except McaError:
+                asm.append(None)
+    body = "".join(f"# LLVM-MCA-BEGIN b{i}\n{a}\n# LLVM-MCA-END b{i}\n" for i, a in enumerate(asm) if a)
+    q = subprocess.run([_tool("llvm-mca"), f"-mtriple={triple}", f"-iterations={iterations}", *feats,
+                        "-skip-unsupported-instructions=any"],
+                       input=body, capture_output=True, text=True)  # fmt: skip
+    found = {}
+    pat = r"Code Region - b(\d+)\s+Iterations:\s+(\d+)\s+Instructions:\s+(\d+)\s+Total Cycles:\s+(\d+)"
+    for m in re.finditer(pat, q.stdout):
+        if int(m.group(3)) > 0:
+            found[int(m.group(1))] = int(m.group(4)) / int(m.group(2))
+    return [found.get(i) for i in range(len(codes))]
 
 
 def model_fingerprint(triple: str, mcpu: str, mattr: str = "") -> str:
@@ -158,15 +201,14 @@ def estimate(
         hot.append(c)
         acc += dyn[c]
     cache = {} if cache is None else cache
+    todo = [c for c in hot if (c, triple, mcpu, mattr) not in cache]
+    for c, cyc in zip(
+        todo, blocks_cycles(todo, [rep.blocks[c].insns for c in todo], triple, mcpu, mattr), strict=True
+    ):
+        cache[(c, triple, mcpu, mattr)] = cyc
     modelled_cycles, modelled_insns, unmodelled, rows = 0.0, 0.0, 0.0, []
     for c in hot:
-        key = (c, triple, mcpu, mattr)
-        if key not in cache:
-            try:
-                cache[key] = block_cycles(disassemble(c, triple), triple, mcpu, mattr)
-            except McaError:
-                cache[key] = None
-        cyc = cache[key]
+        cyc = cache[(c, triple, mcpu, mattr)]
         if cyc is None:
             unmodelled += dyn[c]
             continue

@@ -338,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
                         f"seed {s} {m}: FP32 {100 * r['fp32']['top1']:.2f} %, "
                         f"INT8 {100 * r['int8']['top1']:.2f} %"
                     )
-                bar.set_description(f"{time.time() - t0:.0f} s")
         except BaseException:
             for f in pending:
                 f.cancel()
