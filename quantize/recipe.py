@@ -82,7 +82,10 @@ class QuantRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["fp32_layers"] = list(self.fp32_layers)  # as JSON holds it, so records compare equal
+        if self.fp32_layers:
+            d["fp32_layers"] = list(self.fp32_layers)  # as JSON holds it, so records compare equal
+        else:
+            del d["fp32_layers"]  # all-INT8 recipes keep the record format they always had
         return d
 
     @classmethod
