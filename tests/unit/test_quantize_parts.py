@@ -252,3 +252,51 @@ def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
     assert (
         res["method"] == "documented default" and res["choices"][0]["choice"]["file"] == "m.int8.s2d.ort.onnx"
     )
+
+
+def _fake_record(recipe):
+    return {
+        "model": "lenet_pool",
+        "recipe": recipe.to_dict(),
+        "onnx_bytes": 70_000,
+        "bytes_per_param": 1.13,
+        "size_ratio_vs_fp32": 0.28,
+        "test_top1": 0.987,
+        "accuracy_drop_pp": 0.01,
+        "agreement_with_fp32": 0.999,
+        "mcnemar": {"ref_only_correct": 2, "new_only_correct": 1, "p_new_worse": 0.5},
+        "nodes": {"exported_total": 61, "clean_total": 17, "int8_total": 44},
+        "nodes_excluded": [],
+    }
+
+
+@pytest.mark.parametrize("flags,expect", [([], "fell back"), (["--per-channel"], "fails")])
+def test_a_default_recipe_that_fails_its_checks_falls_back_to_per_tensor(monkeypatch, capsys, flags, expect):
+    """Without recipe flags the quantize CLI tries per-tensor weights when the default (per-channel)
+    fails its checks, and says so; with a recipe given by flags it never substitutes another."""
+    import quantize.ort_quant as oq
+    from quantize.__main__ import main
+    from quantize.ort_quant import QuantizeError
+
+    tried = []
+
+    def fake_quantize(fp32, out, recipe, *a, **k):
+        tried.append(recipe.per_channel)
+        if recipe.per_channel:
+            raise QuantizeError("lenet_pool: INT8 top-1 drop 0.12 pp > 0.1 pp (nothing written)")
+        return _fake_record(recipe)
+
+    monkeypatch.setattr(oq, "quantize_model", fake_quantize)
+    monkeypatch.setattr(oq, "is_up_to_date", lambda *a: False)
+    argv = ["--model", "lenet_pool", "--variant", "s2d", "--no-progress", *flags]
+    if expect == "fails":
+        with pytest.raises(QuantizeError, match="drop 0.12 pp"):
+            main(argv)
+        assert tried == [True]
+    else:
+        assert main(argv) == 0
+        assert tried == [True, False]
+        out = capsys.readouterr().out
+        assert (
+            "default recipe failed its checks" in out and "fell back to static-qdq-u8s8-pt-rr-minmax" in out
+        )
