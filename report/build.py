@@ -129,6 +129,36 @@ def artifacts(d: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def estimate_lines(arm: dict[str, Any] | None) -> list[str]:
+    """The boards' latency estimates from `make arm-check`, labelled as estimates, with their band."""
+    est = (arm or {}).get("cycle_estimates")
+    if not est or not est.get("rows"):
+        return []
+    cpus = sorted({r["cpu"] for r in est["rows"]})
+    cal = est.get("calibration")
+    band = (
+        f"x86-calibrated (× {cal['factor']:.3f}, leave-one-out error on x86 {100 * cal['loo_min']:+.0f} % .. "
+        f"{100 * cal['loo_max']:+.0f} %; unknown on real boards until their figures are ingested)"
+        if cal
+        else "no calibration"
+    )
+    out = [
+        "",
+        f"Latency **estimates** for the boards (not measurements): per-block counts × llvm-mca cycles, raw / {band}.",
+        "",
+        "| artifact | " + " | ".join(f"{c} µs" for c in cpus) + " |",
+        "|---|" + "---:|" * len(cpus),
+    ]
+    for m in sorted({r["model"] for r in est["rows"]}):
+        cells = []
+        for c in cpus:
+            r = next((r for r in est["rows"] if r["cpu"] == c and r["model"] == m), None)
+            cal_us = r and r.get("us_estimate_calibrated")
+            cells.append("–" if r is None else f"{r['us_estimate_raw']:.0f} / {_f(cal_us, '.0f')}")
+        out.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    return out
+
+
 def _f(x: float | None, fmt: str, none: str = "–") -> str:
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
@@ -433,6 +463,7 @@ def build(results: Path, onnx_dir: Path, out_dir: Path) -> Path:
         )
     else:
         L.append("Instructions: no aarch64 result in results/arm/ (`make arm-check`).")
+    L += estimate_lines(d["arm"])
     if not any(d["tflite"].values()):
         L.append("TFLite rows appear after `make tflite`.")
     L += ["", "![accuracy vs size and latency](pareto.png)", ""]

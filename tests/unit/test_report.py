@@ -245,3 +245,27 @@ def test_report_is_reproducible_byte_for_byte(tmp_path):
     b = build(res, tmp_path / "no-onnx", tmp_path / "b").read_bytes()
     assert a == b
     assert (tmp_path / "a" / "seeds.png").read_bytes() == (tmp_path / "b" / "seeds.png").read_bytes()
+
+
+def test_board_estimates_are_labelled_as_estimates_with_their_band():
+    from report.build import estimate_lines
+
+    assert estimate_lines(None) == [] and estimate_lines({"cycle_estimates": None}) == []
+    rows = [
+        {
+            "cpu": "cortex-a76",
+            "model": "m.int8.onnx",
+            "us_estimate_raw": 96.0,
+            "us_estimate_calibrated": 33.8,
+        },
+        {
+            "cpu": "cortex-a72",
+            "model": "m.int8.onnx",
+            "us_estimate_raw": 158.0,
+            "us_estimate_calibrated": None,
+        },
+    ]
+    cal = {"factor": 0.352, "loo_min": -0.09, "loo_max": 0.06}
+    text = "\n".join(estimate_lines({"cycle_estimates": {"rows": rows, "calibration": cal}}))
+    assert "**estimates**" in text and "not measurements" in text and "-9 % .. +6 %" in text
+    assert "| `m.int8.onnx` | 158 / – | 96 / 34 |" in text
