@@ -128,7 +128,7 @@ def _mca_available() -> bool:
     return (mca.LLVM_BIN / "llvm-mca").is_file() and (ARM_BUILD / "libbb.so").is_file()
 
 
-def _estimate_lines(est: dict | None, ok: bool) -> list[str]:
+def _estimate_lines(est: dict | None) -> list[str]:
     if est is None:
         return [
             "",
@@ -229,7 +229,7 @@ def main() -> int:
         per.setdefault((r["cpu"], r["model"]), []).append(r["insns_per_inference"])
     insns = {f"{cpu}|{m}": statistics.mean(v) for (cpu, m), v in per.items()}
     est_models = [bundle / m["file"] for m in manifest["models"] if m["file"].split(".", 1)[-1] in ESTIMATED]
-    estimates = cycle_estimates(bundle, site, est_models) if (mca_ok := _mca_available()) else None
+    estimates = cycle_estimates(bundle, site, est_models) if _mca_available() else None
 
     lines = [
         "# aarch64 check (qemu-user; cortex-a72 = Raspberry Pi 4, cortex-a76 = Raspberry Pi 5)",
@@ -276,7 +276,7 @@ def main() -> int:
             + " | ".join(f"{insns[f'{c}|{f}']:,.0f}" for c in CPUS)
             + f" | {ratio} |"
         )
-    lines += _estimate_lines(estimates, mca_ok)
+    lines += _estimate_lines(estimates)
     md = "\n".join(lines) + "\n"
     report = {
         "label": LABEL,

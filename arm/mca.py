@@ -96,12 +96,15 @@ def _tool(name: str) -> str:
     return str(path)
 
 
+def _core(mcpu: str, mattr: str) -> list[str]:
+    """The -mcpu/-mattr flags llvm-mc and llvm-mca share."""
+    return ([f"-mcpu={mcpu}"] if mcpu else []) + ([f"-mattr={mattr}"] if mattr else [])
+
+
 def disassemble(code_hex: str, triple: str, mcpu: str = "", mattr: str = "") -> str:
     """LLVM assembly of raw machine code; the core's features decide what decodes (sdot needs dotprod)."""
     data = " ".join(f"0x{code_hex[i : i + 2]}" for i in range(0, len(code_hex), 2))
-    cmd = [_tool("llvm-mc"), "--disassemble", f"-triple={triple}"]
-    cmd += [f"-mcpu={mcpu}"] if mcpu else []
-    cmd += [f"-mattr={mattr}"] if mattr else []
+    cmd = [_tool("llvm-mc"), "--disassemble", f"-triple={triple}", *_core(mcpu, mattr)]
     p = subprocess.run(cmd, input=data, capture_output=True, text=True)
     if p.returncode != 0 or "invalid instruction" in p.stderr:
         raise McaError(f"llvm-mc cannot disassemble: {p.stderr.strip()[:200]}")
@@ -110,9 +113,7 @@ def disassemble(code_hex: str, triple: str, mcpu: str = "", mattr: str = "") -> 
 
 def block_cycles(asm: str, triple: str, mcpu: str, mattr: str = "", iterations: int = 200) -> float:
     """Steady-state cycles per execution of the block, from llvm-mca's Total Cycles / Iterations."""
-    cmd = [_tool("llvm-mca"), f"-mtriple={triple}", f"-mcpu={mcpu}", f"-iterations={iterations}"]
-    if mattr:
-        cmd.append(f"-mattr={mattr}")
+    cmd = [_tool("llvm-mca"), f"-mtriple={triple}", f"-iterations={iterations}", *_core(mcpu, mattr)]
     p = subprocess.run(cmd, input=asm, capture_output=True, text=True)
     m = re.search(r"Total Cycles:\s+(\d+)", p.stdout)
     if p.returncode != 0 or not m:
@@ -131,7 +132,7 @@ def blocks_cycles(
     regions); None for a block that cannot be disassembled or modelled."""
     if not codes:
         return []
-    feats = ([f"-mcpu={mcpu}"] if mcpu else []) + ([f"-mattr={mattr}"] if mattr else [])
+    feats = _core(mcpu, mattr)
     data = "\n".join(" ".join(f"0x{c[i : i + 2]}" for i in range(0, len(c), 2)) for c in codes)
     p = subprocess.run([_tool("llvm-mc"), "--disassemble", f"-triple={triple}", *feats],
                        input=data, capture_output=True, text=True)  # fmt: skip
@@ -169,9 +170,13 @@ def model_fingerprint(triple: str, mcpu: str, mattr: str = "") -> str:
         "x86_64": "addq %rax, %rbx\nimulq %rcx, %rdx\nmovq (%rsi), %rdi\nvfmadd231ps %ymm0, %ymm1, %ymm2\n"
         "vpmaddubsw %ymm3, %ymm4, %ymm5\nvdivps %ymm6, %ymm7, %ymm8\nmovq %r8, (%r9)\n",
     }[triple.split("-")[0]]
-    cmd = [_tool("llvm-mca"), f"-mtriple={triple}", f"-mcpu={mcpu}", "-iterations=100", "-instruction-info"]
-    if mattr:
-        cmd.append(f"-mattr={mattr}")
+    cmd = [
+        _tool("llvm-mca"),
+        f"-mtriple={triple}",
+        "-iterations=100",
+        "-instruction-info",
+        *_core(mcpu, mattr),
+    ]
     p = subprocess.run(cmd, input=probe, capture_output=True, text=True)
     if p.returncode != 0:
         raise McaError(f"llvm-mca -mcpu={mcpu}: {p.stderr.strip()[:200]}")

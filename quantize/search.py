@@ -66,7 +66,7 @@ def _weighted_layers(model: Any) -> list[str]:
 
 
 def _build(
-    name: str, source: str, recipe: Any, onnx_dir: Path, work: Path, calibration: Any, prep: Any
+    name: str, source: str, recipe: Any, work: Path, calibration: Any, prep: Any
 ) -> list[dict[str, Any]]:
     """Quantize one candidate (and its ORT target if QDQ); one row per file, checked."""
     from optimize.ort_int8 import build_ort_model
@@ -118,7 +118,6 @@ def search_model(
     calibration = load_calibration()
     base = DEFAULT_RECIPES[name]
     rows: list[dict[str, Any]] = []
-    preps = {}
     fp32_files = [fp32_source(onnx_dir, name, v) for v in SOURCES.values()]
     for f in fp32_files:
         if not f.is_file():
@@ -130,9 +129,7 @@ def search_model(
         preps = {"export": p0, "s2d": p1}
         for source in SOURCES:
             for change in CHANGES.values():
-                rows += _build(
-                    name, source, replace(base, **change), onnx_dir, work, calibration, preps[source]
-                )
+                rows += _build(name, source, replace(base, **change), work, calibration, preps[source])
         if not timing:  # the documented default, checked but not timed (CI)
             default = f"s2d.{base.name}.ort"
             pick = next((r for r in rows if r["label"] == default and r["passed"]), None)
@@ -159,7 +156,7 @@ def search_model(
         mixed = []
         for layer in layers:
             trial = replace(base.__class__.from_dict(best["recipe"]), fp32_layers=(*kept, layer))
-            built = _build(name, best["source"], trial, onnx_dir, work, calibration, preps[best["source"]])
+            built = _build(name, best["source"], trial, work, calibration, preps[best["source"]])
             # the same kind as the current best (QDQ or its ORT target); failures stay in the record
             built = [
                 b
@@ -181,17 +178,16 @@ def search_model(
             ok = [b for b in built if b["passed"] and b["vs_current_best_same_run"] < KEEP_FP32_IF_BELOW]
             if ok:
                 kept = (*kept, layer)
-                best = {**ok[0], "p50_us": ok[0]["p50_us"]}
+                best = ok[0]
     fp32 = {f.name: p50[f.name] for f in fp32_files}
-    choice = best
     return {
         "model": name,
         "candidates": rows,
         "mixed_precision": {"layers": layers, "kept_fp32": list(kept), "trials": mixed},
         "fp32_p50_us": fp32,
-        "choice": {k: choice[k] for k in ("label", "file", "recipe", "p50_us")},
-        "choice_over_best_fp32_first_run": choice["p50_us"] / min(fp32.values())
-        if choice["p50_us"]
+        "choice": {k: best[k] for k in ("label", "file", "recipe", "p50_us")},
+        "choice_over_best_fp32_first_run": best["p50_us"] / min(fp32.values())
+        if best["p50_us"]
         else None,
         "method": "fastest checked candidate, interleaved timing (batch 1, one thread, IO binding)",
     }
