@@ -186,9 +186,7 @@ def search_model(
         "mixed_precision": {"layers": layers, "kept_fp32": list(kept), "trials": mixed},
         "fp32_p50_us": fp32,
         "choice": {k: best[k] for k in ("label", "file", "recipe", "p50_us")},
-        "choice_over_best_fp32_first_run": best["p50_us"] / min(fp32.values())
-        if best["p50_us"]
-        else None,
+        "choice_over_best_fp32_first_run": best["p50_us"] / min(fp32.values()) if best["p50_us"] else None,
         "method": "fastest checked candidate, interleaved timing (batch 1, one thread, IO binding)",
     }
 
