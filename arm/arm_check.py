@@ -79,13 +79,13 @@ def counts(bundle: Path, site: Path, models: list[Path], reps: int) -> dict:
     cmd = [
         sys.executable,
         str(HERE / "run_counts.py"),
-        "--dest",
+        "--sysroot",
         str(ARM_BUILD / "sysroot"),
         "--site",
         str(site),
         "--reps",
         str(reps),
-        "--outdir",
+        "--out-dir",
         str(outdir),
         "--models",
         *map(str, models),
@@ -212,7 +212,7 @@ def cycle_estimates(bundle: Path, site: Path, models: list[Path]) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=os.environ.get("LENET_EDGE_PROG"), description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path, help="the tarball from `make bundle`")
     ap.add_argument("--reps", type=int, default=1, help="counting repeats per model and CPU (default 1)")
     a = ap.parse_args()

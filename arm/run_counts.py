@@ -34,8 +34,8 @@ ARM_BUILD = os.environ.get("ARM_BUILD", os.path.join(HERE, "..", "build", "arm")
 
 def run_one(cpu, model, rep, a, extra):
     tag = f"{cpu}.{os.path.basename(model).replace('.onnx', '')}.rep{rep}"
-    report = os.path.join(a.outdir, "raw", tag + ".plugin.txt")
-    log = os.path.join(a.outdir, "raw", tag + ".log")
+    report = os.path.join(a.out_dir, "raw", tag + ".plugin.txt")
+    log = os.path.join(a.out_dir, "raw", tag + ".log")
     plugin = f"{a.plugin},mode={a.mode},out={report}"
     cmd = [
         os.path.join(HERE, "qemu_py.sh"),
@@ -53,7 +53,7 @@ def run_one(cpu, model, rep, a, extra):
         str(a.regions),
         *extra,
     ]
-    env = dict(os.environ, DEST=a.dest)
+    env = dict(os.environ, DEST=a.sysroot)
     if a.site:
         env["SITE"] = a.site
     if os.path.exists(report):
@@ -92,7 +92,7 @@ def run_one(cpu, model, rep, a, extra):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dest", default=os.path.join(ARM_BUILD, "sysroot"))
+    ap.add_argument("--sysroot", default=os.path.join(ARM_BUILD, "sysroot"))
     ap.add_argument("--site", default=None, help="default: DEST/opt/armlab/site")
     ap.add_argument("--plugin", default=os.path.join(ARM_BUILD, "libinsn.so"))
     ap.add_argument("--mode", choices=["inline", "tb"], default="inline")
@@ -108,10 +108,10 @@ def main():
         default=0.05,
         help="max allowed spread between repeats in %% (exit 1 above it)",
     )
-    ap.add_argument("--outdir", default=os.path.join(ARM_BUILD, "counts"))
+    ap.add_argument("--out-dir", default=os.path.join(ARM_BUILD, "counts"))
     ap.add_argument("extra", nargs="*", help="after --: extra count_insns.py arguments")
     a = ap.parse_args()
-    os.makedirs(os.path.join(a.outdir, "raw"), exist_ok=True)
+    os.makedirs(os.path.join(a.out_dir, "raw"), exist_ok=True)
 
     rows = []
     for cpu in a.cpus:
@@ -161,9 +161,9 @@ def main():
             lines.append(f"| {cpu} | {f:,.0f} | {q:,.0f} | {q / f:.3f} |")
     table = "\n".join(lines) + "\n"
     print("\n" + table)
-    with open(os.path.join(a.outdir, "table.md"), "w") as f:
+    with open(os.path.join(a.out_dir, "table.md"), "w") as f:
         f.write(table)
-    with open(os.path.join(a.outdir, "counts.json"), "w") as f:
+    with open(os.path.join(a.out_dir, "counts.json"), "w") as f:
         json.dump(
             {
                 "mode": a.mode,

@@ -13,7 +13,7 @@ onnxruntime/XNNPACK pick kernels by CPUID: the result records both feature sets,
 differ (AVX-512 host, AVX2 emulation) it says the validation compares different kernels. On an
 AVX2-only machine both sides run the same kernels.
 
-    python3 arm/validate_x86.py --bench results/bench/MACHINE.json build/onnx/*.onnx --out build/arm/validate-x86.json
+    python3 arm/validate_x86.py --bench results/bench/MACHINE.json build/onnx/*.onnx --json build/arm/validate-x86.json
 
 Stdlib only on the host side; needs qemu-user (qemu-x86_64), llvm-19 and build/arm/libbb.so
 (arm/build_plugin.sh).
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--regions", type=int, default=2)
     p.add_argument("--ghz", type=float, default=None, help="clock for microseconds (default: /proc/cpuinfo)")
-    p.add_argument("--out", type=Path, default=ROOT / "build" / "arm" / "validate-x86.json")
+    p.add_argument("--json", type=Path, default=ROOT / "build" / "arm" / "validate-x86.json")
     p.add_argument("--reuse", action="store_true", help="reuse block reports newer than their model")
     a = p.parse_args(argv)
     try:
@@ -144,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         host, emu = isa(a.python, False), isa(a.python, True)
         same = host == emu
         rows, cache = [], {}
-        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.json.parent.mkdir(parents=True, exist_ok=True)
         for m in a.models:
             meas = measured_p50(bench, m.name)
             if meas is None:
                 raise mca.McaError(f"{m.name}: no batch-1, one-thread `run` row in {a.bench}")
-            rep_path = a.out.parent / f"bb-x86.{m.name}.txt"
+            rep_path = a.json.parent / f"bb-x86.{m.name}.txt"
             fresh = a.reuse and rep_path.is_file() and rep_path.stat().st_mtime > m.stat().st_mtime
             if not fresh:
                 count_blocks(a.python, m, rep_path, a.runs, a.regions)
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "spearman": rho,
         "bench": str(a.bench),
     }
-    a.out.write_text(json.dumps(res, indent=1) + "\n")
+    a.json.write_text(json.dumps(res, indent=1) + "\n")
     print(
         f"calibration factor {cal['factor']:.3f} (median measured/estimate); leave-one-out error "
         f"{100 * cal['loo_min']:+.0f} % .. {100 * cal['loo_max']:+.0f} %"

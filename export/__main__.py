@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from runtime.cli import run
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.workflow import add_model_flags, selected
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m export",
+    p = parser(
+        "export",
         description="Export trained checkpoints to ONNX (raw-pixel input, opset 13+) and check "
         "them against Paddle on all 10,000 test images.",
     )
-    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    add_model_flags(p)
     p.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=Path("results/checkpoints"),
         help="folder with <model>.npz + <model>.train.json (default: the committed reference)",
     )
-    p.add_argument("--out-dir", type=Path, default=Path("build/onnx"), help="default build/onnx")
+    add_common(p, "out_dir", out_dir={"default": Path("build/onnx"), "help": "default build/onnx"})
     p.add_argument("--opset", type=int, default=13, help="ONNX opset, 13..21 (default 13)")
     p.add_argument("--atol", type=float, default=1e-4, help="max |Δlogit| vs Paddle (default 1e-4)")
     p.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (default: cache or $MNIST_DIR)")
     p.add_argument("--force", action="store_true", help="re-export even if up to date")
     args = p.parse_args(argv)
 
-    from export.onnx_export import ExportConfig, export_model
+    from lenet_edge.export.onnx_export import ExportConfig, export_model
 
     config = ExportConfig(opset=args.opset, atol=args.atol)
-    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    names = selected(args.model, args.workflow)
     for name in names:
         rec = export_model(
             args.checkpoint_dir / f"{name}.npz", args.out_dir, config, args.data_dir, args.force

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import (
+from lenet_edge.runtime.contract import (
     CONTRACT_TEXT,
     IMAGE_SHAPE,
     INPUT_NAME,
@@ -26,9 +26,9 @@ from runtime.contract import (
     normalize,
     to_pixels,
 )
-from runtime.errors import CheckpointError, ConfigError, ConversionError
-from runtime.evaluate import topk_accuracy
-from runtime.files import (
+from lenet_edge.runtime.errors import CheckpointError, ConfigError, ConversionError
+from lenet_edge.runtime.evaluate import topk_accuracy
+from lenet_edge.runtime.files import (
     owned_temp_dir,
     read_json,
     sha256_bytes,
@@ -36,11 +36,11 @@ from runtime.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from runtime.mnist import load_split
-from runtime.numeric import exceeds, finite, max_abs_diff
-from runtime.runner import OnnxRunner
-from train.checkpoint import load_checkpoint
-from train.paddle_env import import_paddle, paddle_home
+from lenet_edge.runtime.mnist import load_split
+from lenet_edge.runtime.numeric import exceeds, finite, max_abs_diff
+from lenet_edge.runtime.runner import OnnxRunner
+from lenet_edge.train.checkpoint import load_checkpoint
+from lenet_edge.train.paddle_env import import_paddle, paddle_home
 
 EXPORT_DIR = Path(__file__).resolve().parent
 
@@ -71,7 +71,7 @@ def read_export_record(onnx_file: Path) -> dict[str, Any]:
     vouching for this very file (sha256). Anything else is one clear LenetEdgeError."""
     import re
 
-    from train.models import MODELS
+    from lenet_edge.train.models import MODELS
 
     onnx_file = Path(onnx_file)
     path = export_record_path(onnx_file)
@@ -101,7 +101,7 @@ def read_export_record(onnx_file: Path) -> dict[str, Any]:
 
 def source_sha256() -> str:
     """Hash of the export code and everything it imports (model classes, checkpoint format, contract)."""
-    from runtime.files import code_sha256
+    from lenet_edge.runtime.files import code_sha256
 
     return code_sha256("export.onnx_export")
 
@@ -217,7 +217,7 @@ def export_model(
     """Export one checkpoint; return the export record (also written beside the ONNX file)."""
     t0 = time.perf_counter()
     checkpoint = Path(checkpoint)
-    from train.models import MODELS
+    from lenet_edge.train.models import MODELS
 
     state, train_rec = load_checkpoint(checkpoint)  # sha256-verified, finite float32, no pickle
     name = train_rec["model"]
@@ -237,7 +237,7 @@ def export_model(
     paddle = import_paddle()
     import paddle2onnx
 
-    from train.models import build_model, count_params
+    from lenet_edge.train.models import build_model, count_params
 
     net = build_model(name)
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}

@@ -12,19 +12,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.cli import run
-from runtime.errors import LenetEdgeError
-from runtime.files import read_json, sha256_file, write_bytes_atomic, write_json_atomic
+from lenet_edge.runtime.cli import parser, run
+from lenet_edge.runtime.errors import LenetEdgeError
+from lenet_edge.runtime.files import read_json, sha256_file, write_bytes_atomic, write_json_atomic
+from lenet_edge.workflow import model_names, workflows
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "results" / "reference.json"
 REF_CKPT_DIR = ROOT / "results" / "checkpoints"
 README = ROOT / "README.md"
-MODELS = ("lenet_pool", "lenet_stride")
-BLOG = {
-    "lenet_pool": {"params": 61_706, "test_top1": 0.9810},
-    "lenet_stride": {"params": 66_346, "test_top1": 0.9837},
-}
+
+
+def published() -> dict[str, dict[str, Any]]:
+    """Per model, the published figures its workflow reproduces (the blog's)."""
+    return {n: {"params": wf.params, "test_top1": wf.published_top1} for n, wf in workflows().items()}
+
+
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 QUANT_START, QUANT_END = "<!-- quant:start -->", "<!-- quant:end -->"
 
@@ -32,7 +35,7 @@ QUANT_START, QUANT_END = "<!-- quant:start -->", "<!-- quant:end -->"
 def write_reference(train_dir: Path, onnx_dir: Path) -> dict[str, Any]:
     """Copy the trained checkpoints into results/ and record what their exports measured."""
     models: dict[str, Any] = {}
-    for name in MODELS:
+    for name in model_names():
         ckpt, rec_file = train_dir / f"{name}.npz", train_dir / f"{name}.train.json"
         train_rec = read_json(rec_file)
         exp = read_json(onnx_dir / f"{name}.fp32.export.json")
@@ -81,14 +84,14 @@ def write_reference(train_dir: Path, onnx_dir: Path) -> dict[str, Any]:
                 "calibration_sha256": int8["calibration"]["sha256"],
                 "nodes": {k: int8["nodes"][k] for k in ("exported_total", "clean_total", "int8_total")},
             }
-    train_recs = [read_json(train_dir / f"{name}.train.json") for name in MODELS]
+    train_recs = [read_json(train_dir / f"{name}.train.json") for name in model_names()]
     ref = {
         "training_environment": reference_environment(train_recs),
         "about": "Accuracy regression baseline: the committed checkpoints, exported, on the 10,000 "
         "MNIST test images. Produced by `make train && make export CKPT_DIR=build/train && make reference`.",
         "data_sha256": exp["data_sha256"],
         "versions": exp["versions"],
-        "blog": BLOG,
+        "blog": published(),
         "models": models,
     }
     write_json_atomic(REFERENCE, ref)
@@ -144,7 +147,7 @@ def compare_model(
     class with its library versions and config: they must be the same weights (training is bitwise
     reproducible there), so any difference fails. Other CPU class or versions: say what differs and
     require top-1 and top-2 within `tol_pp` of the reference."""
-    from runtime.numeric import exceeds
+    from lenet_edge.runtime.numeric import exceeds
 
     r = ref["models"][name]
     d1 = 100 * (exp["test_top1"] - r["fp32"]["test_top1"])
@@ -190,13 +193,13 @@ def compare_model(
 
 def check_exports(onnx_dir: Path, train_dir: Path | None = None, strict: bool = True) -> int:
     """Compare exported models with the reference (see compare_model); non-zero exit on any failure."""
-    from export.onnx_export import read_export_record
-    from quantize.checks import load_tolerances
+    from lenet_edge.export.onnx_export import read_export_record
+    from lenet_edge.quantize.checks import load_tolerances
 
     ref = read_json(REFERENCE)
     tol = load_tolerances()["fp32_top1_cross_machine_pp_max"]
     failed = []
-    for name in MODELS:
+    for name in model_names():
         exp = read_export_record(onnx_dir / f"{name}.fp32.onnx")
         ok, why = compare_model(name, exp, ref, _train_record(train_dir, name, exp["checkpoint_sha256"]), tol)
         print(f"{name}: {'ok' if ok else 'FAILED'}: {why}")
@@ -215,7 +218,7 @@ def render_table(ref: dict[str, Any]) -> str:
         "| INT8 top-1 | INT8 agreement | INT8 bytes (B/param) | s/epoch (train) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in MODELS:
+    for name in model_names():
         m = ref["models"][name]
         rows.append(
             f"| `{name}` | {m['params']:,} | {100 * m['fp32']['test_top1']:.2f} % | {100 * m['fp32']['test_top2']:.2f} % "
@@ -242,7 +245,7 @@ def render_quant_table(ref: dict[str, Any]) -> str:
         "| nodes: exported → clean → INT8 |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for name in MODELS:
+    for name in model_names():
         i = ref["models"][name].get("int8")
         if i is None:
             continue
@@ -273,7 +276,7 @@ def update_readme(ref: dict[str, Any], readme: Path = README) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.reference", description=__doc__.splitlines()[0])
+    p = parser("export.reference", __doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("write", help="adopt trained checkpoints + exports as results/reference.json")
     w.add_argument("--train-dir", type=Path, default=Path("build/train"))

@@ -10,20 +10,21 @@ Reads build/onnx/<model>.fp32.onnx (+ export record); writes
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.onnx_export import set_metadata
-from runtime.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, to_pixels
-from runtime.errors import ConversionError
-from runtime.files import sha256_bytes, write_bytes_atomic, write_json_atomic
-from runtime.mnist import load_split
-from runtime.numeric import exceeds, max_abs_diff
-from runtime.runner import OnnxRunner
+from lenet_edge.export.onnx_export import set_metadata
+from lenet_edge.runtime.cli import parser
+from lenet_edge.runtime.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, to_pixels
+from lenet_edge.runtime.errors import ConversionError
+from lenet_edge.runtime.files import sha256_bytes, write_bytes_atomic, write_json_atomic
+from lenet_edge.runtime.mnist import load_split
+from lenet_edge.runtime.numeric import exceeds, max_abs_diff
+from lenet_edge.runtime.runner import OnnxRunner
+from lenet_edge.workflow import add_model_flags, selected
 
 
 def _consumers(graph: Any, tensor: str) -> list[Any]:
@@ -181,7 +182,7 @@ def make_variants(
     import onnx
     import onnxslim
 
-    from quantize.ort_quant import load_fp32
+    from lenet_edge.quantize.ort_quant import load_fp32
 
     _, rec = load_fp32(fp32_path)  # our export, unchanged since, honouring the contract
     name = rec["model"]
@@ -238,14 +239,14 @@ def make_variants(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.variants", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p = parser("export.variants", __doc__)
+    add_model_flags(p)
     p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
     p.add_argument("--data-dir", type=Path, default=None)
     args = p.parse_args(argv)
     import onnx
 
-    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    names = selected(args.model, args.workflow)
     for name in names:
         fp32 = args.onnx_dir / f"{name}.fp32.onnx"
         if not fp32.is_file():
@@ -265,6 +266,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.cli import run
+    from lenet_edge.runtime.cli import run
 
     sys.exit(run(main))

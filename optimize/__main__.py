@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from runtime.cli import run
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.workflow import add_model_flags, selected
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m optimize",
+    p = parser(
+        "optimize",
         description="Rewrite exported FP32 ONNX models with pattern-based graph passes (onnxscript "
         "rewriter), check each against the export on all test images, and write "
         "<model>.fp32.<variant>.onnx + a record of what every pass did.",
     )
-    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    add_model_flags(p)
     p.add_argument(
         "--onnx-dir", type=Path, default=Path("build/onnx"), help="exported models (default build/onnx)"
     )
-    p.add_argument("--out-dir", type=Path, default=None, help="default: same as --onnx-dir")
+    add_common(p, "out_dir", out_dir={"help": "default: same as --onnx-dir"})
     p.add_argument(
         "--variant",
         default="s2d",
@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="rewrite even if the output is up to date")
     args = p.parse_args(argv)
 
-    from optimize.stage import OptimizeConfig, is_up_to_date, optimize_model, optimized_path
+    from lenet_edge.optimize.stage import OptimizeConfig, is_up_to_date, optimize_model, optimized_path
 
     passes = tuple(x.strip() for x in args.passes.split(",") if x.strip()) if args.passes else None
     config = OptimizeConfig(variant=args.variant, passes=passes)
     out_dir = args.out_dir or args.onnx_dir
-    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    names = selected(args.model, args.workflow)
     for name in names:
         fp32 = args.onnx_dir / f"{name}.fp32.onnx"
         if not args.force and is_up_to_date(fp32, out_dir, name, config):

@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from lenet_edge.runtime.cli import parser
+from lenet_edge.workflow import add_model_flags, selected
+
 MS = "com.microsoft"
 TO_NCHW = [0, 3, 1, 2]
 TO_NHWC = [0, 2, 3, 1]
@@ -441,7 +444,7 @@ def apply_ort_passes(
     """Run the passes in order on a copy; a pass that refuses leaves the graph as it was."""
     import onnx
 
-    from runtime.runner import as_native
+    from lenet_edge.runtime.runner import as_native
 
     log = []
     for name in names:
@@ -475,16 +478,16 @@ def record_path(onnx_file: Path) -> Path:
 
 
 def source_sha256() -> str:
-    from runtime.files import code_sha256
+    from lenet_edge.runtime.files import code_sha256
 
     return code_sha256("optimize.ort_int8")
 
 
 def _source(onnx_dir: Path, model: str, variant: str) -> tuple[Path, dict[str, Any]]:
     """The checked QDQ model and its quantize record (refused if stale, stock, or failing tolerances)."""
-    from quantize.checks import int8_failures, load_tolerances
-    from runtime.errors import ConfigError
-    from runtime.files import read_json, sha256_file
+    from lenet_edge.quantize.checks import int8_failures, load_tolerances
+    from lenet_edge.runtime.errors import ConfigError
+    from lenet_edge.runtime.files import read_json, sha256_file
 
     src = Path(onnx_dir) / f"{model}.int8.{variant}.qdq.onnx"
     rec_path = record_path(src)
@@ -502,7 +505,7 @@ def _source(onnx_dir: Path, model: str, variant: str) -> tuple[Path, dict[str, A
 def is_up_to_date(onnx_dir: Path, model: str, variant: str) -> bool:
     import onnxruntime
 
-    from runtime.files import read_json, sha256_file
+    from lenet_edge.runtime.files import read_json, sha256_file
 
     out = ort_path(onnx_dir, model, variant)
     src = Path(onnx_dir) / f"{model}.int8.{variant}.qdq.onnx"
@@ -528,10 +531,10 @@ def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) 
     import onnx
     import onnxruntime
 
-    from runtime.errors import ConversionError
-    from runtime.files import owned_temp_dir, sha256_bytes, write_bytes_atomic, write_json_atomic
-    from runtime.numeric import max_abs_diff
-    from runtime.runner import OnnxRunner
+    from lenet_edge.runtime.errors import ConversionError
+    from lenet_edge.runtime.files import owned_temp_dir, sha256_bytes, write_bytes_atomic, write_json_atomic
+    from lenet_edge.runtime.numeric import max_abs_diff
+    from lenet_edge.runtime.runner import OnnxRunner
 
     t0 = time.perf_counter()
     model = src_rec.get("model", src.name)
@@ -590,8 +593,8 @@ def make_ort_model(
 ) -> dict[str, Any]:
     """`make quantize-ort` for one model: <model>.int8.<variant>.qdq.onnx (checked, fresh) -> its
     ORT target, checked on all test images."""
-    from runtime.contract import to_pixels
-    from runtime.mnist import load_split
+    from lenet_edge.runtime.contract import to_pixels
+    from lenet_edge.runtime.mnist import load_split
 
     onnx_dir = Path(onnx_dir)
     src, src_rec = _source(onnx_dir, model, variant)
@@ -600,21 +603,19 @@ def make_ort_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="python -m optimize.ort_int8",
+    p = parser(
+        "optimize.ort_int8",
         description="ONNX Runtime target: turn a checked QDQ INT8 model into an integer NHWC graph "
         "(uint8 pixels in, no layout round trips), check it gives the same logits on every test image, "
         "and write <model>.int8.<variant>.ort.onnx + its record.",
     )
-    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    add_model_flags(p)
     p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"), help="default build/onnx")
     p.add_argument("--variant", default="s2d", help="which <model>.int8.<variant>.qdq.onnx (default s2d)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = p.parse_args(argv)
-    for name in ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]:
+    for name in selected(args.model, args.workflow):
         out = ort_path(args.onnx_dir, name, args.variant)
         if not args.force and is_up_to_date(args.onnx_dir, name, args.variant):
             print(f"{out}: up to date (--force rebuilds)")
@@ -635,6 +636,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from runtime.cli import run
+    from lenet_edge.runtime.cli import run
 
     sys.exit(run(main))

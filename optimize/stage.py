@@ -16,11 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import to_pixels
-from runtime.errors import ConfigError, ConversionError
-from runtime.files import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
-from runtime.mnist import load_split
-from runtime.numeric import max_abs_diff
+from lenet_edge.runtime.contract import to_pixels
+from lenet_edge.runtime.errors import ConfigError, ConversionError
+from lenet_edge.runtime.files import (
+    read_json,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from lenet_edge.runtime.mnist import load_split
+from lenet_edge.runtime.numeric import max_abs_diff
 
 DEFAULT_PASSES = ("fold-normalisation", "drop-redundant-relu")
 S2D_PASSES = (*DEFAULT_PASSES, "s2d-conv-pool", "s2d-conv-stride2")
@@ -43,7 +49,7 @@ class OptimizeConfig:
     def __post_init__(self) -> None:
         import re
 
-        from optimize.passes import RULES
+        from lenet_edge.optimize.passes import RULES
 
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", self.variant):
             raise ConfigError(f"variant name {self.variant!r}: lower-case letters, digits and '-' only")
@@ -68,7 +74,7 @@ def record_path(onnx_file: Path) -> Path:
 
 
 def source_sha256() -> str:
-    from runtime.files import code_sha256
+    from lenet_edge.runtime.files import code_sha256
 
     return code_sha256("optimize.stage")
 
@@ -84,7 +90,7 @@ def apply_passes(model: Any, passes: tuple[str, ...]) -> tuple[Any, list[dict[st
     import onnx_ir as ir
     from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 
-    from optimize.passes import RULES
+    from lenet_edge.optimize.passes import RULES
 
     m = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(model))
     report = []
@@ -110,9 +116,9 @@ def optimize_model(
     import onnx
     import onnxslim
 
-    from export.onnx_export import set_metadata
-    from quantize.ort_quant import load_fp32
-    from runtime.runner import OnnxRunner
+    from lenet_edge.export.onnx_export import set_metadata
+    from lenet_edge.quantize.ort_quant import load_fp32
+    from lenet_edge.runtime.runner import OnnxRunner
 
     t0 = time.perf_counter()
     fp32_path = Path(fp32_path)

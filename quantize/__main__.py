@@ -7,7 +7,8 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from runtime.cli import run
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.workflow import add_model_flags, selected
 
 RECIPE_HELP = {
     "mode": "static (calibrated) or dynamic",
@@ -33,19 +34,19 @@ FALLBACKS = (lambda r: replace(r, per_channel=False),)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from quantize.recipe import QuantRecipe
+    from lenet_edge.quantize.recipe import QuantRecipe
 
-    p = argparse.ArgumentParser(
-        prog="python -m quantize",
+    p = parser(
+        "quantize",
         description="Quantize exported FP32 ONNX models to INT8 with ONNX Runtime (calibrated on the "
         "committed subset), check them against FP32 and write <model>.int8.<format>.onnx + a record. "
         "Recipe flags override the per-model default recipe.",
     )
-    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    add_model_flags(p)
     p.add_argument(
         "--onnx-dir", type=Path, default=Path("build/onnx"), help="FP32 models (default build/onnx)"
     )
-    p.add_argument("--out-dir", type=Path, default=None, help="default: same as --onnx-dir")
+    add_common(p, "out_dir", out_dir={"help": "default: same as --onnx-dir"})
     p.add_argument(
         "--stock",
         action="store_true",
@@ -99,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
 
-    from quantize.calibration import CALIBRATION_FILE, load_calibration
-    from quantize.checks import int8_failures, load_tolerances
-    from quantize.ort_quant import (
+    from lenet_edge.quantize.calibration import CALIBRATION_FILE, load_calibration
+    from lenet_edge.quantize.checks import int8_failures, load_tolerances
+    from lenet_edge.quantize.ort_quant import (
         QuantizeError,
         fp32_source,
         int8_path,
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         quantize_model,
         quantize_record_path,
     )
-    from quantize.recipe import DEFAULT_RECIPES
-    from runtime.files import read_json
+    from lenet_edge.quantize.recipe import DEFAULT_RECIPES
+    from lenet_edge.runtime.files import read_json
 
     overrides = {
         f.name: getattr(args, f.name) for f in fields(QuantRecipe) if getattr(args, f.name) is not None
@@ -118,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     calibration = load_calibration(args.calibration_file or CALIBRATION_FILE)
     tol = load_tolerances()
     out_dir = args.out_dir or args.onnx_dir
-    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    names = selected(args.model, args.workflow)
     if args.stock:
-        from quantize.ort_quant import quantize_stock
+        from lenet_edge.quantize.ort_quant import quantize_stock
 
         for name in names:
             r = quantize_stock(

@@ -5,7 +5,6 @@ Reads results/calibration.json; `python -m quantize.calibration --write` creates
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import INPUT_NAME, to_pixels
-from runtime.errors import ConfigError
-from runtime.files import read_json, sha256_bytes, write_json_atomic
-from runtime.mnist import load_split
+from lenet_edge.runtime.cli import parser
+from lenet_edge.runtime.contract import INPUT_NAME, to_pixels
+from lenet_edge.runtime.errors import ConfigError
+from lenet_edge.runtime.files import read_json, sha256_bytes, write_json_atomic
+from lenet_edge.runtime.mnist import load_split
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION_FILE = ROOT / "results" / "calibration.json"
@@ -84,7 +84,7 @@ class PixelReader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._start == 0 and self.progress:
-            from runtime.progress import Progress
+            from lenet_edge.runtime.progress import Progress
 
             self._bar = Progress(len(self.pixels), self.desc or "calibrate", "img", every=None, leave=False)
         if self._start >= len(self.pixels):
@@ -104,7 +104,7 @@ class PixelReader:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m quantize.calibration", description=__doc__.splitlines()[0])
+    p = parser("quantize.calibration", __doc__)
     p.add_argument("--write", action="store_true", help=f"create {CALIBRATION_FILE.relative_to(ROOT)} (once)")
     p.add_argument("--size", type=int, default=DEFAULT_SIZE)
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -130,6 +130,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.cli import run
+    from lenet_edge.runtime.cli import run
 
     sys.exit(run(main))

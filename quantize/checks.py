@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.files import read_json
-from runtime.numeric import exceeds, falls_below
+from lenet_edge.runtime.files import read_json
+from lenet_edge.runtime.numeric import exceeds, falls_below
 
 TOLERANCES = Path(__file__).resolve().parent.parent / "results" / "tolerances.json"
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ConversionError
-from runtime.numeric import exceeds, max_abs_diff
-from runtime.runner import OnnxRunner
+from lenet_edge.runtime.errors import ConversionError
+from lenet_edge.runtime.numeric import exceeds, max_abs_diff
+from lenet_edge.runtime.runner import OnnxRunner
 
 
 def op_counts(model: Any) -> dict[str, int]:

@@ -18,15 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from export.onnx_export import read_export_record, set_metadata
-from quantize.calibration import Calibration, PixelReader
-from quantize.cleanup import clean_graph, compact_names, op_counts
-from quantize.recipe import DEFAULT_RECIPES, QuantRecipe
-from quantize.stats import mcnemar_exact
-from runtime.contract import CONTRACT_TEXT, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, to_pixels
-from runtime.errors import ContractError, ConversionError, LenetEdgeError
-from runtime.evaluate import topk_accuracy
-from runtime.files import (
+from lenet_edge.export.onnx_export import read_export_record, set_metadata
+from lenet_edge.quantize.calibration import Calibration, PixelReader
+from lenet_edge.quantize.cleanup import clean_graph, compact_names, op_counts
+from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
+from lenet_edge.quantize.stats import mcnemar_exact
+from lenet_edge.runtime.contract import (
+    CONTRACT_TEXT,
+    IMAGE_SHAPE,
+    INPUT_NAME,
+    NUM_CLASSES,
+    OUTPUT_NAME,
+    to_pixels,
+)
+from lenet_edge.runtime.errors import ContractError, ConversionError, LenetEdgeError
+from lenet_edge.runtime.evaluate import topk_accuracy
+from lenet_edge.runtime.files import (
     owned_temp_dir,
     read_json,
     sha256_bytes,
@@ -34,8 +41,8 @@ from runtime.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from runtime.mnist import load_split
-from runtime.runner import OnnxRunner
+from lenet_edge.runtime.mnist import load_split
+from lenet_edge.runtime.runner import OnnxRunner
 
 
 class QuantizeError(ConversionError):
@@ -60,7 +67,7 @@ def quantize_record_path(onnx_file: Path) -> Path:
 
 def source_sha256() -> str:
     """Hash of the quantizer and everything it imports."""
-    from runtime.files import code_sha256
+    from lenet_edge.runtime.files import code_sha256
 
     return code_sha256("quantize.ort_quant")
 

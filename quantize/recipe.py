@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from runtime.errors import ConfigError
+from lenet_edge.runtime.errors import ConfigError
 
 MODES = ("static", "dynamic")
 FORMATS = ("qdq", "qoperator")
@@ -104,7 +105,28 @@ class QuantRecipe:
 # per-layer SQNR diagnosis (qdq_loss_debug) and gives the same predictions as QOperator, which is
 # only ~5 % smaller; per-tensor scales save ~3 KB but agree less on lenet_pool (99.90 %).
 # Entropy at 2048 bins clips too hard here (-0.20 / -0.13 pp); at 128 bins it equals MinMax.
-DEFAULT_RECIPES: dict[str, QuantRecipe] = {
-    "lenet_pool": QuantRecipe(),
-    "lenet_stride": QuantRecipe(),
-}
+
+
+class _DefaultRecipes(Mapping):
+    """Model name -> its workflow's [quantize] recipe (an empty table = QuantRecipe())."""
+
+    def __getitem__(self, name: str) -> QuantRecipe:
+        from lenet_edge.workflow import workflows
+
+        flows = workflows()
+        if name not in flows:
+            raise KeyError(name)
+        return QuantRecipe.from_dict(flows[name].quantize_recipe)
+
+    def __iter__(self) -> Iterator[str]:
+        from lenet_edge.workflow import workflows
+
+        return iter(sorted(workflows()))
+
+    def __len__(self) -> int:
+        from lenet_edge.workflow import workflows
+
+        return len(workflows())
+
+
+DEFAULT_RECIPES: Mapping[str, QuantRecipe] = _DefaultRecipes()

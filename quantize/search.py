@@ -24,8 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runtime.cli import run
-from runtime.errors import LenetEdgeError
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.errors import LenetEdgeError
+from lenet_edge.workflow import add_model_flags, selected
 
 SOURCES = {"export": None, "s2d": "s2d"}  # label -> the fp32 variant quantize reads
 CHANGES = {
@@ -43,11 +44,11 @@ def _time(files: list[Path], runs: int, rounds: int) -> dict[str, float]:
     """p50 µs per file, batch 1, one thread, IO binding, all in one interleaved child process."""
     import numpy as np
 
-    from runtime.bench import _child
+    from lenet_edge.runtime.bench import _child
 
     configs = [[str(f), "iobinding"] for f in files]
     samples = _child(
-        ["--latency", json.dumps(configs), "--batches", "1", "--threads", "1"]
+        ["--latency", json.dumps(configs), "--batch", "1", "--threads", "1"]
         + ["--runs", str(runs), "--warmup", "200", "--rounds", str(rounds)]
     )
     return {Path(k.split("|")[0]).name: float(np.percentile(v, 50)) / 1e3 for k, v in samples.items()}
@@ -69,9 +70,9 @@ def _build(
     name: str, source: str, recipe: Any, work: Path, calibration: Any, prep: Any
 ) -> list[dict[str, Any]]:
     """Quantize one candidate (and its ORT target if QDQ); one row per file, checked."""
+    from lenet_edge.quantize.checks import int8_failures, load_tolerances
+    from lenet_edge.quantize.ort_quant import QuantizeError, quantize_model
     from optimize.ort_int8 import build_ort_model
-    from quantize.checks import int8_failures, load_tolerances
-    from quantize.ort_quant import QuantizeError, quantize_model
 
     tol = load_tolerances()
     label = f"{source}.{recipe.name}"
@@ -111,9 +112,9 @@ def _metrics(rec: dict[str, Any]) -> dict[str, Any]:
 def search_model(
     name: str, onnx_dir: Path, work: Path, runs: int, rounds: int, data_dir: Path | None, timing: bool = True
 ) -> dict[str, Any]:
-    from quantize.calibration import load_calibration
-    from quantize.ort_quant import fp32_source, prepared
-    from quantize.recipe import DEFAULT_RECIPES
+    from lenet_edge.quantize.calibration import load_calibration
+    from lenet_edge.quantize.ort_quant import fp32_source, prepared
+    from lenet_edge.quantize.recipe import DEFAULT_RECIPES
 
     calibration = load_calibration()
     base = DEFAULT_RECIPES[name]
@@ -220,10 +221,17 @@ def to_markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m quantize.search", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p = parser("quantize.search", __doc__)
+    add_model_flags(p)
     p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
-    p.add_argument("--out", type=Path, default=Path("build/bench/search.json"), help="writes OUT and OUT.md")
+    add_common(
+        p,
+        "json",
+        json={
+            "default": Path("build/bench/search.json"),
+            "help": "writes PATH and PATH.md (default build/bench/search.json)",
+        },
+    )
     p.add_argument("--runs", type=int, default=2000, help="timed runs per candidate (default 2000)")
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
     p.add_argument("--data-dir", type=Path, default=None)
@@ -239,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
-    from runtime.env import environment
-    from runtime.files import owned_temp_dir, write_bytes_atomic, write_json_atomic
+    from lenet_edge.runtime.env import environment
+    from lenet_edge.runtime.files import owned_temp_dir, write_bytes_atomic, write_json_atomic
 
-    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    names = selected(args.model, args.workflow)
     env = environment({"onnxruntime": onnxruntime.__version__})
     res: dict[str, Any] = {
         "command": "python -m quantize.search " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -262,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                 else m["method"]
             )
             print(f"{name}: {c['label']} {took}")
-    write_json_atomic(args.out, res)
-    write_bytes_atomic(args.out.with_suffix(".md"), to_markdown(res).encode())
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    write_json_atomic(args.json, res)
+    write_bytes_atomic(args.json.with_suffix(".md"), to_markdown(res).encode())
+    print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
     return 0
 
 

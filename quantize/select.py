@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError
-from runtime.files import read_json, write_json_atomic
+from lenet_edge.runtime.cli import add_common, parser
+from lenet_edge.runtime.errors import ConfigError
+from lenet_edge.runtime.files import read_json, write_json_atomic
 
 # The documented default per runtime (README, "Per-target choice"): what the measurements on both
 # x86 machine kinds and aarch64 favour for INT8 so far; used by --no-timing (CI).
@@ -30,7 +31,7 @@ DEFAULTS = {
 
 def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
     """The artifact passed its checks: INT8 ONNX by its quantize record; others when they exist."""
-    from quantize.checks import int8_failures
+    from lenet_edge.quantize.checks import int8_failures
 
     f = onnx_dir / row["file"]
     if not f.is_file():
@@ -45,7 +46,7 @@ def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
 
 
 def select(bench: dict[str, Any], onnx_dir: Path, timing: bool = True) -> dict[str, Any]:
-    from quantize.checks import load_tolerances
+    from lenet_edge.quantize.checks import load_tolerances
 
     if not isinstance(bench, dict) or not isinstance(bench.get("results"), list):
         raise ConfigError("not a runtime.bench result (no 'results')")
@@ -107,14 +108,18 @@ def select(bench: dict[str, Any], onnx_dir: Path, timing: bool = True) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m quantize.select", description=__doc__.splitlines()[0])
+    p = parser("quantize.select", __doc__)
     p.add_argument(
         "--bench", type=Path, default=Path("build/bench/bench.json"), help="runtime.bench result JSON"
     )
     p.add_argument(
         "--onnx-dir", type=Path, default=Path("build/onnx"), help="the artifacts and their records"
     )
-    p.add_argument("--out", type=Path, default=Path("build/bench/targets.json"))
+    add_common(
+        p,
+        "json",
+        json={"default": Path("build/bench/targets.json"), "help": "default build/bench/targets.json"},
+    )
     p.add_argument(
         "--timing",
         action=argparse.BooleanOptionalAction,
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     res = select(read_json(args.bench), args.onnx_dir, args.timing)
-    write_json_atomic(args.out, res)
+    write_json_atomic(args.json, res)
     for c in res["choices"]:
         i8 = c["fastest_int8"]
         print(
@@ -131,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{1e3 * c['choice']['latency_ms_p50']:.1f} µs)"
             + (f"; fastest INT8 {i8['file']} {1e3 * i8['latency_ms_p50']:.1f} µs" if i8 else "")
         )
-    print(f"wrote {args.out} ({res['method']})")
+    print(f"wrote {args.json} ({res['method']})")
     return 0
 
 
 if __name__ == "__main__":
-    from runtime.cli import run
+    from lenet_edge.runtime.cli import run
 
     sys.exit(run(main))

@@ -5,16 +5,16 @@ Reads build/onnx/<model>.fp32.onnx; INT8 files of the sweep go to build/quantize
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from pathlib import Path
 from typing import Any
 
-from quantize.recipe import DEFAULT_RECIPES, QuantRecipe
-from runtime.cli import run
-from runtime.errors import LenetEdgeError
-from runtime.files import owned_temp_dir, write_bytes_atomic, write_json_atomic
+from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.errors import LenetEdgeError
+from lenet_edge.runtime.files import owned_temp_dir, write_bytes_atomic, write_json_atomic
+from lenet_edge.workflow import add_model_flags, selected
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,13 +57,13 @@ def all_recipes() -> list[QuantRecipe]:
 
 
 def sweep(onnx_dir: Path, work_dir: Path, models: list[str], data_dir: Path | None) -> list[dict[str, Any]]:
-    from quantize.calibration import load_calibration
-    from quantize.ort_quant import prepared
+    from lenet_edge.quantize.calibration import load_calibration
+    from lenet_edge.quantize.ort_quant import prepared
 
     calibration = load_calibration()
     recipes = all_recipes()
     rows = []
-    from runtime.progress import Progress
+    from lenet_edge.runtime.progress import Progress
 
     with Progress(len(models) * len(recipes), "quantize sweep", "model", every=0.1) as bar:
         for name in models:
@@ -75,7 +75,7 @@ def sweep(onnx_dir: Path, work_dir: Path, models: list[str], data_dir: Path | No
 def _sweep_model(
     name: str, prep: Any, recipes: list[QuantRecipe], calibration: Any, work_dir: Path, bar: Any
 ) -> list[dict[str, Any]]:
-    from quantize.ort_quant import quantize_model
+    from lenet_edge.quantize.ort_quant import quantize_model
 
     rows = []
     for recipe in recipes:
@@ -139,25 +139,27 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m quantize.sweep", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p = parser("quantize.sweep", __doc__)
+    add_model_flags(p)
     p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
     p.add_argument("--work-dir", type=Path, default=None, help="where sweep models go (default: a temp dir)")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=ROOT / "results" / "quantize_sweep",
-        help="writes OUT.json and OUT.md (default results/quantize_sweep)",
+    add_common(
+        p,
+        "json",
+        json={
+            "default": ROOT / "results" / "quantize_sweep.json",
+            "help": "writes PATH and PATH.md (default results/quantize_sweep.json)",
+        },
     )
     p.add_argument("--data-dir", type=Path, default=None)
     args = p.parse_args(argv)
-    models = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    models = selected(args.model, args.workflow)
     with owned_temp_dir("sweep") as tmp:
         rows = sweep(args.onnx_dir, args.work_dir or Path(tmp), models, args.data_dir)
-    write_json_atomic(args.out.with_suffix(".json"), {"command": "make quantize-sweep", "rows": rows})
-    write_bytes_atomic(args.out.with_suffix(".md"), to_markdown(rows).encode())
+    write_json_atomic(args.json.with_suffix(".json"), {"command": "make quantize-sweep", "rows": rows})
+    write_bytes_atomic(args.json.with_suffix(".md"), to_markdown(rows).encode())
     ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{ok}/{len(rows)} recipes quantized; table in {args.out.with_suffix('.md')}")
+    print(f"{ok}/{len(rows)} recipes quantized; table in {args.json.with_suffix('.md')}")
     return 0
 
 

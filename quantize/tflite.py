@@ -21,11 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from quantize.calibration import Calibration
-from runtime.contract import INPUT_NAME
-from runtime.errors import ConversionError, LenetEdgeError
-from runtime.files import owned_temp_dir, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
-from runtime.numeric import exceeds, max_abs_diff
+from lenet_edge.quantize.calibration import Calibration
+from lenet_edge.runtime.cli import parser
+from lenet_edge.runtime.contract import INPUT_NAME
+from lenet_edge.runtime.errors import ConversionError, LenetEdgeError
+from lenet_edge.runtime.files import (
+    owned_temp_dir,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from lenet_edge.runtime.numeric import exceeds, max_abs_diff
+from lenet_edge.workflow import add_model_flags, selected
 
 ROOT = Path(__file__).resolve().parent.parent
 TFLITE_VENV = ROOT / ".venv-tflite"
@@ -56,16 +64,16 @@ def tflite_source(
     import onnx
     import onnxslim
 
-    from export.variants import normalisation_as_conv
-    from runtime.contract import to_pixels
-    from runtime.mnist import load_split
-    from runtime.runner import OnnxRunner
+    from lenet_edge.export.variants import normalisation_as_conv
+    from lenet_edge.runtime.contract import to_pixels
+    from lenet_edge.runtime.mnist import load_split
+    from lenet_edge.runtime.runner import OnnxRunner
 
     model = onnxslim.slim(onnx.load(str(fp32)))
     if not any(p.startswith("fold-normalisation") for p in PASSES[target]):
         model = normalisation_as_conv(model)
     if PASSES[target]:
-        from optimize.stage import apply_passes
+        from lenet_edge.optimize.stage import apply_passes
 
         model, _ = apply_passes(model, PASSES[target])
         model = onnxslim.slim(model)
@@ -81,14 +89,14 @@ def tflite_source(
 
 def source_sha256() -> str:
     """Hash of the TFLite conversion and everything it imports."""
-    from runtime.files import code_sha256
+    from lenet_edge.runtime.files import code_sha256
 
     return code_sha256("quantize.tflite")
 
 
 def is_up_to_date(fp32: Path, out_dir: Path, name: str, calibration: Calibration) -> bool:
     """Same export bytes, calibration subset and code, outputs unchanged, and checked in both interpreters."""
-    from runtime.files import read_json
+    from lenet_edge.runtime.files import read_json
 
     rec_path = out_dir / f"{name}.tflite.json"
     if not (rec_path.is_file() and fp32.is_file()):
@@ -178,7 +186,7 @@ def convert_tflite(
     venv: Path = TFLITE_VENV,
 ) -> dict[str, Any]:
     """Convert the optimized source (ours) and the stock source into `out_dir` (a staging folder)."""
-    from quantize.ort_quant import load_fp32
+    from lenet_edge.quantize.ort_quant import load_fp32
 
     _, exp_rec = load_fp32(fp32)  # our export, unchanged since, honouring the contract
     name = exp_rec["model"]
@@ -249,7 +257,7 @@ def _evaluate_in_device_env(
         raise ConversionError(f"{py}: device environment missing (run `make setup-device`)")
     env = {**os.environ, "LENET_EDGE_TFLITE": interpreter, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [str(py), "-m", "runtime.evaluate", "--json", "--against", str(against), *map(str, models)],
+        [str(py), "-m", "runtime.evaluate", "--json", "-", "--against", str(against), *map(str, models)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -263,7 +271,7 @@ def _evaluate_in_device_env(
 
 
 def _int8_entry(fp: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
-    from quantize.stats import mcnemar_exact
+    from lenet_edge.quantize.stats import mcnemar_exact
 
     return {
         "top1": q["top1"],
@@ -282,7 +290,7 @@ def check_tflite(
     dynamic-range op versions). Stock files are evaluated and reported, never failed.
 
     The .tflite files are read from `tflite_dir` (the staging folder, before they are published)."""
-    from quantize.checks import int8_failures
+    from lenet_edge.quantize.checks import int8_failures
 
     tflite_dir = tflite_dir or onnx_dir
     fp32_onnx = onnx_dir / f"{name}.fp32.onnx"
@@ -346,12 +354,12 @@ def check_tflite(
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from quantize.calibration import CALIBRATION_FILE, load_calibration
-    from quantize.checks import load_tolerances
-    from runtime.files import read_json
+    from lenet_edge.quantize.calibration import CALIBRATION_FILE, load_calibration
+    from lenet_edge.quantize.checks import load_tolerances
+    from lenet_edge.runtime.files import read_json
 
-    p = argparse.ArgumentParser(prog="python -m quantize.tflite", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p = parser("quantize.tflite", __doc__)
+    add_model_flags(p)
     p.add_argument(
         "--onnx-dir", type=Path, default=Path("build/onnx"), help="input ONNX and output .tflite folder"
     )
@@ -363,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         help="check the .tflite files in both interpreters against ONNX (default on)",
     )
     args = p.parse_args(argv)
-    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    names = selected(args.model, args.workflow)
     calibration = load_calibration(CALIBRATION_FILE)
     tol = load_tolerances()
     failures = []
@@ -421,6 +429,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from runtime.cli import run
+    from lenet_edge.runtime.cli import run
 
     sys.exit(run(main))

@@ -1,6 +1,6 @@
 """python -m report: build reports/REPORT.md (see report/build.py)."""
 
-from report.build import main
-from runtime.cli import run
+from lenet_edge.report.build import main
+from lenet_edge.runtime.cli import run
 
 raise SystemExit(run(main))

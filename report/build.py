@@ -9,21 +9,24 @@ check (results/arm/), the multi-seed study (results/study.json) and the invarian
 
 from __future__ import annotations
 
-import argparse
 import glob
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from report.stats import binomial_se_pp
-from runtime.cli import run
-from runtime.errors import LenetEdgeError
-from runtime.files import atomic_path, read_json, write_bytes_atomic
+from lenet_edge.report.stats import binomial_se_pp
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.errors import LenetEdgeError
+from lenet_edge.runtime.files import atomic_path, read_json, write_bytes_atomic
+from lenet_edge.workflow import comparison, get
 
-MODELS = ("lenet_pool", "lenet_stride")
-LABEL = {"lenet_pool": "LeNet (max-pool)", "lenet_stride": "LeNet_nopool (stride-2 conv)"}
-COLORS = {"lenet_pool": "#1f77b4", "lenet_stride": "#d62728"}
+# The pair the report compares, labels and colours: from the workflow files (workflows/*.toml).
+# POOL is the baseline (the blog's LeNet), STRIDE the workflow that names it as its [study] baseline.
+MODELS = comparison()
+POOL, STRIDE = MODELS
+LABEL = {m: get(m).label for m in MODELS}
+COLORS = {m: get(m).color for m in MODELS}
 
 
 class ReportError(LenetEdgeError):
@@ -276,7 +279,7 @@ def plot_seeds(study: dict[str, Any], blog: dict[str, Any], out: Path) -> None:
     for ax, prec in zip(axes, ("fp32", "int8"), strict=True):
         by = {m: {r["seed"]: 100 * r[f"{prec}_top1"] for r in rows if r["model"] == m} for m in MODELS}
         for s in seeds:
-            ax.plot([0, 1], [by["lenet_pool"][s], by["lenet_stride"][s]], color="grey", alpha=0.5, lw=1)
+            ax.plot([0, 1], [by[POOL][s], by[STRIDE][s]], color="grey", alpha=0.5, lw=1)
         for i, m in enumerate(MODELS):
             st = study["models"][m][f"{prec}_top1_pct"]
             ax.scatter([i] * len(seeds), [by[m][s] for s in seeds], color=COLORS[m], zorder=3, s=18)
@@ -373,7 +376,7 @@ def plot_invariance(
 
 
 def reference_invariance(res: dict[str, Any]) -> dict[str, Any]:
-    from report.invariance import curves
+    from lenet_edge.report.invariance import curves
 
     out = {}
     for key, fams in curves(res).items():
@@ -422,8 +425,8 @@ def build(results: Path, onnx_dir: Path, out_dir: Path) -> Path:
     L += [
         "",
         f"One accuracy on 10,000 images has a binomial standard error of about ±{se:.2f} pp; the blog's "
-        f"gap ({100 * (blog['lenet_stride']['test_top1'] - blog['lenet_pool']['test_top1']):.2f} pp) and ours "
-        f"({100 * (ref['models']['lenet_stride']['fp32']['test_top1'] - ref['models']['lenet_pool']['fp32']['test_top1']):.2f} pp) "
+        f"gap ({100 * (blog[STRIDE]['test_top1'] - blog[POOL]['test_top1']):.2f} pp) and ours "
+        f"({100 * (ref['models'][STRIDE]['fp32']['test_top1'] - ref['models'][POOL]['fp32']['test_top1']):.2f} pp) "
         "are one run each. Section 3 repeats the experiment over seeds.",
         "",
     ]
@@ -546,7 +549,7 @@ def build(results: Path, onnx_dir: Path, out_dir: Path) -> Path:
                 f"{i['ref_only_correct']} / {i['new_only_correct']} | {i['p_two_sided']:.3g} |"
             )
         fp = {(r["model"], r["seed"]): 100 * r["fp32_top1"] for r in st["rows"]}
-        gaps = [fp[("lenet_stride", s)] - fp[("lenet_pool", s)] for s in st["seeds"]]
+        gaps = [fp[(STRIDE, s)] - fp[(POOL, s)] for s in st["seeds"]]
         below = [
             m
             for m in MODELS
@@ -557,7 +560,7 @@ def build(results: Path, onnx_dir: Path, out_dir: Path) -> Path:
                 "",
                 f"The blog's single-run figures lie below all {n} of our seeds for {', '.join(below)}, so its "
                 "set-up differed from this reproduction of the described recipe in some unstated way. Its gap "
-                f"({100 * (blog['lenet_stride']['test_top1'] - blog['lenet_pool']['test_top1']):+.2f} pp) compares "
+                f"({100 * (blog[STRIDE]['test_top1'] - blog[POOL]['test_top1']):+.2f} pp) compares "
                 f"with single-seed gaps from {min(gaps):+.2f} to {max(gaps):+.2f} pp here.",
             ]
         L += ["", "![per-seed accuracy](seeds.png)", ""]
@@ -712,19 +715,19 @@ def pick(d: dict[str, Any], rows: list[dict[str, Any]], t: dict[str, Any] | None
     by = {(r["model"], r["fmt"]): r for r in rows}
     params = {m: d["reference"]["models"][m]["params"] for m in MODELS}
     if t is not None and t["ci_low"] > 0:
-        model, why = "lenet_stride", [f"it is more accurate ({t['mean_diff']:+.2f} pp, interval above zero)"]
+        model, why = STRIDE, [f"it is more accurate ({t['mean_diff']:+.2f} pp, interval above zero)"]
     else:
-        model = "lenet_pool"
+        model = POOL
         why = [
             "the accuracy gain of stride-2 is not established (section 3)"
             if t
             else "one seed cannot rank them"
         ]
-        why.append(f"it has fewer parameters ({params['lenet_pool']:,} vs {params['lenet_stride']:,})")
+        why.append(f"it has fewer parameters ({params[POOL]:,} vs {params[STRIDE]:,})")
         ins = {m: by[(m, "fp32")]["a76"] for m in MODELS if by[(m, "fp32")]["a76"]}
         if len(ins) == 2:
             why.append(
-                f"it executes {ins['lenet_stride'] / ins['lenet_pool']:.1f}x fewer aarch64 instructions per "
+                f"it executes {ins[STRIDE] / ins[POOL]:.1f}x fewer aarch64 instructions per "
                 "FP32 inference (emulated cortex-a76)"
             )
     cands = [r for r in rows if r["model"] == model and r["p50_us"]]
@@ -762,10 +765,10 @@ def pick(d: dict[str, Any], rows: list[dict[str, Any]], t: dict[str, Any] | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m report", description=__doc__.splitlines()[0])
+    p = parser("report", __doc__)
     p.add_argument("--results", type=Path, default=Path("results"), help="default results/")
     p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"), help="default build/onnx/")
-    p.add_argument("--out-dir", type=Path, default=Path("reports"), help="default reports/")
+    add_common(p, "out_dir", out_dir={"default": Path("reports"), "help": "default reports/"})
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     md = build(a.results, a.onnx_dir, a.out_dir)

@@ -1,6 +1,6 @@
 """Invariance study: top-1 of exported models on shifted, rotated and scaled test images.
 
-`python -m report.invariance MODEL... --out results/invariance.json` evaluates every model
+`python -m report.invariance MODEL... --json results/invariance.json` evaluates every model
 (ONNX or TFLite, through runtime/) on the clean test set and on each transformed copy of it
 (report/transforms.py). The blog's argument is that max-pooling buys invariance to small
 translations; this measures whether learned stride-2 downsampling loses it, in FP32 and INT8.
@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from report.transforms import conditions
-from runtime.cli import run
-from runtime.errors import ContractError, LenetEdgeError
-from runtime.files import write_json_atomic
-from runtime.mnist import load_split
-from runtime.progress import Progress
-from runtime.runner import load_runner
+from lenet_edge.report.transforms import conditions
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.errors import ContractError, LenetEdgeError
+from lenet_edge.runtime.files import write_json_atomic
+from lenet_edge.runtime.mnist import load_split
+from lenet_edge.runtime.progress import Progress
+from lenet_edge.runtime.runner import load_runner
 
 SCHEMA = "lenet-edge/invariance/v1"
 
@@ -88,10 +88,12 @@ def curves(result: dict[str, Any]) -> dict[str, dict[str, list[tuple[float, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m report.invariance", description=__doc__.splitlines()[0])
+    p = parser("report.invariance", __doc__)
     p.add_argument("models", nargs="+", type=Path, help="model files (.onnx or .tflite)")
-    p.add_argument(
-        "--out", type=Path, default=Path("results/invariance.json"), help="default results/invariance.json"
+    add_common(
+        p,
+        "json",
+        json={"default": Path("results/invariance.json"), "help": "default results/invariance.json"},
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
     p.add_argument("--data-dir", type=Path, default=None)
@@ -101,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         if not m.is_file():
             raise LenetEdgeError(f"{m}: model file not found (run `make quantize`)")
     res = evaluate_invariance(a.models, a.data_dir, a.limit, a.progress)
-    write_json_atomic(a.out, res)
+    write_json_atomic(a.json, res)
     print(
-        f"wrote {a.out}: {len(res['conditions'])} conditions x {len(res['top1'])} models in {res['seconds']} s"
+        f"wrote {a.json}: {len(res['conditions'])} conditions x {len(res['top1'])} models in {res['seconds']} s"
     )
     return 0
 

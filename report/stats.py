@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from quantize.stats import mcnemar_exact
+from lenet_edge.quantize.stats import mcnemar_exact
 
 __all__ = ["binomial_se_pp", "mcnemar_exact", "paired_t", "summary", "wilcoxon_exact"]
 

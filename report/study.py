@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime.cli import run
-from runtime.errors import LenetEdgeError
-from runtime.files import read_json, sha256_file, write_json_atomic
-from runtime.progress import Progress
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.errors import LenetEdgeError
+from lenet_edge.runtime.files import read_json, sha256_file, write_json_atomic
+from lenet_edge.runtime.progress import Progress
+from lenet_edge.workflow import comparison
 
-MODELS = ("lenet_pool", "lenet_stride")
 SCHEMA = "lenet-edge/study/v1"
 ONE_THREAD = {
     "OMP_NUM_THREADS": "1",
@@ -65,7 +65,7 @@ def _step(cmd: list[str], log: Path, what: str) -> None:
 def job_key(seed: int, model: str, epochs: int, train_limit: int | None) -> dict[str, Any]:
     """Everything that decides a job's result: a cached result with another key is not reused
     (a 1-epoch smoke study must never stand in for the real one)."""
-    from runtime.files import code_sha256
+    from lenet_edge.runtime.files import code_sha256
 
     return {
         "model": model,
@@ -110,7 +110,7 @@ def run_job(
         [
             py,
             "-m",
-            "train",
+            "lenet_edge.train",
             "--model",
             model,
             "--seed",
@@ -128,7 +128,18 @@ def run_job(
     )
     t_train = time.time() - t0
     _step(
-        [py, "-m", "export", "--model", model, "--checkpoint-dir", str(d), "--out-dir", str(onnx_dir), *data],
+        [
+            py,
+            "-m",
+            "lenet_edge.export",
+            "--model",
+            model,
+            "--checkpoint-dir",
+            str(d),
+            "--out-dir",
+            str(onnx_dir),
+            *data,
+        ],
         log,
         "export",
     )
@@ -136,7 +147,7 @@ def run_job(
         [
             py,
             "-m",
-            "quantize",
+            "lenet_edge.quantize",
             "--model",
             model,
             "--onnx-dir",
@@ -148,7 +159,11 @@ def run_job(
         log,
         "quantization",
     )
-    _step([py, "-m", "report.study", "--evaluate-job", str(d), "--model", model, *data], log, "evaluation")
+    _step(
+        [py, "-m", "lenet_edge.report.study", "--evaluate-job", str(d), "--model", model, *data],
+        log,
+        "evaluation",
+    )
     res = read_json(d / f"{model}.eval.json")
     res["epochs"] = epochs
     res["job_key"] = key
@@ -159,10 +174,10 @@ def run_job(
 
 def evaluate_job(d: Path, model: str, data_dir: Path | None) -> None:
     """In the job's process: accuracies, per-image correctness and the invariance curves."""
-    from report.invariance import evaluate_invariance
-    from runtime.evaluate import topk_accuracy
-    from runtime.mnist import load_split
-    from runtime.runner import load_runner
+    from lenet_edge.report.invariance import evaluate_invariance
+    from lenet_edge.runtime.evaluate import topk_accuracy
+    from lenet_edge.runtime.mnist import load_split
+    from lenet_edge.runtime.runner import load_runner
 
     onnx_dir = d / "onnx"
     fp32, int8 = onnx_dir / f"{model}.fp32.onnx", onnx_dir / f"{model}.int8.qdq.onnx"
@@ -191,13 +206,17 @@ def evaluate_job(d: Path, model: str, data_dir: Path | None) -> None:
 
 def aggregate(root: Path, seeds: list[int]) -> dict[str, Any]:
     """Per-seed rows plus the statistics the report prints."""
-    from quantize.stats import mcnemar_exact
-    from report.invariance import curves
-    from report.stats import paired_t, summary, wilcoxon_exact
+    from lenet_edge.quantize.stats import mcnemar_exact
+    from lenet_edge.report.invariance import curves
+    from lenet_edge.report.stats import paired_t, summary, wilcoxon_exact
 
-    rows = {m: [read_json(job_result(root, s, m)) for s in seeds] for m in MODELS}
+    # the pair the study compares: the workflow that names a [study] baseline, and that baseline
+    # (result keys keep the blog's names: "stride_minus_pool" = candidate - baseline)
+    pool, stride = comparison()
+    models = (pool, stride)
+    rows = {m: [read_json(job_result(root, s, m)) for s in seeds] for m in models}
     per_model = {}
-    for m in MODELS:
+    for m in models:
         fp = [100 * r["fp32"]["top1"] for r in rows[m]]
         q8 = [100 * r["int8"]["top1"] for r in rows[m]]
         per_model[m] = {
@@ -207,14 +226,14 @@ def aggregate(root: Path, seeds: list[int]) -> dict[str, Any]:
             "int8_drop_pp": summary([a - b for a, b in zip(fp, q8, strict=True)]),
             "int8_vs_fp32_paired": paired_t(q8, fp),
         }
-    fp_pool = [100 * r["fp32"]["top1"] for r in rows["lenet_pool"]]
-    fp_stride = [100 * r["fp32"]["top1"] for r in rows["lenet_stride"]]
-    q_pool = [100 * r["int8"]["top1"] for r in rows["lenet_pool"]]
-    q_stride = [100 * r["int8"]["top1"] for r in rows["lenet_stride"]]
+    fp_pool = [100 * r["fp32"]["top1"] for r in rows[pool]]
+    fp_stride = [100 * r["fp32"]["top1"] for r in rows[stride]]
+    q_pool = [100 * r["int8"]["top1"] for r in rows[pool]]
+    q_stride = [100 * r["int8"]["top1"] for r in rows[stride]]
     per_seed_mcnemar = []
     for s in seeds:
-        a = np.load(job_dir(root, s) / "lenet_pool.correct.npz")
-        b = np.load(job_dir(root, s) / "lenet_stride.correct.npz")
+        a = np.load(job_dir(root, s) / f"{pool}.correct.npz")
+        b = np.load(job_dir(root, s) / f"{stride}.correct.npz")
         per_seed_mcnemar.append(
             {
                 "seed": s,
@@ -223,7 +242,7 @@ def aggregate(root: Path, seeds: list[int]) -> dict[str, Any]:
             }
         )
     inv: dict[str, dict[str, Any]] = {}
-    for m in MODELS:
+    for m in models:
         per_seed = [curves(r["invariance"]) for r in rows[m]]
         for prec, key in (("fp32", f"{m}.fp32"), ("int8", f"{m}.int8.qdq")):
             inv[f"{m}.{prec}"] = {}
@@ -237,8 +256,8 @@ def aggregate(root: Path, seeds: list[int]) -> dict[str, Any]:
     # stride - pool under each transform, paired by seed (the blog's invariance argument)
     inv_paired: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for prec, suffix in (("fp32", "fp32"), ("int8", "int8.qdq")):
-        cp = [curves(r["invariance"])[f"lenet_pool.{suffix}"] for r in rows["lenet_pool"]]
-        cs = [curves(r["invariance"])[f"lenet_stride.{suffix}"] for r in rows["lenet_stride"]]
+        cp = [curves(r["invariance"])[f"{pool}.{suffix}"] for r in rows[pool]]
+        cs = [curves(r["invariance"])[f"{stride}.{suffix}"] for r in rows[stride]]
         inv_paired[prec] = {}
         for fam in cp[0]:
             out = []
@@ -251,7 +270,7 @@ def aggregate(root: Path, seeds: list[int]) -> dict[str, Any]:
         "seeds": seeds,
         "recipe": "Adam 1e-3, batch 64, cross-entropy, input scaled to [-1, 1]; the seed sets initialisation "
         "and data order; one thread per job",
-        "epochs": rows["lenet_pool"][0]["epochs"],
+        "epochs": rows[pool][0]["epochs"],
         "rows": rows_slim(rows),
         "models": per_model,
         "stride_minus_pool": {
@@ -290,18 +309,24 @@ def rows_slim(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m report.study", description=__doc__.splitlines()[0])
+    p = parser("report.study", __doc__)
     p.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel jobs (default: cores)")
     p.add_argument("--epochs", type=int, default=10, help="default 10 (the blog's recipe)")
-    p.add_argument(
-        "--root", type=Path, default=Path("build/study"), help="per-seed cache (default build/study)"
+    add_common(
+        p,
+        "out_dir",
+        "json",
+        out_dir={
+            "default": Path("build/study"),
+            "help": "per-seed jobs and their cache (default build/study)",
+        },
+        json={"default": Path("results/study.json"), "help": "default results/study.json"},
     )
-    p.add_argument("--out", type=Path, default=Path("results/study.json"), help="default results/study.json")
     p.add_argument("--train-limit", type=int, default=None, help="first N training images (smoke tests)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--evaluate-job", type=Path, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    add_common(p, "model", model={"default": None, "help": argparse.SUPPRESS})  # an --evaluate-job's model
     a = p.parse_args(argv)
     if a.evaluate_job is not None:
         evaluate_job(a.evaluate_job, a.model, a.data_dir)
@@ -309,12 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.seeds < 2:
         raise LenetEdgeError(f"--seeds {a.seeds}: a paired comparison needs at least 2 seeds")
     seeds = list(range(a.seeds))
-    # Longest jobs first (lenet_stride trains ~2x slower), so the last job is not a lone long one.
-    jobs = [(s, m) for m in reversed(MODELS) for s in seeds]
+    # Candidate first (the stride-2 net trains ~2x slower), so the last job is not a lone long one.
+    models = tuple(reversed(comparison()))
+    jobs = [(s, m) for m in models for s in seeds]
     keys = {(s, m): job_key(s, m, a.epochs, a.train_limit) for s, m in jobs}
-    done = sum(cached_result(a.root, s, m, keys[s, m]) is not None for s, m in jobs)
+    done = sum(cached_result(a.out_dir, s, m, keys[s, m]) is not None for s, m in jobs)
     print(
-        f"study: {len(jobs)} jobs ({a.seeds} seeds x 2 models), {done} cached in {a.root}, {a.jobs} in parallel"
+        f"study: {len(jobs)} jobs ({a.seeds} seeds x {len(models)} models), {done} cached in {a.out_dir}, {a.jobs} in parallel"
     )
     t0 = time.time()
     with (
@@ -325,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         pending: dict[Future, tuple[int, str]] = {}
         for s, m in jobs:
-            if cached_result(a.root, s, m, keys[s, m]) is None:
-                pending[pool.submit(run_job, a.root, s, m, a.epochs, a.data_dir, a.train_limit)] = (s, m)
+            if cached_result(a.out_dir, s, m, keys[s, m]) is None:
+                pending[pool.submit(run_job, a.out_dir, s, m, a.epochs, a.data_dir, a.train_limit)] = (s, m)
         try:
             while pending:
                 finished, _ = wait(pending, timeout=5, return_when=FIRST_COMPLETED)
@@ -342,22 +368,22 @@ def main(argv: list[str] | None = None) -> int:
             for f in pending:
                 f.cancel()
             raise
-    res = aggregate(a.root, seeds)
+    res = aggregate(a.out_dir, seeds)
     res["wall_seconds_this_run"] = round(time.time() - t0, 1)
     res["jobs_run_this_run"] = len(jobs) - done
     res["jobs_in_parallel"] = a.jobs
     # The study's wall time is the one of a run that did every job; a resumed or re-aggregated run
     # keeps the figure of the earlier full run with the same seeds.
-    prev = read_json(a.out) if a.out.is_file() else {}
+    prev = read_json(a.json) if a.json.is_file() else {}
     if done == 0:
         res["wall_seconds_full_run"] = res["wall_seconds_this_run"]
     elif prev.get("seeds") == seeds and prev.get("wall_seconds_full_run"):
         res["wall_seconds_full_run"] = prev["wall_seconds_full_run"]
         res["jobs_in_parallel"] = prev.get("jobs_in_parallel", a.jobs)
-    write_json_atomic(a.out, res)
+    write_json_atomic(a.json, res)
     d = res["stride_minus_pool"]["fp32_top1_pp"]
     print(
-        f"wrote {a.out}: stride - pool FP32 top-1 {d['mean_diff']:+.3f} pp "
+        f"wrote {a.json}: stride - pool FP32 top-1 {d['mean_diff']:+.3f} pp "
         f"(95 % CI {d['ci_low']:+.3f}..{d['ci_high']:+.3f}, paired t p={d['p_two_sided']:.3g}) "
         f"in {res['wall_seconds_this_run']:.0f} s"
     )

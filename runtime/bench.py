@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import IMAGE_SHAPE, check_pixels
-from runtime.errors import ConfigError, LenetEdgeError
-from runtime.files import write_bytes_atomic, write_json_atomic
-from runtime.runner import check_scores
+from .cli import add_common, parser
+from .contract import IMAGE_SHAPE, check_pixels
+from .errors import ConfigError, LenetEdgeError
+from .files import write_bytes_atomic, write_json_atomic
+from .runner import check_scores
 
 SCHEMA = "lenet-edge/bench/v1"
 CALLS = ("run", "iobinding")
@@ -38,7 +39,7 @@ def fixed_input(batch: int) -> np.ndarray:
 def native_input(runner: Any, batch: int) -> np.ndarray:
     """The fixed batch, validated once, in the dtype the model takes (uint8 for full-int8 TFLite):
     the timed call does no conversion, as on a device feeding camera bytes."""
-    from runtime.runner import as_native
+    from .runner import as_native
 
     return as_native(check_pixels(fixed_input(batch)), runner.input_dtype)
 
@@ -100,7 +101,7 @@ def model_label(path: Path) -> tuple[str, str]:
 
 
 def _load(model: Path, threads: int, call: str) -> Any:
-    from runtime.runner import SessionConfig, load_runner
+    from .runner import SessionConfig, load_runner
 
     return load_runner(model, SessionConfig(threads=threads, io_binding=call == "iobinding"))
 
@@ -161,7 +162,8 @@ def measure_latency(
 
 
 def _child(args: list[str]) -> Any:
-    cmd = [sys.executable, "-m", "runtime.bench", *args]
+    # this module's own name (runtime.bench in a bundle, lenet_edge.runtime.bench when installed)
+    cmd = [sys.executable, "-m", f"{__package__}.bench", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
@@ -245,7 +247,7 @@ def run_bench(
         if not m.is_file():
             raise ConfigError(f"{m}: model file not found")
 
-    from runtime.progress import live
+    from .progress import live
 
     redraw = live()
 
@@ -264,7 +266,7 @@ def run_bench(
     best = _ratios(results)
     import onnxruntime
 
-    from runtime.env import environment
+    from .env import environment
 
     return {
         "schema": SCHEMA,
@@ -304,7 +306,7 @@ def _measure_all(
         for m in models:
             for c in calls:
                 say(f"bench {i + 1}/{len(settings)} batch {b} threads {t}: start-up {m.name} {c}")
-                part = _child(["--startup", str(m), "--batches", str(b), "--threads", str(t), "--calls", c])
+                part = _child(["--startup", str(m), "--batch", str(b), "--threads", str(t), "--calls", c])
                 if "skipped" not in part:
                     startup[(m, c)] = part
         if not startup:
@@ -317,7 +319,7 @@ def _measure_all(
             [
                 "--latency",
                 spec,
-                "--batches",
+                "--batch",
                 str(b),
                 "--threads",
                 str(t),
@@ -445,14 +447,21 @@ def _int_list(text: str, all_value: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__.splitlines()[0])
+    p = parser("runtime.bench", __doc__)
     p.add_argument("models", nargs="*", type=Path, help="model files (default: every model in --bundle)")
     p.add_argument(
         "--bundle", type=Path, default=None, help="a device bundle folder: self-check it, then benchmark it"
     )
-    p.add_argument("--batches", default="1,64", help="comma-separated batch sizes (default 1,64)")
-    p.add_argument(
-        "--threads", default="1,all", help="comma-separated intra-op thread counts; 'all' = every core"
+    add_common(
+        p,
+        "batch",
+        "threads",
+        batch={"default": "1,64", "type": str, "help": "comma-separated batch sizes (default 1,64)"},
+        threads={
+            "default": "1,all",
+            "type": str,
+            "help": "comma-separated intra-op thread counts; 'all' = every core",
+        },
     )
     p.add_argument("--calls", default="run,iobinding", help="call paths: run (session.run) and/or iobinding")
     p.add_argument("--runs", type=int, default=2000, help="timed runs per configuration (default 2000)")
@@ -460,17 +469,16 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=int, default=200, help="untimed runs per session before timing (default 200)"
     )
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("build/bench/bench.json"),
-        help="result JSON; a .md table goes beside it",
+    add_common(
+        p,
+        "json",
+        json={"default": Path("build/bench/bench.json"), "help": "result JSON; a .md table goes beside it"},
     )
     p.add_argument("--startup", type=Path, default=None, help=argparse.SUPPRESS)  # child modes
     p.add_argument("--latency", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     ncpu = os.cpu_count() or 1
-    batches, threads = _int_list(args.batches, ncpu), _int_list(args.threads, ncpu)
+    batches, threads = _int_list(args.batch, ncpu), _int_list(args.threads, ncpu)
     calls = [c.strip() for c in args.calls.split(",") if c.strip()]
     if not calls or set(calls) - set(CALLS):
         raise ConfigError(f"--calls must be a comma-separated subset of {CALLS}, got {args.calls!r}")
@@ -488,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     models = list(args.models)
     check = None
     if args.bundle is not None:
-        from runtime.bundle import self_check
+        from .bundle import self_check
 
         check = self_check(args.bundle)
         print(check["summary"])
@@ -498,15 +506,15 @@ def main(argv: list[str] | None = None) -> int:
     report = run_bench(models, batches, threads, calls, args.runs, args.warmup, args.rounds)
     if check is not None:
         report["bundle_check"] = check
-    write_json_atomic(args.out, report)
+    write_json_atomic(args.json, report)
     md = to_markdown(report)
-    write_bytes_atomic(args.out.with_suffix(".md"), md.encode())
+    write_bytes_atomic(args.json.with_suffix(".md"), md.encode())
     print(md)
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
     return 0
 
 
 if __name__ == "__main__":
-    from runtime.cli import run
+    from .cli import run
 
     sys.exit(run(main))

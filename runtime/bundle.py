@@ -11,7 +11,6 @@ step or two on aarch64, measured by `make arm-check`). Other INT8 models are rep
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -23,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import CONTRACT_TEXT, to_pixels
-from runtime.errors import ContractError, LenetEdgeError
-from runtime.files import inside, read_json, sha256_bytes, sha256_file, write_bytes_atomic
-from runtime.numeric import exceeds, finite, max_abs_diff
+from .cli import add_common, parser
+from .contract import CONTRACT_TEXT, to_pixels
+from .errors import ContractError, LenetEdgeError
+from .files import inside, read_json, sha256_bytes, sha256_file, write_bytes_atomic
+from .numeric import exceeds, finite, max_abs_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_FILES = (
@@ -57,15 +57,18 @@ class BundleError(LenetEdgeError):
 REFERENCE_KERNELS = "basic"
 
 
+BUNDLE_NAME = "lenet-edge-bundle"
+
+
 def _precision(name: str) -> str:
     return "int8" if ".int8." in name else "fp32"
 
 
 def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) -> dict[str, Any]:
     """Tarball with runtime/, models, inputs + expected outputs and a manifest; written atomically."""
-    from runtime.env import environment
-    from runtime.mnist import load_split
-    from runtime.runner import SessionConfig, load_runner
+    from .env import environment
+    from .mnist import load_split
+    from .runner import SessionConfig, load_runner
 
     test = load_split("test", data_dir)
     images, labels = test.images[:N_INPUTS], test.labels[:N_INPUTS]
@@ -134,7 +137,7 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
     tar_buf = io.BytesIO()
     with tarfile.open(fileobj=tar_buf, mode="w:gz") as tar:
         for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(f"lenet-edge-bundle/{name}")
+            info = tarfile.TarInfo(f"{BUNDLE_NAME}/{name}")
             info.size, info.mtime, info.mode = len(data), manifest["created_unix"], 0o644
             tar.addfile(info, io.BytesIO(data))
     write_bytes_atomic(out, tar_buf.getvalue())
@@ -218,8 +221,8 @@ def _load_data(bundle: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarr
 
 def self_check(bundle: Path, report: Path | None = None) -> dict[str, Any]:
     """Verify every file's sha256, then run the fixed inputs through every model and compare."""
-    from runtime.env import environment
-    from runtime.runner import SessionConfig, load_runner
+    from .env import environment
+    from .runner import SessionConfig, load_runner
 
     bundle = Path(bundle)
     manifest_path = bundle / "manifest.json"
@@ -291,7 +294,7 @@ def self_check(bundle: Path, report: Path | None = None) -> dict[str, Any]:
     )
     result = {"summary": summary, "models": rows, "environment": environment(), "passed": not failed}
     if report is not None:
-        from runtime.files import write_json_atomic
+        from .files import write_json_atomic
 
         write_json_atomic(report, result)  # written before a failure is raised, so it can be read
     if failed:
@@ -307,7 +310,7 @@ DEVICE_README = """# lenet-edge device bundle
 
     python3.11 -m venv venv && venv/bin/pip install -r requirements/device-linux-aarch64.txt
     venv/bin/python -m runtime.bundle check .      # the models give the host's outputs here
-    venv/bin/python -m runtime.bench --bundle . --out result.json
+    venv/bin/python -m runtime.bench --bundle . --json result.json
 
 Copy result.json back and run `make ingest RESULT=result.json` on the host.
 Models take raw pixels: float32 [N,1,28,28], values 0..255; see manifest.json.
@@ -315,21 +318,29 @@ Models take raw pixels: float32 [N,1,28,28], values 0..255; see manifest.json.
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime.bundle", description=__doc__.splitlines()[0])
+    p = parser("runtime.bundle", __doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="make the tarball (host)")
     b.add_argument("models", nargs="+", type=Path)
-    b.add_argument("--out", type=Path, default=Path("build/lenet-edge-bundle.tar.gz"))
+    add_common(
+        b,
+        "out_dir",
+        out_dir={
+            "default": Path("build"),
+            "help": f"the tarball goes here as {BUNDLE_NAME}.tar.gz (default build/)",
+        },
+    )
     b.add_argument("--data-dir", type=Path, default=None)
     c = sub.add_parser("check", help="verify an unpacked bundle on this machine")
     c.add_argument("dir", type=Path)
-    c.add_argument("--json", type=Path, default=None, help="also write the check result here")
+    add_common(c, "json", json={"help": "also write the check result here"})
     args = p.parse_args(argv)
     if args.cmd == "build":
-        manifest = build_bundle(args.models, args.out, args.data_dir)
+        out = args.out_dir / f"{BUNDLE_NAME}.tar.gz"
+        manifest = build_bundle(args.models, out, args.data_dir)
         print(
-            f"{args.out}: {len(manifest['models'])} models, {len(manifest['files'])} files, "
-            f"{args.out.stat().st_size:,} bytes"
+            f"{out}: {len(manifest['models'])} models, {len(manifest['files'])} files, "
+            f"{out.stat().st_size:,} bytes"
         )
     else:
         print(self_check(args.dir, args.json)["summary"])
@@ -337,6 +348,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.cli import run
+    from .cli import run
 
     sys.exit(run(main))

@@ -1,11 +1,111 @@
-"""Turns typed errors into one line on stderr and an exit code; used by every stage's CLI."""
+"""What every stage's command line shares: the flags (defined once, from one typed dataclass),
+the program name, and typed errors turned into one line on stderr and an exit code.
+
+Standard library only: runtime/ ships to a device alone.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
 import sys
 from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
-from runtime.errors import LenetEdgeError
+from .errors import LenetEdgeError
+
+# Set by the `lenet-edge` console script to "lenet-edge SUBCOMMAND", so a stage's --help and usage
+# name the command the user typed; `python -m` aliases keep their own name.
+PROG: str | None = None
+
+
+def _flag(*names: str, help: str, **kw: Any) -> dict[str, Any]:
+    return {"names": names, "help": help, **kw}
+
+
+@dataclass
+class CommonFlags:
+    """The flags every stage spells the same way. A stage picks the ones it has with add_common();
+    its own defaults and help override these, the spelling and the type never change."""
+
+    model: str = field(
+        default="all", metadata=_flag("--model", help="which model (a workflow's name) or all; default all")
+    )
+    workflow: Path | None = field(
+        default=None,
+        metadata=_flag(
+            "--workflow", help="a workflow TOML file (default: the shipped workflows/)", metavar="TOML"
+        ),
+    )
+    out_dir: Path | None = field(default=None, metadata=_flag("--out-dir", help="folder the outputs go to"))
+    json: Path | None = field(
+        default=None, metadata=_flag("--json", help="also write the result as JSON to PATH", metavar="PATH")
+    )
+    batch: int = field(default=1, metadata=_flag("--batch", help="batch size"))
+    threads: int = field(default=1, metadata=_flag("--threads", help="intra-op threads"))
+    verbose: bool = field(
+        default=False,
+        metadata=_flag("-v", "--verbose", help="also show the libraries' INFO logs", action="store_true"),
+    )
+    quiet: bool = field(
+        default=False,
+        metadata=_flag(
+            "-q", "--quiet", help="no progress output; errors and results only", action="store_true"
+        ),
+    )
+
+
+_TYPES = {"Path | None": Path, "Path": Path, "int": int, "str": str, "bool": None}
+
+
+def add_common(p: argparse.ArgumentParser, *names: str, **overrides: dict[str, Any]) -> None:
+    """Add the named CommonFlags fields to `p`; overrides[name] replaces keyword arguments of one
+    flag (default, help, type, choices) but not its spelling."""
+    known = {f.name: f for f in fields(CommonFlags)}
+    for name in names:
+        if name not in known:
+            raise KeyError(f"no common flag {name!r}; have {sorted(known)}")
+        f = known[name]
+        kw = {k: v for k, v in f.metadata.items() if k != "names"}
+        if kw.get("action") is None:
+            kw["type"] = _TYPES[str(f.type)]
+        kw["default"] = None if f.default is MISSING else f.default
+        kw.update(overrides.get(name, {}))
+        p.add_argument(*f.metadata["names"], dest=name, **kw)
+
+
+class StageParser(argparse.ArgumentParser):
+    """An argument parser whose -v/-q take effect as soon as the arguments are parsed."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        return apply_common(super().parse_args(args, namespace))
+
+
+def parser(module: str, doc: str | None = None, description: str | None = None, **kw: Any) -> StageParser:
+    """A stage's argument parser: named after the command the user ran, described by
+    `description` or else the first line of the module's docstring; with -v/-q."""
+    if description is None and doc and doc.strip():
+        description = doc.strip().splitlines()[0]
+    p = StageParser(prog=PROG or f"python -m {module}", description=description, **kw)
+    add_common(p, "verbose", "quiet")
+    return p
+
+
+def apply_common(args: argparse.Namespace) -> argparse.Namespace:
+    """-q and -v take effect here, for this process and the stage's child processes."""
+    if getattr(args, "quiet", False):
+        os.environ["LENET_EDGE_QUIET"] = "1"
+    if getattr(args, "verbose", False):
+        os.environ["LENET_EDGE_VERBOSE"] = "1"
+        logging.basicConfig(level=logging.INFO)
+    return args
+
+
+def quiet() -> bool:
+    return os.environ.get("LENET_EDGE_QUIET") == "1"
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

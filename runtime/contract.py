@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.errors import ContractError
+from .errors import ContractError
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "scores"

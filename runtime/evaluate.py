@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -10,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import to_pixels
-from runtime.mnist import load_split
-from runtime.numeric import max_abs_diff
-from runtime.runner import load_runner
+from .cli import add_common, parser
+from .contract import to_pixels
+from .files import write_json_atomic
+from .mnist import load_split
+from .numeric import max_abs_diff
+from .runner import load_runner
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ def evaluate_onnx(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m runtime.evaluate",
+    p = parser(
+        "runtime.evaluate",
         description="Top-1/top-2 accuracy of ONNX or TFLite models on the MNIST test set (raw-pixel input).",
     )
     p.add_argument("models", nargs="+", type=Path, help="model files (.onnx or .tflite)")
@@ -58,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--data-dir", type=Path, default=None, help="MNIST IDX folder (default: cache or $MNIST_DIR)"
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_common(
+        p,
+        "json",
+        json={
+            "help": "also write the results as JSON to PATH ('-': print JSON instead of the table)",
+            "type": str,
+        },
+    )
     args = p.parse_args(argv)
     ref = evaluate_onnx(args.against, args.data_dir) if args.against else None
     rows = {}
@@ -73,14 +81,16 @@ def main(argv: list[str] | None = None) -> int:
             row["correct"] = (logits.argmax(1) == load_split("test", args.data_dir).labels).tolist()
             text += f"  agreement with {args.against.name} {100 * row['agreement']:.2f} %  max |Δ| {row['max_abs_diff']:.2e}"
         rows[str(m)] = row
-        if not args.json:
+        if args.json != "-":
             print(text)
-    if args.json:
+    if args.json == "-":
         print(json.dumps(rows))
+    elif args.json:
+        write_json_atomic(Path(args.json), rows)
     return 0
 
 
 if __name__ == "__main__":
-    from runtime.cli import run
+    from .cli import run
 
     sys.exit(run(main))

@@ -142,7 +142,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    from runtime.errors import LenetEdgeError
+    from .errors import LenetEdgeError
 
     try:
         return json.loads(Path(path).read_text())
@@ -158,7 +158,7 @@ def read_json(path: str | Path) -> Any:
 
 def inside(folder: str | Path, path: str | Path) -> Path:
     """`path` resolved, if it lies inside `folder` (symlinks followed); else LenetEdgeError."""
-    from runtime.errors import LenetEdgeError
+    from .errors import LenetEdgeError
 
     base, p = Path(folder).resolve(), Path(path).resolve()
     if p != base and base not in p.parents:
@@ -168,7 +168,7 @@ def inside(folder: str | Path, path: str | Path) -> Path:
 
 # --- what code made an artifact -----------------------------------------------------------------
 def _module_file(module: str) -> Path | None:
-    parts = module.split(".")
+    parts = module.removeprefix("lenet_edge.").split(".")
     if parts[0] not in PACKAGES:
         return None
     base = ROOT.joinpath(*parts)
@@ -189,12 +189,20 @@ def import_closure(*modules: str) -> list[Path]:
         if f is None or f in seen:
             continue
         seen[f] = None
+        # the package a relative import starts from (runtime/ imports itself relatively)
+        package = mod if f.name == "__init__.py" else mod.rpartition(".")[0]
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.Import):
                 todo += [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                todo.append(node.module)
-                todo += [f"{node.module}.{a.name}" for a in node.names]  # `from pkg import mod`
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                if not base:
+                    continue
+                todo.append(base)
+                todo += [f"{base}.{a.name}" for a in node.names]  # `from pkg import mod`
     return sorted(seen)
 
 

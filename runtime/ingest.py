@@ -7,16 +7,16 @@ sanitised parts, and the final path must lie inside the devices folder.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.bench import SCHEMA
-from runtime.errors import LenetEdgeError
-from runtime.files import inside, read_json, write_bytes_atomic, write_json_atomic
-from runtime.numeric import finite
+from .bench import SCHEMA
+from .cli import add_common, parser
+from .errors import LenetEdgeError
+from .files import inside, read_json, write_bytes_atomic, write_json_atomic
+from .numeric import finite
 
 DEVICES = Path(__file__).resolve().parent.parent / "results" / "devices"
 # created_unix must be a plausible time: 2020-01-01 .. 2100-01-01.
@@ -153,13 +153,15 @@ def render(devices: Path, extra: tuple[Path, dict[str, Any]] | None = None) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime.ingest", description=__doc__.splitlines()[0])
+    p = parser("runtime.ingest", __doc__)
     p.add_argument("result", type=Path, help="result JSON written by `python -m runtime.bench` on a device")
-    p.add_argument(
-        "--out-dir",
-        type=Path,
-        default=DEVICES,
-        help="where device results and their table live (default results/devices)",
+    add_common(
+        p,
+        "out_dir",
+        out_dir={
+            "default": DEVICES,
+            "help": "where device results and their table live (default results/devices)",
+        },
     )
     args = p.parse_args(argv)
     dest = ingest(args.result, args.out_dir)
@@ -168,6 +170,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.cli import run
+    from .cli import run
 
     sys.exit(run(main))

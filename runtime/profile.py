@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from runtime.contract import INPUT_NAME
-from runtime.files import owned_temp_dir
+from .cli import add_common, parser
+from .contract import INPUT_NAME
+from .files import owned_temp_dir
 
 
 def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from runtime.bench import native_input
-    from runtime.runner import OnnxRunner
+    from .bench import native_input
+    from .runner import OnnxRunner
 
     runner = OnnxRunner(model)  # a readable model that honours the contract, or one clear ContractError
     with owned_temp_dir("prof") as tmp:
@@ -57,9 +57,9 @@ def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime.profile", description=__doc__.splitlines()[0])
+    p = parser("runtime.profile", __doc__)
     p.add_argument("models", nargs="+", type=Path)
-    p.add_argument("--batch", type=int, default=1)
+    add_common(p, "batch")
     p.add_argument("--runs", type=int, default=2000)
     args = p.parse_args(argv)
     for m in args.models:
@@ -70,6 +70,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from runtime.cli import run
+    from .cli import run
 
     sys.exit(run(main))

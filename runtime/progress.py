@@ -39,9 +39,10 @@ class Progress:
     ):
         self.total, self.desc, self.unit, self.every = max(int(total), 0), desc, unit, every
         self.n, self._postfix, self._t0, self._bar = initial, "", time.perf_counter(), None
-        self.enabled, self.leave = enabled, leave
+        # -q (LENET_EDGE_QUIET=1, set by the command line for the stage and its children) silences bars
+        self.enabled, self.leave = enabled and os.environ.get("LENET_EDGE_QUIET") != "1", leave
         self._next = self._threshold(initial)
-        self._live = enabled and live()
+        self._live = self.enabled and live()
         self._drawn = 0.0
 
     def _threshold(self, n: int) -> int:

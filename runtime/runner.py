@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, check_pixels
-from runtime.errors import ConfigError, ContractError
+from .contract import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, check_pixels
+from .errors import ConfigError, ContractError
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 # predict() runs dynamic-batch models in chunks of this many images: memory stays flat in N

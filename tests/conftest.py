@@ -40,7 +40,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    from runtime.mnist import MNIST_FILES, default_data_dir, verify_file
+    from lenet_edge.runtime.mnist import MNIST_FILES, default_data_dir, verify_file
 
     d = default_data_dir()
     for name in MNIST_FILES:

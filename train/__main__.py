@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.cli import run
-from runtime.errors import ConfigError, LenetEdgeError
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
+from lenet_edge.workflow import add_model_flags, get, selected
 
 
 def _in_parallel(names: list[str], argv: list[str], jobs: int) -> int:
@@ -33,7 +34,7 @@ def _in_parallel(names: list[str], argv: list[str], jobs: int) -> int:
         while queue or running:
             while queue and len(running) < jobs:
                 name = queue.pop(0)
-                cmd = [sys.executable, "-m", "train", "--model", name, "--jobs", "1", *rest]
+                cmd = [sys.executable, "-m", "lenet_edge.train", "--model", name, "--jobs", "1", *rest]
                 running[name] = subprocess.Popen(cmd, env=env, cwd=root)
             for name, proc in list(running.items()):
                 if proc.poll() is not None:
@@ -54,20 +55,23 @@ def _in_parallel(names: list[str], argv: list[str], jobs: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     # Only argparse here: Paddle is imported inside train(), so --help is instant.
-    d = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0}
-    p = argparse.ArgumentParser(
-        prog="python -m train",
-        description="Train lenet_pool / lenet_stride on MNIST with the blog's recipe "
-        "(Adam, cross-entropy, input scaled to [-1, 1]); writes <model>.npz + <model>.train.json.",
+    p = parser(
+        "train",
+        description="Train the workflows' models (workflows/*.toml) with their [train] recipe (the "
+        "blog's: Adam, cross-entropy, input scaled to [-1, 1]); writes <model>.npz + <model>.train.json.",
     )
-    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
-    p.add_argument("--epochs", type=int, default=d["epochs"], help=f"default {d['epochs']}")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"default {d['batch_size']}")
-    p.add_argument("--lr", type=float, default=d["lr"], help=f"Adam learning rate, default {d['lr']}")
-    p.add_argument("--seed", type=int, default=d["seed"], help="initialisation and data order (default 0)")
+    add_model_flags(p)
+    p.add_argument("--epochs", type=int, default=None, help="default: the workflow's [train] epochs")
+    add_common(p, "batch", batch={"default": None, "help": "batch size (default: the workflow's)"})
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the workflow's)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data order (default 0)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images")
-    p.add_argument("--out-dir", type=Path, default=Path("build/train"), help="default build/train")
+    add_common(
+        p,
+        "out_dir",
+        out_dir={"default": Path("build/train"), "help": "default build/train"},
+    )
     p.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (default: cache or $MNIST_DIR)")
     p.add_argument("--force", action="store_true", help="retrain even if an up-to-date checkpoint exists")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -79,26 +83,29 @@ def main(argv: list[str] | None = None) -> int:
         "up to the number of models); the weights are bitwise those of training one by one",
     )
     args = p.parse_args(argv)
-    names = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    names = selected(args.model, args.workflow)
     jobs = min(len(names), args.jobs if args.jobs is not None else (os.cpu_count() or 1))
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
     if jobs > 1:
         return _in_parallel(names, argv if argv is not None else sys.argv[1:], jobs)
 
-    from train.loop import TrainConfig, train
+    from lenet_edge.train.loop import TrainConfig, train
 
     for name in names:
+        wf = get(name)
         cfg = TrainConfig(
             model=name,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
+            epochs=wf.train.epochs if args.epochs is None else args.epochs,
+            batch_size=wf.train.batch if args.batch is None else args.batch,
+            lr=wf.train.lr if args.lr is None else args.lr,
             seed=args.seed,
             train_limit=args.train_limit,
             test_limit=args.test_limit,
         )
-        rec = train(cfg, args.out_dir, args.data_dir, force=args.force, progress=args.progress)
+        rec = train(
+            cfg, args.out_dir, args.data_dir, force=args.force, progress=args.progress and not args.quiet
+        )
         print(
             f"{name}: test top-1 {100 * rec['test_top1']:.2f} %  top-2 {100 * rec['test_top2']:.2f} %  "
             f"{rec['seconds_per_epoch']:.1f} s/epoch -> {args.out_dir / rec['checkpoint']}"

@@ -6,7 +6,6 @@ per round; prints each time and the ratio (baseline / ours). A benchmark, not a 
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import sys
@@ -16,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime.cli import run
-from runtime.contract import normalize
-from runtime.files import owned_temp_dir
-from runtime.mnist import default_data_dir, load_split
-from train.paddle_env import import_paddle
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.contract import normalize
+from lenet_edge.runtime.files import owned_temp_dir
+from lenet_edge.runtime.mnist import default_data_dir, load_split
+from lenet_edge.train.paddle_env import import_paddle
+from lenet_edge.workflow import add_model_flags, selected
 
 
 def _fit_epoch(name: str, gz_dir: Path, steps: int | None, seed: int) -> tuple[float, int]:
@@ -29,7 +29,7 @@ def _fit_epoch(name: str, gz_dir: Path, steps: int | None, seed: int) -> tuple[f
     from paddle.vision.datasets import MNIST
     from paddle.vision.transforms import Normalize
 
-    from train.models import build_model
+    from lenet_edge.train.models import build_model
 
     paddle.seed(seed)
     ds = MNIST(
@@ -57,8 +57,8 @@ def _fit_epoch(name: str, gz_dir: Path, steps: int | None, seed: int) -> tuple[f
 def _our_epoch(name: str, x: np.ndarray, y: np.ndarray, steps: int | None, seed: int) -> tuple[float, int]:
     paddle = import_paddle()
 
-    from train.loop import train_epoch
-    from train.models import build_model
+    from lenet_edge.train.loop import train_epoch
+    from lenet_edge.train.models import build_model
 
     paddle.seed(seed)
     net = build_model(name)
@@ -106,8 +106,8 @@ def bench_train(models: list[str], rounds: int, steps: int | None, data_dir: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="all", choices=["lenet_pool", "lenet_stride", "all"])
+    p = parser("train.bench", __doc__)
+    add_model_flags(p)
     p.add_argument(
         "--rounds", type=int, default=1, help="interleaved rounds; the median is reported (default 1)"
     )
@@ -115,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=None, help="time only N steps per round (default: a full epoch)"
     )
     p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_common(p, "json", json={"help": "also write the results here"})
     args = p.parse_args(argv)
     import os
 
     os.environ.setdefault("GLOG_minloglevel", "2")
-    models = ["lenet_pool", "lenet_stride"] if args.model == "all" else [args.model]
+    models = selected(args.model, args.workflow)
     res = bench_train(models, args.rounds, args.steps, args.data_dir)
     for name, r in res.items():
         print(
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             f"lenet-edge loop {r['ours_s_per_epoch']:.1f} s/epoch -> {r['speedup']:.2f}x faster"
         )
     if args.json:
-        from runtime.files import write_json_atomic
+        from lenet_edge.runtime.files import write_json_atomic
 
         write_json_atomic(args.json, res)
     else:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import CheckpointError
-from runtime.files import read_json, sha256_file, write_bytes_atomic
+from lenet_edge.runtime.errors import CheckpointError
+from lenet_edge.runtime.files import read_json, sha256_file, write_bytes_atomic
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps: same weights -> same bytes -> same sha256
 

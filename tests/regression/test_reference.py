@@ -18,14 +18,14 @@ MODELS = ["lenet_pool", "lenet_stride"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, mnist_dir):
     d = tmp_path_factory.mktemp("ref_onnx")
-    proc = run_cli("-m", "export", "--checkpoint-dir", "results/checkpoints", "--out-dir", str(d))
+    proc = run_cli("-m", "lenet_edge.export", "--checkpoint-dir", "results/checkpoints", "--out-dir", str(d))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return d
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_committed_checkpoint_matches_recorded_sha256(name):
-    from runtime.files import sha256_file
+    from lenet_edge.runtime.files import sha256_file
 
     ref = REFERENCE["models"][name]
     assert sha256_file(ROOT / ref["checkpoint"]) == ref["checkpoint_sha256"]
@@ -44,7 +44,7 @@ def test_fp32_accuracy_equals_reference(exported, name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_evaluate_cli_reproduces_reference(exported, name):
-    proc = run_cli("-m", "runtime.evaluate", "--json", str(exported / f"{name}.fp32.onnx"))
+    proc = run_cli("-m", "runtime.evaluate", "--json", "-", str(exported / f"{name}.fp32.onnx"))
     assert proc.returncode == 0, proc.stderr[-1000:]
     (acc,) = json.loads(proc.stdout).values()
     assert acc["top1"] == REFERENCE["models"][name]["fp32"]["test_top1"] and acc["n"] == 10_000
@@ -57,7 +57,7 @@ def test_reference_accuracy_in_expected_band():
 
 
 def test_readme_tables_match_reference():
-    from export.reference import (
+    from lenet_edge.export.reference import (
         QUANT_END,
         QUANT_START,
         TABLE_END,
@@ -78,7 +78,7 @@ def test_readme_tables_match_reference():
 
 @pytest.fixture(scope="module")
 def quantized(exported):
-    proc = run_cli("-m", "quantize", "--onnx-dir", str(exported), "--no-check", "--no-progress")
+    proc = run_cli("-m", "lenet_edge.quantize", "--onnx-dir", str(exported), "--no-check", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     recs = {}
     for path in exported.glob("*.int8.*.quantize.json"):
@@ -90,14 +90,14 @@ def quantized(exported):
 
 @pytest.fixture(scope="module")
 def tolerances():
-    from quantize.checks import load_tolerances
+    from lenet_edge.quantize.checks import load_tolerances
 
     return load_tolerances()
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_int8_within_tolerances(quantized, tolerances, name):
-    from quantize.checks import int8_failures
+    from lenet_edge.quantize.checks import int8_failures
 
     rec = quantized[name]
     assert rec["fp32"]["test_top1"] == REFERENCE["models"][name]["fp32"]["test_top1"]  # exact, deterministic
@@ -148,11 +148,11 @@ def test_broken_quantizer_fails_the_checks_and_never_replaces_a_good_model(quant
     a recipe that fails them is refused before it is written, leaving the good model and record."""
     import numpy as np
 
-    from quantize.calibration import Calibration, load_calibration
-    from quantize.checks import int8_failures
-    from quantize.ort_quant import QuantizeError, quantize_model, quantize_record_path
-    from quantize.recipe import DEFAULT_RECIPES
-    from runtime.files import sha256_file
+    from lenet_edge.quantize.calibration import Calibration, load_calibration
+    from lenet_edge.quantize.checks import int8_failures
+    from lenet_edge.quantize.ort_quant import QuantizeError, quantize_model, quantize_record_path
+    from lenet_edge.quantize.recipe import DEFAULT_RECIPES
+    from lenet_edge.runtime.files import sha256_file
 
     class ZeroCalibration(Calibration):
         def pixels(self, data_dir=None):
@@ -189,8 +189,8 @@ def test_export_refuses_a_checkpoint_with_non_finite_weights(tmp_path, bad):
     """Before: NaN weights exported with exit 0, parity 'passed' and top-1 9.8 %."""
     import numpy as np
 
-    from runtime.files import sha256_file, write_json_atomic
-    from train.checkpoint import npz_bytes, record_path
+    from lenet_edge.runtime.files import sha256_file, write_json_atomic
+    from lenet_edge.train.checkpoint import npz_bytes, record_path
 
     with np.load(ROOT / "results" / "checkpoints" / "lenet_pool.npz") as z:
         state = {k: z[k] for k in z.files}
@@ -203,7 +203,14 @@ def test_export_refuses_a_checkpoint_with_non_finite_weights(tmp_path, bad):
     write_json_atomic(record_path(ckpt), rec)
     out = tmp_path / "out"
     proc = run_cli(
-        "-m", "export", "--model", "lenet_pool", "--checkpoint-dir", str(tmp_path), "--out-dir", str(out)
+        "-m",
+        "lenet_edge.export",
+        "--model",
+        "lenet_pool",
+        "--checkpoint-dir",
+        str(tmp_path),
+        "--out-dir",
+        str(out),
     )
     assert_one_line_error(proc, "lenet_pool.npz", key, "NaN/Inf")
     assert not out.exists() or not any(out.iterdir())
@@ -213,8 +220,8 @@ def test_export_parity_fails_when_onnx_gives_nan(exported, monkeypatch):
     """The parity check itself: NaN on one side is a failure, not a max |Δ| that compares False."""
     import numpy as np
 
-    import export.onnx_export as ex
-    from runtime.errors import ConversionError
+    import lenet_edge.export.onnx_export as ex
+    from lenet_edge.runtime.errors import ConversionError
 
     real = ex.OnnxRunner
 
@@ -241,7 +248,7 @@ needs_tflite_envs = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def tflite(quantized, exported):
-    proc = run_cli("-m", "quantize.tflite", "--onnx-dir", str(exported), timeout=1800)
+    proc = run_cli("-m", "lenet_edge.quantize.tflite", "--onnx-dir", str(exported), timeout=1800)
     assert proc.returncode == 0, (proc.stdout[-1500:], proc.stderr[-1500:])
     return {name: json.loads((exported / f"{name}.tflite.json").read_text()) for name in MODELS}
 
@@ -304,7 +311,7 @@ def test_failed_conversion_is_one_line_and_writes_nothing(exported, tmp_path):
 
     d = tmp_path / "onnx"
     d.mkdir()
-    proc = run_cli("-m", "quantize.tflite", "--onnx-dir", str(d))
+    proc = run_cli("-m", "lenet_edge.quantize.tflite", "--onnx-dir", str(d))
     assert_one_line_error(proc, "lenet_pool.fp32.onnx", "not found")
     assert list(d.iterdir()) == []
 
@@ -317,8 +324,8 @@ def test_bundle_checks_int8_with_reference_and_fused_kernels(quantized, exported
 
     import numpy as np
 
-    from runtime.bundle import BundleError, build_bundle, self_check
-    from runtime.files import sha256_bytes
+    from lenet_edge.runtime.bundle import BundleError, build_bundle, self_check
+    from lenet_edge.runtime.files import sha256_bytes
 
     int8 = exported / "lenet_pool.int8.qdq.onnx"
     build_bundle([int8], tmp_path / "b.tar.gz", mnist_dir)
@@ -348,15 +355,23 @@ def test_int8_from_the_optimized_graph_meets_the_tolerances(exported, tolerances
     its source, passes the same tolerances, and a tampered optimized file is refused."""
     import shutil
 
-    from quantize.checks import int8_failures
+    from lenet_edge.quantize.checks import int8_failures
 
     d = tmp_path / "onnx"
     d.mkdir()
     for f in (f"{name}.fp32.onnx", f"{name}.fp32.export.json"):
         shutil.copy(exported / f, d / f)
-    assert run_cli("-m", "optimize", "--model", name, "--onnx-dir", str(d)).returncode == 0
+    assert run_cli("-m", "lenet_edge.optimize", "--model", name, "--onnx-dir", str(d)).returncode == 0
     proc = run_cli(
-        "-m", "quantize", "--model", name, "--onnx-dir", str(d), "--variant", "s2d", "--no-progress"
+        "-m",
+        "lenet_edge.quantize",
+        "--model",
+        name,
+        "--onnx-dir",
+        str(d),
+        "--variant",
+        "s2d",
+        "--no-progress",
     )
     assert proc.returncode == 0, proc.stderr[-1500:]
     rec = json.loads((d / f"{name}.int8.s2d.qdq.quantize.json").read_text())
@@ -375,7 +390,9 @@ def test_int8_from_the_optimized_graph_meets_the_tolerances(exported, tolerances
     assert_one_line_error(proc, f"{name}.int8.s2d.qdq.quantize.json")
     s2d = d / f"{name}.fp32.s2d.onnx"
     s2d.write_bytes(s2d.read_bytes() + b"\x00")
-    proc = run_cli("-m", "quantize", "--model", name, "--onnx-dir", str(d), "--variant", "s2d", "--force")
+    proc = run_cli(
+        "-m", "lenet_edge.quantize", "--model", name, "--onnx-dir", str(d), "--variant", "s2d", "--force"
+    )
     assert_one_line_error(proc, f"{name}.fp32.s2d.onnx")
 
 
@@ -389,9 +406,18 @@ def test_search_builds_checks_and_times_every_candidate(exported, tolerances, tm
     d.mkdir()
     for f in ("lenet_pool.fp32.onnx", "lenet_pool.fp32.export.json"):
         shutil.copy(exported / f, d / f)
-    assert run_cli("-m", "optimize", "--model", "lenet_pool", "--onnx-dir", str(d)).returncode == 0
+    assert run_cli("-m", "lenet_edge.optimize", "--model", "lenet_pool", "--onnx-dir", str(d)).returncode == 0
     out = tmp_path / "search.json"
-    args = ["-m", "quantize.search", "--model", "lenet_pool", "--onnx-dir", str(d), "--out", str(out)]
+    args = [
+        "-m",
+        "lenet_edge.quantize.search",
+        "--model",
+        "lenet_pool",
+        "--onnx-dir",
+        str(d),
+        "--json",
+        str(out),
+    ]
     proc = run_cli(*args, "--runs", "60", "--rounds", "3")
     assert proc.returncode == 0, proc.stderr[-1500:]
     (m,) = json.loads(out.read_text())["models"]
@@ -423,11 +449,11 @@ def test_stock_quantize_static_is_recorded_not_checked(exported, tmp_path):
     d.mkdir()
     for f in ("lenet_pool.fp32.onnx", "lenet_pool.fp32.export.json"):
         shutil.copy(exported / f, d / f)
-    proc = run_cli("-m", "quantize", "--model", "lenet_pool", "--onnx-dir", str(d), "--stock")
+    proc = run_cli("-m", "lenet_edge.quantize", "--model", "lenet_pool", "--onnx-dir", str(d), "--stock")
     assert proc.returncode == 0, proc.stderr[-1500:]
     rec = json.loads((d / "lenet_pool.stock.int8.qdq.quantize.json").read_text())
     assert rec["stock"] is True and "every other option at its default" in rec["call"]
     assert 0.95 < rec["test_top1"] <= 1 and rec["onnx_sha256"]
-    from runtime.bench import is_stock
+    from lenet_edge.runtime.bench import is_stock
 
     assert is_stock(d / "lenet_pool.stock.int8.qdq.onnx")

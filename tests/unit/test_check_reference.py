@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from runtime.errors import LenetEdgeError
+from lenet_edge.runtime.errors import LenetEdgeError
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +44,7 @@ def _train(env=None, versions=None, config=None, sha="b" * 64):
 
 
 def _cmp(exp, train=None, tol=0.5):
-    from export.reference import compare_model
+    from lenet_edge.export.reference import compare_model
 
     return compare_model("lenet_pool", exp, _ref(), train, tol)
 
@@ -86,15 +86,15 @@ def test_unknown_provenance_or_another_config_fails():
 
 
 def test_check_exports_exits_non_zero_on_a_failure(tmp_path, monkeypatch, capsys):
-    import export.onnx_export
-    import export.reference as r
+    import lenet_edge.export.onnx_export as onnx_export
+    import lenet_edge.export.reference as r
 
     ref = tmp_path / "reference.json"
     ref.write_text(json.dumps(_ref()))
     monkeypatch.setattr(r, "REFERENCE", ref)
     monkeypatch.setattr(r, "ROOT", tmp_path)
     records = {"lenet_pool": _exp(), "lenet_stride": _exp(top1=0.99)}
-    monkeypatch.setattr(export.onnx_export, "read_export_record", lambda p: records[p.name.split(".")[0]])
+    monkeypatch.setattr(onnx_export, "read_export_record", lambda p: records[p.name.split(".")[0]])
     with pytest.raises(LenetEdgeError, match="lenet_stride fail"):
         r.check_exports(tmp_path, None)
     out = capsys.readouterr().out
@@ -103,7 +103,7 @@ def test_check_exports_exits_non_zero_on_a_failure(tmp_path, monkeypatch, capsys
 
 
 def test_make_reference_records_one_training_environment():
-    from export.reference import reference_environment
+    from lenet_edge.export.reference import reference_environment
 
     env = reference_environment([_train(), _train()])
     assert env == {**ENV, "versions": VERSIONS}

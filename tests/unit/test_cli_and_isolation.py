@@ -17,9 +17,9 @@ def _entry_points() -> list[str]:
         for f in sorted((ROOT / pkg).glob("*.py")):
             text = f.read_text()
             if f.name == "__main__.py":
-                found.append(pkg)
+                found.append(f"lenet_edge.{pkg}")
             elif 'if __name__ == "__main__"' in text:
-                found.append(f"{pkg}.{f.stem}")
+                found.append(f"lenet_edge.{pkg}.{f.stem}")
     return found
 
 
@@ -42,7 +42,7 @@ def test_every_entry_point_is_found():
         "export.variants",
         "report.study",
     ):
-        assert m in CLIS, m
+        assert f"lenet_edge.{m}" in CLIS, m
 
 
 @pytest.mark.parametrize("module", CLIS)
@@ -79,7 +79,18 @@ def _imports(path: Path) -> set[str]:
 
 def test_runtime_imports_only_numpy_and_a_runtime():
     allowed_third_party = {"numpy", "onnxruntime", "tflite_runtime", "ai_edge_litert"}
-    forbidden = {"paddle", "paddle2onnx", "tensorflow", "onnx", "train", "export", "quantize", "tqdm"}
+    # runtime/ ships alone: numpy, one inference runtime and itself (relative imports), nothing else
+    forbidden = {
+        "paddle",
+        "paddle2onnx",
+        "tensorflow",
+        "onnx",
+        "train",
+        "export",
+        "quantize",
+        "tqdm",
+        "lenet_edge",
+    }
     for f in sorted((ROOT / "runtime").glob("*.py")):
         mods = _imports(f)
         assert not mods & forbidden, (f.name, mods & forbidden)
@@ -98,7 +109,7 @@ def test_evaluate_rejects_a_non_onnx_file(tmp_path):
 def test_export_reports_a_missing_checkpoint(tmp_path):
     proc = run_cli(
         "-m",
-        "export",
+        "lenet_edge.export",
         "--model",
         "lenet_pool",
         "--checkpoint-dir",
@@ -111,5 +122,5 @@ def test_export_reports_a_missing_checkpoint(tmp_path):
 
 
 def test_train_rejects_bad_flags():
-    proc = run_cli("-m", "train", "--epochs", "0", "--model", "lenet_pool")
+    proc = run_cli("-m", "lenet_edge.train", "--epochs", "0", "--model", "lenet_pool")
     assert_one_line_error(proc, "must be positive")

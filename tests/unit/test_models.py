@@ -5,13 +5,24 @@ pytestmark = pytest.mark.unit
 
 paddle = pytest.importorskip("paddle")
 
-from train.models import PARAM_COUNTS, build_model, count_params  # noqa: E402
+from lenet_edge.train.models import PARAM_COUNTS, build_model, count_params  # noqa: E402
 
 
 @pytest.mark.parametrize("name,count", [("lenet_pool", 61_706), ("lenet_stride", 66_346)])
 def test_param_counts(name, count):
     assert PARAM_COUNTS[name] == count
     assert count_params(build_model(name)) == count
+
+
+def test_every_workflow_builds_its_model_with_the_stated_parameter_count():
+    from lenet_edge.workflow import workflows
+
+    for name, wf in workflows().items():
+        net = build_model(name)
+        assert count_params(net) == wf.params, name
+        c, h, w = wf.input.shape
+        out = net(paddle.zeros([2, c, h, w]))
+        assert tuple(out.shape) == (2, wf.classes), name
 
 
 def _trace_shapes(model, x):
@@ -53,7 +64,7 @@ def test_lenet_stride_layer_shapes():
 
 
 def test_unknown_model():
-    from runtime.errors import ConfigError
+    from lenet_edge.runtime.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown model 'lenet'"):
         build_model("lenet")

@@ -40,7 +40,7 @@ def _run(model, x):
 
 
 def _check(model, passes, x, expect_rewrites):
-    from optimize.stage import apply_passes
+    from lenet_edge.optimize.stage import apply_passes
 
     new, report = apply_passes(model, passes)
     counts = {e["pass"]: e["rewrites"] for e in report}
@@ -180,8 +180,8 @@ def test_drop_relu_after_pool():
 
 
 def test_unknown_pass_and_bad_variant_are_config_errors():
-    from optimize.stage import OptimizeConfig
-    from runtime.errors import ConfigError
+    from lenet_edge.optimize.stage import OptimizeConfig
+    from lenet_edge.runtime.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown or no pass"):
         OptimizeConfig(variant="x", passes=("no-such-pass",))

@@ -69,7 +69,7 @@ def _qdq(model, x, tmp_path, passes):
     """FP32 lenet-edge passes, then ORT static QDQ quantization (u8 activations, s8 weights)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from optimize.stage import apply_passes
+    from lenet_edge.optimize.stage import apply_passes
 
     if passes:
         model, _ = apply_passes(model, passes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.progress import Progress
+from lenet_edge.runtime.progress import Progress
 
 pytestmark = pytest.mark.unit
 

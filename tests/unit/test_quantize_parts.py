@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from quantize.checks import int8_failures, load_tolerances
-from quantize.recipe import DEFAULT_RECIPES, QuantRecipe
-from quantize.stats import binom_tail_ge, mcnemar_exact
-from runtime.errors import ConfigError
+from lenet_edge.quantize.checks import int8_failures, load_tolerances
+from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
+from lenet_edge.quantize.stats import binom_tail_ge, mcnemar_exact
+from lenet_edge.runtime.errors import ConfigError
 from tests.conftest import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.unit
@@ -37,7 +37,7 @@ def test_recipe_names_layers_kept_in_fp32_by_type_and_order():
 def test_resolve_layers_maps_type_and_order_to_nodes_and_refuses_what_is_not_there():
     from onnx import helper
 
-    from quantize.ort_quant import QuantizeError, resolve_layers
+    from lenet_edge.quantize.ort_quant import QuantizeError, resolve_layers
 
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], name="first_conv"),
@@ -51,7 +51,7 @@ def test_resolve_layers_maps_type_and_order_to_nodes_and_refuses_what_is_not_the
 
 
 def test_sweep_recipes_have_unique_names():
-    from quantize.sweep import all_recipes
+    from lenet_edge.quantize.sweep import all_recipes
 
     names = [r.name for r in all_recipes()]
     assert len(names) == len(set(names)) > 100
@@ -99,7 +99,7 @@ def test_tolerance_checks_catch_each_violation():
 
 
 def test_tolerances_file_explains_every_value():
-    from quantize.checks import TOLERANCES
+    from lenet_edge.quantize.checks import TOLERANCES
 
     for key, entry in json.loads(TOLERANCES.read_text()).items():
         if key != "about":
@@ -107,8 +107,8 @@ def test_tolerances_file_explains_every_value():
 
 
 def test_committed_calibration_subset(mnist_dir):
-    from quantize.calibration import load_calibration, make_indices
-    from runtime.mnist import load_split
+    from lenet_edge.quantize.calibration import load_calibration, make_indices
+    from lenet_edge.runtime.mnist import load_split
 
     cal = load_calibration()
     labels = load_split("train", mnist_dir).labels
@@ -118,7 +118,7 @@ def test_committed_calibration_subset(mnist_dir):
 
 
 def test_calibration_file_problems(tmp_path):
-    from quantize.calibration import PixelReader, indices_sha256, load_calibration
+    from lenet_edge.quantize.calibration import PixelReader, indices_sha256, load_calibration
 
     p = tmp_path / "cal.json"
     p.write_text(json.dumps({"indices": [], "sha256": ""}))
@@ -140,7 +140,7 @@ def test_compact_names_keeps_contract_names():
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from quantize.cleanup import compact_names
+    from lenet_edge.quantize.cleanup import compact_names
 
     g = helper.make_graph(
         [
@@ -176,7 +176,7 @@ def test_quantize_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
     d = tmp_path / "onnx"
     d.mkdir()
     f = d / "lenet_pool.fp32.onnx"
-    args = ["-m", "quantize", "--model", "lenet_pool", "--onnx-dir", str(d)]
+    args = ["-m", "lenet_edge.quantize", "--model", "lenet_pool", "--onnx-dir", str(d)]
     if case == "garbage":
         f.write_bytes(b"\x08\x07garbage" * 10)
         needles = [str(f), "not a readable ONNX model"]
@@ -187,7 +187,7 @@ def test_quantize_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
         _tiny_model(f, shape=(None, 3, 32, 32))
         needles = [str(f), "do not match the contract", "32"]
     elif case == "no-record":
-        from export.variants import floor_model
+        from lenet_edge.export.variants import floor_model
 
         f.write_bytes(floor_model().SerializeToString())  # honours the contract; no record beside it
         needles = [str(f), "no export record"]
@@ -205,7 +205,7 @@ def test_quantize_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
 def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
     """Stock rows are never chosen, an INT8 model whose record breaks the tolerances is no
     candidate, and --no-timing records the documented default."""
-    from quantize.select import select
+    from lenet_edge.quantize.select import select
 
     d = tmp_path / "onnx"
     d.mkdir()
@@ -274,9 +274,9 @@ def _fake_record(recipe):
 def test_a_default_recipe_that_fails_its_checks_falls_back_to_per_tensor(monkeypatch, capsys, flags, expect):
     """Without recipe flags the quantize CLI tries per-tensor weights when the default (per-channel)
     fails its checks, and says so; with a recipe given by flags it never substitutes another."""
-    import quantize.ort_quant as oq
-    from quantize.__main__ import main
-    from quantize.ort_quant import QuantizeError
+    import lenet_edge.quantize.ort_quant as oq
+    from lenet_edge.quantize.__main__ import main
+    from lenet_edge.quantize.ort_quant import QuantizeError
 
     tried = []
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime.errors import ContractError, LenetEdgeError
+from lenet_edge.runtime.errors import ContractError, LenetEdgeError
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.unit
@@ -20,13 +20,13 @@ onnx = pytest.importorskip("onnx")
 
 
 def _tree_digest(folder):
-    from runtime.files import sha256_file
+    from lenet_edge.runtime.files import sha256_file
 
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _bench_report(**env_over):
-    from runtime.bench import SCHEMA
+    from lenet_edge.runtime.bench import SCHEMA
 
     env = {"machine": "aarch64", "cpu": {"model": "Cortex-A76", "isa_flags": ["asimd", "asimddp"]}}
     env.update(env_over)
@@ -91,7 +91,7 @@ def test_ingest_refuses_malformed_fields_and_writes_nothing(tmp_path, field, val
     ],
 )
 def test_ingest_checks_every_result_field(tmp_path, key, value, needle):
-    from runtime.ingest import ingest
+    from lenet_edge.runtime.ingest import ingest
 
     rep = _bench_report()
     rep["results"][0][key] = value
@@ -103,7 +103,7 @@ def test_ingest_checks_every_result_field(tmp_path, key, value, needle):
 
 
 def test_ingest_builds_names_only_from_sanitised_parts(tmp_path):
-    from runtime.ingest import ingest
+    from lenet_edge.runtime.ingest import ingest
 
     rep = _bench_report(machine="../../../etc", cpu={"model": "x/../../y|z\nw", "isa_flags": ["a|b"]})
     rep["results"][0]["model"] = "pool|</td>"
@@ -117,7 +117,7 @@ def test_ingest_builds_names_only_from_sanitised_parts(tmp_path):
 
 
 def test_ingest_refuses_a_hand_placed_bad_file_in_the_folder(tmp_path):
-    from runtime.ingest import ingest
+    from lenet_edge.runtime.ingest import ingest
 
     devices = tmp_path / "devices"
     devices.mkdir()
@@ -133,7 +133,7 @@ def test_ingest_refuses_a_hand_placed_bad_file_in_the_folder(tmp_path):
 
 
 def test_max_abs_diff_and_limits_fail_on_non_finite():
-    from runtime.numeric import exceeds, falls_below, max_abs_diff
+    from lenet_edge.runtime.numeric import exceeds, falls_below, max_abs_diff
 
     a = np.zeros((2, 10), np.float32)
     assert max_abs_diff(a, a) == 0.0
@@ -147,7 +147,7 @@ def test_max_abs_diff_and_limits_fail_on_non_finite():
 
 
 def test_int8_checks_fail_a_record_full_of_nan():
-    from quantize.checks import int8_failures, load_tolerances
+    from lenet_edge.quantize.checks import int8_failures, load_tolerances
 
     nan = float("nan")
     rec = {
@@ -193,7 +193,7 @@ def _slice_inits(n):
 def test_runner_refuses_a_model_with_the_wrong_output_shape(tmp_path):
     from onnx import helper
 
-    from runtime.runner import OnnxRunner
+    from lenet_edge.runtime.runner import OnnxRunner
 
     p = _model(
         tmp_path,
@@ -213,7 +213,7 @@ def test_runner_refuses_a_model_with_the_wrong_output_shape(tmp_path):
 def test_runner_refuses_wrong_output_name_and_input_shape(tmp_path):
     from onnx import helper
 
-    from runtime.runner import OnnxRunner
+    from lenet_edge.runtime.runner import OnnxRunner
 
     p = _model(
         tmp_path, "name.onnx", [helper.make_node("Identity", ["pixels"], ["logits"])], ["N", 10], "logits"
@@ -250,15 +250,15 @@ def test_runner_refuses_nan_outputs(tmp_path):
         ["N", 10],
         inits=_slice_inits(10),
     )
-    from runtime.runner import OnnxRunner
+    from lenet_edge.runtime.runner import OnnxRunner
 
     with pytest.raises(ContractError, match="nan.onnx: output contains NaN or Inf"):
         OnnxRunner(p).predict(np.full((2, 1, 28, 28), 200.0, np.float32))  # sqrt(-200): NaN
 
 
 def test_predict_runs_in_bounded_chunks(tmp_path):
-    from export.variants import floor_model
-    from runtime.runner import CHUNK, OnnxRunner
+    from lenet_edge.export.variants import floor_model
+    from lenet_edge.runtime.runner import CHUNK, OnnxRunner
 
     p = tmp_path / "floor.onnx"
     p.write_bytes(floor_model().SerializeToString())
@@ -276,7 +276,7 @@ import resource, sys
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, {root!r})
-from runtime.runner import OnnxRunner
+from lenet_edge.runtime.runner import OnnxRunner
 w = numpy_helper.from_array(np.full((64, 1, 5, 5), 0.01, np.float32), "w")
 g = helper.make_graph(
     [helper.make_node("Conv", ["pixels", "w"], ["c"], pads=[2, 2, 2, 2]),
@@ -316,7 +316,7 @@ def test_predict_memory_is_flat_in_n():
 def test_quantize_refuses_a_malformed_calibration_file(tmp_path, content):
     f = tmp_path / "cal.json"
     f.write_text(content)
-    proc = run_cli("-m", "quantize", "--onnx-dir", str(tmp_path), "--calibration-file", str(f))
+    proc = run_cli("-m", "lenet_edge.quantize", "--onnx-dir", str(tmp_path), "--calibration-file", str(f))
     assert_one_line_error(proc, str(f))
 
 
@@ -324,8 +324,8 @@ def test_quantize_refuses_a_malformed_calibration_file(tmp_path, content):
 
 
 def test_idx_with_overflowing_dims_is_a_data_error(tmp_path):
-    from runtime.errors import DataError
-    from runtime.mnist import read_idx
+    from lenet_edge.runtime.errors import DataError
+    from lenet_edge.runtime.mnist import read_idx
 
     p = tmp_path / "huge"
     dims = [0xFFFFFFFF] * 4
@@ -338,8 +338,8 @@ def test_idx_with_overflowing_dims_is_a_data_error(tmp_path):
 
 
 def test_unverified_split_records_the_real_file_hashes(tmp_path):
-    from runtime.files import sha256_file
-    from runtime.mnist import load_split
+    from lenet_edge.runtime.files import sha256_file
+    from lenet_edge.runtime.mnist import load_split
     from tests.conftest import write_idx
 
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
@@ -349,8 +349,8 @@ def test_unverified_split_records_the_real_file_hashes(tmp_path):
 
 
 def test_images_of_another_size_are_refused(tmp_path):
-    from runtime.errors import DataError
-    from runtime.mnist import load_split
+    from lenet_edge.runtime.errors import DataError
+    from lenet_edge.runtime.mnist import load_split
     from tests.conftest import write_idx
 
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 5, 5), np.uint8))
@@ -426,7 +426,7 @@ def _dead_pid():
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
-    from runtime.files import write_json_atomic
+    from lenet_edge.runtime.files import write_json_atomic
 
     target = tmp_path / "a.json"
     dead = tmp_path / f".a.json.{_dead_pid()}.x1.tmp"
@@ -443,7 +443,7 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
 def test_stale_temp_folders_of_dead_stages_are_removed(tmp_path, monkeypatch):
     import tempfile
 
-    from runtime.files import owned_temp_dir
+    from lenet_edge.runtime.files import owned_temp_dir
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = tmp_path / f"lenet-edge-quant-{_dead_pid()}-abc"
@@ -475,7 +475,7 @@ def test_fault_point_kills_only_at_the_named_hit(tmp_path):
 def test_code_hash_covers_the_import_closure(tmp_path, monkeypatch):
     import shutil
 
-    import runtime.files as files
+    import lenet_edge.runtime.files as files
 
     for pkg in files.PACKAGES:
         shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
@@ -501,7 +501,7 @@ def test_code_hash_covers_the_import_closure(tmp_path, monkeypatch):
 def test_each_stage_hashes_its_imports(module, must_cover):
     import importlib
 
-    from runtime.files import code_sha256, import_closure
+    from lenet_edge.runtime.files import code_sha256, import_closure
 
     names = {str(p.relative_to(ROOT)) for p in import_closure(module)}
     assert must_cover <= names
@@ -526,8 +526,8 @@ def test_atomic_json_is_complete_or_absent_under_concurrent_writers(tmp_path):
 
 def test_tflite_files_that_fail_their_checks_are_never_published(tmp_path, monkeypatch, capsys):
     """Before: the .tflite files were written into place, then checked; a failing check left them."""
-    import quantize.tflite as tfl
-    from runtime.cli import run
+    import lenet_edge.quantize.tflite as tfl
+    from lenet_edge.runtime.cli import run
 
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from report import stats, transforms
-from report.build import build
-from report.study import MODELS, aggregate, job_dir, job_result
+from lenet_edge.report import stats, transforms
+from lenet_edge.report.build import build
+from lenet_edge.report.study import aggregate, job_dir, job_result
+from lenet_edge.workflow import comparison
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.unit
@@ -128,13 +129,13 @@ def _fake_invariance(base):
 
 
 def _fake_study(root, seeds, gap, epochs=10, train_limit=None):
-    from report.study import job_key
+    from lenet_edge.report.study import job_key
 
     rng = np.random.default_rng(0)
     for s in seeds:
         d = job_dir(root, s)
         d.mkdir(parents=True)
-        for m in MODELS:
+        for m in comparison():
             base = 0.987 + (gap if m == "lenet_stride" else 0) + 0.0005 * s
             inv = _fake_invariance(base)
             inv["top1"] = {f"{m}{k}": v for k, v in inv["top1"].items()}
@@ -204,19 +205,28 @@ def test_report_without_study_says_how_to_make_it(tmp_path):
 def test_report_corrupt_result_file_is_one_line(tmp_path):
     res = _results_dir(tmp_path, with_study=False)
     (res / "study.json").write_text("{not json")
-    proc = run_cli("-m", "report", "--results", str(res), "--out-dir", str(tmp_path / "out"))
+    proc = run_cli("-m", "lenet_edge.report", "--results", str(res), "--out-dir", str(tmp_path / "out"))
     assert_one_line_error(proc, "study.json", "not a readable result file")
     assert not (tmp_path / "out" / "REPORT.md").exists()
 
 
 def test_study_needs_two_seeds():
-    assert_one_line_error(run_cli("-m", "report.study", "--seeds", "1"), "--seeds 1")
+    assert_one_line_error(run_cli("-m", "lenet_edge.report.study", "--seeds", "1"), "--seeds 1")
 
 
 def test_study_resumes_from_cached_jobs_without_training(tmp_path):
     _fake_study(tmp_path / "study", [0, 1, 2], gap=0.001)
     out = tmp_path / "study.json"
-    proc = run_cli("-m", "report.study", "--seeds", "3", "--root", str(tmp_path / "study"), "--out", str(out))
+    proc = run_cli(
+        "-m",
+        "lenet_edge.report.study",
+        "--seeds",
+        "3",
+        "--out-dir",
+        str(tmp_path / "study"),
+        "--json",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "6 cached" in proc.stdout
     res = json.loads(out.read_text())
@@ -227,7 +237,7 @@ def test_study_resumes_from_cached_jobs_without_training(tmp_path):
 
 def test_study_cache_key_covers_epochs_limit_and_code(tmp_path, monkeypatch):
     """A short smoke study's cached jobs must never stand in for the real study's."""
-    import report.study as study
+    import lenet_edge.report.study as study
 
     _fake_study(tmp_path / "smoke", [0], gap=0.0, epochs=1, train_limit=1280)
     real = study.job_key(0, "lenet_pool", 10, None)
@@ -235,7 +245,7 @@ def test_study_cache_key_covers_epochs_limit_and_code(tmp_path, monkeypatch):
     smoke = study.job_key(0, "lenet_pool", 1, 1280)
     assert study.cached_result(tmp_path / "smoke", 0, "lenet_pool", smoke) is not None
     assert study.job_key(0, "lenet_pool", 1, None) != smoke  # the limit alone changes the key
-    monkeypatch.setattr("runtime.files.code_sha256", lambda *m: "other code")
+    monkeypatch.setattr("lenet_edge.runtime.files.code_sha256", lambda *m: "other code")
     assert study.job_key(0, "lenet_pool", 1, 1280) != smoke
 
 
@@ -248,7 +258,7 @@ def test_report_is_reproducible_byte_for_byte(tmp_path):
 
 
 def test_board_estimates_are_labelled_as_estimates_with_their_band():
-    from report.build import estimate_lines
+    from lenet_edge.report.build import estimate_lines
 
     assert estimate_lines(None) == [] and estimate_lines({"cycle_estimates": None}) == []
     rows = [

@@ -6,8 +6,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from runtime.contract import check_pixels
-from runtime.errors import ContractError
+from lenet_edge.runtime.contract import check_pixels
+from lenet_edge.runtime.errors import ContractError
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.unit
@@ -17,7 +17,7 @@ onnx = pytest.importorskip("onnx")
 @pytest.fixture(scope="module")
 def identity(tmp_path_factory):
     """The per-call floor model: scores = the first 10 pixels of each image."""
-    from export.variants import floor_model
+    from lenet_edge.export.variants import floor_model
 
     p = tmp_path_factory.mktemp("m") / "floor.onnx"
     p.write_bytes(floor_model().SerializeToString())
@@ -45,7 +45,7 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_runner_rejects_bad_input(identity, case):
-    from runtime.runner import OnnxRunner
+    from lenet_edge.runtime.runner import OnnxRunner
 
     x, msg = BAD_INPUTS[case]
     with pytest.raises(ContractError, match=msg.replace("[", r"\[").replace("]", r"\]")):
@@ -57,7 +57,7 @@ def test_runner_fuzz_shapes_and_values(identity):
 
     The value range is drawn as a whole (in range, below 0, above 255), so both branches occur;
     the counts at the end make sure they did."""
-    from runtime.runner import OnnxRunner, SessionConfig
+    from lenet_edge.runtime.runner import OnnxRunner, SessionConfig
 
     rng = np.random.default_rng(0)
     plain, bound = OnnxRunner(identity), OnnxRunner(identity, SessionConfig(io_binding=True))
@@ -89,8 +89,8 @@ def test_runner_fuzz_shapes_and_values(identity):
 
 
 def test_static_batch_model_runs_in_its_batch_and_refuses_a_remainder(tmp_path, identity):
-    from export.variants import static_batch
-    from runtime.runner import OnnxRunner
+    from lenet_edge.export.variants import static_batch
+    from lenet_edge.runtime.runner import OnnxRunner
 
     x = (np.arange(3 * 784, dtype=np.float32) % 256).reshape(3, 1, 28, 28)
     p = tmp_path / "b1.onnx"
@@ -106,7 +106,7 @@ def test_static_batch_model_runs_in_its_batch_and_refuses_a_remainder(tmp_path, 
 
 @pytest.mark.parametrize("content", [b"", b"not onnx at all", None], ids=["empty", "garbage", "truncated"])
 def test_runner_rejects_bad_model_files(tmp_path, identity, content):
-    from runtime.runner import OnnxRunner
+    from lenet_edge.runtime.runner import OnnxRunner
 
     p = tmp_path / "m.onnx"
     p.write_bytes(content if content is not None else identity.read_bytes()[:40])
@@ -124,25 +124,25 @@ def test_bench_cli_bad_model_is_one_line(tmp_path):
             "-m",
             "runtime.bench",
             str(bad),
-            "--batches",
+            "--batch",
             "1",
             "--threads",
             "1",
             "--runs",
             "10",
-            "--out",
+            "--json",
             str(tmp_path / "r.json"),
         ),
         "trunc.onnx",
     )
     assert not (tmp_path / "r.json").exists()
     assert_one_line_error(
-        run_cli("-m", "runtime.bench", str(bad), "--batches", "x"), "comma-separated integers"
+        run_cli("-m", "runtime.bench", str(bad), "--batch", "x"), "comma-separated integers"
     )
 
 
 def test_bench_schema_and_ratios(tmp_path, identity):
-    from runtime.bench import SCHEMA, run_bench, to_markdown
+    from lenet_edge.runtime.bench import SCHEMA, run_bench, to_markdown
 
     rep = run_bench(
         [identity], [1, 2], [1], ["run", "iobinding"], runs=40, warmup=5, rounds=4, progress=False
@@ -168,7 +168,7 @@ def test_bench_schema_and_ratios(tmp_path, identity):
 
 
 def test_env_parses_arm_cpuinfo():
-    from runtime.env import cpu_info
+    from lenet_edge.runtime.env import cpu_info
 
     arm = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp asimddp\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n"
     info = cpu_info(arm)
@@ -179,7 +179,7 @@ def test_env_parses_arm_cpuinfo():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, identity, mnist_dir):
-    from runtime.bundle import build_bundle
+    from lenet_edge.runtime.bundle import build_bundle
 
     d = tmp_path_factory.mktemp("bundle")
     build_bundle([identity], d / "b.tar.gz", mnist_dir)
@@ -215,9 +215,9 @@ def test_bundle_detects_tampering(bundle, tmp_path):
 
 
 def test_ingest_validates_and_tabulates(tmp_path, identity):
-    from runtime.bench import run_bench
-    from runtime.errors import LenetEdgeError
-    from runtime.ingest import ingest
+    from lenet_edge.runtime.bench import run_bench
+    from lenet_edge.runtime.errors import LenetEdgeError
+    from lenet_edge.runtime.ingest import ingest
 
     rep = run_bench([identity], [1], [1], ["run"], runs=10, warmup=1, rounds=1, progress=False)
     src = tmp_path / "r.json"
@@ -238,7 +238,7 @@ def test_check_pixels_accepts_contract():
 
 
 def test_runtime_files_in_bundle_exist():
-    from runtime.bundle import RUNTIME_FILES
+    from lenet_edge.runtime.bundle import RUNTIME_FILES
 
     assert all((ROOT / "runtime" / f).is_file() for f in RUNTIME_FILES)
 
@@ -246,7 +246,7 @@ def test_runtime_files_in_bundle_exist():
 def test_goal_summary_picks_the_fastest_per_runtime_and_stock_vs_ours():
     from pathlib import Path
 
-    from runtime.bench import is_stock, summarize_goals
+    from lenet_edge.runtime.bench import is_stock, summarize_goals
 
     assert is_stock(Path("lenet_pool.fp32.onnx")) and is_stock(Path("lenet_pool.stock.int8.full.tflite"))
     assert not is_stock(Path("lenet_pool.fp32.opt.b1.onnx")) and not is_stock(

@@ -1,0 +1,344 @@
+"""The models lenet-edge serves: one declarative workflow file each (workflows/<name>.toml).
+
+A workflow names the model source, its input contract, its data set, its training recipe, its
+quantization recipe, the published figure it reproduces and, for the study, the model it is
+compared with. The code names no model: the list of models is the list of workflow files, and a
+stage reads what it needs from them. Every file is validated before any stage uses it; a problem is
+one line naming the file, the key and what is wrong (WorkflowError, exit 2).
+
+Standard library only (tomllib): `--help` and the checks need no framework.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from lenet_edge.runtime.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW_DIR = ROOT / "workflows"
+SOURCES = ("paddle",)  # a Paddle model class + a checkpoint (other sources: see docs/workflows.md)
+DATA_FORMATS = ("idx",)
+
+
+class WorkflowError(ConfigError):
+    """A workflow file that cannot be used: one line naming the file, the key and the problem."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, ...]  # C, H, W of one image
+    layout: str
+    dtype: str
+    pixel_range: tuple[float, float]
+    normalize_mean: float
+    normalize_std: float
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int
+    batch: int
+    lr: float
+    optimizer: str
+
+
+@dataclass(frozen=True)
+class Workflow:
+    path: Path
+    name: str
+    label: str
+    source: str
+    model_class: str  # "package.module:Class"
+    checkpoint: Path
+    params: int
+    color: str
+    input: InputSpec
+    data_format: str
+    data_dir: Path | None
+    classes: int
+    train: TrainSpec
+    quantize_recipe: dict[str, Any] = field(default_factory=dict)
+    published_top1: float | None = None
+    published_source: str = ""
+    baseline: str | None = None  # the study compares this model with `baseline`
+
+
+# The schema: section -> key -> (type, required). Unknown sections and keys are errors (typos).
+_SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
+    "model": {
+        "name": (str, True),
+        "label": (str, True),
+        "source": (str, True),
+        "class": (str, True),
+        "checkpoint": (str, True),
+        "params": (int, True),
+        "color": (str, False),
+    },
+    "input": {
+        "shape": (list, True),
+        "layout": (str, True),
+        "dtype": (str, True),
+        "pixel_range": (list, True),
+        "normalize": (dict, True),
+    },
+    "data": {"format": (str, True), "dir": (str, False), "classes": (int, True)},
+    "train": {"epochs": (int, True), "batch": (int, True), "lr": (float, True), "optimizer": (str, True)},
+    "quantize": {"recipe": (dict, False)},
+    "reference": {"published_top1": (float, False), "source": (str, False)},
+    "study": {"baseline": (str, False)},
+}
+_REQUIRED_SECTIONS = ("model", "input", "data", "train")
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    return {list: "array", dict: "table", str: "string", int: "integer", float: "number"}.get(t, str(t))
+
+
+def _check_types(path: Path, doc: dict[str, Any]) -> None:
+    for section in doc:
+        if section not in _SCHEMA:
+            raise WorkflowError(f"{path}: unknown section [{section}]; expected one of {sorted(_SCHEMA)}")
+        if not isinstance(doc[section], dict):
+            raise WorkflowError(f"{path}: [{section}] must be a table")
+    for section in _REQUIRED_SECTIONS:
+        if section not in doc:
+            raise WorkflowError(f"{path}: missing section [{section}]")
+    for section, keys in _SCHEMA.items():
+        table = doc.get(section, {})
+        for key in table:
+            if key not in keys:
+                raise WorkflowError(
+                    f"{path}: [{section}] unknown key {key!r}; expected one of {sorted(keys)}"
+                )
+        for key, (typ, required) in keys.items():
+            if key not in table:
+                if required:
+                    raise WorkflowError(f"{path}: [{section}] missing key {key!r}")
+                continue
+            value = table[key]
+            ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+            if typ is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True  # 1 is a fine learning rate
+            if not ok:
+                raise WorkflowError(
+                    f"{path}: [{section}] {key} must be a {_type_name(typ)}, got {type(value).__name__} {value!r}"
+                )
+            if typ is float and not math.isfinite(value):
+                raise WorkflowError(f"{path}: [{section}] {key} must be finite, got {value!r}")
+
+
+def _positive(path: Path, where: str, value: float) -> None:
+    if not value > 0:
+        raise WorkflowError(f"{path}: {where} must be > 0, got {value!r}")
+
+
+def _class_defined(path: Path, spec: str) -> None:
+    """`package.module:Class` names a class defined in one of our modules (checked by reading the
+    source, so no framework is imported)."""
+    module, sep, cls = spec.partition(":")
+    if not sep or not module or not cls.isidentifier():
+        raise WorkflowError(f"{path}: [model] class must look like 'package.module:Class', got {spec!r}")
+    parts = module.removeprefix("lenet_edge.").split(".")
+    candidates = [ROOT.joinpath(*parts).with_suffix(".py"), ROOT.joinpath(*parts) / "__init__.py"]
+    src = next((c for c in candidates if c.is_file()), None)
+    if not module.startswith("lenet_edge.") or src is None:
+        raise WorkflowError(f"{path}: [model] class {spec!r}: no module {module!r} in lenet-edge")
+    tree = ast.parse(src.read_text())
+    if not any(isinstance(n, ast.ClassDef) and n.name == cls for n in tree.body):
+        raise WorkflowError(f"{path}: [model] class {spec!r}: {module} defines no class {cls!r}")
+
+
+def _inside(path: Path, where: str, rel: str) -> Path:
+    """A path from a workflow: relative to the repository, and staying inside it."""
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts:
+        raise WorkflowError(f"{path}: {where} {rel!r} must be a relative path inside the repository")
+    return ROOT / p
+
+
+def parse_workflow(path: Path) -> Workflow:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WorkflowError(f"{path}: workflow file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise WorkflowError(f"{path}: cannot read the workflow ({type(e).__name__})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise WorkflowError(f"{path}: not valid TOML ({e})") from None
+    _check_types(path, doc)
+    m, i, d, t = doc["model"], doc["input"], doc["data"], doc["train"]
+    if m["name"] != path.stem:
+        raise WorkflowError(f"{path}: [model] name {m['name']!r} must equal the file name ({path.stem!r})")
+    if not m["name"].replace("_", "").isalnum():
+        raise WorkflowError(f"{path}: [model] name {m['name']!r}: letters, digits and _ only")
+    if m["source"] not in SOURCES:
+        raise WorkflowError(
+            f"{path}: [model] source {m['source']!r} is not supported; expected one of {SOURCES}"
+        )
+    _class_defined(path, m["class"])
+    checkpoint = _inside(path, "[model] checkpoint", m["checkpoint"])
+    _positive(path, "[model] params", m["params"])
+
+    shape = i["shape"]
+    if len(shape) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in shape):
+        raise WorkflowError(f"{path}: [input] shape must be three positive integers [C, H, W], got {shape!r}")
+    if i["layout"] != "NCHW":
+        raise WorkflowError(f"{path}: [input] layout {i['layout']!r} is not supported; expected 'NCHW'")
+    if i["dtype"] != "uint8":
+        raise WorkflowError(f"{path}: [input] dtype {i['dtype']!r} is not supported; expected 'uint8' pixels")
+    pr = i["pixel_range"]
+    if len(pr) != 2 or not all(isinstance(x, int | float) for x in pr) or not pr[0] < pr[1]:
+        raise WorkflowError(f"{path}: [input] pixel_range must be [low, high] with low < high, got {pr!r}")
+    norm = i["normalize"]
+    if set(norm) != {"mean", "std"} or not all(isinstance(v, int | float) for v in norm.values()):
+        raise WorkflowError(
+            f"{path}: [input] normalize must be {{ mean = number, std = number }}, got {norm!r}"
+        )
+    _positive(path, "[input] normalize.std", norm["std"])
+
+    if d["format"] not in DATA_FORMATS:
+        raise WorkflowError(
+            f"{path}: [data] format {d['format']!r} is not supported; expected one of {DATA_FORMATS}"
+        )
+    _positive(path, "[data] classes", d["classes"])
+    for key in ("epochs", "batch", "lr"):
+        _positive(path, f"[train] {key}", t[key])
+    if t["optimizer"] != "adam":
+        raise WorkflowError(f"{path}: [train] optimizer {t['optimizer']!r} is not supported; expected 'adam'")
+    recipe = doc.get("quantize", {}).get("recipe", {})
+    from lenet_edge.quantize.recipe import QuantRecipe
+
+    try:
+        QuantRecipe.from_dict(recipe)
+    except ConfigError as e:
+        raise WorkflowError(f"{path}: [quantize] recipe: {e}") from None
+    ref = doc.get("reference", {})
+    if "published_top1" in ref and not 0 <= ref["published_top1"] <= 1:
+        raise WorkflowError(
+            f"{path}: [reference] published_top1 is a fraction in [0, 1], got {ref['published_top1']!r}"
+        )
+    return Workflow(
+        path=path,
+        name=m["name"],
+        label=m["label"],
+        source=m["source"],
+        model_class=m["class"],
+        checkpoint=checkpoint,
+        params=m["params"],
+        color=m.get("color", "#555555"),
+        input=InputSpec(tuple(shape), i["layout"], i["dtype"], (pr[0], pr[1]), norm["mean"], norm["std"]),
+        data_format=d["format"],
+        data_dir=_inside(path, "[data] dir", d["dir"]) if d.get("dir") else None,
+        classes=d["classes"],
+        train=TrainSpec(t["epochs"], t["batch"], float(t["lr"]), t["optimizer"]),
+        quantize_recipe=recipe,
+        published_top1=ref.get("published_top1"),
+        published_source=ref.get("source", ""),
+        baseline=doc.get("study", {}).get("baseline"),
+    )
+
+
+def workflow_dir() -> Path:
+    """The shipped workflows, or LENET_EDGE_WORKFLOWS (a folder of them) when set."""
+    return Path(os.environ.get("LENET_EDGE_WORKFLOWS", WORKFLOW_DIR))
+
+
+# Workflow files given with --workflow: added to the folder's (replacing one of the same name), and
+# passed on to the stage's child processes through the environment.
+EXTRA_ENV = "LENET_EDGE_WORKFLOW_FILES"
+
+
+def _extra_files() -> tuple[Path, ...]:
+    return tuple(Path(x) for x in os.environ.get(EXTRA_ENV, "").split(os.pathsep) if x)
+
+
+@cache
+def _load(folder: Path, extra: tuple[Path, ...]) -> dict[str, Workflow]:
+    if not folder.is_dir():
+        raise WorkflowError(f"{folder}: no workflow folder")
+    flows = {p.stem: parse_workflow(p) for p in sorted(folder.glob("*.toml"))}
+    flows |= {p.stem: parse_workflow(p) for p in extra}
+    if not flows:
+        raise WorkflowError(f"{folder}: no workflow files (*.toml)")
+    for wf in flows.values():
+        if wf.baseline is not None and wf.baseline not in flows:
+            raise WorkflowError(f"{wf.path}: [study] baseline {wf.baseline!r} has no workflow in {folder}")
+        if wf.baseline == wf.name:
+            raise WorkflowError(f"{wf.path}: [study] baseline is the model itself")
+    return dict(sorted(flows.items()))
+
+
+def workflows() -> dict[str, Workflow]:
+    """Every workflow, validated, by model name."""
+    return _load(workflow_dir(), _extra_files())
+
+
+def use_workflow(path: Path) -> str:
+    """Take the workflow file `path` (validated now) for this process and its children; its model name."""
+    path = Path(path).resolve()
+    name = parse_workflow(path).name
+    files = [p for p in _extra_files() if p.stem != path.stem] + [path]
+    os.environ[EXTRA_ENV] = os.pathsep.join(map(str, files))
+    return name
+
+
+def get(name: str) -> Workflow:
+    flows = workflows()
+    if name not in flows:
+        raise ConfigError(f"unknown model {name!r}; expected one of {sorted(flows)} (a workflow per model)")
+    return flows[name]
+
+
+def model_names() -> list[str]:
+    """The models with a workflow file, in name order."""
+    return sorted(workflows())
+
+
+def add_model_flags(p: Any) -> None:
+    """--model (a workflow's name, or all) and --workflow (a workflow file of one's own)."""
+    from lenet_edge.runtime.cli import add_common
+
+    try:
+        names = model_names()
+    except WorkflowError:
+        names = []  # the stage reports the broken workflow when it runs; --help still works
+    add_common(p, "model", "workflow", model={"choices": [*names, "all"]})
+
+
+def selected(model: str, workflow: Path | None = None) -> list[str]:
+    """The models --model (and --workflow) stand for."""
+    if workflow is not None:
+        name = use_workflow(workflow)
+        if model not in ("all", name):
+            raise WorkflowError(f"{workflow}: --model {model} but this workflow is for {name!r}")
+        return [name]
+    return model_names() if model == "all" else [get(model).name]
+
+
+def comparison() -> tuple[str, str]:
+    """The study's pair (baseline, candidate): the one workflow that names a baseline."""
+    pairs = [(wf.baseline, wf.name) for wf in workflows().values() if wf.baseline]
+    if len(pairs) != 1:
+        raise WorkflowError(
+            f"{workflow_dir()}: the study compares one pair; {len(pairs)} workflows name a [study] baseline"
+        )
+    return pairs[0]
+
+
+def check_idx_shape(wf: Workflow, image_dims: tuple[int, ...], source: Path) -> None:
+    """The data set's images fit the workflow's input shape (IDX images are H x W, one channel)."""
+    c, h, w = wf.input.shape
+    if c != 1 or tuple(image_dims) != (h, w):
+        raise WorkflowError(
+            f"{wf.path}: [input] shape {list(wf.input.shape)} does not match the data: "
+            f"{source} holds images of {' x '.join(map(str, image_dims))} (one channel)"
+        )
