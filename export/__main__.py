@@ -30,13 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from lenet_edge.export.onnx_export import ExportConfig, export_model
+    from lenet_edge.workflow import data_source, get
 
     config = ExportConfig(opset=args.opset, atol=args.atol)
     names = selected(args.model, args.workflow)
     for name in names:
-        rec = export_model(
-            args.checkpoint_dir / f"{name}.npz", args.out_dir, config, args.data_dir, args.force
-        )
+        wf, data = get(name), args.data_dir or data_source(name)
+        if wf.source == "onnx":  # an ONNX file: normalisation in front, parity vs the source graph
+            from lenet_edge.export.onnx_source import export_onnx_source
+
+            rec = export_onnx_source(wf, args.out_dir, config, data, args.force)
+        else:
+            rec = export_model(args.checkpoint_dir / f"{name}.npz", args.out_dir, config, data, args.force)
         par = rec["parity"]
         print(
             f"{name}: {args.out_dir / rec['onnx']}  {rec['onnx_bytes']:,} bytes  "

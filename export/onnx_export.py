@@ -18,12 +18,8 @@ import numpy as np
 
 from lenet_edge.runtime.contract import (
     CONTRACT_TEXT,
-    IMAGE_SHAPE,
     INPUT_NAME,
-    NORM_MEAN,
-    NORM_STD,
     OUTPUT_NAME,
-    normalize,
     to_pixels,
 )
 from lenet_edge.runtime.errors import CheckpointError, ConfigError, ConversionError
@@ -41,6 +37,7 @@ from lenet_edge.runtime.numeric import exceeds, finite, max_abs_diff
 from lenet_edge.runtime.runner import OnnxRunner
 from lenet_edge.train.checkpoint import load_checkpoint
 from lenet_edge.train.paddle_env import import_paddle, paddle_home
+from lenet_edge.workflow import check_data_shape, get
 
 EXPORT_DIR = Path(__file__).resolve().parent
 
@@ -71,7 +68,7 @@ def read_export_record(onnx_file: Path) -> dict[str, Any]:
     vouching for this very file (sha256). Anything else is one clear LenetEdgeError."""
     import re
 
-    from lenet_edge.train.models import MODELS
+    from lenet_edge.workflow import workflows
 
     onnx_file = Path(onnx_file)
     path = export_record_path(onnx_file)
@@ -82,7 +79,7 @@ def read_export_record(onnx_file: Path) -> dict[str, Any]:
     rec = read_json(path)
     if not (
         isinstance(rec, dict)
-        and rec.get("model") in MODELS
+        and rec.get("model") in workflows()
         and isinstance(rec.get("onnx_sha256"), str)
         and re.fullmatch(r"[0-9a-f]{64}", rec["onnx_sha256"])
         and isinstance(rec.get("params"), int)
@@ -106,8 +103,8 @@ def source_sha256() -> str:
     return code_sha256("export.onnx_export")
 
 
-def _raw_pixel_net(net: Any) -> Any:
-    """Wrap the trained net so the graph takes 0..255 pixels: the contract's normalize, in Paddle."""
+def _raw_pixel_net(net: Any, mean: float, std: float) -> Any:
+    """Wrap the trained net so the graph takes raw pixels: the workflow's normalisation, in Paddle."""
     import_paddle()
     import paddle.nn as nn
 
@@ -117,7 +114,7 @@ def _raw_pixel_net(net: Any) -> Any:
             self.net = inner
 
         def forward(self, pixels):  # noqa: ANN001 - traced by paddle.jit
-            return self.net((pixels - NORM_MEAN) / NORM_STD)
+            return self.net((pixels - mean) / std)
 
     return RawPixelNet(net)
 
@@ -131,14 +128,14 @@ def _paddle_logits(net: Any, x: np.ndarray, batch: int) -> np.ndarray:
         )
 
 
-def _paddle_to_onnx(wrapper: Any, opset: int) -> bytes:
+def _paddle_to_onnx(wrapper: Any, opset: int, image_shape: tuple[int, ...]) -> bytes:
     """jit.save (dynamic batch) then paddle2onnx; both log instead of raising, so check outputs."""
     paddle = import_paddle()
     import paddle2onnx
 
     with owned_temp_dir("export") as tmp:
         prefix = Path(tmp) / "inference"
-        spec = paddle.static.InputSpec([None, *IMAGE_SHAPE], "float32", INPUT_NAME)
+        spec = paddle.static.InputSpec([None, *image_shape], "float32", INPUT_NAME)
         with paddle_home() as home:  # jit.save makes ~/.cache/paddle/to_static_tmp/<pid>
             paddle.jit.save(wrapper, str(prefix), input_spec=[spec])
         shutil.rmtree(home / ".cache" / "paddle" / "to_static_tmp" / str(os.getpid()), ignore_errors=True)
@@ -251,9 +248,15 @@ def export_model(
     pixels = to_pixels(test.images)
     # Reference: the trained net on the training-time preprocessing, so the check also proves
     # that the normalisation baked into the graph is the same function.
-    ref = _paddle_logits(net, normalize(pixels), config.batch_size)
+    wf = get(name)
+    mean, std = wf.input.normalize_mean, wf.input.normalize_std
+    check_data_shape(wf, test.images.shape[1:], Path(data_dir or "MNIST's test images"))
+    normed = (pixels - np.float32(mean)) / np.float32(std)  # the training-time preprocessing
+    ref = _paddle_logits(net, normed, config.batch_size)
 
-    model = onnx.load_from_string(_paddle_to_onnx(_raw_pixel_net(net), config.opset))
+    model = onnx.load_from_string(
+        _paddle_to_onnx(_raw_pixel_net(net, mean, std), config.opset, wf.input.shape)
+    )
     _fix_io(model)
     model.doc_string = f"lenet-edge {name}, FP32. {CONTRACT_TEXT}"
     meta = {

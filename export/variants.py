@@ -24,7 +24,7 @@ from lenet_edge.runtime.files import sha256_bytes, write_bytes_atomic, write_jso
 from lenet_edge.runtime.mnist import load_split
 from lenet_edge.runtime.numeric import exceeds, max_abs_diff
 from lenet_edge.runtime.runner import OnnxRunner
-from lenet_edge.workflow import add_model_flags, selected
+from lenet_edge.workflow import add_model_flags, data_source, selected
 
 
 def _consumers(graph: Any, tensor: str) -> list[Any]:
@@ -86,7 +86,8 @@ def fold_normalisation(model: Any) -> Any:
 
 
 def normalisation_as_conv(model: Any) -> Any:
-    """Add(x, -127.5) -> Mul(1/127.5)  ==>  a 1x1 Conv with w = 1/127.5, b = -127.5/127.5.
+    """Add(x, -127.5) -> Mul(1/127.5)  ==>  a 1x1 Conv with w = 1/127.5, b = -127.5/127.5 (one
+    filter per channel, grouped, for a multi-channel input).
 
     Exact, and what onnx2tf converts well: it fails on the leading scalar Add/Mul, and folding
     into conv1 (fold_normalisation) needs a 127.5 pad value that a uint8 input grid cannot hold.
@@ -110,13 +111,17 @@ def normalisation_as_conv(model: Any) -> Any:
         )
     off = float(nh.to_array(inits[add.input[1]]).reshape(-1)[0])
     scale = float(nh.to_array(inits[mul.input[1]]).reshape(-1)[0])
+    c = g.input[0].type.tensor_type.shape.dim[1].dim_value or 1  # one 1x1 filter per channel
     g.initializer.extend(
         [
-            nh.from_array(np.full((1, 1, 1, 1), scale, np.float32), "norm_w"),
-            nh.from_array(np.array([off * scale], np.float32), "norm_b"),
+            nh.from_array(np.full((c, 1, 1, 1), scale, np.float32), "norm_w"),
+            nh.from_array(np.full(c, off * scale, np.float32), "norm_b"),
         ]
     )
-    conv = helper.make_node("Conv", [INPUT_NAME, "norm_w", "norm_b"], [mul.output[0]], kernel_shape=[1, 1])
+    groups = {"group": c} if c > 1 else {}
+    conv = helper.make_node(
+        "Conv", [INPUT_NAME, "norm_w", "norm_b"], [mul.output[0]], kernel_shape=[1, 1], **groups
+    )
     rest = list(g.node)[2:]
     del g.node[:]
     g.node.extend([conv, *rest])
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = args.onnx_dir / f"{name}.fp32.onnx"
         if not fp32.is_file():
             raise ConversionError(f"{fp32}: not found (run `make export`)")
-        r = make_variants(fp32, args.onnx_dir, args.data_dir)
+        r = make_variants(fp32, args.onnx_dir, args.data_dir or data_source(name))
         v = r["variants"]["fp32.opt"]
         print(
             f"{name}: {v['file']} ({r['fp32']['nodes']} -> {v['nodes']} nodes: {' '.join(v['ops'])}), "

@@ -24,8 +24,10 @@ from lenet_edge.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_DIR = ROOT / "workflows"
-SOURCES = ("paddle",)  # a Paddle model class + a checkpoint (other sources: see docs/workflows.md)
-DATA_FORMATS = ("idx",)
+# a Paddle model class + a checkpoint, or an ONNX file (its input normalised float [N,C,H,W])
+SOURCES = ("paddle", "onnx")
+DATA_FORMATS = ("idx", "npz")  # MNIST's four IDX files, or one .npz with {train,test}_{images,labels}
+TOLERANCES = ROOT / "results" / "tolerances.json"
 
 
 class WorkflowError(ConfigError):
@@ -56,16 +58,19 @@ class Workflow:
     name: str
     label: str
     source: str
-    model_class: str  # "package.module:Class"
-    checkpoint: Path
+    model_class: str | None  # "package.module:Class" (source "paddle")
+    checkpoint: Path | None  # source "paddle"
+    model_file: Path | None  # source "onnx"
     params: int
     color: str
     input: InputSpec
     data_format: str
     data_dir: Path | None
     classes: int
-    train: TrainSpec
+    train: TrainSpec | None  # what `lenet-edge train` does (a Paddle source only)
+    data_path: Path | None = None  # format "npz"
     quantize_recipe: dict[str, Any] = field(default_factory=dict)
+    tolerances: dict[str, Any] = field(default_factory=dict)  # overrides of results/tolerances.json
     published_top1: float | None = None
     published_source: str = ""
     baseline: str | None = None  # the study compares this model with `baseline`
@@ -77,8 +82,9 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "name": (str, True),
         "label": (str, True),
         "source": (str, True),
-        "class": (str, True),
-        "checkpoint": (str, True),
+        "class": (str, False),
+        "checkpoint": (str, False),
+        "file": (str, False),
         "params": (int, True),
         "color": (str, False),
     },
@@ -89,13 +95,14 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "pixel_range": (list, True),
         "normalize": (dict, True),
     },
-    "data": {"format": (str, True), "dir": (str, False), "classes": (int, True)},
+    "data": {"format": (str, True), "dir": (str, False), "path": (str, False), "classes": (int, True)},
     "train": {"epochs": (int, True), "batch": (int, True), "lr": (float, True), "optimizer": (str, True)},
     "quantize": {"recipe": (dict, False)},
     "reference": {"published_top1": (float, False), "source": (str, False)},
     "study": {"baseline": (str, False)},
+    "tolerances": {},  # any key of results/tolerances.json: { value = ..., why = "..." }
 }
-_REQUIRED_SECTIONS = ("model", "input", "data", "train")
+_REQUIRED_SECTIONS = ("model", "input", "data")  # [train]: for source "paddle"
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -112,9 +119,11 @@ def _check_types(path: Path, doc: dict[str, Any]) -> None:
         if section not in doc:
             raise WorkflowError(f"{path}: missing section [{section}]")
     for section, keys in _SCHEMA.items():
-        table = doc.get(section, {})
+        if section not in doc:
+            continue  # an optional section left out (the required ones are checked above)
+        table = doc[section]
         for key in table:
-            if key not in keys:
+            if keys and key not in keys:
                 raise WorkflowError(
                     f"{path}: [{section}] unknown key {key!r}; expected one of {sorted(keys)}"
                 )
@@ -156,12 +165,44 @@ def _class_defined(path: Path, spec: str) -> None:
         raise WorkflowError(f"{path}: [model] class {spec!r}: {module} defines no class {cls!r}")
 
 
+def path_base(path: Path) -> Path:
+    """Where a workflow's relative paths start: the repository for a shipped workflow, the
+    workflow's own folder for any other."""
+    return ROOT if path.resolve().parent == WORKFLOW_DIR.resolve() else path.resolve().parent
+
+
 def _inside(path: Path, where: str, rel: str) -> Path:
-    """A path from a workflow: relative to the repository, and staying inside it."""
-    p = Path(rel)
-    if p.is_absolute() or ".." in p.parts:
-        raise WorkflowError(f"{path}: {where} {rel!r} must be a relative path inside the repository")
-    return ROOT / p
+    """A path from a workflow: relative, and staying inside its base folder."""
+    p, base = Path(rel), path_base(path)
+    what = "the repository" if base == ROOT else f"the workflow's folder {base}"
+    if not rel or p.is_absolute() or ".." in p.parts:
+        raise WorkflowError(f"{path}: {where} {rel!r} must be a relative path inside {what}")
+    return base / p
+
+
+def _tolerances(path: Path, table: dict[str, Any]) -> dict[str, Any]:
+    """[tolerances] overrides: each a known tolerance, its value of the same type, with a reason."""
+    import json
+
+    known = json.loads(TOLERANCES.read_text())
+    out = {}
+    for key, entry in table.items():
+        if key not in known or key == "about":
+            raise WorkflowError(f"{path}: [tolerances] unknown tolerance {key!r}; see {TOLERANCES.name}")
+        if not isinstance(entry, dict) or set(entry) != {"value", "why"} or not isinstance(entry["why"], str):
+            raise WorkflowError(f'{path}: [tolerances] {key} must be {{ value = ..., why = "..." }}')
+        want, got = known[key]["value"], entry["value"]
+        same = (
+            isinstance(got, bool)
+            if isinstance(want, bool)
+            else isinstance(got, int | float) and not isinstance(got, bool)
+        )
+        if not same or (not isinstance(got, bool) and not math.isfinite(got)):
+            raise WorkflowError(
+                f"{path}: [tolerances] {key} value must be a finite {type(want).__name__}, got {got!r}"
+            )
+        out[key] = got
+    return out
 
 
 def parse_workflow(path: Path) -> Workflow:
@@ -175,7 +216,7 @@ def parse_workflow(path: Path) -> Workflow:
     except tomllib.TOMLDecodeError as e:
         raise WorkflowError(f"{path}: not valid TOML ({e})") from None
     _check_types(path, doc)
-    m, i, d, t = doc["model"], doc["input"], doc["data"], doc["train"]
+    m, i, d = doc["model"], doc["input"], doc["data"]
     if m["name"] != path.stem:
         raise WorkflowError(f"{path}: [model] name {m['name']!r} must equal the file name ({path.stem!r})")
     if not m["name"].replace("_", "").isalnum():
@@ -184,8 +225,17 @@ def parse_workflow(path: Path) -> Workflow:
         raise WorkflowError(
             f"{path}: [model] source {m['source']!r} is not supported; expected one of {SOURCES}"
         )
-    _class_defined(path, m["class"])
-    checkpoint = _inside(path, "[model] checkpoint", m["checkpoint"])
+    need = {"paddle": ("class", "checkpoint"), "onnx": ("file",)}[m["source"]]
+    for key in need:
+        if key not in m:
+            raise WorkflowError(f"{path}: [model] missing key {key!r} (source {m['source']!r})")
+    for key in {"class", "checkpoint", "file"} - set(need):
+        if key in m:
+            raise WorkflowError(f"{path}: [model] {key!r} does not apply to source {m['source']!r}")
+    if m["source"] == "paddle":
+        _class_defined(path, m["class"])
+    checkpoint = _inside(path, "[model] checkpoint", m["checkpoint"]) if "checkpoint" in m else None
+    model_file = _inside(path, "[model] file", m["file"]) if "file" in m else None
     _positive(path, "[model] params", m["params"])
 
     shape = i["shape"]
@@ -210,10 +260,26 @@ def parse_workflow(path: Path) -> Workflow:
             f"{path}: [data] format {d['format']!r} is not supported; expected one of {DATA_FORMATS}"
         )
     _positive(path, "[data] classes", d["classes"])
-    for key in ("epochs", "batch", "lr"):
-        _positive(path, f"[train] {key}", t[key])
-    if t["optimizer"] != "adam":
-        raise WorkflowError(f"{path}: [train] optimizer {t['optimizer']!r} is not supported; expected 'adam'")
+    where = {"idx": "dir", "npz": "path"}[d["format"]]
+    for key in {"dir", "path"} - {where}:
+        if key in d:
+            raise WorkflowError(
+                f"{path}: [data] {key!r} does not apply to format {d['format']!r} (use {where!r})"
+            )
+    if d["format"] == "npz" and "path" not in d:
+        raise WorkflowError(f"{path}: [data] missing key 'path' (format 'npz')")
+    if d["format"] == "npz" and not d["path"].endswith(".npz"):
+        raise WorkflowError(f"{path}: [data] path {d['path']!r} must name a .npz file")
+    t = doc.get("train")
+    if m["source"] == "paddle" and t is None:
+        raise WorkflowError(f"{path}: missing section [train] (source 'paddle' is trained here)")
+    if t is not None:
+        for key in ("epochs", "batch", "lr"):
+            _positive(path, f"[train] {key}", t[key])
+        if t["optimizer"] != "adam":
+            raise WorkflowError(
+                f"{path}: [train] optimizer {t['optimizer']!r} is not supported; expected 'adam'"
+            )
     recipe = doc.get("quantize", {}).get("recipe", {})
     from lenet_edge.quantize.recipe import QuantRecipe
 
@@ -231,15 +297,18 @@ def parse_workflow(path: Path) -> Workflow:
         name=m["name"],
         label=m["label"],
         source=m["source"],
-        model_class=m["class"],
+        model_class=m.get("class"),
         checkpoint=checkpoint,
+        model_file=model_file,
         params=m["params"],
         color=m.get("color", "#555555"),
         input=InputSpec(tuple(shape), i["layout"], i["dtype"], (pr[0], pr[1]), norm["mean"], norm["std"]),
         data_format=d["format"],
-        data_dir=_inside(path, "[data] dir", d["dir"]) if d.get("dir") else None,
+        data_dir=_inside(path, "[data] dir", d["dir"]) if "dir" in d else None,
+        data_path=_inside(path, "[data] path", d["path"]) if "path" in d else None,
+        tolerances=_tolerances(path, doc.get("tolerances", {})),
         classes=d["classes"],
-        train=TrainSpec(t["epochs"], t["batch"], float(t["lr"]), t["optimizer"]),
+        train=TrainSpec(t["epochs"], t["batch"], float(t["lr"]), t["optimizer"]) if t is not None else None,
         quantize_recipe=recipe,
         published_top1=ref.get("published_top1"),
         published_source=ref.get("source", ""),
@@ -334,11 +403,17 @@ def comparison() -> tuple[str, str]:
     return pairs[0]
 
 
-def check_idx_shape(wf: Workflow, image_dims: tuple[int, ...], source: Path) -> None:
-    """The data set's images fit the workflow's input shape (IDX images are H x W, one channel)."""
-    c, h, w = wf.input.shape
-    if c != 1 or tuple(image_dims) != (h, w):
+def data_source(name: str) -> Path | None:
+    """Where a model's data set is: its .npz file, its IDX folder, or None (MNIST's cache)."""
+    wf = get(name)
+    return wf.data_path or wf.data_dir
+
+
+def check_data_shape(wf: Workflow, image_dims: tuple[int, ...], source: Path) -> None:
+    """The data set's images fit the workflow's input shape ([H, W] images have one channel)."""
+    dims = (1, *image_dims) if len(image_dims) == 2 else tuple(image_dims)
+    if dims != wf.input.shape:
         raise WorkflowError(
             f"{wf.path}: [input] shape {list(wf.input.shape)} does not match the data: "
-            f"{source} holds images of {' x '.join(map(str, image_dims))} (one channel)"
+            f"{source} holds images of {' x '.join(map(str, dims))} (C x H x W)"
         )

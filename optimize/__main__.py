@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from lenet_edge.runtime.cli import add_common, parser, run
-from lenet_edge.workflow import add_model_flags, selected
+from lenet_edge.workflow import add_model_flags, data_source, selected
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.force and is_up_to_date(fp32, out_dir, name, config):
             print(f"{optimized_path(out_dir, name, config.variant)}: up to date (--force rewrites)")
             continue
-        rec = optimize_model(fp32, out_dir, config, args.data_dir)
+        rec = optimize_model(fp32, out_dir, config, args.data_dir or data_source(name))
         did = ", ".join(f"{e['pass']} x{e['rewrites']}" for e in rec["passes"] if e["rewrites"]) or "nothing"
         skipped = "; ".join(f"{e['pass']}: {e['not_applied'][0]}" for e in rec["passes"] if not e["rewrites"])
         print(

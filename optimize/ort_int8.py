@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lenet_edge.runtime.cli import parser
-from lenet_edge.workflow import add_model_flags, selected
+from lenet_edge.workflow import add_model_flags, data_source, selected
 
 MS = "com.microsoft"
 TO_NCHW = [0, 3, 1, 2]
@@ -485,7 +485,7 @@ def source_sha256() -> str:
 
 def _source(onnx_dir: Path, model: str, variant: str) -> tuple[Path, dict[str, Any]]:
     """The checked QDQ model and its quantize record (refused if stale, stock, or failing tolerances)."""
-    from lenet_edge.quantize.checks import int8_failures, load_tolerances
+    from lenet_edge.quantize.checks import int8_failures, tolerances_for
     from lenet_edge.runtime.errors import ConfigError
     from lenet_edge.runtime.files import read_json, sha256_file
 
@@ -496,7 +496,7 @@ def _source(onnx_dir: Path, model: str, variant: str) -> tuple[Path, dict[str, A
     rec = read_json(rec_path)
     if not isinstance(rec, dict) or rec.get("onnx_sha256") != sha256_file(src):
         raise ConfigError(f"{rec_path}: does not describe {src.name} (re-run the quantize stage)")
-    fails = int8_failures(rec, load_tolerances())
+    fails = int8_failures(rec, tolerances_for(model))
     if rec.get("stock") or fails:
         raise ConfigError(f"{rec_path}: not a checked lenet-edge INT8 model ({'; '.join(fails) or 'stock'})")
     return src, rec
@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.force and is_up_to_date(args.onnx_dir, name, args.variant):
             print(f"{out}: up to date (--force rebuilds)")
             continue
-        rec = make_ort_model(args.onnx_dir, name, args.variant, args.data_dir)
+        rec = make_ort_model(args.onnx_dir, name, args.variant, args.data_dir or data_source(name))
         t = rec["ort_target"]
         did = ", ".join(e["pass"] for e in t["passes"] if e["applied"])
         skip = "; ".join(f"{e['pass']}: {e['not_applied']}" for e in t["passes"] if not e["applied"])

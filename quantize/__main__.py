@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
 
-    from lenet_edge.quantize.calibration import CALIBRATION_FILE, load_calibration
-    from lenet_edge.quantize.checks import int8_failures, load_tolerances
+    from lenet_edge.quantize.calibration import calibration_for
+    from lenet_edge.quantize.checks import int8_failures, tolerances_for
     from lenet_edge.quantize.ort_quant import (
         QuantizeError,
         fp32_source,
@@ -112,23 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     from lenet_edge.quantize.recipe import DEFAULT_RECIPES
     from lenet_edge.runtime.files import read_json
+    from lenet_edge.workflow import data_source
 
     overrides = {
         f.name: getattr(args, f.name) for f in fields(QuantRecipe) if getattr(args, f.name) is not None
     }
-    calibration = load_calibration(args.calibration_file or CALIBRATION_FILE)
-    tol = load_tolerances()
     out_dir = args.out_dir or args.onnx_dir
     names = selected(args.model, args.workflow)
     if args.stock:
         from lenet_edge.quantize.ort_quant import quantize_stock
 
         for name in names:
+            data = args.data_dir or data_source(name)
             r = quantize_stock(
                 args.onnx_dir / f"{name}.fp32.onnx",
                 out_dir / f"{name}.stock.int8.qdq.onnx",
-                calibration,
-                args.data_dir,
+                calibration_for(data, args.calibration_file),
+                data,
             )
             print(
                 f"{name}: {r['onnx']} (stock quantize_static) {r['onnx_bytes']:,} bytes, top-1 "
@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failures = []
     for name in names:
+        # the model's own data, calibration subset and tolerances (its workflow's)
+        data = args.data_dir or data_source(name)
+        calibration = calibration_for(data, args.calibration_file)
+        tol = tolerances_for(name)
         recipe = replace(DEFAULT_RECIPES[name], **overrides)
         out = int8_path(out_dir, name, recipe, args.variant)
         fp32 = fp32_source(args.onnx_dir, name, args.variant)
@@ -157,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
                         out,
                         recipe,
                         calibration,
-                        args.data_dir,
+                        data,
                         sqnr=args.sqnr,
                         max_drop_pp=args.max_drop_pp,
                         progress=args.progress,
                         # checked before publishing: a recipe that fails leaves the previous model in place
-                        check=(lambda r: int8_failures(r, tol)) if args.check else None,
+                        check=(lambda r, tol=tol: int8_failures(r, tol)) if args.check else None,
                     )
                     break
                 except QuantizeError as e:

@@ -48,6 +48,26 @@ class Calibration:
         return to_pixels(images[self.indices])
 
 
+def calibration_for(
+    data: str | Path | None, path: str | Path | None = None, size: int = DEFAULT_SIZE
+) -> Calibration:
+    """The calibration subset of a model's data: MNIST's committed subset (or `path`), or for a
+    .npz data set a seeded uniform sample of its training images (at most `size`), recorded by
+    the sha256 of its indices and of the data file."""
+    if path is not None or data is None or Path(data).suffix != ".npz":
+        return load_calibration(path or CALIBRATION_FILE)
+    split = load_split("train", data)
+    n = len(split.labels)
+    rng = np.random.default_rng(DEFAULT_SEED)
+    idx = np.sort(rng.choice(n, min(size, n), replace=False)).astype(np.int64)
+    ((fname, fsha),) = split.sha256.items()
+    return Calibration(
+        indices=idx,
+        sha256=sha256_bytes(indices_sha256(idx).encode() + fsha.encode()),
+        source=f"{data} (seeded sample of {len(idx)})",
+    )
+
+
 def load_calibration(path: str | Path = CALIBRATION_FILE) -> Calibration:
     """Read and verify the committed subset: hash, range, uniqueness, non-empty."""
     d = read_json(path)

@@ -15,6 +15,14 @@ def load_tolerances(path: str | Path = TOLERANCES) -> dict[str, Any]:
     return {k: v["value"] for k, v in read_json(path).items() if isinstance(v, dict)}
 
 
+def tolerances_for(model: str, path: str | Path = TOLERANCES) -> dict[str, Any]:
+    """The tolerances a model is checked against: results/tolerances.json, with the overrides its
+    workflow states ([tolerances], each with its reason)."""
+    from lenet_edge.workflow import get
+
+    return {**load_tolerances(path), **get(model).tolerances}
+
+
 def int8_failures(record: dict[str, Any], tol: dict[str, Any]) -> list[str]:
     """Every tolerance the INT8 model breaks, each as a sentence with the numbers."""
     fails = []

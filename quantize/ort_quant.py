@@ -25,9 +25,7 @@ from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
 from lenet_edge.quantize.stats import mcnemar_exact
 from lenet_edge.runtime.contract import (
     CONTRACT_TEXT,
-    IMAGE_SHAPE,
     INPUT_NAME,
-    NUM_CLASSES,
     OUTPUT_NAME,
     to_pixels,
 )
@@ -113,14 +111,17 @@ def load_fp32(path: Path) -> tuple[Any, dict[str, Any]]:
         len(graph.input) != 1
         or graph.input[0].name != INPUT_NAME
         or graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT
-        or dims[1:] != list(IMAGE_SHAPE)
+        or len(dims) != 4
+        or not all(isinstance(d, int) and d > 0 for d in dims[1:])
         or len(graph.output) != 1
         or graph.output[0].name != OUTPUT_NAME
         or graph.output[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT
-        or out_dims[1:] != [NUM_CLASSES]
+        or len(out_dims) != 2
+        or not (isinstance(out_dims[1], int) and out_dims[1] >= 2)
     ):
         raise ContractError(
-            f"{path}: input/output do not match the contract ({CONTRACT_TEXT}); got inputs "
+            f"{path}: input/output do not match the contract (input 'pixels' float32 [N,C,H,W] raw pixels, "
+            f"output 'scores' float32 [N,K] logits); got inputs "
             f"{[i.name for i in graph.input]} {dims}, outputs {[o.name for o in graph.output]} {out_dims}"
         )
     opt_rec = path.with_name(path.name.removesuffix(".onnx") + ".optimize.json")
@@ -549,7 +550,7 @@ def quantize_model(
         },
         "source_sha256": source_sha256(),
         "seconds": round(time.perf_counter() - t0, 2),
-        "num_classes": NUM_CLASSES,
+        "num_classes": int(fp32_logits.shape[1]),
     }
     failures = check(record) if check is not None else []
     if failures:

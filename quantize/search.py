@@ -26,7 +26,7 @@ from typing import Any
 
 from lenet_edge.runtime.cli import add_common, parser, run
 from lenet_edge.runtime.errors import LenetEdgeError
-from lenet_edge.workflow import add_model_flags, selected
+from lenet_edge.workflow import add_model_flags, data_source, selected
 
 SOURCES = {"export": None, "s2d": "s2d"}  # label -> the fp32 variant quantize reads
 CHANGES = {
@@ -70,11 +70,11 @@ def _build(
     name: str, source: str, recipe: Any, work: Path, calibration: Any, prep: Any
 ) -> list[dict[str, Any]]:
     """Quantize one candidate (and its ORT target if QDQ); one row per file, checked."""
-    from lenet_edge.quantize.checks import int8_failures, load_tolerances
+    from lenet_edge.optimize.ort_int8 import build_ort_model
+    from lenet_edge.quantize.checks import int8_failures, tolerances_for
     from lenet_edge.quantize.ort_quant import QuantizeError, quantize_model
-    from optimize.ort_int8 import build_ort_model
 
-    tol = load_tolerances()
+    tol = tolerances_for(name)
     label = f"{source}.{recipe.name}"
     row: dict[str, Any] = {"model": name, "source": source, "recipe": recipe.to_dict(), "label": label}
     out = work / f"{name}.int8.{label}.onnx"
@@ -261,7 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     with owned_temp_dir("search") as work:
         for name in names:
-            m = search_model(name, args.onnx_dir, work, args.runs, args.rounds, args.data_dir, args.timing)
+            m = search_model(
+                name,
+                args.onnx_dir,
+                work,
+                args.runs,
+                args.rounds,
+                args.data_dir or data_source(name),
+                args.timing,
+            )
             res["models"].append(m)
             c = m["choice"]
             took = (

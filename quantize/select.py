@@ -46,7 +46,8 @@ def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
 
 
 def select(bench: dict[str, Any], onnx_dir: Path, timing: bool = True) -> dict[str, Any]:
-    from lenet_edge.quantize.checks import load_tolerances
+    from lenet_edge.quantize.checks import load_tolerances, tolerances_for
+    from lenet_edge.workflow import workflows
 
     if not isinstance(bench, dict) or not isinstance(bench.get("results"), list):
         raise ConfigError("not a runtime.bench result (no 'results')")
@@ -58,9 +59,11 @@ def select(bench: dict[str, Any], onnx_dir: Path, timing: bool = True) -> dict[s
     ]
     choices = []
     for model in sorted({r["model"] for r in rows}):
+        # a model with a workflow is checked against its own tolerances
+        mtol = tolerances_for(model) if model in workflows() else tol
         for rt in sorted({r["runtime"] for r in rows if r["model"] == model}):
             cands = [
-                r for r in rows if r["model"] == model and r["runtime"] == rt and _passes(onnx_dir, r, tol)
+                r for r in rows if r["model"] == model and r["runtime"] == rt and _passes(onnx_dir, r, mtol)
             ]
             if not cands:
                 continue

@@ -144,7 +144,15 @@ def _onnx2tf(
         (tmp / "model.onnx").write_bytes(source)  # a copy: onnx2tf overwrites its input
         # Calibration in the converted model's layout (NHWC) and scale (raw 0..255 pixels: the
         # normalisation is inside the graph, so mean 0 and std 1).
-        np.save(tmp / "calib.npy", calibration.pixels(data_dir).transpose(0, 2, 3, 1).astype(np.float32))
+        cal = calibration.pixels(data_dir).transpose(0, 2, 3, 1).astype(np.float32)
+        np.save(tmp / "calib.npy", cal)
+        if cal.shape[-1] == 3:
+            # For any 3-channel input onnx2tf fetches 20 sample images from GitHub for its dummy
+            # inference (download_test_image_data), which fails offline; it looks in its working
+            # folder first, so it gets 20 of our own (0..1, as its file holds; it resizes them).
+            np.save(
+                tmp / "calibration_image_sample_data_20x128x128x3_float32.npy", cal[:20] / np.float32(255)
+            )
         cmd = [
             str(onnx2tf),
             "-i",
@@ -247,7 +255,7 @@ INTERPRETERS = ("ai-edge-litert", "tflite-runtime")
 
 
 def _evaluate_in_device_env(
-    models: list[Path], against: Path, interpreter: str, venv: Path
+    models: list[Path], against: Path, interpreter: str, venv: Path, data: Path | None = None
 ) -> dict[str, Any]:
     """Run runtime.evaluate in the device-like environment (numpy 1.26, both interpreters)."""
     import json
@@ -257,7 +265,17 @@ def _evaluate_in_device_env(
         raise ConversionError(f"{py}: device environment missing (run `make setup-device`)")
     env = {**os.environ, "LENET_EDGE_TFLITE": interpreter, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [str(py), "-m", "runtime.evaluate", "--json", "-", "--against", str(against), *map(str, models)],
+        [
+            str(py),
+            "-m",
+            "runtime.evaluate",
+            "--json",
+            "-",
+            "--against",
+            str(against),
+            *map(str, models),
+            *(["--data-dir", str(data)] if data is not None else []),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -283,7 +301,12 @@ def _int8_entry(fp: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_tflite(
-    name: str, onnx_dir: Path, tol: dict[str, Any], venv: Path = DEVICE_VENV, tflite_dir: Path | None = None
+    name: str,
+    onnx_dir: Path,
+    tol: dict[str, Any],
+    venv: Path = DEVICE_VENV,
+    tflite_dir: Path | None = None,
+    data: Path | None = None,
 ) -> dict[str, Any]:
     """TFLite FP32 vs ONNX FP32, TFLite INT8 vs FP32, ORT INT8 vs TFLite INT8, in both interpreters;
     the dynamic-range file in ai-edge-litert only (tflite-runtime 2.14 cannot load TF 2.19's
@@ -302,7 +325,7 @@ def check_tflite(
         litert = interp == "ai-edge-litert"
         tags = ["fp32", "int8.full"] + (["int8.dynamic", *STOCK_OUTPUTS] if litert else [])
         files = [f[t] for t in tags] + ([ort_int8] if ort_int8.is_file() else [])
-        res = _evaluate_in_device_env(files, fp32_onnx, interp, venv)
+        res = _evaluate_in_device_env(files, fp32_onnx, interp, venv, data)
         fp, i8 = res[str(f["fp32"])], res[str(f["int8.full"])]
         entry: dict[str, Any] = {
             "fp32": {
@@ -354,9 +377,10 @@ def check_tflite(
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from lenet_edge.quantize.calibration import CALIBRATION_FILE, load_calibration
-    from lenet_edge.quantize.checks import load_tolerances
+    from lenet_edge.quantize.calibration import calibration_for
+    from lenet_edge.quantize.checks import tolerances_for
     from lenet_edge.runtime.files import read_json
+    from lenet_edge.workflow import data_source
 
     p = parser("quantize.tflite", __doc__)
     add_model_flags(p)
@@ -372,10 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     names = selected(args.model, args.workflow)
-    calibration = load_calibration(CALIBRATION_FILE)
-    tol = load_tolerances()
     failures = []
     for name in names:
+        # the model's own data, calibration subset and tolerances (its workflow's)
+        data = args.data_dir or data_source(name)
+        calibration = calibration_for(data)
+        tol = tolerances_for(name)
         fp32 = args.onnx_dir / f"{name}.fp32.onnx"
         if is_up_to_date(fp32, args.onnx_dir, name, calibration):
             rec = read_json(args.onnx_dir / f"{name}.tflite.json")
@@ -388,10 +414,10 @@ def main(argv: list[str] | None = None) -> int:
             failures += rec["failures"]
             continue
         with owned_temp_dir("tflite-stage") as staged:
-            rec = convert_tflite(fp32, staged, calibration, args.data_dir)
+            rec = convert_tflite(fp32, staged, calibration, data)
             outs = ", ".join(f"{o['file']} {o['bytes']:,} B" for o in rec["outputs"].values())
             print(f"{name}: {outs}")
-            res = check_tflite(name, args.onnx_dir, tol, tflite_dir=staged) if args.check else None
+            res = check_tflite(name, args.onnx_dir, tol, tflite_dir=staged, data=data) if args.check else None
             if res is not None and res["failures"]:
                 # checked before publishing: the previous .tflite files and record stay as they were
                 failures += [f"{f} (nothing written)" for f in res["failures"]]

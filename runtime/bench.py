@@ -30,10 +30,10 @@ SCHEMA = "lenet-edge/bench/v1"
 CALLS = ("run", "iobinding")
 
 
-def fixed_input(batch: int) -> np.ndarray:
+def fixed_input(batch: int, image_shape: tuple[int, ...] = IMAGE_SHAPE) -> np.ndarray:
     """Deterministic raw-pixel batch (seeded), so every runtime times the same numbers."""
     rng = np.random.default_rng(1234)
-    return rng.integers(0, 256, size=(batch, *IMAGE_SHAPE)).astype(np.float32)
+    return rng.integers(0, 256, size=(batch, *image_shape)).astype(np.float32)
 
 
 def native_input(runner: Any, batch: int) -> np.ndarray:
@@ -41,7 +41,8 @@ def native_input(runner: Any, batch: int) -> np.ndarray:
     the timed call does no conversion, as on a device feeding camera bytes."""
     from .runner import as_native
 
-    return as_native(check_pixels(fixed_input(batch)), runner.input_dtype)
+    shape = runner.image_shape
+    return as_native(check_pixels(fixed_input(batch, shape), shape), runner.input_dtype)
 
 
 def is_stock(path: Path) -> bool:

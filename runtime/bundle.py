@@ -208,11 +208,11 @@ def _load_data(bundle: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarr
     for k, v in expected.items():
         if v.dtype != np.float32 or v.ndim != 2:
             raise BundleError(
-                f"{bundle}/data/expected.npz: {k} must be float32 [N,10], got {v.dtype} {v.shape}"
+                f"{bundle}/data/expected.npz: {k} must be float32 [N,K], got {v.dtype} {v.shape}"
             )
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) < 1:
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) < 1 or 0 in images.shape:
         raise BundleError(
-            f"{bundle}/data/inputs.npz: images must be uint8 [N,28,28], got {images.dtype} {images.shape}"
+            f"{bundle}/data/inputs.npz: images must be uint8 [N,H,W] or [N,C,H,W], got {images.dtype} {images.shape}"
         )
     if labels.shape != (len(images),):
         raise BundleError(f"{bundle}/data/inputs.npz: {labels.shape} labels for {len(images)} images")

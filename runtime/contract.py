@@ -34,18 +34,23 @@ def normalize(pixels: np.ndarray) -> np.ndarray:
 
 
 def to_pixels(images_u8: np.ndarray) -> np.ndarray:
-    """uint8 [N, 28, 28] images as read from IDX -> the model input, float32 [N, 1, 28, 28]."""
-    return images_u8.reshape(-1, *IMAGE_SHAPE).astype(np.float32)
+    """uint8 images as read from a data set -> the model input, float32 [N, C, H, W]: IDX's
+    [N, 28, 28] gains its one channel, [N, C, H, W] stays."""
+    if images_u8.ndim == 3:
+        images_u8 = images_u8[:, None]
+    return images_u8.astype(np.float32)
 
 
-def check_pixels(x: object) -> np.ndarray:
-    """Validate a batch against the contract; return it unchanged or raise ContractError."""
+def check_pixels(x: object, image_shape: tuple[int, ...] = IMAGE_SHAPE) -> np.ndarray:
+    """Validate a batch against the contract (of a model taking `image_shape` = C, H, W); return
+    it unchanged or raise ContractError."""
     if not isinstance(x, np.ndarray):
         raise ContractError(f"input must be a numpy array, got {type(x).__name__}")
     if x.dtype != np.float32 and x.dtype != np.uint8:
         raise ContractError(f"input dtype must be float32 or uint8 raw pixels 0..255, got {x.dtype}")
-    if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or x.shape[0] < 1:
-        raise ContractError(f"input shape must be [N,1,28,28] with N >= 1, got {list(x.shape)}")
+    if x.ndim != 4 or x.shape[1:] != tuple(image_shape) or x.shape[0] < 1:
+        want = ",".join(map(str, image_shape))
+        raise ContractError(f"input shape must be [N,{want}] with N >= 1, got {list(x.shape)}")
     if x.dtype == np.uint8:
         return x  # every uint8 value is a valid pixel
     if not np.isfinite(x).all():

@@ -11,6 +11,7 @@ import numpy as np
 
 from .cli import add_common, parser
 from .contract import to_pixels
+from .errors import ContractError
 from .files import write_json_atomic
 from .mnist import load_split
 from .numeric import max_abs_diff
@@ -38,9 +39,15 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
 def evaluate_onnx(
     model: str | Path | bytes, data_dir: str | Path | None = None, batch_size: int = 1000
 ) -> tuple[Accuracy, np.ndarray]:
-    """Top-1/top-2 on all 10,000 test images, fed as raw pixels; also returns the logits."""
+    """Top-1/top-2 on every test image, fed as raw pixels; also returns the logits."""
     test = load_split("test", data_dir)
-    logits = load_runner(model).predict_batched(to_pixels(test.images), batch_size)
+    runner = load_runner(model)
+    logits = runner.predict_batched(to_pixels(test.images), batch_size)
+    if test.labels.size and int(test.labels.max()) >= logits.shape[1]:
+        raise ContractError(
+            f"{runner.name}: the model gives {logits.shape[1]} scores per image, but the test data has "
+            f"label {int(test.labels.max())}: not this model's data set"
+        )
     return topk_accuracy(logits, test.labels), logits
 
 

@@ -1,4 +1,6 @@
-"""Reads the four MNIST IDX files (validated header, size and sha256) into numpy arrays."""
+"""Reads a data set into numpy arrays: the four MNIST IDX files (validated header, size and
+sha256), or one .npz file holding {train,test}_images (uint8 [N,C,H,W] or [N,H,W]) and
+{train,test}_labels (integers 0..classes-1) for any other small vision model."""
 
 from __future__ import annotations
 
@@ -96,15 +98,47 @@ def verify_file(path: Path) -> None:
 
 @dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # uint8 [N, 28, 28]
+    images: np.ndarray  # uint8 [N, 28, 28] (IDX) or [N, C, H, W] / [N, H, W] (.npz)
     labels: np.ndarray  # int64 [N]
     sha256: dict[str, str]  # file name -> sha256, for records
 
 
+def _load_npz(split: str, path: Path) -> Split:
+    """One split of a .npz data set; every problem is a DataError naming the file and the key."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            want = (f"{split}_images", f"{split}_labels")
+            missing = [k for k in want if k not in keys]
+            if missing:
+                raise DataError(f"{path}: no array {missing[0]!r} (has {sorted(keys)})")
+            images, labels = z[want[0]], z[want[1]]
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file not found") from e
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__})") from e
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[0] < 1 or 0 in images.shape:
+        raise DataError(
+            f"{path}: {split}_images must be uint8 [N,C,H,W] or [N,H,W] pixels, got {images.dtype} {list(images.shape)}"
+        )
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"{path}: {split}_labels must be {images.shape[0]} integers, got {labels.dtype} {list(labels.shape)}"
+        )
+    if labels.min() < 0:
+        raise DataError(f"{path}: {split}_labels has a negative label {int(labels.min())}")
+    return Split(images=images, labels=labels.astype(np.int64), sha256={path.name: sha256_file(path)})
+
+
 def load_split(split: str, data_dir: str | Path | None = None, verify: bool = True) -> Split:
-    """Load 'train' or 'test'; verified against the committed sha256 unless verify=False."""
+    """Load 'train' or 'test' from MNIST's IDX files (verified against the committed sha256 unless
+    verify=False) or, when `data_dir` is a .npz file, from that data set."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    if data_dir is not None and Path(data_dir).suffix == ".npz":
+        return _load_npz(split, Path(data_dir))
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     img_path = root / f"{SPLITS[split]}-images-idx3-ubyte"
     lab_path = root / f"{SPLITS[split]}-labels-idx1-ubyte"

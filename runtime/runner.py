@@ -22,14 +22,15 @@ OPT_LEVELS = ("disable", "basic", "extended", "all")
 CHUNK = 256
 
 
-def check_scores(name: str, scores: np.ndarray, n: int) -> np.ndarray:
-    """The model's output must honour the contract: float32 [n,10], every value finite."""
+def check_scores(name: str, scores: np.ndarray, n: int, classes: int | None = NUM_CLASSES) -> np.ndarray:
+    """The model's output must honour the contract: float32 [n, classes] (the model's declared
+    width; any width when it declares none), every value finite."""
     if not isinstance(scores, np.ndarray) or scores.dtype != np.float32:
         raise ContractError(
             f"{name}: output must be float32 scores, got {getattr(scores, 'dtype', type(scores))}"
         )
-    if scores.shape != (n, NUM_CLASSES):
-        raise ContractError(f"{name}: output shape must be [{n},{NUM_CLASSES}], got {list(scores.shape)}")
+    if scores.ndim != 2 or scores.shape[0] != n or (classes is not None and scores.shape[1] != classes):
+        raise ContractError(f"{name}: output shape must be [{n},{classes or 'K'}], got {list(scores.shape)}")
     if not np.isfinite(scores).all():
         raise ContractError(
             f"{name}: output contains NaN or Inf ({int((~np.isfinite(scores)).sum())} values)"
@@ -49,14 +50,17 @@ def as_native(pixels: np.ndarray, dtype: Any) -> np.ndarray:
     return pixels.astype(dtype)
 
 
-def _check_onnx_io(name: str, inputs: list[Any], outputs: list[Any]) -> None:
-    """Names, element types and shapes of the graph's input and output against the contract,
-    before anything runs. A symbolic dimension passes here; its value is checked after a run."""
+def image_shape_of(shape: list[Any]) -> tuple[int, ...]:
+    """The C, H, W a model declares for one image; a symbolic dimension takes MNIST's value (the
+    contract's default), so a model that leaves its channels open still takes MNIST pixels."""
+    return tuple(d if isinstance(d, int) else w for d, w in zip(shape[1:], IMAGE_SHAPE, strict=True))
 
-    def fits(shape: list[Any], want: tuple[int, ...]) -> bool:
-        return len(shape) == len(want) and all(
-            not isinstance(d, int) or d == w for d, w in zip(shape, want, strict=True)
-        )
+
+def _check_onnx_io(name: str, inputs: list[Any], outputs: list[Any]) -> None:
+    """Names, element types and ranks of the graph's input and output against the contract,
+    before anything runs: one input 'pixels' [N,C,H,W] of raw pixels (C, H, W are the model's
+    own; MNIST's is [N,1,28,28]) and one output 'scores' [N,K] of float32 logits. A symbolic
+    dimension passes here; its value is checked after a run."""
 
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
         raise ContractError(
@@ -64,9 +68,14 @@ def _check_onnx_io(name: str, inputs: list[Any], outputs: list[Any]) -> None:
         )
     i = inputs[0]
     batch = i.shape[0] if i.shape else None
-    if i.type not in NATIVE or len(i.shape) != 4 or not fits(list(i.shape)[1:], IMAGE_SHAPE):
+    if (
+        i.type not in NATIVE
+        or not isinstance(i.shape, list)
+        or len(i.shape) != 4
+        or any(isinstance(d, int) and d < 1 for d in i.shape[1:])
+    ):
         raise ContractError(
-            f"{name}: input {INPUT_NAME!r} must be float32 or uint8 [N,1,28,28], got {i.type} {i.shape}"
+            f"{name}: input {INPUT_NAME!r} must be float32 or uint8 [N,C,H,W], got {i.type} {i.shape}"
         )
     if isinstance(batch, int) and batch < 1:
         raise ContractError(f"{name}: input batch dimension must be >= 1, got {batch}")
@@ -75,8 +84,16 @@ def _check_onnx_io(name: str, inputs: list[Any], outputs: list[Any]) -> None:
             f"{name}: model output must be one tensor named {OUTPUT_NAME!r}, got {[o.name for o in outputs]}"
         )
     o = outputs[0]
-    if o.type != "tensor(float)" or len(o.shape) != 2 or not fits(list(o.shape)[1:], (NUM_CLASSES,)):
-        raise ContractError(f"{name}: output {OUTPUT_NAME!r} must be float32 [N,10], got {o.type} {o.shape}")
+    k = o.shape[1] if isinstance(o.shape, list) and len(o.shape) == 2 else None
+    if (
+        o.type != "tensor(float)"
+        or not isinstance(o.shape, list)
+        or len(o.shape) != 2
+        or (isinstance(k, int) and k < 2)
+    ):
+        raise ContractError(
+            f"{name}: output {OUTPUT_NAME!r} must be float32 [N,K] scores, K >= 2, got {o.type} {o.shape}"
+        )
 
 
 @dataclass(frozen=True)
@@ -133,7 +150,9 @@ class OnnxRunner:
         self.version = ort.__version__
         batch = inputs[0].shape[0]
         self.static_batch = batch if isinstance(batch, int) else None
-        self._out_dims = [NUM_CLASSES]
+        self.image_shape = image_shape_of(list(inputs[0].shape))
+        k = self.session.get_outputs()[0].shape[1]
+        self.classes: int | None = k if isinstance(k, int) else None  # None: the model leaves it open
         self.input_dtype = np.dtype(NATIVE[inputs[0].type])  # feed this to `run`: no conversion
         self._bound_shape: tuple[int, ...] | None = None
         self.run = self._run_bound if self.config.io_binding else self._run_plain
@@ -153,7 +172,9 @@ class OnnxRunner:
         """
         if pixels.shape != self._bound_shape:
             self._in = np.empty(pixels.shape, self.input_dtype)
-            self._out = np.empty((pixels.shape[0], *self._out_dims), np.float32)
+            if self.classes is None:  # an open width: learn it from one plain run
+                self.classes = int(self._run_plain(pixels).shape[1])
+            self._out = np.empty((pixels.shape[0], self.classes), np.float32)
             self._binding = self.session.io_binding()
             self._binding.bind_input(
                 INPUT_NAME, "cpu", 0, self.input_dtype, list(self._in.shape), self._in.ctypes.data
@@ -167,9 +188,9 @@ class OnnxRunner:
         return self._out
 
     def predict(self, pixels: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-        """Validated input -> validated scores [N,10]; runs in chunks of at most `chunk` images
+        """Validated input -> validated scores [N,K]; runs in chunks of at most `chunk` images
         (of exactly the static batch, for a model that has one)."""
-        pixels = check_pixels(pixels)
+        pixels = check_pixels(pixels, self.image_shape)
         n = pixels.shape[0]
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise ConfigError(f"batch size must be a positive integer, got {chunk!r}")
@@ -179,11 +200,12 @@ class OnnxRunner:
                     f"{self.name}: this model has a static batch of {self.static_batch}, got {n} images"
                 )
             chunk = self.static_batch
-        out = np.empty((n, NUM_CLASSES), np.float32)
+        parts = []
         for i in range(0, n, chunk):
             part = as_native(pixels[i : i + chunk], self.input_dtype)
-            out[i : i + len(part)] = check_scores(self.name, self.run_checked(part), len(part))
-        return out
+            scores = check_scores(self.name, self.run_checked(part), len(part), self.classes)
+            parts.append(scores.copy() if self.config.io_binding else scores)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def run_checked(self, pixels: np.ndarray) -> np.ndarray:
         """`run`, with onnxruntime's run-time failures (a shape that only breaks when data flows,
@@ -261,10 +283,13 @@ class TfliteRunner:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ContractError(f"{self.name}: {self.backend} cannot load the model ({msg})") from e
         (inp,), (out,) = self.it.get_input_details(), self.it.get_output_details()
-        if list(inp["shape"]) != [1, 28, 28, 1]:
-            raise ContractError(f"{self.name}: expected an NHWC [1,28,28,1] input, got {list(inp['shape'])}")
-        if list(out["shape"]) != [1, NUM_CLASSES]:
-            raise ContractError(f"{self.name}: expected a [1,10] output, got {list(out['shape'])}")
+        ishape, oshape = [int(d) for d in inp["shape"]], [int(d) for d in out["shape"]]
+        if len(ishape) != 4 or ishape[0] != 1 or min(ishape) < 1:
+            raise ContractError(f"{self.name}: expected an NHWC [1,H,W,C] input, got {ishape}")
+        if len(oshape) != 2 or oshape[0] != 1 or oshape[1] < 2:
+            raise ContractError(f"{self.name}: expected a [1,K] output, got {oshape}")
+        self.image_shape = (ishape[3], ishape[1], ishape[2])  # C, H, W of the NCHW pixels fed in
+        self.classes = oshape[1]
         self._in, self._out = inp, out
         self.input_dtype = np.dtype(inp["dtype"])
         # uint8 input with scale 1 and zero point 0 (our full-int8 files) takes raw bytes as they
@@ -281,7 +306,13 @@ class TfliteRunner:
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
         """One image, in the model's native dtype for the fast path (the benchmark feeds that)."""
-        x = pixels.reshape(len(pixels), 28, 28, 1)  # NCHW -> NHWC is a reshape for one channel
+        c, h, w = self.image_shape
+        # NCHW -> NHWC: a reshape for one channel, a transpose for more
+        x = (
+            pixels.reshape(len(pixels), h, w, 1)
+            if c == 1
+            else np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+        )
         if self._in_q is not None:
             scale, zp = self._in_q
             info = np.iinfo(self.input_dtype)
@@ -297,12 +328,11 @@ class TfliteRunner:
         return y
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = check_pixels(pixels)
-        out = np.empty((len(pixels), NUM_CLASSES), np.float32)
+        pixels = check_pixels(pixels, self.image_shape)
+        out = np.empty((len(pixels), self.classes), np.float32)
         for i in range(len(pixels)):
-            out[i] = check_scores(self.name, np.asarray(self.run_checked(pixels[i : i + 1]), np.float32), 1)[
-                0
-            ]
+            y = np.asarray(self.run_checked(pixels[i : i + 1]), np.float32)
+            out[i] = check_scores(self.name, y, 1, self.classes)[0]
         return out
 
     def run_checked(self, pixels: np.ndarray) -> np.ndarray:

@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     names = selected(args.model, args.workflow)
+    if args.model == "all" and args.workflow is None:  # every model that is trained here
+        names = [n for n in names if get(n).train is not None]
     jobs = min(len(names), args.jobs if args.jobs is not None else (os.cpu_count() or 1))
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in names:
         wf = get(name)
+        if wf.train is None:
+            raise ConfigError(f"{wf.path}: source {wf.source!r} is a trained model file; nothing to train")
         cfg = TrainConfig(
             model=name,
             epochs=wf.train.epochs if args.epochs is None else args.epochs,

@@ -89,20 +89,23 @@ class _FromWorkflows(Mapping):
     """Model name -> what its workflow file (workflows/<name>.toml) says: the list of models is the
     list of workflow files, nothing here names one."""
 
-    def __init__(self, value: Callable[[Any], Any]):
-        self._value = value
+    def __init__(self, value: Callable[[Any], Any], source: str | None = None):
+        self._value, self._source = value, source
+
+    def _flows(self) -> dict[str, Any]:
+        return {n: wf for n, wf in workflows().items() if self._source in (None, wf.source)}
 
     def __getitem__(self, name: str) -> Any:
-        flows = workflows()
+        flows = self._flows()
         if name not in flows:
             raise KeyError(name)
         return self._value(flows[name])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(workflows()))
+        return iter(sorted(self._flows()))
 
     def __len__(self) -> int:
-        return len(workflows())
+        return len(self._flows())
 
 
 def _model_class(wf: Any) -> type[nn.Layer]:
@@ -110,7 +113,8 @@ def _model_class(wf: Any) -> type[nn.Layer]:
     return getattr(importlib.import_module(module), cls)
 
 
-MODELS: Mapping[str, type[nn.Layer]] = _FromWorkflows(_model_class)
+# the models trained here: workflows whose source is a Paddle class
+MODELS: Mapping[str, type[nn.Layer]] = _FromWorkflows(_model_class, source="paddle")
 PARAM_COUNTS: Mapping[str, int] = _FromWorkflows(lambda wf: wf.params)
 
 

@@ -107,7 +107,7 @@ def _run(model_or_path, x):
 
 
 def _rewrite(qdq_path, x, tmp_path):
-    from optimize.ort_int8 import DEFAULT_PASSES, apply_ort_passes, ort_level3
+    from lenet_edge.optimize.ort_int8 import DEFAULT_PASSES, apply_ort_passes, ort_level3
 
     level3 = ort_level3(qdq_path, tmp_path / "level3.onnx")
     new, log = apply_ort_passes(level3, DEFAULT_PASSES, x[:2])

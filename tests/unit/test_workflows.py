@@ -114,8 +114,10 @@ def test_input_shape_must_match_the_data(tmp_path):
     with pytest.raises(
         WorkflowError, match=r"\[input\] shape \[1, 32, 32\] does not match the data.*28 x 28"
     ):
-        workflow.check_idx_shape(wf, (28, 28), Path("train-images-idx3-ubyte"))
-    workflow.check_idx_shape(parse_workflow(SHIPPED), (28, 28), Path("x"))
+        workflow.check_data_shape(wf, (28, 28), Path("train-images-idx3-ubyte"))
+    workflow.check_data_shape(parse_workflow(SHIPPED), (28, 28), Path("x"))
+    with pytest.raises(WorkflowError, match="3 x 28 x 28"):
+        workflow.check_data_shape(parse_workflow(SHIPPED), (3, 28, 28), Path("x"))
 
 
 def test_a_baseline_must_exist(tmp_path, monkeypatch):
