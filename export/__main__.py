@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--checkpoint-dir",
         type=Path,
-        default=Path("results/checkpoints"),
-        help="folder with <model>.npz + <model>.train.json (default: the committed reference)",
+        default=None,
+        help="folder with <model>.npz + <model>.train.json (default: the workflow's [model] checkpoint, "
+        "the committed reference)",
     )
     add_common(p, "out_dir", out_dir={"default": Path("build/onnx"), "help": "default build/onnx"})
     p.add_argument("--opset", type=int, default=13, help="ONNX opset, 13..21 (default 13)")
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
             rec = export_onnx_source(wf, args.out_dir, config, data, args.force)
         else:
-            rec = export_model(args.checkpoint_dir / f"{name}.npz", args.out_dir, config, data, args.force)
+            ckpt = args.checkpoint_dir / f"{name}.npz" if args.checkpoint_dir else wf.checkpoint
+            rec = export_model(ckpt, args.out_dir, config, data, args.force)
         par = rec["parity"]
         print(
             f"{name}: {args.out_dir / rec['onnx']}  {rec['onnx_bytes']:,} bytes  "

@@ -204,6 +204,81 @@ def is_up_to_date(onnx_file: Path, checkpoint_sha: str, config: ExportConfig) ->
     )
 
 
+def _read_checkpoint(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint's arrays and training record, for a model trained here (a Paddle source)."""
+    from lenet_edge.train.models import MODELS
+
+    state, train_rec = load_checkpoint(checkpoint)  # sha256-verified, finite float32, no pickle
+    name = train_rec["model"]
+    if name not in MODELS or not isinstance(train_rec.get("seed"), int):
+        raise CheckpointError(
+            f"{checkpoint}: its record names model {name!r} (known: {', '.join(sorted(MODELS))}) "
+            f"and seed {train_rec.get('seed')!r}; expected a known model and an integer seed"
+        )
+    return state, train_rec
+
+
+def _trained_net(name: str, state: dict[str, Any], checkpoint: Path) -> Any:
+    """The model's Paddle net with the checkpoint's weights, in eval mode."""
+    paddle = import_paddle()
+    from lenet_edge.train.models import build_model
+
+    net = build_model(name)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        raise CheckpointError(f"{checkpoint}: arrays do not fit {name}: expected {expected}, got {got}")
+    net.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+    net.eval()
+    return net
+
+
+def _paddle_graph(net: Any, wf: Any, train_rec: dict[str, Any], config: ExportConfig) -> Any:
+    """The raw-pixel ONNX graph of a trained net: paddle2onnx, contract I/O names, metadata,
+    onnx.checker (full)."""
+    import onnx
+
+    paddle = import_paddle()
+    import paddle2onnx
+
+    mean, std = wf.input.normalize_mean, wf.input.normalize_std
+    model = onnx.load_from_string(
+        _paddle_to_onnx(_raw_pixel_net(net, mean, std), config.opset, wf.input.shape)
+    )
+    _fix_io(model)
+    model.doc_string = f"lenet-edge {wf.name}, FP32. {CONTRACT_TEXT}"
+    meta = {
+        "model": wf.name,
+        "precision": "fp32",
+        "training_seed": train_rec["seed"],
+        "input_contract": CONTRACT_TEXT,
+        "checkpoint_sha256": train_rec["checkpoint_sha256"],
+        "producer": f"paddle {paddle.__version__}, paddle2onnx {paddle2onnx.__version__}, opset {config.opset}",
+    }
+    set_metadata(model, meta)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise ConversionError(f"{wf.name}: exported ONNX fails onnx.checker: {e}") from e
+    return model
+
+
+def check_parity(
+    model: Any, ref: np.ndarray, pixels: np.ndarray, config: ExportConfig, what: str
+) -> tuple[np.ndarray, float, int]:
+    """The exported graph on raw pixels vs the reference logits: max |Δlogit| <= atol and the same
+    top-1 on every image, else ConversionError. Returns the logits, max |Δ| and top-1 matches."""
+    logits = OnnxRunner(model.SerializeToString()).predict_batched(pixels, config.batch_size)
+    max_abs = max_abs_diff(logits, ref)
+    top1_same = int((logits.argmax(1) == ref.argmax(1)).sum())
+    if exceeds(max_abs, config.atol) or top1_same != len(ref):
+        raise ConversionError(
+            f"{what} parity failed on {len(ref)} test images: max |Δlogit| {max_abs:.3g} "
+            f"(limit {config.atol:g}), top-1 differs on {len(ref) - top1_same}"
+        )
+    return logits, max_abs, top1_same
+
+
 def export_model(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -214,15 +289,8 @@ def export_model(
     """Export one checkpoint; return the export record (also written beside the ONNX file)."""
     t0 = time.perf_counter()
     checkpoint = Path(checkpoint)
-    from lenet_edge.train.models import MODELS
-
-    state, train_rec = load_checkpoint(checkpoint)  # sha256-verified, finite float32, no pickle
+    state, train_rec = _read_checkpoint(checkpoint)
     name = train_rec["model"]
-    if name not in MODELS or not isinstance(train_rec.get("seed"), int):
-        raise CheckpointError(
-            f"{checkpoint}: its record names model {name!r} (known: {', '.join(sorted(MODELS))}) "
-            f"and seed {train_rec.get('seed')!r}; expected a known model and an integer seed"
-        )
     out = onnx_path(Path(out_dir), name)
     ckpt_sha = train_rec["checkpoint_sha256"]
     if not force and is_up_to_date(out, ckpt_sha, config):
@@ -234,16 +302,9 @@ def export_model(
     paddle = import_paddle()
     import paddle2onnx
 
-    from lenet_edge.train.models import build_model, count_params
+    from lenet_edge.train.models import count_params
 
-    net = build_model(name)
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        raise CheckpointError(f"{checkpoint}: arrays do not fit {name}: expected {expected}, got {got}")
-    net.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
-    net.eval()
-
+    net = _trained_net(name, state, checkpoint)
     test = load_split("test", data_dir)
     pixels = to_pixels(test.images)
     # Reference: the trained net on the training-time preprocessing, so the check also proves
@@ -254,34 +315,8 @@ def export_model(
     normed = (pixels - np.float32(mean)) / np.float32(std)  # the training-time preprocessing
     ref = _paddle_logits(net, normed, config.batch_size)
 
-    model = onnx.load_from_string(
-        _paddle_to_onnx(_raw_pixel_net(net, mean, std), config.opset, wf.input.shape)
-    )
-    _fix_io(model)
-    model.doc_string = f"lenet-edge {name}, FP32. {CONTRACT_TEXT}"
-    meta = {
-        "model": name,
-        "precision": "fp32",
-        "training_seed": train_rec["seed"],
-        "input_contract": CONTRACT_TEXT,
-        "checkpoint_sha256": ckpt_sha,
-        "producer": f"paddle {paddle.__version__}, paddle2onnx {paddle2onnx.__version__}, opset {config.opset}",
-    }
-    set_metadata(model, meta)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as e:
-        raise ConversionError(f"{name}: exported ONNX fails onnx.checker: {e}") from e
-
-    logits = OnnxRunner(model.SerializeToString()).predict_batched(pixels, config.batch_size)
-    max_abs = max_abs_diff(logits, ref)
-    top1_same = int((logits.argmax(1) == ref.argmax(1)).sum())
-    if exceeds(max_abs, config.atol) or top1_same != len(ref):
-        raise ConversionError(
-            f"{name}: ONNX Runtime vs Paddle parity failed on {len(ref)} test images: "
-            f"max |Δlogit| {max_abs:.3g} (limit {config.atol:g}), "
-            f"top-1 differs on {len(ref) - top1_same}"
-        )
+    model = _paddle_graph(net, wf, train_rec, config)
+    logits, max_abs, top1_same = check_parity(model, ref, pixels, config, f"{name}: ONNX Runtime vs Paddle")
     acc = topk_accuracy(logits, test.labels)
     set_metadata(model, {"test_top1": f"{acc.top1:.4f}", "test_top2": f"{acc.top2:.4f}"})
     data = model.SerializeToString()

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.export.onnx_export import ExportConfig, export_record_path, onnx_path, set_metadata
+from lenet_edge.export.onnx_export import (
+    ExportConfig,
+    check_parity,
+    export_record_path,
+    onnx_path,
+    set_metadata,
+)
 from lenet_edge.runtime.contract import INPUT_NAME, OUTPUT_NAME, to_pixels
 from lenet_edge.runtime.errors import ConversionError
 from lenet_edge.runtime.evaluate import topk_accuracy
@@ -32,8 +38,6 @@ from lenet_edge.runtime.files import (
     write_json_atomic,
 )
 from lenet_edge.runtime.mnist import load_split
-from lenet_edge.runtime.numeric import exceeds, max_abs_diff
-from lenet_edge.runtime.runner import OnnxRunner
 from lenet_edge.workflow import Workflow, check_data_shape
 
 
@@ -198,14 +202,7 @@ def export_onnx_source(
         onnx.checker.check_model(exported, full_check=True)
     except Exception as e:
         raise ConversionError(f"{wf.name}: exported ONNX fails onnx.checker: {e}") from e
-    logits = OnnxRunner(exported.SerializeToString()).predict_batched(pixels, config.batch_size)
-    max_abs = max_abs_diff(logits, ref)
-    top1_same = int((logits.argmax(1) == ref.argmax(1)).sum())
-    if exceeds(max_abs, config.atol) or top1_same != len(ref):
-        raise ConversionError(
-            f"{wf.name}: exported vs source parity failed on {len(ref)} test images: "
-            f"max |Δlogit| {max_abs:.3g} (limit {config.atol:g}), top-1 differs on {len(ref) - top1_same}"
-        )
+    logits, max_abs, top1_same = check_parity(exported, ref, pixels, config, f"{wf.name}: exported vs source")
     acc = topk_accuracy(logits, test.labels)
     set_metadata(exported, {"test_top1": f"{acc.top1:.4f}", "test_top2": f"{acc.top2:.4f}"})
     data_bytes = exported.SerializeToString()

@@ -68,6 +68,11 @@ def calibration_for(
     )
 
 
+def calibration_label(c: Calibration) -> str:
+    """How a record names a calibration subset: the committed file by its repository path."""
+    return "results/calibration.json" if Path(c.source).resolve() == CALIBRATION_FILE.resolve() else c.source
+
+
 def load_calibration(path: str | Path = CALIBRATION_FILE) -> Calibration:
     """Read and verify the committed subset: hash, range, uniqueness, non-empty."""
     d = read_json(path)

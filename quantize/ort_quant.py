@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lenet_edge.export.onnx_export import read_export_record, set_metadata
-from lenet_edge.quantize.calibration import Calibration, PixelReader
+from lenet_edge.quantize.calibration import Calibration, PixelReader, calibration_label
 from lenet_edge.quantize.cleanup import clean_graph, compact_names, op_counts
 from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
 from lenet_edge.quantize.stats import mcnemar_exact
@@ -401,12 +401,34 @@ def resolve_layers(model: Any, layers: tuple[str, ...], name: str) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class QuantJob:
+    """What to make of a prepared FP32 model: the recipe, its calibration subset, and how."""
+
+    recipe: QuantRecipe
+    calibration: Calibration
+    sqnr: bool = True  # record per-layer SQNR (static QDQ only)
+    max_drop_pp: float | None = None  # keep the least robust layers in FP32 until the drop fits
+    progress: bool = True
+    check: Callable[[dict[str, Any]], list[str]] | None = None  # tolerance failures of a record
+
+
+@dataclass
+class _Int8:
+    model: Any  # the INT8 ModelProto, tensors renamed compactly
+    logits: np.ndarray  # on every test image
+    excluded: list[str]  # nodes kept in FP32 (by the recipe or the drop fallback)
+    options: dict[str, Any]  # what was passed to ORT
+    sqnr: dict[str, Any] | None
+
+
 def quantize_model(
     fp32_path: str | Path,
     out_path: str | Path,
     recipe: QuantRecipe,
     calibration: Calibration,
     data_dir: str | Path | None = None,
+    *,
     sqnr: bool = True,
     max_drop_pp: float | None = None,
     progress: bool = True,
@@ -419,22 +441,39 @@ def quantize_model(
     `check` returns the tolerance failures of a record: if it returns any, QuantizeError is
     raised and nothing is written, so a failing recipe never replaces a good INT8 model.
     """
+    job = QuantJob(recipe, calibration, sqnr, max_drop_pp, progress, check)
     if prep is None:
         with prepared(fp32_path, calibration, data_dir) as p:
-            return quantize_model(
-                fp32_path, out_path, recipe, calibration, data_dir, sqnr, max_drop_pp, progress, p, check
-            )
-    import onnx
-    import onnxruntime
+            return _quantize_prepared(p, Path(out_path), job)
+    return _quantize_prepared(prep, Path(out_path), job)
 
+
+def _quantize_prepared(prep: Prepared, out_path: Path, job: QuantJob) -> dict[str, Any]:
+    """Quantize, measure, record, check; write the model and then its record only if it passes."""
     t0 = time.perf_counter()
-    out_path = Path(out_path)
-    model, exp_rec, pre, pre_path = prep.model, prep.exp_rec, prep.pre, prep.pre_path
-    fp32_path, clean, cal_pixels, test_pixels = prep.fp32_path, prep.clean, prep.cal_pixels, prep.test_pixels
-    fp32_logits, labels = prep.fp32_logits, prep.labels
-    name = exp_rec["model"]
-    fp32_acc = topk_accuracy(fp32_logits, labels)
+    q = _make_int8(prep, job)
+    data, record = _int8_record(prep, out_path, job, q, t0)
+    check = job.check
+    failures = check(record) if check is not None else []
+    if failures:
+        raise QuantizeError(f"{'; '.join(failures)} (nothing written: {out_path} left as it was)")
+    # Model first, record last: a model without a matching record is stale to every reader
+    # (its sha256 is checked), so a kill between the two renames is detected, never trusted.
+    write_bytes_atomic(out_path, data)
+    write_json_atomic(quantize_record_path(out_path), record)
+    return record
 
+
+def _make_int8(prep: Prepared, job: QuantJob) -> _Int8:
+    """Calibrate, quantize and run the INT8 model on every test image; with max_drop_pp, keep the
+    least robust layers (lowest activation SQNR) in FP32 one by one until the drop fits."""
+    import onnx
+
+    recipe, progress, max_drop_pp, sqnr = job.recipe, job.progress, job.max_drop_pp, job.sqnr
+    pre, pre_path = prep.pre, prep.pre_path
+    cal_pixels, test_pixels, labels = prep.cal_pixels, prep.test_pixels, prep.labels
+    name = prep.exp_rec["model"]
+    fp32_acc = topk_accuracy(prep.fp32_logits, labels)
     with owned_temp_dir("quant") as tmp:
         cache = None
         if recipe.mode == "static":
@@ -477,6 +516,29 @@ def quantize_model(
         ):
             raise QuantizeError(f"{name}: renaming tensors changed the INT8 outputs")
 
+    return _Int8(int8, int8_logits, excluded, options, sqnr_rec)
+
+
+def _int8_record(
+    prep: Prepared, out_path: Path, job: QuantJob, q: _Int8, t0: float
+) -> tuple[bytes, dict[str, Any]]:
+    """The INT8 file's bytes (with its metadata) and its record: sizes, accuracy, agreement,
+    McNemar against FP32, node counts, provenance."""
+    import onnx
+    import onnxruntime
+
+    recipe, calibration = job.recipe, job.calibration
+    model, exp_rec, pre, clean = prep.model, prep.exp_rec, prep.pre, prep.clean
+    fp32_path, cal_pixels, fp32_logits, labels = (
+        prep.fp32_path,
+        prep.cal_pixels,
+        prep.fp32_logits,
+        prep.labels,
+    )
+    name = exp_rec["model"]
+    fp32_acc = topk_accuracy(fp32_logits, labels)
+    int8, int8_logits, excluded, options, sqnr_rec = q.model, q.logits, q.excluded, q.options, q.sqnr
+    int8_acc = topk_accuracy(int8_logits, labels)
     int8_correct = int8_logits.argmax(1) == labels
     agreement = float((int8_logits.argmax(1) == fp32_logits.argmax(1)).mean())
     int8.doc_string = f"lenet-edge {name}, INT8 ({recipe.name}). {CONTRACT_TEXT}"
@@ -521,7 +583,7 @@ def quantize_model(
         "default_recipe": recipe == DEFAULT_RECIPES[name],
         "ort_options": options,
         "calibration": {
-            "source": "results/calibration.json",
+            "source": calibration_label(calibration),
             "sha256": calibration.sha256,
             "images": int(len(cal_pixels)),
         },
@@ -552,14 +614,7 @@ def quantize_model(
         "seconds": round(time.perf_counter() - t0, 2),
         "num_classes": int(fp32_logits.shape[1]),
     }
-    failures = check(record) if check is not None else []
-    if failures:
-        raise QuantizeError(f"{'; '.join(failures)} (nothing written: {out_path} left as it was)")
-    # Model first, record last: a model without a matching record is stale to every reader
-    # (its sha256 is checked), so a kill between the two renames is detected, never trusted.
-    write_bytes_atomic(out_path, data)
-    write_json_atomic(quantize_record_path(out_path), record)
-    return record
+    return data, record
 
 
 def quantize_stock(

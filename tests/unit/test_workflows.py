@@ -120,6 +120,17 @@ def test_input_shape_must_match_the_data(tmp_path):
         workflow.check_data_shape(parse_workflow(SHIPPED), (3, 28, 28), Path("x"))
 
 
+def test_a_shape_that_does_not_fit_the_data_through_the_cli(tmp_path):
+    path = _variant(tmp_path, _set("shape", "[1, 32, 32]"))
+    proc = subprocess.run(
+        [str(SCRIPT), "export", "--workflow", str(path), "--checkpoint-dir", "results/checkpoints",
+         "--out-dir", str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert_one_line_error(proc, str(path), "[input] shape [1, 32, 32] does not match the data")
+    assert not (tmp_path / "out" / "lenet_pool.fp32.onnx").exists()
+
+
 def test_a_baseline_must_exist(tmp_path, monkeypatch):
     d = tmp_path / "flows"
     d.mkdir()
