@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     names = selected(args.model, args.workflow)
     for name in names:
         wf, data = get(name), args.data_dir or data_source(name)
-        if wf.source == "onnx":  # an ONNX file: normalisation in front, parity vs the source graph
+        if wf.source != "paddle":  # a model file: normalisation in front, parity vs the source
             from lenet_edge.export.onnx_source import export_onnx_source
 
             rec = export_onnx_source(wf, args.out_dir, config, data, args.force)

@@ -131,7 +131,6 @@ def _paddle_logits(net: Any, x: np.ndarray, batch: int) -> np.ndarray:
 def _paddle_to_onnx(wrapper: Any, opset: int, image_shape: tuple[int, ...]) -> bytes:
     """jit.save (dynamic batch) then paddle2onnx; both log instead of raising, so check outputs."""
     paddle = import_paddle()
-    import paddle2onnx
 
     with owned_temp_dir("export") as tmp:
         prefix = Path(tmp) / "inference"
@@ -142,22 +141,29 @@ def _paddle_to_onnx(wrapper: Any, opset: int, image_shape: tuple[int, ...]) -> b
         model_file, params_file = prefix.with_suffix(".json"), prefix.with_suffix(".pdiparams")
         if not (model_file.is_file() and params_file.is_file()):
             raise ConversionError(f"paddle.jit.save wrote no {model_file.name}/{params_file.name} in {tmp}")
-        # save_file=None returns the bytes before paddle2onnx's Python-side optimizer
-        # (polygraphy, which pip-installs at run time): export never changes the environment.
-        data = paddle2onnx.export(
-            str(model_file),
-            str(params_file),
-            save_file=None,
-            opset_version=opset,
-            auto_upgrade_opset=False,
-            verbose=False,
-            enable_onnx_checker=True,
-            enable_experimental_op=False,
-            enable_optimize=True,
-            deploy_backend="onnxruntime",
-        )
+        return paddle_inference_to_onnx(model_file, params_file, opset)
+
+
+def paddle_inference_to_onnx(model_file: Path, params_file: Path, opset: int) -> bytes:
+    """A Paddle inference model (PIR inference.json or .pdmodel + .pdiparams) -> ONNX bytes."""
+    import paddle2onnx
+
+    # save_file=None returns the bytes before paddle2onnx's Python-side optimizer
+    # (polygraphy, which pip-installs at run time): export never changes the environment.
+    data = paddle2onnx.export(
+        str(model_file),
+        str(params_file),
+        save_file=None,
+        opset_version=opset,
+        auto_upgrade_opset=False,
+        verbose=False,
+        enable_onnx_checker=True,
+        enable_experimental_op=False,
+        enable_optimize=True,
+        deploy_backend="onnxruntime",
+    )
     if not data:
-        raise ConversionError("paddle2onnx produced no model (see its log above)")
+        raise ConversionError(f"{model_file}: paddle2onnx produced no model (see its log above)")
     return data
 
 

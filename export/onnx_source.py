@@ -1,5 +1,6 @@
-"""Export for a workflow whose model is an ONNX file (source = "onnx"): the same contract and the
-same checks as the Paddle export, without Paddle.
+"""Export for a workflow whose model is a file: an ONNX graph (source = "onnx") or a Paddle
+inference model (source = "paddle-inference", converted by paddle2onnx), with the same contract
+and the same checks as the export of a model trained here.
 
 The source graph takes normalised float [N,C,H,W] and returns [N,K] logits. The export puts the
 workflow's normalisation in front ((pixels - mean) / std), names the input 'pixels' and the output
@@ -47,18 +48,48 @@ def source_sha256() -> str:
     return code_sha256("export.onnx_source")
 
 
-def _load_source(wf: Workflow) -> Any:
+def params_file(model_file: Path) -> Path:
+    """A Paddle inference model's weights: inference.json (or .pdmodel) -> inference.pdiparams."""
+    return model_file.with_suffix(".pdiparams")
+
+
+def _load_source(wf: Workflow, opset: int) -> tuple[Any, str]:
+    """The source as an ONNX graph, validated against the workflow, and the sha256 of what it was
+    made from: the ONNX file, or a Paddle inference model converted by paddle2onnx."""
     import onnx
+
+    from lenet_edge.runtime.files import sha256_bytes
 
     src = wf.model_file
     if src is None or not src.is_file():
         raise ConversionError(f"{src}: model file not found (the workflow {wf.path.name} names it)")
     try:
-        model = onnx.load(str(src))
+        if wf.source == "paddle-inference":
+            from lenet_edge.export.onnx_export import paddle_inference_to_onnx
+
+            weights = params_file(src)
+            if not weights.is_file():
+                raise ConversionError(
+                    f"{weights}: the inference model's weights are missing beside {src.name}"
+                )
+            sha = sha256_bytes(src.read_bytes() + b"\0" + weights.read_bytes())
+            model = onnx.load_from_string(paddle_inference_to_onnx(src, weights, opset))
+        else:
+            sha = sha256_file(src)
+            model = onnx.load(str(src))
         onnx.checker.check_model(model, full_check=True)
-    except Exception as e:  # onnx raises DecodeError, ValidationError, ... for a bad file
+    except ConversionError:
+        raise
+    except Exception as e:  # onnx/paddle2onnx raise DecodeError, ValidationError, ... for a bad file
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"{src}: not a valid ONNX model ({msg[:200]})") from e
+        raise ConversionError(f"{src}: not a valid {wf.source} model ({msg[:200]})") from e
+    _check_io(wf, model, src)
+    return model, sha
+
+
+def _check_io(wf: Workflow, model: Any, src: Path) -> None:
+    import onnx
+
     g = model.graph
     inits = {t.name for t in g.initializer}
     inputs = [i for i in g.input if i.name not in inits]
@@ -82,7 +113,39 @@ def _load_source(wf: Workflow) -> Any:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not 13 <= opset <= 21:
         raise ConversionError(f"{src}: opset {opset}; lenet-edge takes ONNX opset 13..21")
-    return model
+
+
+def _source_params(wf: Workflow, model: Any) -> int:
+    """Parameters of the source: Paddle's own count for an inference model (paddle2onnx stores
+    weights as Constant nodes), the float initializers of an ONNX file."""
+    import onnx
+
+    if wf.source == "paddle-inference":
+        from lenet_edge.train.paddle_env import import_paddle
+
+        net = import_paddle().jit.load(str(wf.model_file.with_suffix("")))
+        return int(sum(np.prod(p.shape) for p in net.parameters()))
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+
+
+def _reference_logits(wf: Workflow, model: Any, normed: np.ndarray, batch: int) -> np.ndarray:
+    """What parity is measured against: Paddle itself for a Paddle inference model (so the check
+    covers paddle2onnx), ONNX Runtime on the source graph for an ONNX file."""
+    if wf.source == "paddle-inference":
+        from lenet_edge.train.paddle_env import import_paddle
+
+        paddle = import_paddle()
+        net = paddle.jit.load(str(wf.model_file.with_suffix("")))
+        net.eval()
+        outs = [net(paddle.to_tensor(normed[i : i + batch])) for i in range(0, len(normed), batch)]
+        return np.concatenate([(o[0] if isinstance(o, list | tuple) else o).numpy() for o in outs])
+    import onnxruntime
+
+    sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate(
+        [sess.run(None, {name: normed[i : i + batch]})[0] for i in range(0, len(normed), batch)]
+    )
 
 
 def _with_pixel_input(model: Any, mean: float, std: float) -> Any:
@@ -165,11 +228,8 @@ def export_onnx_source(
 
     t0 = time.perf_counter()
     config = config or ExportConfig()
-    model = _load_source(wf)
-    src_sha = sha256_file(wf.model_file)
-    params = sum(
-        int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
-    )
+    model, src_sha = _load_source(wf, config.opset)
+    params = _source_params(wf, model)
     if params != wf.params:
         raise ConversionError(
             f"{wf.model_file}: {params} parameters, the workflow says {wf.params} ([model] params)"
@@ -183,20 +243,13 @@ def export_onnx_source(
     pixels = to_pixels(test.images)
     mean, std = wf.input.normalize_mean, wf.input.normalize_std
     normed = (pixels - np.float32(mean)) / np.float32(std)
-    sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    in_name = sess.get_inputs()[0].name
-    ref = np.concatenate(
-        [
-            sess.run(None, {in_name: normed[i : i + config.batch_size]})[0]
-            for i in range(0, len(normed), config.batch_size)
-        ]
-    )
+    ref = _reference_logits(wf, model, normed, config.batch_size)
     exported = _with_pixel_input(model, mean, std)
     exported.doc_string = (
         f"lenet-edge {wf.name}, FP32, from {wf.model_file.name}: raw pixels in, (x-{mean:g})/{std:g} inside."
     )
     set_metadata(
-        exported, {"model": wf.name, "precision": "fp32", "source": "onnx", "checkpoint_sha256": src_sha}
+        exported, {"model": wf.name, "precision": "fp32", "source": wf.source, "checkpoint_sha256": src_sha}
     )
     try:
         onnx.checker.check_model(exported, full_check=True)
@@ -210,7 +263,7 @@ def export_onnx_source(
     record = {
         "model": wf.name,
         "precision": "fp32",
-        "source": "onnx",
+        "source": wf.source,
         "onnx": out.name,
         "onnx_sha256": sha256_bytes(data_bytes),
         "onnx_bytes": len(data_bytes),
@@ -226,7 +279,9 @@ def export_onnx_source(
             "atol": config.atol,
             "top1_identical": top1_same,
             "passed": True,
-            "against": "the source ONNX graph on normalised images (ONNX Runtime)",
+            "against": "Paddle (paddle.jit.load) on normalised images"
+            if wf.source == "paddle-inference"
+            else "the source ONNX graph on normalised images (ONNX Runtime)",
         },
         "test_top1": acc.top1,
         "test_top2": acc.top2,

@@ -24,8 +24,10 @@ from lenet_edge.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_DIR = ROOT / "workflows"
-# a Paddle model class + a checkpoint, or an ONNX file (its input normalised float [N,C,H,W])
-SOURCES = ("paddle", "onnx")
+# a Paddle model class + a checkpoint (trained here), a Paddle inference model (inference.json or
+# .pdmodel + .pdiparams, from paddle.jit.save), or an ONNX file; the last two take normalised
+# float [N,C,H,W] and are exported with the normalisation put in front
+SOURCES = ("paddle", "paddle-inference", "onnx")
 DATA_FORMATS = ("idx", "npz")  # MNIST's four IDX files, or one .npz with {train,test}_{images,labels}
 TOLERANCES = ROOT / "results" / "tolerances.json"
 
@@ -225,7 +227,7 @@ def parse_workflow(path: Path) -> Workflow:
         raise WorkflowError(
             f"{path}: [model] source {m['source']!r} is not supported; expected one of {SOURCES}"
         )
-    need = {"paddle": ("class", "checkpoint"), "onnx": ("file",)}[m["source"]]
+    need = {"paddle": ("class", "checkpoint"), "paddle-inference": ("file",), "onnx": ("file",)}[m["source"]]
     for key in need:
         if key not in m:
             raise WorkflowError(f"{path}: [model] missing key {key!r} (source {m['source']!r})")

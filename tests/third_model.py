@@ -170,3 +170,57 @@ def make_workflow(folder: Path, seed: int = 0) -> Path:
     wf = folder / f"{NAME}.toml"
     wf.write_text(WORKFLOW.format(name=NAME, params=params, mean=MEAN, std=STD, classes=CLASSES))
     return wf
+
+
+PADDLE_NAME = "pdinf_net"
+PADDLE_WORKFLOW = """\
+# A Paddle inference model lenet-edge did not train: made by tests/third_model.py, never committed.
+[model]
+name = "{name}"
+label = "small Paddle CNN (inference model, random weights)"
+source = "paddle-inference"
+file = "net.json"
+params = {params}
+
+[input]
+shape = [3, 32, 32]
+layout = "NCHW"
+dtype = "uint8"
+pixel_range = [0, 255]
+normalize = {{ mean = {mean}, std = {std} }}
+
+[data]
+format = "npz"
+path = "data.npz"
+classes = {classes}
+"""
+
+
+def make_paddle_inference(folder: Path, data: Path, seed: int = 0) -> Path:
+    """A small Paddle CNN (conv 3->8 stride 2, ReLU, global average pool, FC 8->10) with random
+    weights, saved by paddle.jit.save as an inference model (net.json + net.pdiparams) beside a
+    copy of `data`, and its workflow file."""
+    import shutil
+
+    from lenet_edge.train.paddle_env import import_paddle
+
+    paddle = import_paddle()
+    folder.mkdir(parents=True, exist_ok=True)
+    paddle.seed(seed)
+    net = paddle.nn.Sequential(
+        paddle.nn.Conv2D(3, 8, 3, stride=2, padding=1),
+        paddle.nn.ReLU(),
+        paddle.nn.AdaptiveAvgPool2D(1),
+        paddle.nn.Flatten(),
+        paddle.nn.Linear(8, CLASSES),
+    )
+    net.eval()
+    spec = paddle.static.InputSpec([None, *SHAPE], "float32", "x")
+    paddle.jit.save(net, str(folder / "net"), input_spec=[spec])
+    shutil.copyfile(data, folder / "data.npz")
+    params = sum(int(np.prod(p.shape)) for p in net.parameters())
+    wf = folder / f"{PADDLE_NAME}.toml"
+    wf.write_text(
+        PADDLE_WORKFLOW.format(name=PADDLE_NAME, params=params, mean=MEAN, std=STD, classes=CLASSES)
+    )
+    return wf

@@ -140,3 +140,22 @@ def test_nothing_to_train_for_an_onnx_source(third):
         text=True,
     )
     assert proc.returncode == 2 and "nothing to train" in proc.stderr
+
+
+def test_a_paddle_inference_model_exports_with_parity_against_paddle(third, tmp_path):
+    from tests.third_model import PADDLE_NAME, make_paddle_inference
+
+    wf_path, _, _ = third
+    wf = make_paddle_inference(tmp_path / "pd", wf_path.parent / "data.npz")
+    out = tmp_path / "onnx"
+    _run(BIN / "lenet-edge", "export", "--workflow", wf, "--out-dir", out)
+    rec = _json(out / f"{PADDLE_NAME}.fp32.export.json")
+    assert rec["source"] == "paddle-inference" and rec["parity"]["against"].startswith("Paddle")
+    assert rec["parity"]["passed"] and rec["parity"]["top1_identical"] == rec["parity"]["images"]
+    # the weights file is part of what the export vouches for: change it and the export is stale
+    _run(BIN / "lenet-edge", "export", "--workflow", wf, "--out-dir", out)  # up to date: no re-export
+    weights = wf.parent / "net.pdiparams"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    _run(BIN / "lenet-edge", "export", "--workflow", wf, "--out-dir", out)
+    again = _json(out / f"{PADDLE_NAME}.fp32.export.json")
+    assert again["checkpoint_sha256"] != rec["checkpoint_sha256"] and again["parity"]["passed"]
