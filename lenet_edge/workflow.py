@@ -28,7 +28,9 @@ WORKFLOW_DIR = ROOT / "workflows"
 # .pdmodel + .pdiparams, from paddle.jit.save), or an ONNX file; the last two take normalised
 # float [N,C,H,W] and are exported with the normalisation put in front
 SOURCES = ("paddle", "paddle-inference", "onnx")
-DATA_FORMATS = ("idx", "npz")  # MNIST's four IDX files, or one .npz with {train,test}_{images,labels}
+# MNIST's four IDX files; one .npz with {train,test}_{images,labels}; or a folder of images + a
+# labels CSV (converted once to a .npz: lenet_edge/image_folder.py)
+DATA_FORMATS = ("idx", "npz", "images")
 TOLERANCES = ROOT / "results" / "tolerances.json"
 
 
@@ -71,6 +73,7 @@ class Workflow:
     classes: int
     train: TrainSpec | None  # what `lenet-edge train` does (a Paddle source only)
     data_path: Path | None = None  # format "npz"
+    labels_file: Path | None = None  # format "images"
     quantize_recipe: dict[str, Any] = field(default_factory=dict)
     tolerances: dict[str, Any] = field(default_factory=dict)  # overrides of results/tolerances.json
     published_top1: float | None = None
@@ -97,7 +100,13 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "pixel_range": (list, True),
         "normalize": (dict, True),
     },
-    "data": {"format": (str, True), "dir": (str, False), "path": (str, False), "classes": (int, True)},
+    "data": {
+        "format": (str, True),
+        "dir": (str, False),
+        "path": (str, False),
+        "labels": (str, False),
+        "classes": (int, True),
+    },
     "train": {"epochs": (int, True), "batch": (int, True), "lr": (float, True), "optimizer": (str, True)},
     "quantize": {"recipe": (dict, False)},
     "reference": {"published_top1": (float, False), "source": (str, False)},
@@ -262,14 +271,14 @@ def parse_workflow(path: Path) -> Workflow:
             f"{path}: [data] format {d['format']!r} is not supported; expected one of {DATA_FORMATS}"
         )
     _positive(path, "[data] classes", d["classes"])
-    where = {"idx": "dir", "npz": "path"}[d["format"]]
-    for key in {"dir", "path"} - {where}:
+    keys = {"idx": {"dir"}, "npz": {"path"}, "images": {"dir", "labels"}}[d["format"]]
+    for key in {"dir", "path", "labels"} - keys:
         if key in d:
-            raise WorkflowError(
-                f"{path}: [data] {key!r} does not apply to format {d['format']!r} (use {where!r})"
-            )
-    if d["format"] == "npz" and "path" not in d:
-        raise WorkflowError(f"{path}: [data] missing key 'path' (format 'npz')")
+            raise WorkflowError(f"{path}: [data] {key!r} does not apply to format {d['format']!r}")
+    required = set() if d["format"] == "idx" else keys  # IDX: the MNIST cache unless a dir is given
+    for key in required:
+        if key not in d:
+            raise WorkflowError(f"{path}: [data] missing key {key!r} (format {d['format']!r})")
     if d["format"] == "npz" and not d["path"].endswith(".npz"):
         raise WorkflowError(f"{path}: [data] path {d['path']!r} must name a .npz file")
     t = doc.get("train")
@@ -308,6 +317,7 @@ def parse_workflow(path: Path) -> Workflow:
         data_format=d["format"],
         data_dir=_inside(path, "[data] dir", d["dir"]) if "dir" in d else None,
         data_path=_inside(path, "[data] path", d["path"]) if "path" in d else None,
+        labels_file=_inside(path, "[data] labels", d["labels"]) if "labels" in d else None,
         tolerances=_tolerances(path, doc.get("tolerances", {})),
         classes=d["classes"],
         train=TrainSpec(t["epochs"], t["batch"], float(t["lr"]), t["optimizer"]) if t is not None else None,
@@ -406,8 +416,13 @@ def comparison() -> tuple[str, str]:
 
 
 def data_source(name: str) -> Path | None:
-    """Where a model's data set is: its .npz file, its IDX folder, or None (MNIST's cache)."""
+    """Where a model's data set is: its .npz file (an image folder's converted one), its IDX
+    folder, or None (MNIST's cache)."""
     wf = get(name)
+    if wf.data_format == "images":
+        from lenet_edge.image_folder import image_folder_npz
+
+        return image_folder_npz(wf.name, wf.data_dir, wf.labels_file, wf.input.shape, wf.classes)
     return wf.data_path or wf.data_dir
 
 

@@ -159,3 +159,79 @@ def test_a_paddle_inference_model_exports_with_parity_against_paddle(third, tmp_
     _run(BIN / "lenet-edge", "export", "--workflow", wf, "--out-dir", out)
     again = _json(out / f"{PADDLE_NAME}.fp32.export.json")
     assert again["checkpoint_sha256"] != rec["checkpoint_sha256"] and again["parity"]["passed"]
+
+
+def _image_folder(src: Path, folder: Path, n_train: int = 40, n_test: int = 30) -> Path:
+    """The first images of a .npz data set as PNG files + labels.csv (PNG is lossless)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    z = np.load(src)
+    lines = ["split,file,label"]
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            name = f"{split}/{i:04d}.png"
+            (folder / split).mkdir(exist_ok=True)
+            Image.fromarray(z[f"{split}_images"][i].transpose(1, 2, 0)).save(folder / name)
+            lines.append(f"{split},{name},{int(z[f'{split}_labels'][i])}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_an_image_folder_data_set(third, tmp_path, monkeypatch):
+    import numpy as np
+
+    from lenet_edge import image_folder
+    from lenet_edge.workflow import EXTRA_ENV, data_source
+
+    wf_path, _, _ = third
+    data = wf_path.parent / "data.npz"
+    d = tmp_path / "wf"
+    _image_folder(data, d / "imgs")
+    (d / f"{NAME}.onnx").write_bytes((wf_path.parent / f"{NAME}.onnx").read_bytes())
+    text = wf_path.read_text().replace(
+        'format = "npz"\npath = "data.npz"', 'format = "images"\ndir = "imgs"\nlabels = "imgs/labels.csv"'
+    )
+    wf = d / f"{NAME}.toml"
+    wf.write_text(text)
+    monkeypatch.setattr(image_folder, "CACHE", tmp_path / "cache")
+    monkeypatch.setenv(EXTRA_ENV, str(wf))
+    npz = data_source(NAME)
+    z, src = np.load(npz), np.load(data)
+    assert np.array_equal(z["train_images"], src["train_images"][:40]) and np.array_equal(
+        z["test_labels"], src["test_labels"][:30]
+    )
+    assert data_source(NAME) == npz  # made once per content
+    out = _run(BIN / "lenet-edge", "export", "--workflow", wf, "--out-dir", tmp_path / "onnx")
+    assert "top-1 identical 30/30" in out
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda t: t + "train,../../etc/passwd,1\n", "must be a relative path inside"),
+        (lambda t: t + "train,train/none.png,1\n", "none.png not found"),
+        (lambda t: t + "train,train/0000.png,10\n", "label 10 outside 0..9"),
+        (lambda t: t + "valid,train/0000.png,1\n", "split must be train or test"),
+        (lambda t: t + "train,train/0000.png\n", "expected 'split,file,label'"),
+        (
+            lambda t: "".join(x for x in t.splitlines(True) if not x.startswith("test,")),
+            "no test images listed",
+        ),
+    ],
+)
+def test_a_bad_image_folder_is_one_line(third, tmp_path, edit, needle):
+    from lenet_edge.image_folder import image_folder_npz
+    from lenet_edge.runtime.errors import DataError
+
+    wf_path, _, _ = third
+    folder = _image_folder(wf_path.parent / "data.npz", tmp_path / "imgs", 3, 2)
+    labels = folder / "labels.csv"
+    labels.write_text(edit(labels.read_text()))
+    with pytest.raises(DataError) as e:
+        image_folder_npz("m", folder, labels, (3, 32, 32), 10)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(DataError, match="is 32x32, the workflow's input is 28x28"):
+        labels.write_text("split,file,label\ntrain,train/0000.png,1\ntest,test/0000.png,1\n")
+        image_folder_npz("m", folder, labels, (3, 28, 28), 10)
