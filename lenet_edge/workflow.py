@@ -74,6 +74,8 @@ class Workflow:
     train: TrainSpec | None  # what `lenet-edge train` does (a Paddle source only)
     data_path: Path | None = None  # format "npz"
     labels_file: Path | None = None  # format "images"
+    calibration_size: int | None = None  # a .npz / image-folder set's calibration sample
+    calibration_seed: int | None = None
     quantize_recipe: dict[str, Any] = field(default_factory=dict)
     tolerances: dict[str, Any] = field(default_factory=dict)  # overrides of results/tolerances.json
     published_top1: float | None = None
@@ -106,6 +108,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "path": (str, False),
         "labels": (str, False),
         "classes": (int, True),
+        "calibration_size": (int, False),
+        "calibration_seed": (int, False),
     },
     "train": {"epochs": (int, True), "batch": (int, True), "lr": (float, True), "optimizer": (str, True)},
     "quantize": {"recipe": (dict, False)},
@@ -279,6 +283,15 @@ def parse_workflow(path: Path) -> Workflow:
     for key in required:
         if key not in d:
             raise WorkflowError(f"{path}: [data] missing key {key!r} (format {d['format']!r})")
+    for key in ("calibration_size", "calibration_seed"):
+        if key in d and d["format"] == "idx":
+            raise WorkflowError(
+                f"{path}: [data] {key} does not apply to MNIST (results/calibration.json is its subset)"
+            )
+    if "calibration_size" in d:
+        _positive(path, "[data] calibration_size", d["calibration_size"])
+    if d.get("calibration_seed", 0) < 0:
+        raise WorkflowError(f"{path}: [data] calibration_seed must be >= 0, got {d['calibration_seed']}")
     if d["format"] == "npz" and not d["path"].endswith(".npz"):
         raise WorkflowError(f"{path}: [data] path {d['path']!r} must name a .npz file")
     t = doc.get("train")
@@ -318,6 +331,8 @@ def parse_workflow(path: Path) -> Workflow:
         data_dir=_inside(path, "[data] dir", d["dir"]) if "dir" in d else None,
         data_path=_inside(path, "[data] path", d["path"]) if "path" in d else None,
         labels_file=_inside(path, "[data] labels", d["labels"]) if "labels" in d else None,
+        calibration_size=d.get("calibration_size"),
+        calibration_seed=d.get("calibration_seed"),
         tolerances=_tolerances(path, doc.get("tolerances", {})),
         classes=d["classes"],
         train=TrainSpec(t["epochs"], t["batch"], float(t["lr"]), t["optimizer"]) if t is not None else None,

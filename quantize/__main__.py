@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
 
-    from lenet_edge.quantize.calibration import calibration_for
+    from lenet_edge.quantize.calibration import calibration_of
     from lenet_edge.quantize.checks import int8_failures, tolerances_for
     from lenet_edge.quantize.ort_quant import (
         QuantizeError,
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             r = quantize_stock(
                 args.onnx_dir / f"{name}.fp32.onnx",
                 out_dir / f"{name}.stock.int8.qdq.onnx",
-                calibration_for(data, args.calibration_file),
+                calibration_of(name, data, args.calibration_file),
                 data,
             )
             print(
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         # the model's own data, calibration subset and tolerances (its workflow's)
         data = args.data_dir or data_source(name)
-        calibration = calibration_for(data, args.calibration_file)
+        calibration = calibration_of(name, data, args.calibration_file)
         tol = tolerances_for(name)
         recipe = replace(DEFAULT_RECIPES[name], **overrides)
         out = int8_path(out_dir, name, recipe, args.variant)

@@ -49,7 +49,10 @@ class Calibration:
 
 
 def calibration_for(
-    data: str | Path | None, path: str | Path | None = None, size: int = DEFAULT_SIZE
+    data: str | Path | None,
+    path: str | Path | None = None,
+    size: int | None = None,
+    seed: int | None = None,
 ) -> Calibration:
     """The calibration subset of a model's data: MNIST's committed subset (or `path`), or for a
     .npz data set a seeded uniform sample of its training images (at most `size`), recorded by
@@ -58,14 +61,24 @@ def calibration_for(
         return load_calibration(path or CALIBRATION_FILE)
     split = load_split("train", data)
     n = len(split.labels)
-    rng = np.random.default_rng(DEFAULT_SEED)
+    size, seed = size or DEFAULT_SIZE, DEFAULT_SEED if seed is None else seed
+    rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(n, min(size, n), replace=False)).astype(np.int64)
     ((fname, fsha),) = split.sha256.items()
     return Calibration(
         indices=idx,
         sha256=sha256_bytes(indices_sha256(idx).encode() + fsha.encode()),
-        source=f"{data} (seeded sample of {len(idx)})",
+        source=f"{data} (seed {seed} sample of {len(idx)})",
     )
+
+
+def calibration_of(name: str, data: str | Path | None, path: str | Path | None = None) -> Calibration:
+    """A model's calibration subset, as its workflow declares it ([data] calibration_size and
+    calibration_seed, for a .npz or image-folder data set)."""
+    from lenet_edge.workflow import get
+
+    wf = get(name)
+    return calibration_for(data, path, wf.calibration_size, wf.calibration_seed)
 
 
 def calibration_label(c: Calibration) -> str:

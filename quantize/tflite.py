@@ -377,7 +377,7 @@ def check_tflite(
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from lenet_edge.quantize.calibration import calibration_for
+    from lenet_edge.quantize.calibration import calibration_of
     from lenet_edge.quantize.checks import tolerances_for
     from lenet_edge.runtime.files import read_json
     from lenet_edge.workflow import data_source
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         # the model's own data, calibration subset and tolerances (its workflow's)
         data = args.data_dir or data_source(name)
-        calibration = calibration_for(data)
+        calibration = calibration_of(name, data)
         tol = tolerances_for(name)
         fp32 = args.onnx_dir / f"{name}.fp32.onnx"
         if is_up_to_date(fp32, args.onnx_dir, name, calibration):

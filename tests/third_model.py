@@ -148,7 +148,8 @@ normalize = {{ mean = {mean}, std = {std} }}
 format = "npz"
 path = "data.npz"
 classes = {classes}
-
+calibration_size = 500                         # a seeded sample of the 1,000 training images
+calibration_seed = 7
 
 [quantize]
 recipe = {{}}

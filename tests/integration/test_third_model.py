@@ -235,3 +235,9 @@ def test_a_bad_image_folder_is_one_line(third, tmp_path, edit, needle):
     with pytest.raises(DataError, match="is 32x32, the workflow's input is 28x28"):
         labels.write_text("split,file,label\ntrain,train/0000.png,1\ntest,test/0000.png,1\n")
         image_folder_npz("m", folder, labels, (3, 28, 28), 10)
+
+
+def test_the_workflow_declares_its_calibration_sample(third):
+    wf_path, onnx_dir, _ = third
+    rec = _json(onnx_dir / f"{NAME}.int8.qdq.quantize.json")
+    assert rec["calibration"]["images"] == 500 and "seed 7 sample of 500" in rec["calibration"]["source"]

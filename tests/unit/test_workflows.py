@@ -77,6 +77,10 @@ BAD = {
     "absolute path": (_set("checkpoint", '"/etc/passwd"'), ["[model] checkpoint", "inside"]),
     "bad recipe": (_set("recipe", "{ calibrate = 'magic' }"), ["[quantize] recipe"]),
     "bad published figure": (_set("published_top1", "98.1"), ["published_top1", "[0, 1]"]),
+    "calibration for MNIST": (
+        lambda t: t.replace("classes = 10\n", "classes = 10\ncalibration_size = 100\n", 1),
+        ["[data] calibration_size does not apply to MNIST"],
+    ),
     "not toml": (lambda t: t + "\n[model\n", ["not valid TOML"]),
 }
 
