@@ -194,7 +194,11 @@ def set_metadata(model: Any, props: dict[str, Any]) -> None:
         entry.key, entry.value = key, str(value)
 
 
-def is_up_to_date(onnx_file: Path, checkpoint_sha: str, config: ExportConfig) -> bool:
+def is_up_to_date(
+    onnx_file: Path, checkpoint_sha: str, config: ExportConfig, code_sha: str | None = None, **fields: Any
+) -> bool:
+    """The export record vouches for this file, made from this checkpoint (or source file) with
+    this config by this code (`code_sha`, default this module's), and holds `fields` as given."""
     rec = export_record_path(onnx_file)
     if not (onnx_file.is_file() and rec.is_file()):
         return False
@@ -205,7 +209,8 @@ def is_up_to_date(onnx_file: Path, checkpoint_sha: str, config: ExportConfig) ->
     return (
         r.get("checkpoint_sha256") == checkpoint_sha
         and r.get("config") == asdict(config)
-        and r.get("source_sha256") == source_sha256()
+        and r.get("source_sha256") == (code_sha or source_sha256())
+        and all(r.get(k) == v for k, v in fields.items())
         and r.get("onnx_sha256") == sha256_file(onnx_file)
     )
 

@@ -25,6 +25,7 @@ from lenet_edge.export.onnx_export import (
     ExportConfig,
     check_parity,
     export_record_path,
+    is_up_to_date,
     onnx_path,
     set_metadata,
 )
@@ -198,23 +199,6 @@ def _with_pixel_input(model: Any, mean: float, std: float) -> Any:
     return m
 
 
-def _up_to_date(out: Path, src_sha: str, config: ExportConfig, wf: Workflow) -> bool:
-    rec = export_record_path(out)
-    if not (out.is_file() and rec.is_file()):
-        return False
-    try:
-        r = read_json(rec)
-    except Exception:
-        return False
-    return (
-        r.get("checkpoint_sha256") == src_sha
-        and r.get("config") == asdict(config)
-        and r.get("normalize") == [wf.input.normalize_mean, wf.input.normalize_std]
-        and r.get("source_sha256") == source_sha256()
-        and r.get("onnx_sha256") == sha256_file(out)
-    )
-
-
 def export_onnx_source(
     wf: Workflow,
     out_dir: str | Path,
@@ -235,7 +219,8 @@ def export_onnx_source(
             f"{wf.model_file}: {params} parameters, the workflow says {wf.params} ([model] params)"
         )
     out = onnx_path(Path(out_dir), wf.name)
-    if not force and _up_to_date(out, src_sha, config, wf):
+    normalize = [wf.input.normalize_mean, wf.input.normalize_std]
+    if not force and is_up_to_date(out, src_sha, config, source_sha256(), normalize=normalize):
         print(f"{out}: up to date with {wf.model_file} (--force re-exports)")
         return read_json(export_record_path(out))
     test = load_split("test", data)

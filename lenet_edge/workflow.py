@@ -15,6 +15,7 @@ import ast
 import math
 import os
 import tomllib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -397,6 +398,30 @@ def get(name: str) -> Workflow:
 def model_names() -> list[str]:
     """The models with a workflow file, in name order."""
     return sorted(workflows())
+
+
+class WorkflowMapping(Mapping):
+    """Model name -> a value taken from its workflow (all workflows, or those of one `source`):
+    registries such as the model classes or the default INT8 recipes read the workflow files on
+    each access, so --workflow files count and nothing names a model."""
+
+    def __init__(self, value: Callable[[Workflow], Any], source: str | None = None):
+        self._value, self._source = value, source
+
+    def _flows(self) -> dict[str, Workflow]:
+        return {n: wf for n, wf in workflows().items() if self._source in (None, wf.source)}
+
+    def __getitem__(self, name: str) -> Any:
+        flows = self._flows()
+        if name not in flows:
+            raise KeyError(name)
+        return self._value(flows[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._flows()))
+
+    def __len__(self) -> int:
+        return len(self._flows())
 
 
 def add_model_flags(p: Any) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from lenet_edge.runtime.errors import ConfigError
+from lenet_edge.workflow import WorkflowMapping
 
 MODES = ("static", "dynamic")
 FORMATS = ("qdq", "qoperator")
@@ -107,26 +108,9 @@ class QuantRecipe:
 # Entropy at 2048 bins clips too hard here (-0.20 / -0.13 pp); at 128 bins it equals MinMax.
 
 
-class _DefaultRecipes(Mapping):
-    """Model name -> its workflow's [quantize] recipe (an empty table = QuantRecipe())."""
-
-    def __getitem__(self, name: str) -> QuantRecipe:
-        from lenet_edge.workflow import workflows
-
-        flows = workflows()
-        if name not in flows:
-            raise KeyError(name)
-        return QuantRecipe.from_dict(flows[name].quantize_recipe)
-
-    def __iter__(self) -> Iterator[str]:
-        from lenet_edge.workflow import workflows
-
-        return iter(sorted(workflows()))
-
-    def __len__(self) -> int:
-        from lenet_edge.workflow import workflows
-
-        return len(workflows())
+def _recipe_of(wf: Any) -> QuantRecipe:
+    return QuantRecipe.from_dict(wf.quantize_recipe)
 
 
-DEFAULT_RECIPES: Mapping[str, QuantRecipe] = _DefaultRecipes()
+# Model name -> its workflow's [quantize] recipe (an empty table = QuantRecipe()).
+DEFAULT_RECIPES: Mapping[str, QuantRecipe] = WorkflowMapping(_recipe_of)

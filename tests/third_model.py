@@ -128,15 +128,8 @@ def make_dataset(path: Path, onnx_path: Path, n_train: int = 1000, n_test: int =
     return path
 
 
-WORKFLOW = """\
-# A model lenet-edge's code does not know: made by tests/third_model.py, never committed.
-[model]
-name = "{name}"
-label = "depthwise-separable CNN (random weights)"
-source = "onnx"
-file = "{name}.onnx"
-params = {params}
-
+# What both test workflows share: the input contract and the .npz data set beside the file.
+INPUT_AND_DATA = """\
 [input]
 shape = [3, 32, 32]
 layout = "NCHW"
@@ -148,7 +141,18 @@ normalize = {{ mean = {mean}, std = {std} }}
 format = "npz"
 path = "data.npz"
 classes = {classes}
-calibration_size = 500                         # a seeded sample of the 1,000 training images
+"""
+
+WORKFLOW = """\
+# A model lenet-edge's code does not know: made by tests/third_model.py, never committed.
+[model]
+name = "{name}"
+label = "depthwise-separable CNN (random weights)"
+source = "onnx"
+file = "{name}.onnx"
+params = {params}
+
+{input_and_data}calibration_size = 500                         # a seeded sample of the 1,000 training images
 calibration_seed = 7
 
 [quantize]
@@ -169,7 +173,8 @@ def make_workflow(folder: Path, seed: int = 0) -> Path:
 
     params = sum(int(np.prod(t.dims)) for t in onnx.load(onnx_path).graph.initializer)
     wf = folder / f"{NAME}.toml"
-    wf.write_text(WORKFLOW.format(name=NAME, params=params, mean=MEAN, std=STD, classes=CLASSES))
+    data_part = INPUT_AND_DATA.format(mean=MEAN, std=STD, classes=CLASSES)
+    wf.write_text(WORKFLOW.format(name=NAME, params=params, input_and_data=data_part))
     return wf
 
 
@@ -183,18 +188,7 @@ source = "paddle-inference"
 file = "net.json"
 params = {params}
 
-[input]
-shape = [3, 32, 32]
-layout = "NCHW"
-dtype = "uint8"
-pixel_range = [0, 255]
-normalize = {{ mean = {mean}, std = {std} }}
-
-[data]
-format = "npz"
-path = "data.npz"
-classes = {classes}
-"""
+{input_and_data}"""
 
 
 def make_paddle_inference(folder: Path, data: Path, seed: int = 0) -> Path:
@@ -221,7 +215,6 @@ def make_paddle_inference(folder: Path, data: Path, seed: int = 0) -> Path:
     shutil.copyfile(data, folder / "data.npz")
     params = sum(int(np.prod(p.shape)) for p in net.parameters())
     wf = folder / f"{PADDLE_NAME}.toml"
-    wf.write_text(
-        PADDLE_WORKFLOW.format(name=PADDLE_NAME, params=params, mean=MEAN, std=STD, classes=CLASSES)
-    )
+    data_part = INPUT_AND_DATA.format(mean=MEAN, std=STD, classes=CLASSES)
+    wf.write_text(PADDLE_WORKFLOW.format(name=PADDLE_NAME, params=params, input_and_data=data_part))
     return wf

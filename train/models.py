@@ -8,11 +8,11 @@ including its ReLU after the first max-pool.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from lenet_edge.train.paddle_env import import_paddle
-from lenet_edge.workflow import workflows
+from lenet_edge.workflow import WorkflowMapping
 
 import_paddle()  # before the first `import paddle`: its caches go under our cache root
 import paddle  # noqa: E402
@@ -85,37 +85,14 @@ class LeNetStride(nn.Layer):
         return self.fc3(x)
 
 
-class _FromWorkflows(Mapping):
-    """Model name -> what its workflow file (workflows/<name>.toml) says: the list of models is the
-    list of workflow files, nothing here names one."""
-
-    def __init__(self, value: Callable[[Any], Any], source: str | None = None):
-        self._value, self._source = value, source
-
-    def _flows(self) -> dict[str, Any]:
-        return {n: wf for n, wf in workflows().items() if self._source in (None, wf.source)}
-
-    def __getitem__(self, name: str) -> Any:
-        flows = self._flows()
-        if name not in flows:
-            raise KeyError(name)
-        return self._value(flows[name])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._flows()))
-
-    def __len__(self) -> int:
-        return len(self._flows())
-
-
 def _model_class(wf: Any) -> type[nn.Layer]:
     module, _, cls = wf.model_class.partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
 # the models trained here: workflows whose source is a Paddle class
-MODELS: Mapping[str, type[nn.Layer]] = _FromWorkflows(_model_class, source="paddle")
-PARAM_COUNTS: Mapping[str, int] = _FromWorkflows(lambda wf: wf.params)
+MODELS: Mapping[str, type[nn.Layer]] = WorkflowMapping(_model_class, source="paddle")
+PARAM_COUNTS: Mapping[str, int] = WorkflowMapping(lambda wf: wf.params)
 
 
 def build_model(name: str, fast_bias: bool = True) -> nn.Layer:
