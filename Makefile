@@ -23,7 +23,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        optimize quantize quantize-s2d quantize-ort quantize-stock quantize-sweep search select tflite setup-tflite setup-device setup-llvm variants bench bundle ingest arm-check study invariance report bench-train test test-unit lint format clean help
+        optimize quantize quantize-s2d quantize-ort quantize-stock quantize-sweep search select tflite setup-tflite setup-device setup-cluster setup-llvm variants bench bundle ingest arm-check study invariance report bench-train bench-jobs test test-unit test-cluster lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -63,6 +63,14 @@ $(DEVICE_STAMP): requirements/device-test.in requirements/device-test.lock pypro
 
 setup-device: $(DEVICE_STAMP) ## create .venv-device (numpy 1.26, onnxruntime, ai-edge-litert, tflite-runtime)
 
+# Ray, the optional cluster extra: into .venv on top of the host pins (`make setup` never installs it).
+CLUSTER_STAMP := $(VENV)/.cluster-installed
+$(CLUSTER_STAMP): $(STAMP) requirements/cluster.in requirements/cluster.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/cluster.in -c requirements/host.lock -c requirements/cluster.lock
+	touch $@
+
+setup-cluster: $(CLUSTER_STAMP) ## add Ray (requirements/cluster.in, pinned) to .venv for --backend ray
+
 tflite: quantize $(TFLITE_STAMP) $(DEVICE_STAMP) ## ONNX -> .tflite FP32 + full-integer INT8 (uint8 input), checked in both interpreters
 	$(LE) tflite --model $(MODELS) --onnx-dir $(ONNX_DIR)
 
@@ -93,8 +101,8 @@ quantize-ort: quantize-s2d ## ONNX Runtime target: the s2d INT8 model as an inte
 quantize-stock: export ## ORT quantize_static with every option at its default (the benchmark's stock INT8) -> <model>.stock.int8.qdq.onnx
 	$(LE) quantize --model $(MODELS) --onnx-dir $(ONNX_DIR) --stock
 
-quantize-sweep: export ## every quantization recipe for both models -> results/quantize_sweep.{json,md}
-	$(LE) sweep --onnx-dir $(ONNX_DIR)
+quantize-sweep: export ## every quantization recipe for both models (BACKEND=local|ray) -> results/quantize_sweep.{json,md}
+	$(LE) sweep --onnx-dir $(ONNX_DIR) --backend $(BACKEND)
 
 variants: export ## deployable FP32 variants (folded normalisation, static batch 1) + per-call floor model
 	$(LE) variants --model $(MODELS) --onnx-dir $(ONNX_DIR)
@@ -136,11 +144,16 @@ arm-check: bundle ## the bundle on emulated aarch64 (qemu-user, cortex-a72/a76):
 # The report (issue: answer the blog's question for deployment).
 SEEDS ?= 5
 JOBS ?= $(shell nproc)
-study: data ## multi-seed study: both models x SEEDS seeds (train, export, quantize, evaluate; JOBS in parallel) -> results/study.json
-	$(LE) study --seeds $(SEEDS) --jobs $(JOBS)
+# local (in this process) or ray (RAY_ADDRESS's cluster, else a loopback instance; make setup-cluster)
+BACKEND ?= local
+study: data ## multi-seed study: both models x SEEDS seeds (train, export, quantize, evaluate; JOBS in parallel, BACKEND=local|ray) -> results/study.json
+	$(LE) study --seeds $(SEEDS) --jobs $(JOBS) --backend $(BACKEND)
 
-invariance: quantize ## the reference models on shifted/rotated/scaled test images -> results/invariance.json
-	$(LE) invariance $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx)
+invariance: quantize ## the reference models on shifted/rotated/scaled test images (BACKEND=local|ray) -> results/invariance.json
+	$(LE) invariance $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx) --backend $(BACKEND)
+
+bench-jobs: $(CLUSTER_STAMP) ## per-job overhead of --backend ray against local (a benchmark) -> build/bench/jobs-overhead.json
+	$(LE) bench-jobs --json build/bench/jobs-overhead.json
 
 report: setup ## reports/REPORT.md + plots from the result files only (never trains)
 	$(LE) report
@@ -177,7 +190,10 @@ $(LLVM_MCA):
 setup-llvm: $(LLVM_MCA) ## llvm-19 from Debian (llvm-mc, llvm-mca: cycle estimates)
 
 test: data lint $(TFLITE_STAMP) $(DEVICE_STAMP) $(LLVM_MCA) ## the default test suite: unit, integration, regression (incl. TFLite)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/cluster
+
+test-cluster: data $(CLUSTER_STAMP) ## Ray on a two-node loopback cluster: bitwise equal to local, worker and node killed, device resource
+	$(PY) -m pytest -q tests/cluster
 
 test-unit: setup
 	$(PY) -m pytest -q -m unit

@@ -55,7 +55,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "evaluate": Command("lenet_edge.runtime.evaluate", "top-1/top-2 of ONNX or TFLite models on MNIST test"),
     "bench": Command(
-        "lenet_edge.runtime.bench", "latency of model files or a bundle, interleaved timing", "setup-device"
+        "lenet_edge.fleet",
+        "latency of model files or a bundle, here or on Ray device nodes (--backend ray --on KIND)",
+        "setup-device",
     ),
     "profile": Command("lenet_edge.runtime.profile", "per-operator time of one ONNX model (ORT profiler)"),
     "bundle": Command("lenet_edge.runtime.bundle", "build or self-check the device tarball", "setup-device"),
@@ -85,6 +87,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "bench-train": Command(
         "lenet_edge.train.bench", "seconds/epoch: our loop vs paddle.Model.fit", group="study"
+    ),
+    "bench-jobs": Command(
+        "lenet_edge.jobs", "per-job overhead of --backend ray against local", "setup-cluster", group="study"
     ),
 }
 GROUPS = {"pipeline": "pipeline", "study": "studies and results"}

@@ -1,19 +1,26 @@
 """Every recipe combination for both models -> results/quantize_sweep.json and .md.
 
-Reads build/onnx/<model>.fp32.onnx; INT8 files of the sweep go to build/quantize-sweep/.
+Reads build/onnx/<model>.fp32.onnx. One job per (model, recipe), in this process or as Ray tasks
+(`--backend`); each job's record is cached in build/quantize-sweep/ under the hash of its key, so
+an interrupted sweep resumes. The INT8 files themselves are temporary: the rows are the result.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import sys
+import threading
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, describe, run_jobs
 from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
 from lenet_edge.runtime.cli import add_common, parser, run
 from lenet_edge.runtime.errors import LenetEdgeError
-from lenet_edge.runtime.files import owned_temp_dir, write_bytes_atomic, write_json_atomic
+from lenet_edge.runtime.files import sha256_file, write_bytes_atomic, write_json_atomic
+from lenet_edge.runtime.progress import Progress
 from lenet_edge.workflow import add_model_flags, selected
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,70 +63,112 @@ def all_recipes() -> list[QuantRecipe]:
     return out
 
 
-def sweep(onnx_dir: Path, work_dir: Path, models: list[str], data_dir: Path | None) -> list[dict[str, Any]]:
+def sweep_jobs(
+    onnx_dir: Path, models: list[str], data_dir: Path | None, only: str | None = None
+) -> list[Job]:
+    """One job per (model, recipe); inputs: the FP32 export with its record, the calibration
+    subset and the data set (the engine adds their hashes and the code's to each key).
+    `only`: comma-separated words, keep the recipes whose name contains one of them."""
+    from lenet_edge.export.onnx_export import export_record_path
+    from lenet_edge.quantize.calibration import CALIBRATION_FILE
+
+    recipes = all_recipes()
+    if only is not None:
+        words = [w for w in only.split(",") if w]
+        recipes = [r for r in recipes if any(w in r.name for w in words)]
+        if not recipes:
+            raise LenetEdgeError(f"--recipes {only}: no recipe name contains any of these words")
+    jobs = []
+    for name in models:
+        fp32 = onnx_dir / f"{name}.fp32.onnx"
+        if not fp32.is_file():
+            raise LenetEdgeError(f"{fp32}: FP32 model not found (run `make export`)")
+        inputs = {
+            "fp32": str(fp32),
+            "fp32_record": str(export_record_path(fp32)),
+            "calibration": str(CALIBRATION_FILE),
+            **data_inputs(data_dir),
+        }
+        for recipe in recipes:
+            payload = {"model": name, "recipe": recipe.to_dict(), "default": recipe == DEFAULT_RECIPES[name]}
+            jobs.append(
+                Job(
+                    "sweep",
+                    {"model": name, "recipe": recipe.name},
+                    "lenet_edge.quantize.sweep:sweep_job",
+                    payload,
+                    inputs,
+                    label=f"{name} {recipe.name}",
+                )
+            )
+    return jobs
+
+
+_prepared: dict[tuple[str, str], Any] = {}
+_prepared_lock = threading.Lock()
+_prepared_stack = ExitStack()
+atexit.register(_prepared_stack.close)
+
+
+def _prepared_for(fp32: Path, calibration_file: Path, data: Path) -> Any:
+    """The recipe-independent part (graph clean-up, pre-processing, FP32 logits), once per model,
+    data set and thread: a worker that runs many recipes of one model prepares it once, and two
+    threads of the local backend never share one (ORT's quantizer may touch what it is given)."""
     from lenet_edge.quantize.calibration import load_calibration
     from lenet_edge.quantize.ort_quant import prepared
 
-    calibration = load_calibration()
-    recipes = all_recipes()
-    rows = []
-    from lenet_edge.runtime.progress import Progress
-
-    with Progress(len(models) * len(recipes), "quantize sweep", "model", every=0.1) as bar:
-        for name in models:
-            with prepared(onnx_dir / f"{name}.fp32.onnx", calibration, data_dir) as prep:
-                rows += _sweep_model(name, prep, recipes, calibration, work_dir, bar)
-    return rows
+    key = (str(fp32), sha256_file(fp32), sha256_file(calibration_file), str(data), threading.get_ident())
+    with _prepared_lock:
+        if key not in _prepared:
+            calibration = load_calibration(calibration_file)
+            _prepared[key] = (calibration, _prepared_stack.enter_context(prepared(fp32, calibration, data)))
+        return _prepared[key]
 
 
-def _sweep_model(
-    name: str, prep: Any, recipes: list[QuantRecipe], calibration: Any, work_dir: Path, bar: Any
-) -> list[dict[str, Any]]:
+def sweep_job(payload: dict[str, Any], inputs: dict[str, Path], work: Path) -> dict[str, Any]:
+    """Quantize one model with one recipe and check it; a recipe that fails is a row saying why."""
     from lenet_edge.quantize.ort_quant import quantize_model
 
-    rows = []
-    for recipe in recipes:
-        bar.set_postfix_str(f"{name} {recipe.name}")
-        row: dict[str, Any] = {
-            "model": name,
-            "recipe": recipe.name,
-            **recipe.to_dict(),
-            "default": recipe == DEFAULT_RECIPES[name],
-        }
-        try:
-            rec = quantize_model(
-                prep.fp32_path,
-                work_dir / name / f"{recipe.name}.onnx",
-                recipe,
-                calibration,
-                sqnr=False,
-                progress=False,
-                prep=prep,
-            )
-            row.update(
-                status="ok",
-                test_top1=rec["test_top1"],
-                accuracy_drop_pp=rec["accuracy_drop_pp"],
-                agreement_with_fp32=rec["agreement_with_fp32"],
-                onnx_bytes=rec["onnx_bytes"],
-                bytes_per_param=rec["bytes_per_param"],
-                size_ratio_vs_fp32=rec["size_ratio_vs_fp32"],
-                quantize_seconds=rec["seconds"],
-                mcnemar_p_int8_worse=rec["mcnemar"]["p_new_worse"],
-            )
-        except LenetEdgeError as e:
-            row.update(status=f"fails: {str(e)[:160]}")
-        except Exception as e:  # ORT rejects some type combinations with its own exceptions
-            row.update(status=f"fails: {type(e).__name__}: {str(e)[:160]}")
-        rows.append(row)
-        bar.update(1)
-    return rows
+    recipe = QuantRecipe.from_dict(payload["recipe"])
+    name = payload["model"]
+    row: dict[str, Any] = {
+        "model": name,
+        "recipe": recipe.name,
+        **recipe.to_dict(),
+        "default": payload["default"],
+    }
+    calibration, prep = _prepared_for(inputs["fp32"], inputs["calibration"], data_arg(inputs))
+    try:
+        rec = quantize_model(
+            prep.fp32_path,
+            work / f"{recipe.name}.onnx",
+            recipe,
+            calibration,
+            sqnr=False,
+            progress=False,
+            prep=prep,
+        )
+        row.update(
+            status="ok",
+            test_top1=rec["test_top1"],
+            accuracy_drop_pp=rec["accuracy_drop_pp"],
+            agreement_with_fp32=rec["agreement_with_fp32"],
+            onnx_bytes=rec["onnx_bytes"],
+            bytes_per_param=rec["bytes_per_param"],
+            size_ratio_vs_fp32=rec["size_ratio_vs_fp32"],
+            mcnemar_p_int8_worse=rec["mcnemar"]["p_new_worse"],
+        )
+    except LenetEdgeError as e:
+        row.update(status=f"fails: {str(e)[:160]}")
+    except Exception as e:  # ORT rejects some type combinations with its own exceptions
+        row.update(status=f"fails: {type(e).__name__}: {str(e)[:160]}")
+    return row
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| model | recipe | top-1 % | drop pp | agreement % | bytes | B/param | × FP32 | quantize s | status |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| model | recipe | top-1 % | drop pp | agreement % | bytes | B/param | × FP32 | status |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---|"
     )
     lines = [head]
     for r in rows:
@@ -128,12 +177,11 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {r['model']} | `{r['recipe']}`{star} | {100 * r['test_top1']:.2f} | "
                 f"{r['accuracy_drop_pp']:+.2f} | {100 * r['agreement_with_fp32']:.2f} | "
-                f"{r['onnx_bytes']:,} | {r['bytes_per_param']:.3f} | {r['size_ratio_vs_fp32']:.3f} | "
-                f"{r['quantize_seconds']:.1f} | ok |"
+                f"{r['onnx_bytes']:,} | {r['bytes_per_param']:.3f} | {r['size_ratio_vs_fp32']:.3f} | ok |"
             )
         else:
             lines.append(
-                f"| {r['model']} | `{r['recipe']}`{star} | | | | | | | | {r['status'].replace('|', '/')} |"
+                f"| {r['model']} | `{r['recipe']}`{star} | | | | | | | {r['status'].replace('|', '/')} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -142,10 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("quantize.sweep", __doc__)
     add_model_flags(p)
     p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
-    p.add_argument("--work-dir", type=Path, default=None, help="where sweep models go (default: a temp dir)")
+    p.add_argument(
+        "--recipes", default=None, help="only recipes whose name contains one of these comma-separated words"
+    )
+    add_backend_flags(p)
     add_common(
         p,
+        "out_dir",
         "json",
+        out_dir={
+            "default": Path("build/quantize-sweep"),
+            "help": "the jobs' records, the cache (default build/quantize-sweep)",
+        },
         json={
             "default": ROOT / "results" / "quantize_sweep.json",
             "help": "writes PATH and PATH.md (default results/quantize_sweep.json)",
@@ -154,12 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None)
     args = p.parse_args(argv)
     models = selected(args.model, args.workflow)
-    with owned_temp_dir("sweep") as tmp:
-        rows = sweep(args.onnx_dir, args.work_dir or Path(tmp), models, args.data_dir)
+    jobs = sweep_jobs(args.onnx_dir, models, args.data_dir, args.recipes)
+    with Progress(len(jobs), "quantize sweep", "recipe", every=0.1) as bar:
+        rows, stats = run_jobs(jobs, args.out_dir, args.backend, args.jobs, progress=bar)
     write_json_atomic(args.json.with_suffix(".json"), {"command": "make quantize-sweep", "rows": rows})
     write_bytes_atomic(args.json.with_suffix(".md"), to_markdown(rows).encode())
     ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{ok}/{len(rows)} recipes quantized; table in {args.json.with_suffix('.md')}")
+    print(f"{ok}/{len(rows)} recipes quantized ({describe(stats)}); table in {args.json.with_suffix('.md')}")
     return 0
 
 

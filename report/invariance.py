@@ -8,13 +8,13 @@ translations; this measures whether learned stride-2 downsampling loses it, in F
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, describe, run_jobs
 from lenet_edge.report.transforms import conditions
 from lenet_edge.runtime.cli import add_common, parser, run
 from lenet_edge.runtime.errors import ContractError, LenetEdgeError
@@ -87,25 +87,63 @@ def curves(result: dict[str, Any]) -> dict[str, dict[str, list[tuple[float, floa
     return out
 
 
+def invariance_job(payload: dict[str, Any], inputs: dict[str, Path], work: Path) -> dict[str, Any]:
+    """One model under every condition (a job of `--backend local|ray`)."""
+    res = evaluate_invariance([inputs["model"]], data_arg(inputs), payload["limit"], progress=False)
+    (key,) = res["top1"]
+    return {"key": key, "top1": res["top1"][key], "images": res["images"], "conditions": res["conditions"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("report.invariance", __doc__)
     p.add_argument("models", nargs="+", type=Path, help="model files (.onnx or .tflite)")
     add_common(
         p,
+        "out_dir",
         "json",
+        out_dir={
+            "default": Path("build/invariance"),
+            "help": "the jobs' records, the cache (default build/invariance)",
+        },
         json={"default": Path("results/invariance.json"), "help": "default results/invariance.json"},
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
     p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    add_backend_flags(p)
     a = p.parse_args(argv)
     for m in a.models:
         if not m.is_file():
             raise LenetEdgeError(f"{m}: model file not found (run `make quantize`)")
-    res = evaluate_invariance(a.models, a.data_dir, a.limit, a.progress)
+    if a.limit is not None and a.limit < 1:
+        raise LenetEdgeError(f"--limit {a.limit}: must be >= 1")
+    data = data_inputs(a.data_dir)
+    jobs = [
+        Job(
+            "invariance",
+            {"model": m.name, "limit": a.limit},
+            "lenet_edge.report.invariance:invariance_job",
+            {"limit": a.limit},
+            {"model": str(m), **data},
+            label=m.name,
+        )
+        for m in a.models
+    ]
+    with Progress(len(jobs), "invariance", "model", every=1 / len(jobs)) as bar:
+        recs, stats = run_jobs(jobs, a.out_dir, a.backend, a.jobs, progress=bar)
+    keys = [r["key"] for r in recs]
+    if len(set(keys)) != len(keys):
+        raise LenetEdgeError("two model files have the same name: give each model once")
+    res = {
+        "schema": SCHEMA,
+        "images": recs[0]["images"],
+        "conditions": recs[0]["conditions"],
+        "top1": {r["key"]: r["top1"] for r in recs},
+        "models": {r["key"]: str(m) for r, m in zip(recs, a.models, strict=True)},
+        "seconds": round(stats.seconds, 1),
+    }
     write_json_atomic(a.json, res)
     print(
-        f"wrote {a.json}: {len(res['conditions'])} conditions x {len(res['top1'])} models in {res['seconds']} s"
+        f"wrote {a.json}: {len(res['conditions'])} conditions x {len(res['top1'])} models ({describe(stats)})"
     )
     return 0
 

@@ -2,25 +2,27 @@
 
 `python -m report.study --seeds 5` (`make study SEEDS=5`) runs one job per (seed, model) through
 the pipeline's own CLIs (train -> export -> quantize), then evaluates FP32 and INT8 on the test
-set and under the invariance transforms. Jobs run in parallel, one per core, each with one
-thread; a finished job leaves build/study/seed<S>/<model>.study.json (written last, atomically),
-so an interrupted study resumes where it stopped. The aggregate, with statistics, goes to
+set and under the invariance transforms. Jobs run in parallel (`--jobs`, default one per core),
+each with one thread, in this process (`--backend local`) or as Ray tasks (`--backend ray`,
+lenet_edge/jobs.py). A finished job's record goes to build/study/<key hash>.json, so an
+interrupted study resumes where it stopped. The aggregate, with statistics, goes to
 results/study.json, which `make report` reads.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, describe, run_jobs
 from lenet_edge.runtime.cli import add_common, parser, run
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import read_json, sha256_file, write_json_atomic
@@ -43,12 +45,7 @@ class StudyError(LenetEdgeError):
     """A study job failed; the message names the step and its log."""
 
 
-def job_dir(root: Path, seed: int) -> Path:
-    return root / f"seed{seed}"
-
-
-def job_result(root: Path, seed: int, model: str) -> Path:
-    return job_dir(root, seed) / f"{model}.study.json"
+STEP_MODULES = ("train.loop", "train.__main__", "export.__main__", "quantize.__main__")
 
 
 def _step(cmd: list[str], log: Path, what: str) -> None:
@@ -59,117 +56,66 @@ def _step(cmd: list[str], log: Path, what: str) -> None:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
     if proc.returncode != 0:
         last = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:]
-        raise StudyError(f"{log}: {what} failed (exit {proc.returncode}): {last[0] if last else ''}")
+        raise StudyError(f"{what} failed (exit {proc.returncode}): {last[0] if last else ''}")
 
 
-def job_key(seed: int, model: str, epochs: int, train_limit: int | None) -> dict[str, Any]:
-    """Everything that decides a job's result: a cached result with another key is not reused
-    (a 1-epoch smoke study must never stand in for the real one)."""
-    from lenet_edge.runtime.files import code_sha256
-
-    return {
-        "model": model,
-        "seed": seed,
-        "epochs": epochs,
-        "train_limit": train_limit,
-        "code_sha256": code_sha256(
-            "report.study", "train.loop", "train.__main__", "export.__main__", "quantize.__main__"
-        ),
-    }
-
-
-def cached_result(root: Path, seed: int, model: str, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The job's result if it exists and was made with this very key, else None."""
-    out = job_result(root, seed, model)
-    if not out.is_file():
-        return None
-    try:
-        res = read_json(out)
-    except LenetEdgeError:
-        return None
-    return res if isinstance(res, dict) and res.get("job_key") == key else None
+def study_jobs(
+    seeds: list[int], models: tuple[str, ...], epochs: int, train_limit: int | None, data_dir: Path | None
+) -> list[Job]:
+    """One job per (seed, model). Its key: model, seed, epochs, training limit; the engine adds
+    the data files' and the code's hashes (a 1-epoch smoke study never stands in for the real one)."""
+    inputs = data_inputs(data_dir)
+    return [
+        Job(
+            "study",
+            {"model": m, "seed": s, "epochs": epochs, "train_limit": train_limit},
+            "lenet_edge.report.study:study_job",
+            {"model": m, "seed": s, "epochs": epochs, "train_limit": train_limit},
+            inputs,
+            code_modules=STEP_MODULES,
+            label=f"seed {s} {m}",
+        )
+        for m in models
+        for s in seeds
+    ]
 
 
-def run_job(
-    root: Path, seed: int, model: str, epochs: int, data_dir: Path | None, train_limit: int | None = None
-) -> dict[str, Any]:
-    """train -> export -> quantize -> evaluate for one (seed, model); cached by its key."""
-    out = job_result(root, seed, model)
-    key = job_key(seed, model, epochs, train_limit)
-    if (res := cached_result(root, seed, model, key)) is not None:
-        return res
-    d = job_dir(root, seed)
+def study_job(payload: dict[str, Any], inputs: dict[str, Path], work: Path) -> dict[str, Any]:
+    """train -> export -> quantize -> evaluate for one (seed, model), each step a process with one
+    thread; the record carries the accuracies and the per-image correctness the statistics need."""
+    model, seed, epochs, limit = payload["model"], payload["seed"], payload["epochs"], payload["train_limit"]
+    d = work / f"seed{seed}"
     onnx_dir = d / "onnx"
     d.mkdir(parents=True, exist_ok=True)
     log = d / f"{model}.log"
     py = sys.executable
-    data = ["--data-dir", str(data_dir)] if data_dir else []
-    limit = ["--train-limit", str(train_limit)] if train_limit else []
+    data = ["--data-dir", str(data_arg(inputs))]
+    lim = ["--train-limit", str(limit)] if limit else []
     t0 = time.time()
-    _step(
-        [
-            py,
-            "-m",
-            "lenet_edge.train",
-            "--model",
-            model,
-            "--seed",
-            str(seed),
-            "--epochs",
-            str(epochs),
-            "--out-dir",
-            str(d),
-            "--no-progress",
-            *limit,
-            *data,
-        ],
-        log,
-        "training",
-    )
+    train = ["--model", model, "--seed", str(seed), "--epochs", str(epochs), "--out-dir", str(d)]
+    _step([py, "-m", "lenet_edge.train", *train, "--no-progress", *lim, *data], log, "training")
     t_train = time.time() - t0
-    _step(
-        [
-            py,
-            "-m",
-            "lenet_edge.export",
-            "--model",
-            model,
-            "--checkpoint-dir",
-            str(d),
-            "--out-dir",
-            str(onnx_dir),
-            *data,
-        ],
-        log,
-        "export",
-    )
-    _step(
-        [
-            py,
-            "-m",
-            "lenet_edge.quantize",
-            "--model",
-            model,
-            "--onnx-dir",
-            str(onnx_dir),
-            "--no-check",
-            "--no-progress",
-            *data,
-        ],
-        log,
-        "quantization",
-    )
-    _step(
-        [py, "-m", "lenet_edge.report.study", "--evaluate-job", str(d), "--model", model, *data],
-        log,
-        "evaluation",
-    )
+    export = ["--model", model, "--checkpoint-dir", str(d), "--out-dir", str(onnx_dir)]
+    _step([py, "-m", "lenet_edge.export", *export, *data], log, "export")
+    quant = ["--model", model, "--onnx-dir", str(onnx_dir), "--no-check", "--no-progress"]
+    _step([py, "-m", "lenet_edge.quantize", *quant, *data], log, "quantization")
+    evaluate = ["--evaluate-job", str(d), "--model", model]
+    _step([py, "-m", "lenet_edge.report.study", *evaluate, *data], log, "evaluation")
     res = read_json(d / f"{model}.eval.json")
+    correct = np.load(d / f"{model}.correct.npz")
+    res["correct"] = {k: pack_bits(correct[k]) for k in ("fp32", "int8")}
     res["epochs"] = epochs
-    res["job_key"] = key
-    res["seconds"] = {"train": round(t_train, 1), "total": round(time.time() - t0, 1)}
-    write_json_atomic(out, res)
+    # wall-clock times, all under "seconds": the one part of a record that differs between runs
+    res["seconds"] |= {"train": round(t_train, 1), "total": round(time.time() - t0, 1)}
     return res
+
+
+def pack_bits(a: np.ndarray) -> dict[str, Any]:
+    return {"n": int(a.size), "bits": base64.b64encode(np.packbits(a.astype(bool))).decode()}
+
+
+def unpack_bits(d: dict[str, Any]) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(d["bits"]), np.uint8))[: d["n"]].astype(bool)
 
 
 def evaluate_job(d: Path, model: str, data_dir: Path | None) -> None:
@@ -194,18 +140,21 @@ def evaluate_job(d: Path, model: str, data_dir: Path | None) -> None:
         correct[prec] = logits.argmax(-1) == test.labels
     train_rec = read_json(d / f"{model}.train.json")
     res["checkpoint_sha256"] = sha256_file(d / f"{model}.npz")
-    res["train_seconds_per_epoch"] = train_rec.get("seconds_per_epoch")
+    res["seconds"] = {"train_per_epoch": train_rec.get("seconds_per_epoch")}
     q = read_json(onnx_dir / f"{model}.int8.qdq.quantize.json")
     res["int8"]["agreement_with_fp32"] = q["agreement_with_fp32"]
     res["int8"]["accuracy_drop_pp"] = q["accuracy_drop_pp"]
     res["int8"]["mcnemar"] = q["mcnemar"]
     res["invariance"] = evaluate_invariance([fp32, int8], data_dir, progress=False)
+    res["seconds"]["invariance"] = res["invariance"].pop("seconds")  # timings apart from results
+    # file names, not the job's temporary folder: a record must not depend on where it ran
+    res["invariance"]["models"] = {k: Path(v).name for k, v in res["invariance"]["models"].items()}
     np.savez_compressed(d / f"{model}.correct.npz", **correct)
     write_json_atomic(d / f"{model}.eval.json", res)
 
 
-def aggregate(root: Path, seeds: list[int]) -> dict[str, Any]:
-    """Per-seed rows plus the statistics the report prints."""
+def aggregate(records: dict[str, list[dict[str, Any]]], seeds: list[int]) -> dict[str, Any]:
+    """Per-seed rows (each model's job records, in seed order) plus the statistics the report prints."""
     from lenet_edge.quantize.stats import mcnemar_exact
     from lenet_edge.report.invariance import curves
     from lenet_edge.report.stats import paired_t, summary, wilcoxon_exact
@@ -214,7 +163,7 @@ def aggregate(root: Path, seeds: list[int]) -> dict[str, Any]:
     # (result keys keep the blog's names: "stride_minus_pool" = candidate - baseline)
     pool, stride = comparison()
     models = (pool, stride)
-    rows = {m: [read_json(job_result(root, s, m)) for s in seeds] for m in models}
+    rows = {m: records[m] for m in models}
     per_model = {}
     for m in models:
         fp = [100 * r["fp32"]["top1"] for r in rows[m]]
@@ -231,9 +180,9 @@ def aggregate(root: Path, seeds: list[int]) -> dict[str, Any]:
     q_pool = [100 * r["int8"]["top1"] for r in rows[pool]]
     q_stride = [100 * r["int8"]["top1"] for r in rows[stride]]
     per_seed_mcnemar = []
-    for s in seeds:
-        a = np.load(job_dir(root, s) / f"{pool}.correct.npz")
-        b = np.load(job_dir(root, s) / f"{stride}.correct.npz")
+    for s, ra, rb in zip(seeds, rows[pool], rows[stride], strict=True):
+        a = {k: unpack_bits(v) for k, v in ra["correct"].items()}
+        b = {k: unpack_bits(v) for k, v in rb["correct"].items()}
         per_seed_mcnemar.append(
             {
                 "seed": s,
@@ -311,7 +260,7 @@ def rows_slim(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     p = parser("report.study", __doc__)
     p.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel jobs (default: cores)")
+    add_backend_flags(p, default_parallel=os.cpu_count() or 1)
     p.add_argument("--epochs", type=int, default=10, help="default 10 (the blog's recipe)")
     add_common(
         p,
@@ -319,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "json",
         out_dir={
             "default": Path("build/study"),
-            "help": "per-seed jobs and their cache (default build/study)",
+            "help": "the jobs' records, the cache (default build/study)",
         },
         json={"default": Path("results/study.json"), "help": "default results/study.json"},
     )
@@ -336,46 +285,27 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(a.seeds))
     # Candidate first (the stride-2 net trains ~2x slower), so the last job is not a lone long one.
     models = tuple(reversed(comparison()))
-    jobs = [(s, m) for m in models for s in seeds]
-    keys = {(s, m): job_key(s, m, a.epochs, a.train_limit) for s, m in jobs}
-    done = sum(cached_result(a.out_dir, s, m, keys[s, m]) is not None for s, m in jobs)
-    print(
-        f"study: {len(jobs)} jobs ({a.seeds} seeds x {len(models)} models), {done} cached in {a.out_dir}, {a.jobs} in parallel"
-    )
-    t0 = time.time()
-    with (
-        ThreadPoolExecutor(max_workers=a.jobs) as pool,
-        Progress(
-            len(jobs), "study", "job", initial=done, every=1 / len(jobs)
-        ) as bar,  # a line per job in a log
-    ):
-        pending: dict[Future, tuple[int, str]] = {}
-        for s, m in jobs:
-            if cached_result(a.out_dir, s, m, keys[s, m]) is None:
-                pending[pool.submit(run_job, a.out_dir, s, m, a.epochs, a.data_dir, a.train_limit)] = (s, m)
-        try:
-            while pending:
-                finished, _ = wait(pending, timeout=5, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    s, m = pending.pop(f)
-                    r = f.result()
-                    bar.update(1)
-                    bar.set_postfix_str(
-                        f"seed {s} {m}: FP32 {100 * r['fp32']['top1']:.2f} %, "
-                        f"INT8 {100 * r['int8']['top1']:.2f} %"
-                    )
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
-    res = aggregate(a.out_dir, seeds)
-    res["wall_seconds_this_run"] = round(time.time() - t0, 1)
-    res["jobs_run_this_run"] = len(jobs) - done
+    jobs = study_jobs(seeds, models, a.epochs, a.train_limit, a.data_dir)
+    print(f"study: {len(jobs)} jobs ({a.seeds} seeds x {len(models)} models), {a.backend} backend")
+
+    def said(job: Job, r: dict[str, Any]) -> None:
+        bar.set_postfix_str(
+            f"{job.label}: FP32 {100 * r['fp32']['top1']:.2f} %, INT8 {100 * r['int8']['top1']:.2f} %"
+        )
+
+    with Progress(len(jobs), "study", "job", every=1 / len(jobs)) as bar:  # a line per job in a log
+        records, stats = run_jobs(jobs, a.out_dir, a.backend, a.jobs, on_record=said, progress=bar)
+    print(f"study jobs: {describe(stats)}")
+    by_model = {m: [r for j, r in zip(jobs, records, strict=True) if j.key["model"] == m] for m in models}
+    res = aggregate(by_model, seeds)
+    res["wall_seconds_this_run"] = round(stats.seconds, 1)
+    res["jobs_run_this_run"] = stats.ran
     res["jobs_in_parallel"] = a.jobs
+    res["backend"] = a.backend
     # The study's wall time is the one of a run that did every job; a resumed or re-aggregated run
     # keeps the figure of the earlier full run with the same seeds.
     prev = read_json(a.json) if a.json.is_file() else {}
-    if done == 0:
+    if stats.cached == 0:
         res["wall_seconds_full_run"] = res["wall_seconds_this_run"]
     elif prev.get("seeds") == seeds and prev.get("wall_seconds_full_run"):
         res["wall_seconds_full_run"] = prev["wall_seconds_full_run"]

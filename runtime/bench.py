@@ -447,7 +447,7 @@ def _int_list(text: str, all_value: int) -> list[int]:
     return sorted(set(vals))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = parser("runtime.bench", __doc__)
     p.add_argument("models", nargs="*", type=Path, help="model files (default: every model in --bundle)")
     p.add_argument(
@@ -477,7 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--startup", type=Path, default=None, help=argparse.SUPPRESS)  # child modes
     p.add_argument("--latency", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The measurement settings of parsed flags, checked: batches, threads, calls, runs, warmup, rounds."""
     ncpu = os.cpu_count() or 1
     batches, threads = _int_list(args.batch, ncpu), _int_list(args.threads, ncpu)
     calls = [c.strip() for c in args.calls.split(",") if c.strip()]
@@ -485,6 +489,23 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--calls must be a comma-separated subset of {CALLS}, got {args.calls!r}")
     if args.runs < 1 or args.warmup < 0 or args.rounds < 1:
         raise ConfigError("--runs and --rounds must be >= 1, --warmup >= 0")
+    return {
+        "batches": batches,
+        "threads": threads,
+        "calls": calls,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_args(build_parser().parse_args(argv))
+
+
+def run_args(args: argparse.Namespace) -> int:
+    st = settings(args)
+    batches, threads, calls = st["batches"], st["threads"], st["calls"]
     if args.startup is not None:
         print(json.dumps(measure_startup(args.startup, batches[0], threads[0], calls[0])))
         return 0
@@ -507,12 +528,16 @@ def main(argv: list[str] | None = None) -> int:
     report = run_bench(models, batches, threads, calls, args.runs, args.warmup, args.rounds)
     if check is not None:
         report["bundle_check"] = check
-    write_json_atomic(args.json, report)
-    md = to_markdown(report)
-    write_bytes_atomic(args.json.with_suffix(".md"), md.encode())
-    print(md)
-    print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    publish(report, args.json)
     return 0
+
+
+def publish(report: dict[str, Any], path: Path) -> None:
+    write_json_atomic(path, report)
+    md = to_markdown(report)
+    write_bytes_atomic(path.with_suffix(".md"), md.encode())
+    print(md)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

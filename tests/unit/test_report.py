@@ -10,7 +10,7 @@ from scipy import stats as sps
 
 from lenet_edge.report import stats, transforms
 from lenet_edge.report.build import build
-from lenet_edge.report.study import aggregate, job_dir, job_result
+from lenet_edge.report.study import aggregate, pack_bits
 from lenet_edge.workflow import comparison
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 
@@ -128,43 +128,55 @@ def _fake_invariance(base):
     return {"conditions": [{"family": f, "magnitude": m, "label": lb} for f, m, lb, _ in conds], "top1": top1}
 
 
-def _fake_study(root, seeds, gap, epochs=10, train_limit=None):
-    from lenet_edge.report.study import job_key
-
+def _fake_records(seeds, gap, epochs=10):
     rng = np.random.default_rng(0)
-    for s in seeds:
-        d = job_dir(root, s)
-        d.mkdir(parents=True)
-        for m in comparison():
+    out = {}
+    for m in comparison():
+        out[m] = []
+        for s in seeds:
             base = 0.987 + (gap if m == "lenet_stride" else 0) + 0.0005 * s
             inv = _fake_invariance(base)
             inv["top1"] = {f"{m}{k}": v for k, v in inv["top1"].items()}
-            rec = {
-                "model": m,
-                "seed": s,
-                "epochs": epochs,
-                "job_key": job_key(s, m, epochs, train_limit),
-                "fp32": {"top1": base, "top2": 0.997, "bytes": 250000},
-                "int8": {
-                    "top1": base - 0.0001,
-                    "top2": 0.997,
-                    "bytes": 70000,
-                    "agreement_with_fp32": 0.9993,
-                    "accuracy_drop_pp": 0.01,
-                    "mcnemar": {"p_new_worse": 0.5},
-                },
-                "checkpoint_sha256": "0" * 64,
-                "seconds": {"train": 1, "total": 2},
-                "invariance": inv,
-            }
-            job_result(root, s, m).write_text(json.dumps(rec))
             correct = rng.random(10000) < base
-            np.savez(d / f"{m}.correct.npz", fp32=correct, int8=correct)
+            out[m].append(
+                {
+                    "model": m,
+                    "seed": s,
+                    "epochs": epochs,
+                    "fp32": {"top1": base, "top2": 0.997, "bytes": 250000},
+                    "int8": {
+                        "top1": base - 0.0001,
+                        "top2": 0.997,
+                        "bytes": 70000,
+                        "agreement_with_fp32": 0.9993,
+                        "accuracy_drop_pp": 0.01,
+                        "mcnemar": {"p_new_worse": 0.5},
+                    },
+                    "checkpoint_sha256": "0" * 64,
+                    "seconds": {"train": 1, "total": 2},
+                    "invariance": inv,
+                    "correct": {"fp32": pack_bits(correct), "int8": pack_bits(correct)},
+                }
+            )
+    return out
+
+
+def _fake_study(root, seeds, gap, epochs=10, train_limit=None):
+    """Cached job records as a finished study leaves them (the engine's own files)."""
+    from lenet_edge import jobs
+    from lenet_edge.report.study import study_jobs
+
+    recs = _fake_records(seeds, gap, epochs)
+    root.mkdir(parents=True, exist_ok=True)
+    for p in jobs.prepare(study_jobs(seeds, tuple(comparison()), epochs, train_limit, None)):
+        rec = recs[p.job.key["model"]][seeds.index(p.job.key["seed"])]
+        body = {"schema": jobs.SCHEMA, "key": p.key, "record": rec}
+        jobs.record_path(root, p).write_text(json.dumps(body))
+    return recs
 
 
 def test_aggregate_detects_a_real_gap(tmp_path):
-    _fake_study(tmp_path, [0, 1, 2, 3, 4], gap=0.002)
-    res = aggregate(tmp_path, [0, 1, 2, 3, 4])
+    res = aggregate(_fake_records([0, 1, 2, 3, 4], gap=0.002), [0, 1, 2, 3, 4])
     t = res["stride_minus_pool"]["fp32_top1_pp"]
     assert t["mean_diff"] == pytest.approx(0.2) and t["sd_diff"] == pytest.approx(0, abs=1e-9)
     assert res["stride_minus_pool"]["seeds_stride_better_fp32"] == 5
@@ -178,8 +190,7 @@ def _results_dir(tmp_path, with_study=True):
     res.mkdir()
     shutil.copy(ROOT / "results" / "reference.json", res / "reference.json")
     if with_study:
-        _fake_study(tmp_path / "study", [0, 1, 2], gap=0.001)
-        agg = aggregate(tmp_path / "study", [0, 1, 2])
+        agg = aggregate(_fake_records([0, 1, 2], gap=0.001), [0, 1, 2])
         agg["jobs_in_parallel"] = 2
         (res / "study.json").write_text(json.dumps(agg))
     return res
@@ -235,18 +246,27 @@ def test_study_resumes_from_cached_jobs_without_training(tmp_path):
     ] == pytest.approx(0.1)
 
 
-def test_study_cache_key_covers_epochs_limit_and_code(tmp_path, monkeypatch):
+def test_study_cache_key_covers_epochs_limit_data_and_code(tmp_path, monkeypatch):
     """A short smoke study's cached jobs must never stand in for the real study's."""
-    import lenet_edge.report.study as study
+    from lenet_edge import jobs
+    from lenet_edge.report.study import study_jobs
+
+    def one(epochs, limit):
+        return jobs.prepare(study_jobs([0], ("lenet_pool",), epochs, limit, None))[0]
 
     _fake_study(tmp_path / "smoke", [0], gap=0.0, epochs=1, train_limit=1280)
-    real = study.job_key(0, "lenet_pool", 10, None)
-    assert study.cached_result(tmp_path / "smoke", 0, "lenet_pool", real) is None
-    smoke = study.job_key(0, "lenet_pool", 1, 1280)
-    assert study.cached_result(tmp_path / "smoke", 0, "lenet_pool", smoke) is not None
-    assert study.job_key(0, "lenet_pool", 1, None) != smoke  # the limit alone changes the key
-    monkeypatch.setattr("lenet_edge.runtime.files.code_sha256", lambda *m: "other code")
-    assert study.job_key(0, "lenet_pool", 1, 1280) != smoke
+    assert jobs.cached(tmp_path / "smoke", one(10, None)) is None
+    smoke = one(1, 1280)
+    assert jobs.cached(tmp_path / "smoke", smoke) is not None
+    assert one(1, None).id != smoke.id  # the limit alone changes the key
+    assert set(smoke.key["inputs"]) == {
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    }
+    monkeypatch.setattr(jobs, "code_sha256", lambda *m: "other code")
+    assert one(1, 1280).id != smoke.id
 
 
 def test_report_is_reproducible_byte_for_byte(tmp_path):
