@@ -359,6 +359,7 @@ def connect(parallel: int) -> Callable[[], None]:
     else:
         # a private instance: nothing listens beyond loopback, nothing outlives the run
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.60's default, said explicitly: no warning
         kw.setdefault("_node_ip_address", "127.0.0.1")
         ray.init(num_cpus=max(1, parallel), include_dashboard=False, **kw)
     return ray.shutdown
@@ -488,6 +489,44 @@ def overhead_bench(n: int, sleep: float, parallel: int, out: Path) -> dict[str, 
     return res
 
 
+def project(job_seconds: list[float], slots: int, per_job: float, start: float) -> float:
+    """Wall time of these jobs on `slots` parallel slots, longest first to the freest slot (how
+    Ray's queue behaves when every job is submitted at once), plus the measured overheads."""
+    free = [0.0] * slots
+    for t in sorted(job_seconds, reverse=True):
+        i = free.index(min(free))
+        free[i] += t + per_job
+    return start + max(free)
+
+
+def projection_table(
+    study: dict[str, Any], overhead: dict[str, Any], nodes: list[int], seeds: list[int], cores: int = 2
+) -> str:
+    """Expected study times for N nodes of `cores` cores from a study's measured per-job times."""
+    per_model: dict[str, list[float]] = {}
+    for r in study["rows"]:
+        per_model.setdefault(r["model"], []).append(r["seconds"]["total"])
+    mean = {m: sum(v) / len(v) for m, v in per_model.items()}
+    lines = [
+        "| seeds × models | " + " | ".join(f"{n} node{'s' if n > 1 else ''}" for n in nodes) + " |",
+        "|---|" + "---:|" * len(nodes),
+    ]
+    for s in seeds:
+        jobs = [mean[m] for m in mean for _ in range(s)]
+        cells = [
+            project(
+                jobs,
+                n * cores,
+                overhead["ray_overhead_per_job_excluding_start_s"],
+                overhead["ray_start_stop_s"],
+            )
+            / 60
+            for n in nodes
+        ]
+        lines.append(f"| {s} × {len(mean)} | " + " | ".join(f"{c:.0f} min" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     from lenet_edge.runtime.cli import add_common, parser
 
@@ -496,7 +535,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sleep", type=float, default=0.2, help="seconds each job sleeps (default 0.2)")
     p.add_argument("--jobs", type=int, default=2, help="jobs at once (default 2)")
     add_common(p, "json", json={"default": Path("build/bench/jobs-overhead.json"), "help": "result JSON"})
+    p.add_argument(
+        "--project",
+        type=Path,
+        default=None,
+        metavar="STUDY_JSON",
+        help="instead: project study times for 1-16 nodes from a study's per-job times and --json's overheads",
+    )
     a = p.parse_args(argv)
+    if a.project is not None:
+        print(
+            projection_table(read_json(a.project), read_json(a.json), [1, 2, 4, 8, 16], [5, 20, 50]), end=""
+        )
+        return 0
     if a.count < 1 or a.jobs < 1 or not (0 <= a.sleep < 60):
         raise ConfigError("--count and --jobs must be >= 1, --sleep within 0..60 s")
     r = overhead_bench(a.count, a.sleep, a.jobs, a.json)
