@@ -157,6 +157,7 @@ def test_pyproject_extras_are_the_environments_direct_requirements():
     assert sorted(extras["host"]) == reqs("host.in")
     assert sorted(extras["device"]) == reqs("device-test.in")
     assert sorted(extras["tflite"]) == reqs("tflite.in")
+    assert sorted(extras["cluster"]) == reqs("cluster.in")
     dirs = meta["tool"]["setuptools"]["package-dir"]
     for pkg in ("train", "export", "optimize", "quantize", "runtime", "report"):
         assert dirs[f"lenet_edge.{pkg}"] == pkg
