@@ -437,13 +437,13 @@ def _ratio(x: float | None) -> str:
     return f"{x:.2f}" if x is not None else "–"
 
 
-def _int_list(text: str, all_value: int) -> list[int]:
+def _int_list(text: str, all_value: int, flag: str) -> list[int]:
     try:
         vals = [all_value if v.strip() == "all" else int(v) for v in text.split(",")]
     except ValueError as e:
-        raise ConfigError(f"expected comma-separated integers (or 'all'), got {text!r}") from e
+        raise ConfigError(f"{flag} {text}: expected comma-separated integers (or 'all')") from e
     if not vals or min(vals) < 1:
-        raise ConfigError(f"values must be >= 1, got {text!r}")
+        raise ConfigError(f"{flag} {text}: values must be >= 1")
     return sorted(set(vals))
 
 
@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The measurement settings of parsed flags, checked: batches, threads, calls, runs, warmup, rounds."""
     ncpu = os.cpu_count() or 1
-    batches, threads = _int_list(args.batch, ncpu), _int_list(args.threads, ncpu)
+    batches, threads = _int_list(args.batch, ncpu, "--batch"), _int_list(args.threads, ncpu, "--threads")
     calls = [c.strip() for c in args.calls.split(",") if c.strip()]
     if not calls or set(calls) - set(CALLS):
         raise ConfigError(f"--calls must be a comma-separated subset of {CALLS}, got {args.calls!r}")

@@ -137,7 +137,7 @@ def test_bench_cli_bad_model_is_one_line(tmp_path):
     )
     assert not (tmp_path / "r.json").exists()
     assert_one_line_error(
-        run_cli("-m", "runtime.bench", str(bad), "--batch", "x"), "comma-separated integers"
+        run_cli("-m", "runtime.bench", str(bad), "--batch", "x"), "--batch x", "comma-separated integers"
     )
 
 
