@@ -59,6 +59,9 @@ def gather(results: Path, onnx_dir: Path) -> dict[str, Any]:
         "bench": _load(Path(bench_files[0])) if bench_files else None,
         "bench_file": bench_files[0] if bench_files else None,
         "arm": _load(results / "arm" / "arm-check.json"),
+        "devices": {
+            Path(f).name: _load(Path(f)) for f in sorted(glob.glob(str(results / "devices" / "*.json")))
+        },
         "study": _load(results / "study.json"),
         "invariance": _load(results / "invariance.json"),
     }
@@ -159,6 +162,50 @@ def estimate_lines(arm: dict[str, Any] | None) -> list[str]:
             cal_us = r and r.get("us_estimate_calibrated")
             cells.append("–" if r is None else f"{r['us_estimate_raw']:.0f} / {_f(cal_us, '.0f')}")
         out.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    return out
+
+
+def board_lines(arm: dict[str, Any] | None, devices: dict[str, Any]) -> list[str]:
+    """Real boards (results/devices/, `lenet-edge ingest`) beside the estimate for their core:
+    measured p50 at batch 1, one thread, the fastest call path, and the estimate's error."""
+    est = ((arm or {}).get("cycle_estimates") or {}).get("rows") or []
+    rows = []
+    for name, rep in devices.items():
+        core = ((rep or {}).get("environment") or {}).get("cpu", {}).get("core")
+        for e in (e for e in est if e["cpu"] == core):
+            ms = [
+                r["latency_ms_p50"]
+                for r in rep.get("results", [])
+                if r.get("file") == e["model"] and r.get("batch") == 1 and r.get("threads") == 1
+            ]
+            if ms:
+                rows.append((name, core, e, 1000 * min(ms)))
+    if not rows:
+        return []
+    out = [
+        "",
+        "Estimates against real boards (`lenet-edge ingest`; batch 1, one thread, fastest call path; error = "
+        "estimate / measured − 1; the estimate assumes the stated clock, a board may run slower or faster):",
+        "",
+        "| device result | core | artifact | measured µs | estimate raw µs (error) | calibrated µs (error) |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    errors = []
+    for name, core, e, us in rows:
+        raw, cal = e["us_estimate_raw"], e.get("us_estimate_calibrated")
+        err_cal = cal / us - 1 if cal else None
+        if err_cal is not None and math.isfinite(err_cal):
+            errors.append(err_cal)
+        out.append(
+            f"| {name} | {core} | `{e['model']}` | {us:.0f} | {raw:.0f} ({100 * (raw / us - 1):+.0f} %) | "
+            f"{_f(cal, '.0f')} ({_f(None if err_cal is None else 100 * err_cal, '+.0f')} %) |"
+        )
+    if errors:
+        out += [
+            "",
+            f"Calibrated estimate error on real boards: {100 * min(errors):+.0f} % .. {100 * max(errors):+.0f} % "
+            f"over {len(errors)} artifact(s).",
+        ]
     return out
 
 
@@ -470,6 +517,7 @@ def _artifacts(d: dict[str, Any], out_dir: Path) -> tuple[list[str], list[dict[s
     else:
         L.append("Instructions: no aarch64 result in results/arm/ (`make arm-check`).")
     L += estimate_lines(d["arm"])
+    L += board_lines(d["arm"], d.get("devices") or {})
     if not any(d["tflite"].values()):
         L.append("TFLite rows appear after `make tflite`.")
     L += ["", "![accuracy vs size and latency](pareto.png)", ""]

@@ -22,6 +22,20 @@ X86_FLAGS = (
     "amx_bf16",
 )
 ARM_FLAGS = ("asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve", "sve2")
+# Arm Ltd. (implementer 0x41) core part numbers -> the -mcpu name llvm-mca and the estimates use.
+ARM_CORES = {
+    "0xd03": "cortex-a53",
+    "0xd04": "cortex-a35",
+    "0xd05": "cortex-a55",
+    "0xd07": "cortex-a57",
+    "0xd08": "cortex-a72",
+    "0xd09": "cortex-a73",
+    "0xd0a": "cortex-a75",
+    "0xd0b": "cortex-a76",
+    "0xd0c": "neoverse-n1",
+    "0xd0d": "cortex-a77",
+    "0xd41": "cortex-a78",
+}
 
 
 def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
@@ -40,11 +54,18 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
     model = fields.get("model name") or fields.get("Model") or ""
     if not model and "CPU part" in fields:  # ARM cpuinfo names the core by part number
         model = f"ARM implementer {fields.get('CPU implementer', '?')} part {fields['CPU part']}"
-    return {
+    out = {
         "model": model or platform.processor() or "unknown",
         "isa_flags": sorted(f for f in wanted if f in flags),
         "logical_cpus": os.cpu_count(),
     }
+    # the core (a Raspberry Pi's cpuinfo names the board, not the core): what an estimate is for
+    if (
+        fields.get("CPU implementer", "").lower() == "0x41"
+        and fields.get("CPU part", "").lower() in ARM_CORES
+    ):
+        out["core"] = ARM_CORES[fields["CPU part"].lower()]
+    return out
 
 
 def environment(runtime_versions: dict[str, str] | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .bench import SCHEMA
 from .cli import add_common, parser
+from .env import ARM_CORES
 from .errors import LenetEdgeError
 from .files import inside, read_json, write_bytes_atomic, write_json_atomic
 from .numeric import finite
@@ -74,6 +75,9 @@ def validate(report: Any, source: Path) -> None:
         raise IngestError(f"{source}: environment.cpu.isa_flags must be a list of short strings")
     for f in flags:
         _text(f, "environment.cpu.isa_flags", source)
+    core = env["cpu"].get("core")
+    if core is not None and core not in ARM_CORES.values():
+        raise IngestError(f"{source}: environment.cpu.core {str(core)[:40]!r} is not a known Arm core")
     results = report["results"]
     if not isinstance(results, list) or not 1 <= len(results) <= MAX_RESULTS:
         raise IngestError(f"{source}: results must be a list of 1..{MAX_RESULTS} entries")
@@ -82,6 +86,8 @@ def validate(report: Any, source: Path) -> None:
             raise IngestError(f"{source}: result {i} is not an object")
         for k in ("model", "format", "runtime", "call"):
             _text(r.get(k), f"result {i} {k}", source)
+        if "file" in r:
+            _text(r["file"], f"result {i} file", source)
         _int(r.get("batch"), f"result {i} batch", source, 1, 1 << 20)
         _int(r.get("threads"), f"result {i} threads", source, 1, 4096)
         _positive(r.get("latency_ms_p50"), f"result {i} latency_ms_p50", source)

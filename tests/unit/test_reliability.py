@@ -88,6 +88,7 @@ def test_ingest_refuses_malformed_fields_and_writes_nothing(tmp_path, field, val
         ("ratio_p50_vs_fp32", float("inf"), "ratio_p50_vs_fp32 must be a finite positive number"),
         ("model", "", "model must be a non-empty string"),
         ("model", 7, "model must be a non-empty string"),
+        ("file", "", "file must be a non-empty string"),
     ],
 )
 def test_ingest_checks_every_result_field(tmp_path, key, value, needle):
@@ -100,6 +101,17 @@ def test_ingest_checks_every_result_field(tmp_path, key, value, needle):
     with pytest.raises(LenetEdgeError, match=needle):
         ingest(src, tmp_path / "devices")
     assert not (tmp_path / "devices").exists()
+
+
+def test_ingest_checks_the_core_a_board_names(tmp_path):
+    from lenet_edge.runtime.ingest import validate
+
+    rep = _bench_report()
+    rep["environment"]["cpu"]["core"] = "cortex-a72"
+    validate(rep, tmp_path / "r.json")  # a known core: beside its estimate in the report
+    rep["environment"]["cpu"]["core"] = "cortex-z99"
+    with pytest.raises(LenetEdgeError, match="not a known Arm core"):
+        validate(rep, tmp_path / "r.json")
 
 
 def test_ingest_builds_names_only_from_sanitised_parts(tmp_path):

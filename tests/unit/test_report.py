@@ -299,3 +299,46 @@ def test_board_estimates_are_labelled_as_estimates_with_their_band():
     text = "\n".join(estimate_lines({"cycle_estimates": {"rows": rows, "calibration": cal}}))
     assert "**estimates**" in text and "not measurements" in text and "-9 % .. +6 %" in text
     assert "| `m.int8.onnx` | 158 / – | 96 / 34 |" in text
+
+
+def test_real_boards_sit_beside_the_estimate_for_their_core():
+    from lenet_edge.report.build import board_lines
+    from lenet_edge.runtime.env import cpu_info
+
+    pi4 = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd crc32\nCPU implementer\t: 0x41\n"
+    pi4 += "CPU part\t: 0xd08\n\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n"
+    cpu = cpu_info(pi4)
+    assert cpu["core"] == "cortex-a72" and cpu["model"].startswith("Raspberry Pi 4")
+    assert "core" not in cpu_info("model name\t: Intel(R) Xeon(R)\nflags\t: avx2\n")
+    arm = {
+        "cycle_estimates": {
+            "rows": [
+                {
+                    "cpu": "cortex-a72",
+                    "model": "m.int8.onnx",
+                    "us_estimate_raw": 158.0,
+                    "us_estimate_calibrated": 55.0,
+                },
+                {
+                    "cpu": "cortex-a76",
+                    "model": "m.int8.onnx",
+                    "us_estimate_raw": 96.0,
+                    "us_estimate_calibrated": 34.0,
+                },
+            ]
+        }
+    }
+    result = {"m.int8.onnx": 0.050, "other.onnx": 0.010}
+    dev = {
+        "environment": {"cpu": cpu},
+        "results": [
+            {"file": f, "batch": 1, "threads": 1, "latency_ms_p50": ms + extra}
+            for f, ms in result.items()
+            for extra in (0.0, 0.005)  # two call paths: the fastest counts
+        ]
+        + [{"file": "m.int8.onnx", "batch": 64, "threads": 1, "latency_ms_p50": 0.001}],
+    }
+    text = "\n".join(board_lines(arm, {"pi4.json": dev}))
+    assert "| pi4.json | cortex-a72 | `m.int8.onnx` | 50 | 158 (+216 %) | 55 (+10 %) |" in text
+    assert "cortex-a76" not in text and "+10 % .. +10 % over 1 artifact(s)" in text
+    assert board_lines(arm, {}) == [] and board_lines(None, {"pi4.json": dev}) == []
