@@ -26,7 +26,7 @@ LABEL = "aarch64 instructions per inference (emulated), not latency"
 # Cycle estimates: the clocks of the boards these cores stand for (Pi 4, Pi 5), and the artifacts
 # estimated (the ones the per-target choice picks from; each costs one emulated run per core).
 CLOCK_GHZ = {"cortex-a72": 1.8, "cortex-a76": 2.4}
-ESTIMATED = ("fp32.onnx", "fp32.s2d.onnx", "int8.s2d.qdq.onnx", "int8.s2d.ort.onnx")
+ESTIMATED = ("fp32.onnx", "fp32.s2d.onnx", "int8.s2d.qdq.onnx", "int8.s2d.ort.onnx", "fp32.tflite", "int8.full.tflite")
 
 
 def unpack(tarball: Path) -> Path:
@@ -108,6 +108,8 @@ def _bb_run(bundle: Path, site: Path, cpu: str, model: Path) -> Path:
     out = ARM_BUILD / "bb" / f"{cpu}.{model.name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
+    if model.suffix == ".tflite":  # LiteRT lives in its own folder beside the main site
+        site = site.with_name(site.name + "-litert")
     cmd = [str(HERE / "qemu_py.sh"), "--cpu", cpu, "--site", str(site), "--plugin",
            f"{ARM_BUILD / 'libbb.so'},out={out}", str(HERE / "count_insns.py"), str(model),
            "--runs", "30", "--warmup", "20", "--regions", "2"]  # fmt: skip

@@ -66,16 +66,40 @@ ap.add_argument("--no-gc", action="store_true", help="gc.disable() before counti
 a = ap.parse_args()
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 from armlab_input import make_input  # noqa: E402
 from insn_markers import Markers  # noqa: E402
 
 x = make_input(1) if a.input == "pattern" else np.zeros((1, 1, 28, 28), np.float32)
 
-if a.runner_root:
+runtime_version = {}
+if a.model.endswith(".tflite"):
+    # LiteRT (ai-edge-litert, the site's -litert folder): one invoke on the model's own input,
+    # NHWC in the model's dtype (uint8 pixels for our full-int8 files), as runtime.runner feeds it
+    from ai_edge_litert import interpreter as litert  # noqa: E402
+
+    it = litert.Interpreter(model_path=a.model, num_threads=a.threads)
+    it.allocate_tensors()
+    (inp,), (out,) = it.get_input_details(), it.get_output_details()
+    xt = x.reshape([int(d) for d in inp["shape"]]).astype(inp["dtype"])
+    set_tensor, invoke, get_tensor = it.set_tensor, it.invoke, it.get_tensor
+    i_in, i_out = inp["index"], out["index"]
+
+    def infer(_x):
+        set_tensor(i_in, xt)
+        invoke()
+        return get_tensor(i_out)
+
+    entry = "Interpreter.set_tensor + invoke + get_tensor (ai-edge-litert)"
+    import ai_edge_litert  # noqa: E402
+
+    runtime_version = {"ai_edge_litert": getattr(ai_edge_litert, "__version__", "?")}
+elif a.runner_root:
     sys.dont_write_bytecode = True  # never write __pycache__ into the project tree
     sys.path.insert(0, a.runner_root)
+    import onnxruntime as ort  # noqa: E402
     from runtime.runner import OnnxRunner, SessionConfig
+
+    runtime_version = {"onnxruntime": ort.__version__}
 
     runner = OnnxRunner(
         a.model, SessionConfig(threads=a.threads, graph_optimization="all", io_binding=a.io_binding)
@@ -84,6 +108,9 @@ if a.runner_root:
     infer = runner.run if a.call == "run" else runner.predict
     entry = f"runtime.runner.OnnxRunner.{a.call}" + (" (io_binding)" if a.io_binding else "")
 else:
+    import onnxruntime as ort  # noqa: E402
+
+    runtime_version = {"onnxruntime": ort.__version__}
     so = ort.SessionOptions()
     so.intra_op_num_threads = a.threads
     so.inter_op_num_threads = 1
@@ -156,7 +183,7 @@ meta = {
     "python": platform.python_version(),
     "machine": platform.machine(),
     "numpy": np.__version__,
-    "onnxruntime": ort.__version__,
+    **runtime_version,
     "intra_op_threads": a.threads,
     "no_spin": a.no_spin,
     "gc": not a.no_gc,

@@ -512,7 +512,7 @@ def _artifacts(d: dict[str, Any], out_dir: Path) -> tuple[list[str], list[dict[s
         L.append(
             "Instructions: `make arm-check` (qemu-user, TCG plugin counting between markers around steady-state "
             "runs). They are **emulated aarch64 instruction counts, not latency**: they ignore caches, "
-            "pipelines and SIMD width. TFLite files are not counted (the counter drives ORT)."
+            "pipelines and SIMD width. TFLite files are not in this count (it drives ORT); their cycle estimates are below."
         )
     else:
         L.append("Instructions: no aarch64 result in results/arm/ (`make arm-check`).")
