@@ -26,7 +26,14 @@ LABEL = "aarch64 instructions per inference (emulated), not latency"
 # Cycle estimates: the clocks of the boards these cores stand for (Pi 4, Pi 5), and the artifacts
 # estimated (the ones the per-target choice picks from; each costs one emulated run per core).
 CLOCK_GHZ = {"cortex-a72": 1.8, "cortex-a76": 2.4}
-ESTIMATED = ("fp32.onnx", "fp32.s2d.onnx", "int8.s2d.qdq.onnx", "int8.s2d.ort.onnx", "fp32.tflite", "int8.full.tflite")
+ESTIMATED = (
+    "fp32.onnx",
+    "fp32.s2d.onnx",
+    "int8.s2d.qdq.onnx",
+    "int8.s2d.ort.onnx",
+    "fp32.tflite",
+    "int8.full.tflite",
+)
 
 
 def unpack(tarball: Path) -> Path:

@@ -97,6 +97,7 @@ elif a.runner_root:
     sys.dont_write_bytecode = True  # never write __pycache__ into the project tree
     sys.path.insert(0, a.runner_root)
     import onnxruntime as ort  # noqa: E402
+
     from runtime.runner import OnnxRunner, SessionConfig
 
     runtime_version = {"onnxruntime": ort.__version__}
