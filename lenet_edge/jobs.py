@@ -345,8 +345,14 @@ def ray_module() -> Any:
 
 def connect(parallel: int) -> Callable[[], None]:
     """Join the cluster named by RAY_ADDRESS, or start a loopback instance for this run."""
-    ray = ray_module()
     address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        # A private instance: nothing listens beyond loopback, nothing outlives the run. Ray reads
+        # this when it is imported: with it, its address lookup answers 127.0.0.1 instead of the
+        # machine's network address.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.60's default, said explicitly: no warning
+    ray = ray_module()
     node_ip = os.environ.get(NODE_IP_ENV)
     kw: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
     if node_ip:
@@ -356,18 +362,21 @@ def connect(parallel: int) -> Callable[[], None]:
             ray.init(address=address, **kw)
         except Exception as e:  # ConnectionError, auth errors: one line, not Ray's traceback
             raise ConfigError(f"RAY_ADDRESS={address}: cannot join the Ray cluster: {str(e)[:200]}") from e
-    else:
-        # a private instance: nothing listens beyond loopback, nothing outlives the run
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.60's default, said explicitly: no warning
-        kw.setdefault("_node_ip_address", "127.0.0.1")
-        ray.init(num_cpus=max(1, parallel), include_dashboard=False, **kw)
+        return ray.shutdown
+    kw.setdefault("_node_ip_address", "127.0.0.1")
+    ray.init(num_cpus=max(1, parallel), include_dashboard=False, **kw)
+    ip = ray.util.get_node_ip_address()
+    if ip != "127.0.0.1":  # Ray was imported before the setting above could take effect
+        ray.shutdown()
+        raise ConfigError(
+            f"the Ray instance for this run took address {ip}, not 127.0.0.1; refusing to run on it"
+        )
     return ray.shutdown
 
 
 def _run_ray(todo: list[Prepared], parallel: int, done: Callable[..., None], stats: RunStats) -> None:
-    ray = ray_module()
     stop = connect(parallel)
+    ray = ray_module()
     try:
         task = ray.remote(max_retries=RAY_TASK_RETRIES, retry_exceptions=False)(ray_job)
         blobs: dict[str, Any] = {}  # sha -> ObjectRef: each file goes into the object store once

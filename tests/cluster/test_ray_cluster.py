@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.cluster.loopback import listening_addresses, start_cluster, task_processes
+from tests.cluster.loopback import listening_addresses, start_cluster, task_processes, with_descendants
 from tests.conftest import ROOT
 
 ray = pytest.importorskip("ray", reason="make test-cluster installs Ray (make setup-cluster)")
@@ -105,6 +105,21 @@ def test_nothing_listens_beyond_loopback(cluster):
     addrs = listening_addresses(pids)
     assert addrs, "the cluster holds no listening socket?"
     assert addrs <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, addrs
+
+
+def test_an_instance_started_for_the_run_stays_on_loopback(onnx_dir, local_rows, tmp_path):
+    """No RAY_ADDRESS: lenet-edge starts its own Ray instance, listening on loopback only, and
+    stops it (nothing of it outlives the run)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = sweep(onnx_dir, tmp_path, "ray", env, wait=False)
+    seen: set[str] = set()
+    while proc.poll() is None:
+        seen |= listening_addresses(with_descendants({proc.pid}))
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert seen and seen <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
+    assert_same_rows(json.loads((tmp_path / "sweep.json").read_text())["rows"], local_rows)
 
 
 def test_sweep_on_the_cluster_equals_local_bitwise(cluster, onnx_dir, local_rows, tmp_path):
