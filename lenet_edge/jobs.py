@@ -178,6 +178,8 @@ def _input_cache() -> Path:
 
 def materialize(name: str, sha: str, blob: bytes, filename: str) -> Path:
     """Write an input fetched from the object store into the node's cache, after checking it."""
+    if not filename or filename in (".", "..") or "/" in filename or "\0" in filename:
+        raise JobError(f"input {name}: {filename!r} is not a plain file name")
     got = hashlib.sha256(blob).hexdigest()
     if got != sha:
         raise JobError(
@@ -185,7 +187,7 @@ def materialize(name: str, sha: str, blob: bytes, filename: str) -> Path:
         )
     d = _input_cache() / sha[:24]
     out = d / filename
-    if out.is_file() and out.stat().st_size == len(blob):
+    if out.is_file() and sha256_file(out) == sha:  # a cached copy is used only if still intact
         return out
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".{filename}.{os.getpid()}.{threading.get_ident()}.tmp"

@@ -106,6 +106,11 @@ def test_a_worker_refuses_other_code_and_checks_input_bytes(tmp_path, monkeypatc
         jobs.materialize("data", sha, blob + b"!", "t10k-images-idx3-ubyte")
     p = jobs.materialize("data", sha, blob, "t10k-images-idx3-ubyte")
     assert p.read_bytes() == blob and p.parent.parent == tmp_path / "cache"
+    p.write_bytes(b"PIXELS")  # the node's cached copy damaged (same size): fetched again
+    assert jobs.materialize("data", sha, blob, "t10k-images-idx3-ubyte").read_bytes() == blob
+    for bad in ("../x", "..", "a/b", ""):
+        with pytest.raises(jobs.JobError, match="not a plain file name"):
+            jobs.materialize("data", sha, blob, bad)
 
 
 def test_ray_backend_without_ray_says_how_to_install_it(monkeypatch):
