@@ -457,3 +457,16 @@ def test_stock_quantize_static_is_recorded_not_checked(exported, tmp_path):
     from lenet_edge.runtime.bench import is_stock
 
     assert is_stock(d / "lenet_pool.stock.int8.qdq.onnx")
+
+
+def test_a_dynamic_range_recipe_quantizes(exported, tmp_path):
+    """Dynamic-range INT8 quantizes each batch with its own range: the check that renaming tensors
+    changed no output must batch both sides alike (it compared chunks of 256 with chunks of 1,000,
+    and every dynamic recipe of the sweep failed)."""
+    proc = run_cli(
+        "-m", "lenet_edge.quantize.sweep", "--model", "lenet_pool", "--onnx-dir", str(exported),
+        "--recipes", "dynamic-u8s8-pc-rr", "--out-dir", str(tmp_path / "jobs"), "--json", str(tmp_path / "s.json"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert row["status"] == "ok", row["status"]
