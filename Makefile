@@ -121,16 +121,20 @@ DEPLOY_MODELS = $(ONNX_DIR)/floor.onnx $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(
 # The benchmark and the bundle run in the device-like environment: numpy 1.26, onnxruntime and
 # both TFLite interpreters, so ORT and TFLite are measured side by side in one run.
 DEV_PY := .venv-device/bin/python
-DEV_LE := .venv-device/bin/lenet-edge
+# ISA=avx2: bench/search/select with AVX-512, AVX-VNNI and AMX hidden from CPUID (lenet-edge --isa):
+# the kernels of an AVX2-only x86, measured on this core
+ISA ?=
+ISA_FLAG := $(if $(ISA),--isa $(ISA))
+DEV_LE := .venv-device/bin/lenet-edge $(ISA_FLAG)
 
 bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/
 	$(DEV_LE) bench $(OURS) $(STOCK) --json build/bench/bench.json
 
 search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT target), then per-layer FP32/INT8 by timing; every candidate checked -> build/bench/search.{json,md} (SEARCH_FLAGS=--no-timing for the documented default)
-	$(LE) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --json build/bench/search.json $(SEARCH_FLAGS)
+	$(LE) $(ISA_FLAG) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --json build/bench/search.json $(SEARCH_FLAGS)
 
 select: setup ## per model and runtime, the artifact to deploy from the benchmark (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json
-	$(LE) select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.json $(SELECT_FLAGS)
+	$(LE) $(ISA_FLAG) select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.json $(SELECT_FLAGS)
 
 bundle: variants optimize quantize-ort tflite ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
 	$(DEV_LE) bundle build $(DEPLOY_MODELS) --out-dir build

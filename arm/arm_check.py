@@ -147,7 +147,7 @@ def _estimate_lines(est: dict | None) -> list[str]:
     same = len(set(models.values())) < len(models)
     cal = est["calibration"]
     band = (
-        f"x86-calibrated: × {cal['factor']:.3f} from `{cal['file']}` (leave-one-out error on x86 "
+        f"x86-calibrated: {describe_calibration(cal)} from `{cal['file']}` (leave-one-out error on x86 "
         f"{100 * cal['loo_min']:+.0f} % .. {100 * cal['loo_max']:+.0f} %"
         + (
             ""
@@ -185,12 +185,32 @@ def _estimate_lines(est: dict | None) -> list[str]:
 
 
 def x86_calibration() -> dict | None:
-    """The newest committed x86 validation (arm/validate_x86.py): its factor and error band."""
-    files = sorted((ROOT / "results" / "arm").glob("validate-x86*.json"), key=lambda f: f.stat().st_mtime)
-    if not files:
+    """The committed x86 validation (arm/validate_x86.py) to calibrate with: one whose measured and
+    emulated runs used the same kernels if there is one (then by file name: no dependence on file
+    times, which a checkout sets in any order); its factors and error band."""
+    found = []
+    for f in sorted((ROOT / "results" / "arm").glob("validate-x86*.json")):
+        v = json.loads(f.read_text())
+        found.append((bool(v.get("same_kernels")), f.name, v))
+    if not found:
         return None
-    v = json.loads(files[-1].read_text())
-    return {"file": f"results/arm/{files[-1].name}", **v["calibration"], "same_kernels": v["same_kernels"]}
+    same, name, v = max(found, key=lambda t: (t[0], t[1]))
+    return {"file": f"results/arm/{name}", **v["calibration"], "same_kernels": same}
+
+
+def calibrated(cal: dict | None, us: float, us_simd: float, us_scalar: float) -> float | None:
+    """The x86-calibrated estimate: one factor per kind of block when the validation fitted two."""
+    if not cal:
+        return None
+    if cal.get("model") == "simd+scalar":
+        return cal["factor_simd"] * us_simd + cal["factor_scalar"] * us_scalar
+    return us * cal["factor"]
+
+
+def describe_calibration(cal: dict) -> str:
+    if cal.get("model") == "simd+scalar":
+        return f"× {cal['factor_simd']:.3f} (SIMD blocks) / × {cal['factor_scalar']:.3f} (scalar blocks)"
+    return f"× {cal['factor']:.3f}"
 
 
 def cycle_estimates(bundle: Path, site: Path, models: list[Path]) -> dict:
@@ -207,9 +227,10 @@ def cycle_estimates(bundle: Path, site: Path, models: list[Path]) -> dict:
     rows, cache = [], {}
     for (cpu, m), rep_path in zip(jobs, reports, strict=True):
         e = mca.estimate(mca.parse_report(rep_path.read_text()), 30, "aarch64", cpu, cache=cache)
-        us = e["cycles_per_inference"] / (CLOCK_GHZ[cpu] * 1e3)
+        us, us_simd = (e[k] / (CLOCK_GHZ[cpu] * 1e3) for k in ("cycles_per_inference", "cycles_simd"))
         rows.append({"cpu": cpu, "model": m.name, "ghz": CLOCK_GHZ[cpu], "cycles_estimate": e["cycles_per_inference"],
-                     "us_estimate_raw": us, "us_estimate_calibrated": us * cal["factor"] if cal else None,
+                     "cycles_simd": e["cycles_simd"], "simd_insn_share": e["simd_insn_share"],
+                     "us_estimate_raw": us, "us_estimate_calibrated": calibrated(cal, us, us_simd, us - us_simd),
                      "insns_per_inference": e["insns_per_inference"], "coverage": e["coverage"],
                      "unmodelled_share": e["unmodelled_share"]})  # fmt: skip
     return {

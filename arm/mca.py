@@ -15,6 +15,13 @@ unmodelled; instructions llvm-mca has no scheduling data for (e.g. aarch64 LSE a
 a76 model) are left out of their block's cycles. The result is an **estimate**: cycles per inference, and microseconds at a
 stated clock.
 
+The cycles are also split by the kind of block: SIMD blocks (an operand in a vector register:
+x86 xmm/ymm/zmm, aarch64 NEON v/q or SVE z) are the kernels' inner loops, which a back-to-back
+throughput model describes well; scalar blocks are the framework's glue (dispatch, shape logic,
+the interpreter), whose short blocks it charges with dependency chains the out-of-order core
+overlaps. The x86 validation (validate_x86.py) fits one factor per kind, which is what calibrates
+the board estimates.
+
 Stdlib only; needs llvm-19 (`apt-get install llvm-19`). `python3 arm/mca.py --help`.
 """
 
@@ -89,6 +96,17 @@ def per_inference(rep: Report, runs: int) -> dict[str, float]:
     return out
 
 
+SIMD_OPERAND = {
+    "x86_64": re.compile(r"%[xyz]mm\d"),
+    "aarch64": re.compile(r"\b(?:v\d+\.\d*[bhsd]|q\d+|z\d+\.[bhsdq])\b", re.I),
+}
+
+
+def is_simd(asm: str, triple: str) -> bool:
+    """Whether a block works on vector registers (a kernel) rather than scalar code (glue)."""
+    return bool(SIMD_OPERAND[triple.split("-")[0]].search(asm))
+
+
 def _tool(name: str) -> str:
     path = LLVM_BIN / name
     if not path.is_file():
@@ -127,9 +145,10 @@ def _asm_lines(text: str) -> list[str]:
 
 def blocks_cycles(
     codes: list[str], n_insns: list[int], triple: str, mcpu: str, mattr: str = "", iterations: int = 200
-) -> list[float | None]:
+) -> list[tuple[float | None, bool]]:
     """block_cycles of many blocks with one llvm-mc and one llvm-mca process (llvm-mca code
-    regions); None for a block that cannot be disassembled or modelled."""
+    regions), each with whether it is a SIMD block; cycles None for a block that cannot be
+    disassembled or modelled."""
     if not codes:
         return []
     feats = _core(mcpu, mattr)
@@ -158,7 +177,7 @@ def blocks_cycles(
     for m in re.finditer(pat, q.stdout):
         if int(m.group(3)) > 0:
             found[int(m.group(1))] = int(m.group(4)) / int(m.group(2))
-    return [found.get(i) for i in range(len(codes))]
+    return [(found.get(i), bool(a) and is_simd(a, triple)) for i, a in enumerate(asm)]
 
 
 def model_fingerprint(triple: str, mcpu: str, mattr: str = "") -> str:
@@ -207,31 +226,40 @@ def estimate(
         acc += dyn[c]
     cache = {} if cache is None else cache
     todo = [c for c in hot if (c, triple, mcpu, mattr) not in cache]
-    for c, cyc in zip(
+    for c, res in zip(
         todo, blocks_cycles(todo, [rep.blocks[c].insns for c in todo], triple, mcpu, mattr), strict=True
     ):
-        cache[(c, triple, mcpu, mattr)] = cyc
+        cache[(c, triple, mcpu, mattr)] = res
     modelled_cycles, modelled_insns, unmodelled, rows = 0.0, 0.0, 0.0, []
+    simd_cycles, simd_insns = 0.0, 0.0
     for c in hot:
-        cyc = cache[(c, triple, mcpu, mattr)]
+        cyc, simd = cache[(c, triple, mcpu, mattr)]
         if cyc is None:
             unmodelled += dyn[c]
             continue
         modelled_cycles += counts[c] * cyc
         modelled_insns += dyn[c]
+        if simd:
+            simd_cycles += counts[c] * cyc
+            simd_insns += dyn[c]
         rows.append({"code_sha": hashlib.sha256(c.encode()).hexdigest()[:12], "insns": rep.blocks[c].insns,
-                     "per_inference": counts[c], "cycles_per_exec": cyc, "cycles": counts[c] * cyc})  # fmt: skip
+                     "per_inference": counts[c], "cycles_per_exec": cyc, "cycles": counts[c] * cyc,
+                     "simd": simd})  # fmt: skip
     if modelled_insns <= 0:
         raise McaError("llvm-mca could model none of the hot blocks")
     cpi = modelled_cycles / modelled_insns
     cycles = modelled_cycles + cpi * (total - modelled_insns)
+    # the cold tail and unmodelled blocks are charged at the mean CPI and counted as scalar glue
     rows.sort(key=lambda r: -r["cycles"])
     return {
         "mcpu": mcpu,
         "mattr": mattr,
         "triple": triple,
         "cycles_per_inference": cycles,
+        "cycles_simd": simd_cycles,
+        "cycles_scalar": cycles - simd_cycles,
         "insns_per_inference": total,
+        "simd_insn_share": simd_insns / total,
         "hot_blocks": len(hot),
         "blocks": len(counts),
         "coverage": acc / total,

@@ -1,6 +1,6 @@
 """`lenet-edge`: one command for every stage of the pipeline.
 
-    lenet-edge [-h] [--version] COMMAND [ARGS...]
+    lenet-edge [-h] [--version] [--isa PROFILE] COMMAND [ARGS...]
     lenet-edge COMMAND --help
 
 Each command is a stage module's own command line (the `python -m lenet_edge.<stage>` aliases run
@@ -97,14 +97,21 @@ GROUPS = {"pipeline": "pipeline", "study": "studies and results"}
 
 def usage() -> str:
     lines = [
-        f"usage: lenet-edge [-h] [--version] COMMAND [ARGS...]   (lenet-edge {__version__})",
+        f"usage: lenet-edge [-h] [--version] [--isa PROFILE] COMMAND [ARGS...]   (lenet-edge {__version__})",
         "",
         "Small CNNs from Paddle training to INT8 on CPUs and ARM boards, checked at every step.",
     ]
     for group, title in GROUPS.items():
         lines += ["", f"{title}:"]
         lines += [f"  {name:<13} {c.summary}" for name, c in COMMANDS.items() if c.group == group]
-    lines += ["", "`lenet-edge COMMAND --help` shows a command's flags."]
+    lines += [
+        "",
+        "--isa avx2     run an inference command (bench, evaluate, profile, search, select, bundle)",
+        "               with AVX-512, AVX-VNNI and AMX hidden from CPUID: the kernels of an AVX2-only x86",
+        "               on this core (Linux x86_64 with CPUID faulting; also LENET_EDGE_ISA=avx2)",
+        "",
+        "`lenet-edge COMMAND --help` shows a command's flags.",
+    ]
     return "\n".join(lines)
 
 
@@ -140,13 +147,33 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(f"lenet-edge {__version__}")
         return 0
+    isa = os.environ.get("LENET_EDGE_ISA") or None
+    if argv[0] == "--isa" or argv[0].startswith("--isa="):
+        if "=" in argv[0]:
+            isa, argv = argv[0].partition("=")[2], argv[1:]
+        else:
+            isa, argv = (argv[1] if len(argv) > 1 else ""), argv[2:]
+        if not isa or not argv:
+            print(
+                "error: lenet-edge: --isa needs a profile and a command (`lenet-edge --isa avx2 bench ...`)",
+                file=sys.stderr,
+            )
+            return 2
     name, rest = argv[0], argv[1:]
     cmd = COMMANDS.get(name)
     if cmd is None:
         print(f"error: lenet-edge: unknown command {name!r} (see `lenet-edge --help`)", file=sys.stderr)
         return 2
-    if name == "arm-check":
+    if name == "arm-check" and not isa:
         return _arm_check(rest)
+    if isa:
+        from lenet_edge import isa as isa_mask
+
+        try:
+            isa_mask.enter(isa, name, [name, *rest])  # re-executes this command under the mask
+        except isa_mask.IsaError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     stage_cli.PROG = f"lenet-edge {name}"
     try:
         module = importlib.import_module(cmd.module)

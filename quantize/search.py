@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.env import describe_cpu
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.workflow import add_model_flags, data_source, selected
 
@@ -194,8 +195,7 @@ def search_model(
 
 def to_markdown(res: dict[str, Any]) -> str:
     lines = [
-        f"# INT8 search ({res['cpu']['model']}; {', '.join(res['cpu']['isa_flags'])}; onnxruntime "
-        f"{res['onnxruntime']})",
+        f"# INT8 search ({describe_cpu(res['cpu'])}; onnxruntime {res['onnxruntime']})",
         "",
         f"Command: `{res['command']}`. p50 µs, batch 1, one thread, IO binding; candidates timed in one "
         "interleaved run per model; mixed-precision trials each in a run with the current best.",

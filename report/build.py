@@ -143,7 +143,7 @@ def estimate_lines(arm: dict[str, Any] | None) -> list[str]:
     cpus = sorted({r["cpu"] for r in est["rows"]})
     cal = est.get("calibration")
     band = (
-        f"x86-calibrated (× {cal['factor']:.3f}, leave-one-out error on x86 {100 * cal['loo_min']:+.0f} % .. "
+        f"x86-calibrated ({_calibration_factors(cal)}, leave-one-out error on x86 {100 * cal['loo_min']:+.0f} % .. "
         f"{100 * cal['loo_max']:+.0f} %; unknown on real boards until their figures are ingested)"
         if cal
         else "no calibration"
@@ -163,6 +163,12 @@ def estimate_lines(arm: dict[str, Any] | None) -> list[str]:
             cells.append("–" if r is None else f"{r['us_estimate_raw']:.0f} / {_f(cal_us, '.0f')}")
         out.append(f"| `{m}` | " + " | ".join(cells) + " |")
     return out
+
+
+def _calibration_factors(cal: dict[str, Any]) -> str:
+    if cal.get("model") == "simd+scalar":
+        return f"× {cal['factor_simd']:.3f} SIMD blocks, × {cal['factor_scalar']:.3f} scalar blocks"
+    return f"× {cal['factor']:.3f}"
 
 
 def board_lines(arm: dict[str, Any] | None, devices: dict[str, Any]) -> list[str]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from .cli import add_common, parser
 from .contract import IMAGE_SHAPE, check_pixels
+from .env import describe_cpu
 from .errors import ConfigError, LenetEdgeError
 from .files import write_bytes_atomic, write_json_atomic
 from .runner import check_scores
@@ -368,7 +369,7 @@ def _measure_all(
 def to_markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [
-        f"CPU: {env['cpu']['model']} ({', '.join(env['cpu']['isa_flags'])}), {env['cpu']['logical_cpus']} logical "
+        f"CPU: {describe_cpu(env['cpu'])}, {env['cpu']['logical_cpus']} logical "
         f"CPUs; {env['os']}; Python {env['python']}, numpy {env['numpy']}, onnxruntime {env.get('onnxruntime', '?')}.",
         "",
         "| model | format | stock | runtime | call | batch | threads | p50 µs | p90 µs | p99 µs | min µs "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 from pathlib import Path
@@ -21,6 +22,14 @@ X86_FLAGS = (
     "amx_int8",
     "amx_bf16",
 )
+# `lenet-edge --isa PROFILE` (lenet_edge/cpuid_mask.c): the /proc/cpuinfo flags a profile hides
+# from the process's CPUID, so from every library's kernel choice.
+MASK_PROFILES = {
+    "avx2": lambda flag: (
+        flag.startswith(("avx512", "amx"))
+        or flag in {"avx_vnni", "avx_ifma", "avx_vnni_int8", "avx_ne_convert", "avx_vnni_int16", "avx10"}
+    ),
+}
 ARM_FLAGS = ("asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve", "sve2")
 # Arm Ltd. (implementer 0x41) core part numbers -> the -mcpu name llvm-mca and the estimates use.
 ARM_CORES = {
@@ -38,8 +47,22 @@ ARM_CORES = {
 }
 
 
-def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
+def isa_mask() -> str | None:
+    """The CPUID mask profile this process runs under (lenet-edge --isa), or None."""
+    try:
+        fn = ctypes.CDLL(None).lenet_edge_isa_mask_profile
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_char_p
+    name = fn().decode()
+    return name if name in MASK_PROFILES else None
+
+
+def cpu_info(cpuinfo: str | None = None, mask: str | None = None) -> dict[str, Any]:
+    """CPU model, the ISA flags that decide kernels, core. Read live, the flags are the ones this
+    process sees: under `lenet-edge --isa` the hidden ones move to `isa_flags_hidden`."""
     if cpuinfo is None:
+        mask = isa_mask()
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
@@ -54,11 +77,17 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
     model = fields.get("model name") or fields.get("Model") or ""
     if not model and "CPU part" in fields:  # ARM cpuinfo names the core by part number
         model = f"ARM implementer {fields.get('CPU implementer', '?')} part {fields['CPU part']}"
-    out = {
+    isa = sorted(f for f in wanted if f in flags)
+    out: dict[str, Any] = {
         "model": model or platform.processor() or "unknown",
-        "isa_flags": sorted(f for f in wanted if f in flags),
+        "isa_flags": isa,
         "logical_cpus": os.cpu_count(),
     }
+    if mask:
+        hidden = MASK_PROFILES[mask]
+        out["isa_flags"] = [f for f in isa if not hidden(f)]
+        out["isa_mask"] = mask
+        out["isa_flags_hidden"] = [f for f in isa if hidden(f)]
     # the core (a Raspberry Pi's cpuinfo names the board, not the core): what an estimate is for
     if (
         fields.get("CPU implementer", "").lower() == "0x41"
@@ -66,6 +95,17 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
     ):
         out["core"] = ARM_CORES[fields["CPU part"].lower()]
     return out
+
+
+def describe_cpu(cpu: dict[str, Any]) -> str:
+    """One line for a result table: model, flags, and the mask if one was on."""
+    text = f"{cpu['model']} ({', '.join(cpu['isa_flags'])})"
+    if cpu.get("isa_mask"):
+        text += (
+            f" [lenet-edge --isa {cpu['isa_mask']}: CPUID hid {', '.join(cpu.get('isa_flags_hidden', []))}; "
+            "the kernels of that ISA on this core, not another CPU]"
+        )
+    return text
 
 
 def environment(runtime_versions: dict[str, str] | None = None) -> dict[str, Any]:

@@ -101,3 +101,33 @@ def test_llvm_missing_is_one_clear_error(monkeypatch, tmp_path):
     with pytest.raises(mca.McaError, match="apt-get install llvm-19"):
         mca.disassemble(LOOP, "aarch64")
     assert shutil.which("true")  # the rest of the machine is untouched
+
+
+def test_simd_blocks_are_told_from_scalar_ones():
+    assert mca.is_simd("fmla\tv0.4s, v1.4s, v2.4s", "aarch64")
+    assert mca.is_simd("ldr\tq0, [x1]", "aarch64") and mca.is_simd("sdot\tv0.4s, v1.16b, v2.4b[0]", "aarch64")
+    assert not mca.is_simd("subs\tx0, x0, #1\nb.ne\t#-4\nldr\tx6, [x7]\nfadd\td0, d1, d2", "aarch64")
+    assert mca.is_simd("vfmadd231ps\t%ymm0, %ymm1, %ymm2", "x86_64")
+    assert mca.is_simd("movups\t(%rsi), %xmm0", "x86_64")
+    assert not mca.is_simd("addq\t%rax, %rbx\nmovq\t(%rsi), %rdi", "x86_64")
+
+
+# aarch64 `fmla v0.4s, v1.4s, v2.4s ; subs x0, x0, #1 ; b.ne .-8`: a vector loop
+VLOOP = "20cc224e000400f1c1ffff54"
+
+
+@needs_llvm
+def test_estimate_splits_cycles_into_simd_and_scalar_blocks():
+    text = _report().replace(f"bytes={LOOP}", f"bytes={VLOOP}").replace("insns=2 ", "insns=3 ")
+    text = text.replace("work_insns=", "work_insns=X").split("\n")
+    # the loop block now has 3 instructions: recompute the header totals
+    body = [ln for ln in text[1:] if ln]
+    work = sum(int(ln.split("insns=")[1].split()[0]) * int(ln.split("work=")[1].split()[0]) for ln in body)
+    empty = sum(int(ln.split("insns=")[1].split()[0]) * int(ln.split("empty=")[1].split()[0]) for ln in body)
+    text = "\n".join([f"regions work=2 empty=2 work_insns={work} empty_insns={empty}", *body]) + "\n"
+    e = mca.estimate(mca.parse_report(text), 1, "aarch64", "cortex-a72", coverage=1.0)
+    assert e["cycles_simd"] > 0.9 * e["cycles_per_inference"]  # the loop is ~all the time
+    assert e["cycles_simd"] + e["cycles_scalar"] == pytest.approx(e["cycles_per_inference"])
+    assert e["simd_insn_share"] == pytest.approx(3 * 999 / (4 + 3 * 999 + 1))
+    scalar = mca.estimate(mca.parse_report(_report()), 1, "aarch64", "cortex-a72", coverage=1.0)
+    assert scalar["cycles_simd"] == 0 and scalar["simd_insn_share"] == 0

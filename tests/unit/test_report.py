@@ -299,6 +299,9 @@ def test_board_estimates_are_labelled_as_estimates_with_their_band():
     text = "\n".join(estimate_lines({"cycle_estimates": {"rows": rows, "calibration": cal}}))
     assert "**estimates**" in text and "not measurements" in text and "-9 % .. +6 %" in text
     assert "| `m.int8.onnx` | 158 / – | 96 / 34 |" in text
+    two = {**cal, "model": "simd+scalar", "factor_simd": 0.486, "factor_scalar": 0.261}
+    text = "\n".join(estimate_lines({"cycle_estimates": {"rows": rows, "calibration": two}}))
+    assert "× 0.486 SIMD blocks, × 0.261 scalar blocks" in text and "0.352" not in text
 
 
 def test_real_boards_sit_beside_the_estimate_for_their_core():

@@ -1,0 +1,58 @@
+"""The x86 validation's calibration (arm/validate_x86.py): two factors, SIMD and scalar blocks,
+with a leave-one-out error that is honest about prediction."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+sys.path.insert(0, str(ROOT / "arm"))
+spec = importlib.util.spec_from_file_location("arm_validate_x86", ROOT / "arm" / "validate_x86.py")
+val = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(val)
+
+
+def _rows(a: float, b: float, mixes, noise=()):
+    rows = []
+    for k, (simd, scalar) in enumerate(mixes):
+        meas = (a * simd + b * scalar) * (1 + (noise[k] if k < len(noise) else 0))
+        rows.append({"model": f"m{k}", "estimate_us": simd + scalar, "estimate_simd_us": simd,
+                     "estimate_scalar_us": scalar, "measured_p50_us": meas})  # fmt: skip
+    return rows
+
+
+MIXES = [(60, 40), (20, 150), (50, 50), (10, 100), (80, 20), (30, 70), (45, 10)]  # no two alike
+
+
+def test_two_factors_are_recovered_and_predict_left_out_artifacts():
+    rows = _rows(0.5, 0.25, MIXES)
+    cal = val.calibrate(rows)
+    assert cal["model"] == "simd+scalar"
+    assert cal["factor_simd"] == pytest.approx(0.5) and cal["factor_scalar"] == pytest.approx(0.25)
+    assert cal["loo_max_abs"] < 1e-9 and cal["spearman_loo"] == pytest.approx(1.0)
+    # one factor cannot describe different mixes: its leave-one-out error is large here
+    assert max(abs(cal["single_factor_loo_min"]), cal["single_factor_loo_max"]) > 0.2
+
+
+def test_leave_one_out_error_shows_noise_the_fit_cannot_hide():
+    rows = _rows(0.5, 0.25, MIXES, noise=(0, 0, 0.3))
+    cal = val.calibrate(rows)
+    bad = next(r for r in rows if r["model"] == "m2")
+    assert bad["loo_error"] < -0.15  # predicted from the others, the noisy one is off
+    assert cal["loo_min"] == min(r["loo_error"] for r in rows)
+
+
+def test_falls_back_to_one_factor_when_two_cannot_be_fitted():
+    same_mix = _rows(0.5, 0.25, [(10, 10), (20, 20), (30, 30)])  # kinds never vary apart
+    assert val.calibrate(same_mix)["model"] == "single"
+    negative = _rows(1.0, 0.0, [(10, 100), (20, 10), (30, 50)], noise=(0.5, 0, 0))
+    cal = val.calibrate(negative)
+    assert cal["model"] in ("single", "simd+scalar")
+    if cal["model"] == "simd+scalar":
+        assert cal["factor_simd"] > 0 and cal["factor_scalar"] > 0

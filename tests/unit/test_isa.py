@@ -1,0 +1,148 @@
+"""`lenet-edge --isa avx2`: the CPUID mask (lenet_edge/cpuid_mask.c) and what results record of it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lenet_edge import cli, isa
+from lenet_edge.runtime.env import cpu_info, describe_cpu
+
+pytestmark = pytest.mark.unit
+
+XEON = "model name\t: Intel Xeon\nflags\t\t: fpu sse4_1 avx avx2 fma avx512f avx512bw avx512_vnni avx_vnni amx_int8 amx_tile\n"
+PROBE = """
+import ctypes, json
+try:
+    from numpy._core._multiarray_umath import __cpu_features__ as f
+except ImportError:
+    from numpy.core._multiarray_umath import __cpu_features__ as f
+from lenet_edge.runtime.env import cpu_info, isa_mask
+lib = ctypes.CDLL(None)
+print(json.dumps({"avx2": f["AVX2"], "fma": f["FMA3"], "avx512f": f["AVX512F"], "avx512vnni": f["AVX512VNNI"],
+                  "mask": isa_mask(), "intercepted": lib.lenet_edge_isa_mask_intercepted(), "cpu": cpu_info()}))
+"""
+
+
+def _supported() -> str | None:
+    try:
+        isa.check_supported("avx2")
+    except isa.IsaError as e:
+        return str(e)
+    return None
+
+
+needs_mask = pytest.mark.skipif(_supported() is not None, reason=str(_supported()))
+
+
+def test_cpu_info_under_a_mask_reports_the_flags_the_process_sees():
+    plain = cpu_info(XEON)
+    assert "isa_mask" not in plain and "avx512f" in plain["isa_flags"]
+    masked = cpu_info(XEON, mask="avx2")
+    assert masked["isa_flags"] == ["avx", "avx2", "fma", "sse4_1"]
+    assert masked["isa_mask"] == "avx2"
+    assert set(masked["isa_flags_hidden"]) == {
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_int8",
+        "amx_tile",
+    }
+    line = describe_cpu(masked)
+    assert "--isa avx2" in line and "avx512f" in line and "not another CPU" in line
+    assert "--isa" not in describe_cpu(plain)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--isa"], "--isa needs a profile and a command"),
+        (["--isa=avx2"], "--isa needs a profile and a command"),
+        (["--isa", "avx2"], "--isa needs a profile and a command"),
+        (["--isa", "avx512", "bench"], "unknown profile"),
+        (["--isa", "avx2", "train"], "applies to the inference commands"),
+        (["--isa=avx2", "arm-check"], "applies to the inference commands"),
+    ],
+)
+def test_isa_flag_mistakes_are_one_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_unsupported_machine_is_refused(monkeypatch):
+    monkeypatch.setattr(isa, "_cpuinfo_flags", lambda: {"avx2"})
+    with pytest.raises(isa.IsaError, match="no CPUID faulting"):
+        isa.check_supported("avx2")
+
+
+@needs_mask
+def test_the_mask_hides_avx512_from_every_library_and_children_inherit_it(tmp_path):
+    env = isa.masked_env("avx2")
+    p = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["avx2"] and got["fma"] and not got["avx512f"] and not got["avx512vnni"]
+    assert got["mask"] == "avx2" and got["intercepted"] > 0
+    assert got["cpu"]["isa_mask"] == "avx2" and not any(
+        f.startswith("avx512") for f in got["cpu"]["isa_flags"]
+    )
+    # a child started by the masked process (execve resets CPUID faulting) masks itself again
+    child = f"import subprocess, sys; sys.stdout.write(subprocess.run([sys.executable, '-c', {PROBE!r}], capture_output=True, text=True).stdout)"
+    p = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0 and not json.loads(p.stdout)["avx512f"], p.stderr
+    # without the profile variable the preloaded library does nothing
+    env.pop(isa.ENV)
+    p = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120)
+    assert json.loads(p.stdout)["mask"] is None and json.loads(p.stdout)["intercepted"] == 0
+
+
+@needs_mask
+def test_a_real_crash_under_the_mask_still_crashes():
+    # the handler takes CPUID faults only; a wild read must die by SIGSEGV, not loop or be skipped
+    code = "import ctypes; ctypes.string_at(8, 1)"
+    p = subprocess.run(
+        [sys.executable, "-X", "faulthandler=0", "-c", code],
+        capture_output=True,
+        env=isa.masked_env("avx2"),
+        timeout=60,
+    )
+    assert p.returncode == -11
+
+
+@needs_mask
+def test_the_library_is_rebuilt_when_its_source_changes(tmp_path, monkeypatch):
+    src = tmp_path / "cpuid_mask.c"
+    src.write_bytes(isa.SOURCE.read_bytes())
+    monkeypatch.setattr(isa, "SOURCE", src)
+    monkeypatch.setattr(isa, "BUILD", tmp_path / "isa")
+    first = isa.library()
+    src.write_text(src.read_text() + "\n/* changed */\n")
+    second = isa.library()
+    assert first != second and first.is_file() and second.is_file()
+    assert not [p for p in (tmp_path / "isa").iterdir() if p.name.startswith(".")]  # no temp left
+    src.write_text("this is not C")
+    with pytest.raises(isa.IsaError, match="compiling the CPUID mask failed"):
+        isa.library()
+    assert not [p for p in (tmp_path / "isa").iterdir() if p.name.startswith(".")]
+
+
+def test_masked_bench_result_names_the_mask(tmp_path):
+    from lenet_edge.runtime.bench import to_markdown
+
+    report = {
+        "environment": {
+            "cpu": {**cpu_info(XEON, mask="avx2"), "logical_cpus": 2},
+            "os": "Linux",
+            "python": "3.11",
+            "numpy": "1.26",
+        },
+        "results": [],
+    }
+    assert "CPUID hid" in to_markdown(report).splitlines()[0]
+    assert Path(isa.SOURCE).is_file()
