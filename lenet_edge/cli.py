@@ -93,6 +93,8 @@ COMMANDS: dict[str, Command] = {
     ),
 }
 GROUPS = {"pipeline": "pipeline", "study": "studies and results"}
+# what `--isa` applies to (lenet_edge/isa.py; Paddle and TensorFlow install SIGSEGV handlers)
+INFERENCE_COMMANDS = ("bench", "evaluate", "profile", "search", "select", "bundle")
 
 
 def usage() -> str:
@@ -108,7 +110,8 @@ def usage() -> str:
         "",
         "--isa avx2     run an inference command (bench, evaluate, profile, search, select, bundle)",
         "               with AVX-512, AVX-VNNI and AMX hidden from CPUID: the kernels of an AVX2-only x86",
-        "               on this core (Linux x86_64 with CPUID faulting; also LENET_EDGE_ISA=avx2)",
+        "               on this core (Linux x86_64 with CPUID faulting). LENET_EDGE_ISA=avx2 does the",
+        "               same for those commands and leaves the others as they are",
         "",
         "`lenet-edge COMMAND --help` shows a command's flags.",
     ]
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(f"lenet-edge {__version__}")
         return 0
-    isa = os.environ.get("LENET_EDGE_ISA") or None
+    isa = None
     if argv[0] == "--isa" or argv[0].startswith("--isa="):
         if "=" in argv[0]:
             isa, argv = argv[0].partition("=")[2], argv[1:]
@@ -160,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     name, rest = argv[0], argv[1:]
+    if isa is None and name in INFERENCE_COMMANDS:  # the variable serves a whole `make` run
+        isa = os.environ.get("LENET_EDGE_ISA") or None
     cmd = COMMANDS.get(name)
     if cmd is None:
         print(f"error: lenet-edge: unknown command {name!r} (see `lenet-edge --help`)", file=sys.stderr)

@@ -28,7 +28,8 @@ from lenet_edge.runtime.env import MASK_PROFILES, isa_mask
 SOURCE = Path(__file__).resolve().with_name("cpuid_mask.c")
 BUILD = Path(__file__).resolve().parent.parent / "build" / "isa"
 # Paddle and TensorFlow install their own SIGSEGV handlers (the mask's CPUID trap): inference only.
-COMMANDS = ("bench", "evaluate", "profile", "search", "select", "bundle")
+from lenet_edge.cli import INFERENCE_COMMANDS as COMMANDS  # noqa: E402
+
 ENV = "LENET_EDGE_ISA_MASK"
 
 

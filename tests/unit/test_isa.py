@@ -146,3 +146,17 @@ def test_masked_bench_result_names_the_mask(tmp_path):
     }
     assert "CPUID hid" in to_markdown(report).splitlines()[0]
     assert Path(isa.SOURCE).is_file()
+
+
+def test_the_environment_variable_masks_inference_commands_only(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setenv("LENET_EDGE_ISA", "avx2")
+    monkeypatch.setattr(isa, "enter", lambda profile, name, argv: calls.append((profile, name)))
+    for name in ("ingest", "report", "train"):  # not inference: run as they are, unmasked
+        with pytest.raises(SystemExit) as e:
+            cli.main([name, "--help"])
+        assert e.value.code == 0
+    assert calls == []
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    assert calls == [("avx2", "evaluate")]
