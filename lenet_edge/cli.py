@@ -108,10 +108,11 @@ def usage() -> str:
         lines += [f"  {name:<13} {c.summary}" for name, c in COMMANDS.items() if c.group == group]
     lines += [
         "",
-        "--isa avx2     run an inference command (bench, evaluate, profile, search, select, bundle)",
-        "               with AVX-512, AVX-VNNI and AMX hidden from CPUID: the kernels of an AVX2-only x86",
-        "               on this core (Linux x86_64 with CPUID faulting). LENET_EDGE_ISA=avx2 does the",
-        "               same for those commands and leaves the others as they are",
+        "--isa PROFILE  run an inference command (bench, evaluate, profile, search, select, bundle)",
+        "               with ISA extensions hidden from CPUID, so the runtimes take another CPU's kernels",
+        "               on this core (Linux x86_64 with CPUID faulting): avx2 (AVX-512, AVX-VNNI, AMX",
+        "               hidden: an AVX2-only x86) or avx512vnni (AMX, AVX-VNNI hidden: AMD Zen 4's set).",
+        "               LENET_EDGE_ISA=PROFILE does the same for those commands only",
         "",
         "`lenet-edge COMMAND --help` shows a command's flags.",
     ]

@@ -1,10 +1,12 @@
-"""`lenet-edge --isa avx2 COMMAND`: run an inference command with the CPU's AVX-512, AVX-VNNI and
-AMX hidden, so that onnxruntime, XNNPACK (LiteRT, tflite-runtime) and numpy pick the kernels an
-AVX2-only x86 runs (AMD Zen 2/3, Intel before Ice Lake; also what qemu-x86_64 -cpu max offers).
+"""`lenet-edge --isa PROFILE COMMAND`: run an inference command with some of the CPU's ISA
+extensions hidden, so that onnxruntime, XNNPACK (LiteRT, tflite-runtime) and numpy pick the kernels
+a smaller CPU runs. Profiles: `avx2` hides AVX-512, AVX-VNNI and AMX (an AVX2-only x86: AMD Zen
+2/3, Intel before Ice Lake; also what qemu-x86_64 -cpu max offers); `avx512vnni` hides AMX and the
+VEX-encoded VNNI family (AVX-512 with VNNI and BF16: AMD Zen 4's set).
 
 Why: a performance goal "on an AVX2 and on an AVX-512 machine" and the x86 validation of the
 cycle estimates (arm/validate_x86.py, which emulates an AVX2 CPU) need AVX2 kernels, and the
-machine at hand may have AVX-512. The mask changes which kernels run, not the core that runs
+machine at hand may have AVX-512 (or AMX, which a Zen 4 lacks and onnxruntime's int8 GEMM uses). The mask changes which kernels run, not the core that runs
 them: a masked Xeon is not a Zen 3. Results record `isa_mask` and both flag sets.
 
 How: lenet_edge/cpuid_mask.c, compiled once into build/isa/ and loaded with LD_PRELOAD into a

@@ -24,11 +24,13 @@ X86_FLAGS = (
 )
 # `lenet-edge --isa PROFILE` (lenet_edge/cpuid_mask.c): the /proc/cpuinfo flags a profile hides
 # from the process's CPUID, so from every library's kernel choice.
+_VEX_EXTRAS = {"avx_vnni", "avx_ifma", "avx_vnni_int8", "avx_ne_convert", "avx_vnni_int16", "avx10"}
+_NOT_ZEN4 = {"avx512_fp16", "avx512_vp2intersect", "avx512pf", "avx512er", "avx512_4vnniw", "avx512_4fmaps"}
 MASK_PROFILES = {
-    "avx2": lambda flag: (
-        flag.startswith(("avx512", "amx"))
-        or flag in {"avx_vnni", "avx_ifma", "avx_vnni_int8", "avx_ne_convert", "avx_vnni_int16", "avx10"}
-    ),
+    # an AVX2-only x86 (AMD Zen 2/3), also what qemu-x86_64 -cpu max offers
+    "avx2": lambda flag: flag.startswith(("avx512", "amx")) or flag in _VEX_EXTRAS,
+    # AVX-512 with VNNI and BF16, without AMX and the VEX VNNI family (AMD Zen 4's set)
+    "avx512vnni": lambda flag: flag.startswith("amx") or flag in _VEX_EXTRAS or flag in _NOT_ZEN4,
 }
 ARM_FLAGS = ("asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve", "sve2")
 # Arm Ltd. (implementer 0x41) core part numbers -> the -mcpu name llvm-mca and the estimates use.

@@ -24,6 +24,7 @@ except ImportError:
 from lenet_edge.runtime.env import cpu_info, isa_mask
 lib = ctypes.CDLL(None)
 print(json.dumps({"avx2": f["AVX2"], "fma": f["FMA3"], "avx512f": f["AVX512F"], "avx512vnni": f["AVX512VNNI"],
+                  "avx512fp16": f["AVX512FP16"],
                   "mask": isa_mask(), "intercepted": lib.lenet_edge_isa_mask_intercepted(), "cpu": cpu_info()}))
 """
 
@@ -56,6 +57,9 @@ def test_cpu_info_under_a_mask_reports_the_flags_the_process_sees():
     line = describe_cpu(masked)
     assert "--isa avx2" in line and "avx512f" in line and "not another CPU" in line
     assert "--isa" not in describe_cpu(plain)
+    zen4 = cpu_info(XEON, mask="avx512vnni")  # AMX and the VEX VNNI go, AVX-512 VNNI stays
+    assert zen4["isa_flags"] == ["avx", "avx2", "avx512_vnni", "avx512bw", "avx512f", "fma", "sse4_1"]
+    assert set(zen4["isa_flags_hidden"]) == {"avx_vnni", "amx_int8", "amx_tile"}
 
 
 @pytest.mark.parametrize(
@@ -96,6 +100,12 @@ def test_the_mask_hides_avx512_from_every_library_and_children_inherit_it(tmp_pa
     child = f"import subprocess, sys; sys.stdout.write(subprocess.run([sys.executable, '-c', {PROBE!r}], capture_output=True, text=True).stdout)"
     p = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0 and not json.loads(p.stdout)["avx512f"], p.stderr
+    # the Zen 4 profile keeps AVX-512 and its VNNI, hides what a Zen 4 lacks
+    zen4 = isa.masked_env("avx512vnni")
+    p = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=zen4, timeout=120)
+    got = json.loads(p.stdout)
+    assert got["mask"] == "avx512vnni" and got["avx512vnni"] == got["avx512f"]
+    assert not got["avx512fp16"] and not any(f.startswith("amx") for f in got["cpu"]["isa_flags"])
     # without the profile variable the preloaded library does nothing
     env.pop(isa.ENV)
     p = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120)
