@@ -127,8 +127,10 @@ ISA ?=
 ISA_FLAG := $(if $(ISA),--isa $(ISA))
 DEV_LE := .venv-device/bin/lenet-edge $(ISA_FLAG)
 
-bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/
-	$(DEV_LE) bench $(OURS) $(STOCK) --json build/bench/bench.json
+# BENCH_FLAGS="--amx off": refuse Intel AMX to the runtimes (runtime/amx.py)
+BENCH_FLAGS ?=
+bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/ (ISA=avx2, BENCH_FLAGS="--amx off")
+	$(DEV_LE) bench $(OURS) $(STOCK) --json build/bench/bench.json $(BENCH_FLAGS)
 
 search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT target), then per-layer FP32/INT8 by timing; every candidate checked -> build/bench/search.{json,md} (SEARCH_FLAGS=--no-timing for the documented default)
 	$(LE) $(ISA_FLAG) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --json build/bench/search.json $(SEARCH_FLAGS)

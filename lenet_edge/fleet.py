@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--backend ray benchmarks model files: pass them, not --bundle")
     if not args.models:
         raise ConfigError("no models given (pass model files)")
+    if args.amx == "off":  # a Ray worker lives on: refusing AMX there would outlast the job
+        raise ConfigError("--amx off measures in this process tree: use it with --backend local")
     kinds = args.on or ["any"]
     bad = [k for k in kinds if not KIND.match(k)]
     if bad:

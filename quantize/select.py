@@ -105,6 +105,8 @@ def select(bench: dict[str, Any], onnx_dir: Path, timing: bool = True) -> dict[s
         "cpu": env.get("cpu"),
         "machine": env.get("machine"),
         "runtime_versions": {k: env.get(k) for k in ("onnxruntime", "numpy") if k in env},
+        # a process-wide runtime setting the choice was measured with (runtime/amx.py): deploy with it
+        "amx": (bench.get("settings") or {}).get("amx", "on"),
         "defaults": DEFAULTS,
         "choices": choices,
     }

@@ -369,7 +369,13 @@ def _measure_all(
 def to_markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [
-        f"CPU: {describe_cpu(env['cpu'])}, {env['cpu']['logical_cpus']} logical "
+        f"CPU: {describe_cpu(env['cpu'])}"
+        + (
+            " [--amx off: AMX refused to the runtimes]"
+            if report.get("settings", {}).get("amx") == "off"
+            else ""
+        )
+        + f", {env['cpu']['logical_cpus']} logical "
         f"CPUs; {env['os']}; Python {env['python']}, numpy {env['numpy']}, onnxruntime {env.get('onnxruntime', '?')}.",
         "",
         "| model | format | stock | runtime | call | batch | threads | p50 µs | p90 µs | p99 µs | min µs "
@@ -471,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=int, default=200, help="untimed runs per session before timing (default 200)"
     )
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
+    p.add_argument(
+        "--amx",
+        choices=("on", "off"),
+        default="on",
+        help="off: refuse Intel AMX to the runtimes (seccomp; see runtime/amx.py), so they take their "
+        "AVX-512 VNNI int8 kernels; on (default): as the runtimes choose",
+    )
     add_common(
         p,
         "json",
@@ -497,6 +510,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "runs": args.runs,
         "warmup": args.warmup,
         "rounds": args.rounds,
+        "amx": args.amx,
     }
 
 
@@ -506,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_args(args: argparse.Namespace) -> int:
     st = settings(args)
+    if st["amx"] == "off":  # before any runtime starts; the measuring children inherit it
+        from .amx import deny_amx
+
+        deny_amx()
     batches, threads, calls = st["batches"], st["threads"], st["calls"]
     if args.startup is not None:
         print(json.dumps(measure_startup(args.startup, batches[0], threads[0], calls[0])))
@@ -527,6 +545,7 @@ def run_args(args: argparse.Namespace) -> int:
     if not models:
         raise ConfigError("no models given (pass model files or --bundle DIR)")
     report = run_bench(models, batches, threads, calls, args.runs, args.warmup, args.rounds)
+    report["settings"]["amx"] = st["amx"]
     if check is not None:
         report["bundle_check"] = check
     publish(report, args.json)

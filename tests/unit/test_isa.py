@@ -170,3 +170,57 @@ def test_the_environment_variable_masks_inference_commands_only(monkeypatch, cap
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--help"])
     assert calls == [("avx2", "evaluate")]
+
+
+AMX_PROBE = """
+import ctypes, errno, json, subprocess, sys
+from lenet_edge.runtime import amx
+amx.deny_amx()
+libc = ctypes.CDLL(None, use_errno=True)
+rc = libc.syscall(amx.SYS_ARCH_PRCTL, amx.ARCH_REQ_XCOMP_PERM, amx.XFEATURE_XTILEDATA)
+child = subprocess.run([sys.executable, "-c", "import ctypes; from lenet_edge.runtime import amx; "
+    "l = ctypes.CDLL(None, use_errno=True); print(l.syscall(amx.SYS_ARCH_PRCTL, amx.ARCH_REQ_XCOMP_PERM, "
+    "amx.XFEATURE_XTILEDATA), ctypes.get_errno())"], capture_output=True, text=True).stdout.split()
+other = libc.syscall(amx.SYS_ARCH_PRCTL, amx.ARCH_GET_XCOMP_PERM, ctypes.byref(ctypes.c_ulong()))
+print(json.dumps({"rc": rc, "errno": ctypes.get_errno() if rc else 0, "child": child, "other": other,
+                  "permitted": amx.amx_permitted()}))
+"""
+
+
+@pytest.mark.skipif(
+    not __import__("lenet_edge.runtime.amx").runtime.amx.applies(), reason="Linux x86_64 only"
+)
+def test_amx_off_refuses_the_tile_request_here_and_in_children_and_nothing_else():
+    p = subprocess.run([sys.executable, "-c", AMX_PROBE], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["rc"] == -1 and got["errno"] == 1  # EPERM, from the filter (a CPU without AMX says EINVAL)
+    assert got["child"] == ["-1", "1"]  # inherited across fork + exec
+    assert got["other"] == 0 and got["permitted"] is False  # other arch_prctl calls pass
+
+
+def test_amx_off_after_amx_was_granted_is_one_error(monkeypatch):
+    from lenet_edge.runtime import amx
+    from lenet_edge.runtime.errors import ConfigError
+
+    monkeypatch.setattr(amx, "applies", lambda: True)
+    monkeypatch.setattr(amx, "amx_permitted", lambda: True)
+    with pytest.raises(ConfigError, match="already granted"):
+        amx.deny_amx()
+
+
+def test_amx_off_is_recorded_and_refused_on_ray():
+    from lenet_edge import fleet
+    from lenet_edge.runtime.bench import build_parser, settings, to_markdown
+    from lenet_edge.runtime.errors import ConfigError
+
+    assert settings(build_parser().parse_args(["m.onnx", "--amx", "off"]))["amx"] == "off"
+    assert settings(build_parser().parse_args(["m.onnx"]))["amx"] == "on"
+    report = {
+        "environment": {"cpu": {**cpu_info(XEON), "logical_cpus": 2}, "os": "L", "python": "3", "numpy": "1"},
+        "settings": {"amx": "off"},
+        "results": [],
+    }
+    assert "AMX refused" in to_markdown(report).splitlines()[0]
+    with pytest.raises(ConfigError, match="--backend local"):
+        fleet.main(["m.onnx", "--backend", "ray", "--amx", "off"])
