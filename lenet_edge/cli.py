@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lenet_edge import __version__
+from lenet_edge.isa import COMMANDS as INFERENCE_COMMANDS  # what `--isa` applies to
 from lenet_edge.runtime import cli as stage_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,8 +94,6 @@ COMMANDS: dict[str, Command] = {
     ),
 }
 GROUPS = {"pipeline": "pipeline", "study": "studies and results"}
-# what `--isa` applies to (lenet_edge/isa.py; Paddle and TensorFlow install SIGSEGV handlers)
-INFERENCE_COMMANDS = ("bench", "evaluate", "profile", "search", "select", "bundle")
 
 
 def usage() -> str:

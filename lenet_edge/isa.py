@@ -6,8 +6,9 @@ VEX-encoded VNNI family (AVX-512 with VNNI and BF16: AMD Zen 4's set).
 
 Why: a performance goal "on an AVX2 and on an AVX-512 machine" and the x86 validation of the
 cycle estimates (arm/validate_x86.py, which emulates an AVX2 CPU) need AVX2 kernels, and the
-machine at hand may have AVX-512 (or AMX, which a Zen 4 lacks and onnxruntime's int8 GEMM uses). The mask changes which kernels run, not the core that runs
-them: a masked Xeon is not a Zen 3. Results record `isa_mask` and both flag sets.
+machine at hand may have AVX-512 (or AMX, which a Zen 4 lacks and onnxruntime's int8 GEMM uses).
+The mask changes which kernels run, not the core that runs them: a masked Xeon is not a Zen 3.
+Results record `isa_mask` and both flag sets.
 
 How: lenet_edge/cpuid_mask.c, compiled once into build/isa/ and loaded with LD_PRELOAD into a
 re-executed `lenet-edge`, uses Linux's CPUID faulting (CPU flag cpuid_fault, kernel >= 4.12)
@@ -25,13 +26,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lenet_edge.runtime.env import MASK_PROFILES, isa_mask
+from lenet_edge.runtime.env import MASK_PROFILES, cpuinfo_fields, isa_mask
 
 SOURCE = Path(__file__).resolve().with_name("cpuid_mask.c")
 BUILD = Path(__file__).resolve().parent.parent / "build" / "isa"
 # Paddle and TensorFlow install their own SIGSEGV handlers (the mask's CPUID trap): inference only.
-from lenet_edge.cli import INFERENCE_COMMANDS as COMMANDS  # noqa: E402
-
+COMMANDS = ("bench", "evaluate", "profile", "search", "select", "bundle")
 ENV = "LENET_EDGE_ISA_MASK"
 
 
@@ -40,14 +40,7 @@ class IsaError(Exception):
 
 
 def _cpuinfo_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    return set(cpuinfo_fields().get("flags", "").split())
 
 
 def check_supported(profile: str) -> None:

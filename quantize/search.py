@@ -252,9 +252,9 @@ def main(argv: list[str] | None = None) -> int:
 
     names = selected(args.model, args.workflow)
     env = environment({"onnxruntime": onnxruntime.__version__})
+    isa = f"--isa {env['cpu']['isa_mask']} " if env["cpu"].get("isa_mask") else ""
     res: dict[str, Any] = {
-        "command": f"lenet-edge {'--isa ' + env['cpu']['isa_mask'] + ' ' if env['cpu'].get('isa_mask') else ''}search "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": f"lenet-edge {isa}search " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpu": env["cpu"],
         "onnxruntime": onnxruntime.__version__,
         "environment": env,

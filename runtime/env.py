@@ -60,11 +60,9 @@ def isa_mask() -> str | None:
     return name if name in MASK_PROFILES else None
 
 
-def cpu_info(cpuinfo: str | None = None, mask: str | None = None) -> dict[str, Any]:
-    """CPU model, the ISA flags that decide kernels, core. Read live, the flags are the ones this
-    process sees: under `lenet-edge --isa` the hidden ones move to `isa_flags_hidden`."""
+def cpuinfo_fields(cpuinfo: str | None = None) -> dict[str, str]:
+    """The first CPU's fields of /proc/cpuinfo (or of the given text); empty where there is none."""
     if cpuinfo is None:
-        mask = isa_mask()
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
@@ -74,6 +72,15 @@ def cpu_info(cpuinfo: str | None = None, mask: str | None = None) -> dict[str, A
         if ":" in line:
             k, v = line.split(":", 1)
             fields.setdefault(k.strip(), v.strip())
+    return fields
+
+
+def cpu_info(cpuinfo: str | None = None, mask: str | None = None) -> dict[str, Any]:
+    """CPU model, the ISA flags that decide kernels, core. Read live, the flags are the ones this
+    process sees: under `lenet-edge --isa` the hidden ones move to `isa_flags_hidden`."""
+    if cpuinfo is None:
+        mask = isa_mask()
+    fields = cpuinfo_fields(cpuinfo)
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
     wanted = ARM_FLAGS if "Features" in fields else X86_FLAGS
     model = fields.get("model name") or fields.get("Model") or ""

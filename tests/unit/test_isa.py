@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lenet_edge import cli, isa
+from lenet_edge.runtime import amx
 from lenet_edge.runtime.env import cpu_info, describe_cpu
 
 pytestmark = pytest.mark.unit
@@ -187,9 +188,7 @@ print(json.dumps({"rc": rc, "errno": ctypes.get_errno() if rc else 0, "child": c
 """
 
 
-@pytest.mark.skipif(
-    not __import__("lenet_edge.runtime.amx").runtime.amx.applies(), reason="Linux x86_64 only"
-)
+@pytest.mark.skipif(not amx.applies(), reason="Linux x86_64 only")
 def test_amx_off_refuses_the_tile_request_here_and_in_children_and_nothing_else():
     p = subprocess.run([sys.executable, "-c", AMX_PROBE], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
@@ -200,7 +199,6 @@ def test_amx_off_refuses_the_tile_request_here_and_in_children_and_nothing_else(
 
 
 def test_amx_off_after_amx_was_granted_is_one_error(monkeypatch):
-    from lenet_edge.runtime import amx
     from lenet_edge.runtime.errors import ConfigError
 
     monkeypatch.setattr(amx, "applies", lambda: True)
