@@ -202,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true", help="reuse block reports newer than their model")
     a = p.parse_args(argv)
     try:
-        bench = json.loads(a.bench.read_text())
+        try:
+            bench = json.loads(a.bench.read_text())
+        except json.JSONDecodeError as e:
+            raise mca.McaError(f"{a.bench}: not a bench result (JSON: {e})") from None
+        if not isinstance(bench, dict):
+            raise mca.McaError(f"{a.bench}: not a bench result (a JSON object is expected)")
         core, ghz = host_core()
         ghz = a.ghz or ghz
         mask = (bench.get("environment", {}).get("cpu") or {}).get("isa_mask")

@@ -56,3 +56,15 @@ def test_falls_back_to_one_factor_when_two_cannot_be_fitted():
     assert cal["model"] in ("single", "simd+scalar")
     if cal["model"] == "simd+scalar":
         assert cal["factor_simd"] > 0 and cal["factor_scalar"] > 0
+
+
+def test_a_bad_bench_file_is_one_line_naming_it(tmp_path, capsys):
+    bad = tmp_path / "bench.json"
+    for text, why in (("{bad", "JSON"), ("[1]", "a JSON object is expected")):
+        bad.write_text(text)
+        assert (
+            val.main([str(tmp_path / "m.onnx"), "--bench", str(bad), "--json", str(tmp_path / "v.json")]) == 2
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(bad) in err[0] and why in err[0]
+    assert not (tmp_path / "v.json").exists()
