@@ -16,6 +16,11 @@ ops and the com.microsoft integer ops every CPU build has) and remove what is le
   (the pool fused into a space-to-depth conv) becomes Reshape -> NhwcMaxPool -> Reshape.
 - nhwc-flatten-gemm: Transpose(NHWC->NCHW) -> Reshape(flatten) -> (Q)Gemm/MatMul with constant
   weights becomes a flatten in NHWC order with the weight rows permuted to match.
+- nhwc-pad-channels: an NHWC QLinearConv whose channels (per pool group, after a Reshape) are not a
+  multiple of 8, feeding another NHWC QLinearConv through channel-wise ops only, gets output
+  channels added up to the next multiple of 8 (weights equal to their zero point, bias 0: they add
+  nothing) and the consumer gets matching input channels of weight zero point. MLAS's uint8 NHWC
+  kernels then run whole vectors: lenet_pool's 6-channel group max and second conv.
 
 Each pass checks its preconditions on concrete shapes (taken by running the graph once) and leaves
 a graph that does not match untouched, saying why. The result is checked against the QDQ model on
@@ -391,10 +396,101 @@ def nhwc_flatten_gemm(g: Graph) -> str:
     return "" if hits else "no Transpose(NHWC->NCHW) -> flatten -> Gemm with constant weights"
 
 
+# MLAS's NHWC uint8 kernels step through channels in vectors of 8 and more and finish the rest one
+# byte at a time (measured: a (1,4) NhwcMaxPool over the same 4,704 bytes costs 63k aarch64
+# instructions with 6 channels, 22k with 8; docs/results-x86.md).
+CHANNEL_MULTIPLE = 8
+CHANNEL_OPS = {("Reshape", ""), ("NhwcMaxPool", MS)}  # ops that pass channels through untouched
+
+
+def _nhwc_conv(g: Graph, n: Any) -> bool:
+    return (
+        n is not None
+        and (n.op_type, n.domain) == ("QLinearConv", MS)
+        and g.attr(n, "channels_last", 0) == 1
+        and g.attr(n, "group", 1) == 1
+        and n.input[3] in g.init
+    )
+
+
+def _widen(a: np.ndarray, axis: int, idx: np.ndarray, size: int, fill: Any) -> np.ndarray:
+    """`a` with its `axis` grown to `size`: old entries at `idx`, `fill` (broadcast) elsewhere."""
+    shape = list(a.shape)
+    shape[axis] = size
+    out = np.empty(shape, a.dtype)
+    out[...] = fill
+    np.moveaxis(out, axis, 0)[idx] = np.moveaxis(a, axis, 0)
+    return out
+
+
+def _pad_channels_one(g: Graph, p: Any) -> bool:
+    if not _nhwc_conv(g, p):
+        return False
+    w = g.const(p.input[3])
+    oc = c = w.shape[0]
+    chain, cur = [], p.output[0]
+    while True:  # producer -> (Reshape | NhwcMaxPool)* -> consumer conv, one consumer each
+        users = g.consumers(cur)
+        u = users[0] if len(users) == 1 else None
+        if u is None:
+            return False
+        if (u.op_type, u.domain) in CHANNEL_OPS:
+            if u.op_type == "Reshape":
+                shape = g.const(u.input[1])
+                last = int(shape[-1]) if shape is not None and shape.ndim == 1 else 0
+                # the last axis splits into groups of `last` channels; anything else does not match
+                if last <= 0 or c % last or g.shapes[cur][-1] != c or g.shapes[u.output[0]][-1] != last:
+                    return False
+                c = last
+            chain.append(u)
+            cur = u.output[0]
+            continue
+        if not _nhwc_conv(g, u) or u.input[0] != cur:
+            return False
+        q = u
+        break
+    wq = g.const(q.input[3])
+    if c % CHANNEL_MULTIPLE == 0 or wq.shape[1] != c:
+        return False
+    groups, cp = oc // c, -(-c // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
+    idx = (np.arange(groups)[:, None] * cp + np.arange(c)[None, :]).reshape(-1)
+    # producer: new output channels whose weights equal their zero point (they add nothing), bias 0
+    wzp = g.const(p.input[5])
+    per_channel_zp = wzp is not None and wzp.size == oc > 1
+    fill_w = 0 if per_channel_zp or wzp is None else wzp.reshape(-1)[0]
+    p.input[3] = g.add_const("w_padded", _widen(w, 0, idx, groups * cp, fill_w))
+    for k, fill in ((4, 1.0), (5, 0)):  # per-channel scale / zero point of the new channels
+        v = g.const(p.input[k])
+        if v is not None and v.size == oc > 1:
+            p.input[k] = g.add_const("w_padded", _widen(v.reshape(-1), 0, idx, groups * cp, fill))
+    if len(p.input) > 8 and p.input[8]:
+        p.input[8] = g.add_const("bias_padded", _widen(g.const(p.input[8]), 0, idx, groups * cp, 0))
+    for r in chain:
+        if r.op_type == "Reshape":
+            shape = g.const(r.input[1]).copy()
+            shape[-1] = cp
+            r.input[1] = g.add_const("shape_padded", shape)
+    # consumer: weights for the new input channels equal the weight zero point (per output channel)
+    qzp = g.const(q.input[5])
+    fill_q = 0 if qzp is None else qzp.reshape(-1, *[1] * (wq.ndim - 1)) if qzp.size > 1 else qzp.reshape(())
+    q.input[3] = g.add_const("w_padded", _widen(wq, 1, np.arange(c), cp, fill_q))
+    return True
+
+
+def nhwc_pad_channels(g: Graph) -> str:
+    hits = _each_match(g, _pad_channels_one)
+    return (
+        ""
+        if hits
+        else f"no NHWC QLinearConv -> (Reshape | NhwcMaxPool)* -> QLinearConv with channels not a multiple of {CHANNEL_MULTIPLE}"
+    )
+
+
 PASSES: dict[str, Callable[[Graph], str]] = {
     "uint8-input": uint8_input,
     "nhwc-group-max": nhwc_group_max,
     "nhwc-flatten-gemm": nhwc_flatten_gemm,
+    "nhwc-pad-channels": nhwc_pad_channels,
 }
 
 

@@ -65,7 +65,7 @@ def _fp32_model(h, w, k, pad, cin=1, norm=True, seed=0, pool=True):
     return m, x
 
 
-def _qdq(model, x, tmp_path, passes):
+def _qdq(model, x, tmp_path, passes, per_channel=True):
     """FP32 lenet-edge passes, then ORT static QDQ quantization (u8 activations, s8 weights)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -88,7 +88,7 @@ def _qdq(model, x, tmp_path, passes):
         str(out),
         Reader(),
         quant_format=QuantFormat.QDQ,
-        per_channel=True,
+        per_channel=per_channel,
         reduce_range=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
@@ -120,6 +120,42 @@ def _ops(model):
     return [n.op_type for n in model.graph.node]
 
 
+def _weight(model, node):
+    from onnx import numpy_helper
+
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == node.input[3])
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_pad_channels_without_pool_and_per_tensor_weights(per_channel, tmp_path):
+    """Conv(6 channels) -> Conv: the first conv gains two output channels that add nothing, the
+    second conv two input channels of weight zero point; same logits, per-tensor or per-channel."""
+    m, x = _fp32_model(11, 9, 3, 1, seed=7, pool=False)
+    new, log = _rewrite(_qdq(m, x, tmp_path, ("fold-normalisation",), per_channel), x, tmp_path)
+    assert log["nhwc-pad-channels"]["applied"], log
+    w1, w2 = (_weight(new, n) for n in new.graph.node if n.op_type == "QLinearConv")
+    assert w1.shape[0] == 8 and w2.shape[1] == 8
+    assert not w1[6:].any() and not w2[:, 6:].any()  # symmetric int8 weights: zero point 0
+
+
+def test_pad_channels_refuses_a_multiple_of_eight(tmp_path):
+    """Channels already a multiple of 8: nothing to pad, the pass says so and the graph is kept."""
+    from onnx import numpy_helper
+
+    m, x = _fp32_model(10, 10, 3, 1, seed=2, pool=False)
+    rng = np.random.default_rng(1)
+    inits = {t.name: t for t in m.graph.initializer}
+    for name, shape in (("w1", (8, 1, 3, 3)), ("b1", (8,)), ("w2", (5, 8, 3, 3))):
+        inits[name].CopyFrom(numpy_helper.from_array((rng.normal(size=shape) * 0.3).astype(np.float32), name))
+    new, log = _rewrite(_qdq(m, x, tmp_path, ("fold-normalisation",)), x, tmp_path)
+    assert not log["nhwc-pad-channels"]["applied"]
+    assert "multiple of 8" in log["nhwc-pad-channels"]["not_applied"]
+    assert [_weight(new, n).shape[:2] for n in new.graph.node if n.op_type == "QLinearConv"] == [
+        (8, 1),
+        (5, 8),
+    ]
+
+
 @pytest.mark.parametrize(
     "h,w,k,pad,cin",
     [(28, 28, 5, 2, 1), (12, 16, 3, 1, 1), (14, 10, 5, 2, 1), (9, 11, 4, 0, 1), (12, 10, 5, 2, 2)],
@@ -135,6 +171,12 @@ def test_s2d_pool_graph_becomes_integer_nhwc_with_identical_logits(h, w, k, pad,
     # whole 2x2-block pads fold into the conv (zero point + bias); others stay one uint8 Pad
     assert ("Pad" in ops) == bool(pad % 2 or h % 2 or w % 2)
     assert ops.count("NhwcMaxPool") == 1
+    # the 6 channels of each pool group (and of the second conv's input) padded to 8
+    assert log["nhwc-pad-channels"]["applied"]
+    assert [_weight(new, n).shape[:2] for n in new.graph.node if n.op_type == "QLinearConv"] == [
+        (4 * 8, 4 * cin),
+        (5, 8),
+    ]
 
 
 def test_graph_without_s2d_or_pool_keeps_what_does_not_match(tmp_path):
