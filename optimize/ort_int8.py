@@ -9,9 +9,10 @@ ops and the com.microsoft integer ops every CPU build has) and remove what is le
 
 - uint8-input: the input's QuantizeLinear with scale 1 and zero point 0 (raw pixels are bytes) goes;
   the model takes uint8 pixels. A constant Pad and a SpaceToDepth before the first integer conv
-  become a Reshape/Transpose/Reshape straight into NHWC, and the Pad folds into the conv: padding
-  with value v equals padding with the zero point v and adding (v - zp) * sum(w) to the int32 bias
-  (exact in integers).
+  become a Reshape/Transpose/Reshape straight into NHWC (the Transpose in float32 between two
+  exact Casts: onnxruntime's uint8 Transpose is slow with more than one thread), and the Pad folds
+  into the conv: padding with value v equals padding with the zero point v and adding
+  (v - zp) * sum(w) to the int32 bias (exact in integers).
 - nhwc-group-max: Transpose -> Reshape -> MaxPool over channel groups -> Reshape -> Transpose
   (the pool fused into a space-to-depth conv) becomes Reshape -> NhwcMaxPool -> Reshape.
 - nhwc-flatten-gemm: Transpose(NHWC->NCHW) -> Reshape(flatten) -> (Q)Gemm/MatMul with constant
@@ -178,6 +179,22 @@ def _is_unit_q(g: Graph, node: Any, op: str) -> bool:
     )
 
 
+def _byte_transpose(g: Graph, x: str, perm: list[int], base: str) -> tuple[list[Any], str]:
+    """Transpose uint8 `x` by way of float32 (Cast, Transpose, Cast back: exact for bytes).
+
+    onnxruntime 1.32 runs a 1-byte Transpose as one MlasTranspose per inner block, each handed to
+    the intra-op thread pool: with 2 threads lenet_pool's input reorder cost ~1.4 ms at batch 64
+    (20 µs with one thread) and INT8 ran 2.4x slower on 2 threads than on 1. A float Transpose does
+    not split like that: 2 threads, batch 64, 1,415 -> 395 µs; batch 1 one thread +0.5 µs, +1 %
+    aarch64 instructions (docs/results-x86.md)."""
+    from onnx import TensorProto
+
+    c1, f = g.node("Cast", [x], base, to=TensorProto.FLOAT)
+    t, ft = g.node("Transpose", [f], base, perm=perm)
+    c2, y = g.node("Cast", [ft], base, to=TensorProto.UINT8)
+    return [c1, t, c2], y
+
+
 def uint8_input(g: Graph) -> str:
     """See the module docstring. Returns '' when applied, or why not."""
     from onnx import TensorProto
@@ -276,14 +293,17 @@ def uint8_input(g: Graph) -> str:
             )
         )
         n1, r1 = g.node("Reshape", [src, g.add_const("s2d_shape", np.array(shape))], "s2d")
-        n2, t1 = g.node("Transpose", [r1], "s2d", perm=perm)
+        moved, t1 = _byte_transpose(g, r1, perm, "s2d")
         n3, x = g.node(
             "Reshape", [t1, g.add_const("s2d_shape", np.array([-1, h // b, w // b, b * b * c]))], "s2d"
         )
-        new += [n1, n2, n3]
-    else:
+        new += [n1, *moved, n3]
+    elif c == 1:  # NCHW -> NHWC with one channel only relabels axes (ORT copies it)
         n1, x = g.node("Transpose", [src], "nhwc", perm=TO_NHWC)
         new += [n1]
+    else:
+        moved, x = _byte_transpose(g, src, TO_NHWC, "nhwc")
+        new += moved
     conv.input[0] = x
     if fold:
         hb, wb = [p // block for p in pads[::2]], [p // block for p in pads[1::2]]
