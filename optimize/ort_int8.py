@@ -186,7 +186,7 @@ def _byte_transpose(g: Graph, x: str, perm: list[int], base: str) -> tuple[list[
     the intra-op thread pool: with 2 threads lenet_pool's input reorder cost ~1.4 ms at batch 64
     (20 µs with one thread) and INT8 ran 2.4x slower on 2 threads than on 1. A float Transpose does
     not split like that: 2 threads, batch 64, 1,415 -> 395 µs; batch 1 one thread +0.5 µs, +1 %
-    aarch64 instructions (docs/results-x86.md)."""
+    aarch64 instructions (docs/performance.md)."""
     from onnx import TensorProto
 
     c1, f = g.node("Cast", [x], base, to=TensorProto.FLOAT)
@@ -418,7 +418,7 @@ def nhwc_flatten_gemm(g: Graph) -> str:
 
 # MLAS's NHWC uint8 kernels step through channels in vectors of 8 and more and finish the rest one
 # byte at a time (measured: a (1,4) NhwcMaxPool over the same 4,704 bytes costs 63k aarch64
-# instructions with 6 channels, 22k with 8; docs/results-x86.md).
+# instructions with 6 channels, 22k with 8; docs/performance.md).
 CHANNEL_MULTIPLE = 8
 CHANNEL_OPS = {("Reshape", ""), ("NhwcMaxPool", MS)}  # ops that pass channels through untouched
 
@@ -486,13 +486,18 @@ def _pad_channels_one(g: Graph, p: Any) -> bool:
     if len(p.input) > 8 and p.input[8]:
         p.input[8] = g.add_const("bias_padded", _widen(g.const(p.input[8]), 0, idx, groups * cp, 0))
     for r in chain:
-        if r.op_type == "Reshape":
+        if r.op_type == "Reshape":  # each last axis holds a whole number of the final groups
             shape = g.const(r.input[1]).copy()
-            shape[-1] = cp
+            shape[-1] = shape[-1] // c * cp
             r.input[1] = g.add_const("shape_padded", shape)
     # consumer: weights for the new input channels equal the weight zero point (per output channel)
     qzp = g.const(q.input[5])
-    fill_q = 0 if qzp is None else qzp.reshape(-1, *[1] * (wq.ndim - 1)) if qzp.size > 1 else qzp.reshape(())
+    if qzp is None:
+        fill_q: Any = 0
+    elif qzp.size > 1:
+        fill_q = qzp.reshape(-1, *[1] * (wq.ndim - 1))
+    else:
+        fill_q = qzp.reshape(())
     q.input[3] = g.add_const("w_padded", _widen(wq, 1, np.arange(c), cp, fill_q))
     return True
 

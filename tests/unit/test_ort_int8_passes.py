@@ -248,3 +248,70 @@ def test_pad_fold_is_exact_at_the_border():
     ref = conv(padded, 0, bias, [0, 0, 0, 0])
     folded = conv(x, v, (bias + v * wq.astype(np.int64).reshape(3, -1).sum(1)).astype(np.int32), [1, 1, 1, 1])
     assert np.array_equal(ref, folded)
+
+
+def test_pad_channels_through_two_reshapes_and_a_pool_keeps_outputs():
+    """Hand-built NHWC integer graph: conv (2 groups x 6 channels, per-channel weights) -> Reshape ->
+    Reshape (groups into W) -> NhwcMaxPool over the groups -> conv. Every Reshape's last axis is
+    rescaled (12 -> 16, 6 -> 8) and the outputs stay identical, batch 3."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+
+    rng = np.random.default_rng(4)
+    n, h, w, cin = 3, 5, 4, 3
+    inits = {
+        "xs": np.array(0.5, np.float32),
+        "xz": np.array(3, np.uint8),
+        "w1": rng.integers(-50, 50, size=(12, cin, 3, 3)).astype(np.int8),
+        "ws1": rng.uniform(0.005, 0.02, size=12).astype(np.float32),
+        "wz1": np.zeros(12, np.int8),
+        "ys1": np.array(0.7, np.float32),
+        "yz1": np.array(5, np.uint8),
+        "b1": rng.integers(-300, 300, size=12).astype(np.int32),
+        "s1": np.array([-1, h * w, 12], np.int64),
+        "s2": np.array([-1, h, w * 2, 6], np.int64),
+        "w2": rng.integers(-50, 50, size=(5, 6, 3, 3)).astype(np.int8),
+        "ws2": np.array(0.01, np.float32),
+        "wz2": np.array(0, np.int8),
+        "ys2": np.array(0.9, np.float32),
+        "yz2": np.array(9, np.uint8),
+    }
+    ms = "com.microsoft"
+    nodes = [
+        helper.make_node(
+            "QLinearConv",
+            ["x", "xs", "xz", "w1", "ws1", "wz1", "ys1", "yz1", "b1"],
+            ["c1"],
+            domain=ms,
+            channels_last=1,
+            pads=[1, 1, 1, 1],
+        ),
+        helper.make_node("Reshape", ["c1", "s1"], ["r1"]),
+        helper.make_node("Reshape", ["r1", "s2"], ["r2"]),
+        helper.make_node("NhwcMaxPool", ["r2"], ["p"], domain=ms, kernel_shape=[1, 2], strides=[1, 2]),
+        helper.make_node(
+            "QLinearConv", ["p", "ys1", "yz1", "w2", "ws2", "wz2", "ys2", "yz2"], ["y"], domain=ms, channels_last=1
+        ),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", h, w, cin])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", h - 2, w - 2, 5])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(ms, 1)])
+    m.ir_version = 8
+    x = rng.integers(0, 256, size=(n, h, w, cin)).astype(np.uint8)
+    new, log = apply_ort_passes(m, ("nhwc-pad-channels",), x[:1].astype(np.float32))
+    assert log[0]["applied"], log
+    ref, got = _run(m, x), _run(new, x)
+    assert ref.shape == (n, h - 2, w - 2, 5) and np.array_equal(ref, got)
+    shapes = [
+        numpy_helper.to_array(t).tolist()
+        for t in new.graph.initializer
+        if t.name in {nd.input[1] for nd in new.graph.node if nd.op_type == "Reshape"}
+    ]
+    assert sorted(shapes) == sorted([[-1, h * w, 16], [-1, h, w * 2, 8]])
+    assert _weight(new, new.graph.node[0]).shape[0] == 16 and _weight(new, new.graph.node[-1]).shape[1] == 8
