@@ -291,7 +291,11 @@ def test_pad_channels_through_two_reshapes_and_a_pool_keeps_outputs():
         helper.make_node("Reshape", ["r1", "s2"], ["r2"]),
         helper.make_node("NhwcMaxPool", ["r2"], ["p"], domain=ms, kernel_shape=[1, 2], strides=[1, 2]),
         helper.make_node(
-            "QLinearConv", ["p", "ys1", "yz1", "w2", "ws2", "wz2", "ys2", "yz2"], ["y"], domain=ms, channels_last=1
+            "QLinearConv",
+            ["p", "ys1", "yz1", "w2", "ws2", "wz2", "ys2", "yz2"],
+            ["y"],
+            domain=ms,
+            channels_last=1,
         ),
     ]
     g = helper.make_graph(
