@@ -319,3 +319,14 @@ def test_pad_channels_through_two_reshapes_and_a_pool_keeps_outputs():
     ]
     assert sorted(shapes) == sorted([[-1, h * w, 16], [-1, h, w * 2, 8]])
     assert _weight(new, new.graph.node[0]).shape[0] == 16 and _weight(new, new.graph.node[-1]).shape[1] == 8
+
+
+def test_two_channel_input_without_space_to_depth_reorders_in_float(tmp_path):
+    """A 2-channel uint8 input going straight to an NHWC conv (no space-to-depth): the NCHW -> NHWC
+    Transpose runs in float between two exact Casts, logits identical (batch 64)."""
+    m, x = _fp32_model(10, 12, 3, 1, cin=2, seed=9, pool=False)
+    new, log = _rewrite(_qdq(m, x, tmp_path, ("fold-normalisation",)), x, tmp_path)
+    assert log["uint8-input"]["applied"], log
+    ops = _ops(new)
+    at = ops.index("Transpose")
+    assert ops[at - 1 : at + 2] == ["Cast", "Transpose", "Cast"] and ops.count("Transpose") == 1, ops
