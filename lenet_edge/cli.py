@@ -107,7 +107,7 @@ def usage() -> str:
         lines += [f"  {name:<13} {c.summary}" for name, c in COMMANDS.items() if c.group == group]
     lines += [
         "",
-        "--isa PROFILE  run an inference command (bench, evaluate, profile, search, select, bundle)",
+        f"--isa PROFILE  run an inference command ({', '.join(INFERENCE_COMMANDS)})",
         "               with ISA extensions hidden from CPUID, so the runtimes take another CPU's kernels",
         "               on this core (Linux x86_64 with CPUID faulting): avx2 (AVX-512, AVX-VNNI, AMX",
         "               hidden: an AVX2-only x86) or avx512vnni (AMX, AVX-VNNI hidden: AMD Zen 4's set).",

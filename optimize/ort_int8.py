@@ -475,9 +475,8 @@ def _pad_channels_one(g: Graph, p: Any) -> bool:
     groups, cp = oc // c, -(-c // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
     idx = (np.arange(groups)[:, None] * cp + np.arange(c)[None, :]).reshape(-1)
     # producer: new output channels whose weights equal their zero point (they add nothing), bias 0
-    wzp = g.const(p.input[5])
-    per_channel_zp = wzp is not None and wzp.size == oc > 1
-    fill_w = 0 if per_channel_zp or wzp is None else wzp.reshape(-1)[0]
+    wzp = g.const(p.input[5])  # a per-channel zero point gets 0 for the new channels (below)
+    fill_w = wzp.reshape(-1)[0] if wzp is not None and wzp.size == 1 else 0
     p.input[3] = g.add_const("w_padded", _widen(w, 0, idx, groups * cp, fill_w))
     for k, fill in ((4, 1.0), (5, 0)):  # per-channel scale / zero point of the new channels
         v = g.const(p.input[k])
