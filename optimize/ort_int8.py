@@ -379,7 +379,24 @@ GEMMS = {
     ("MatMulInteger", ""): 1,
     ("Gemm", ""): 1,
     ("MatMul", ""): 1,
+    ("FusedGemm", MS): 1,
 }
+
+
+def _int8_weight_dq(g: Graph, name: str, k_axis: int) -> Any:
+    """The DequantizeLinear that makes weight `name` from an int8 initializer of its own, with
+    scales that do not run along the K axis (per-tensor, or per output column), else None."""
+    p = g.producer(name)
+    if p is None or p.op_type != "DequantizeLinear" or p.domain not in ("", "ai.onnx"):
+        return None
+    x = p.input[0]
+    if x not in g.init or len(g.consumers(x)) != 1 or len(g.consumers(name)) != 1:
+        return None
+    s = g.const(p.input[1])
+    ndim = len(g.init[x].dims)
+    if s is None or ndim != 2 or (s.size > 1 and g.attr(p, "axis", 1) % ndim == k_axis):
+        return None
+    return p
 
 
 def _flatten_gemm_one(g: Graph, t: Any) -> bool:
@@ -390,22 +407,32 @@ def _flatten_gemm_one(g: Graph, t: Any) -> bool:
         n, h, w, c = g.shapes[t.input[0]]
         if g.shapes[r.output[0]] != (n, h * w * c):
             return False
-        users = g.consumers(r.output[0])
+        # a per-tensor DequantizeLinear may sit between the flatten and a float Gemm (weight-only
+        # layers): it acts on each element alone, so it commutes with reordering the features
+        dq = g.only_consumer(r.output[0], "DequantizeLinear")
+        if dq is not None:
+            s = g.const(dq.input[1])
+            if s is None or s.size != 1:
+                return False
+        users = g.consumers((dq or r).output[0])
         gemm = users[0] if len(users) == 1 and users[0] is not None else None
-        if gemm is None or (gemm.op_type, gemm.domain) not in GEMMS:
+        if gemm is None or (gemm.op_type, gemm.domain) not in GEMMS or g.attr(gemm, "transA", 0):
             return False
         bi = GEMMS[(gemm.op_type, gemm.domain)]
-        wt = g.const(gemm.input[bi])
-        if wt is None or gemm.input[bi] not in g.init or len(g.consumers(gemm.input[bi])) != 1:
-            return False
-        if g.attr(gemm, "transA", 0):
-            return False
         trans_b = g.attr(gemm, "transB", 0)
+        holder, hi = gemm, bi  # the node whose input holds the weight rows to permute
+        if gemm.input[bi] not in g.init or len(g.consumers(gemm.input[bi])) != 1:
+            holder, hi = _int8_weight_dq(g, gemm.input[bi], 1 if trans_b else 0), 0
+            if holder is None:
+                return False
+        wt = g.const(holder.input[hi])
+        if wt is None:
+            return False
         perm = np.arange(h * w * c).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)  # NHWC row -> NCHW row
         wt = wt[:, perm] if trans_b else wt[perm]
-        gemm.input[bi] = g.add_const("weights_nhwc", np.ascontiguousarray(wt))
+        holder.input[hi] = g.add_const("weights_nhwc", np.ascontiguousarray(wt))
         a, x = g.node("Reshape", [t.input[0], g.add_const("flat_shape", np.array([-1, h * w * c]))], "flat")
-        gemm.input[0] = x
+        (dq or gemm).input[0] = x
         g.replace([t, r], [a])
         return True
     return False
@@ -510,11 +537,46 @@ def nhwc_pad_channels(g: Graph) -> str:
     )
 
 
+def _fold_weight_dq_one(g: Graph, dq: Any) -> bool:
+    from onnx import TensorProto
+
+    if dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx") or dq.input[0] not in g.init:
+        return False
+    x, s = g.const(dq.input[0]), g.const(dq.input[1])
+    z = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, np.int8)
+    if x is None or x.dtype != np.int8 or s is None or z is None or z.any():
+        return False
+    if len(g.consumers(dq.input[0])) != 1:
+        return False
+    if s.size > 1:
+        axis = g.attr(dq, "axis", 1) % x.ndim
+        if s.ndim != 1 or x.shape[axis] != s.size:
+            return False
+        shape = [1] * x.ndim
+        shape[axis] = s.size
+        s = s.reshape(shape)
+    c, f = g.node("Cast", [dq.input[0]], "w8", to=TensorProto.FLOAT)
+    m, y = g.node("Mul", [f, g.add_const("w8_scale", s.astype(np.float32))], "w8")
+    g.rename_uses(dq.output[0], y)
+    g.replace([dq], [c, m])
+    return True
+
+
+def fold_weight_dq(g: Graph) -> str:
+    """A DequantizeLinear of an int8 weight with zero point 0 (weight-only INT8: the quantize
+    recipe's `weight_only`) becomes Cast(float) * scale: the same floats (one multiply each), but
+    onnxruntime constant-folds a Cast and a Mul when it loads the model, while it runs a
+    DequantizeLinear on every call. The file keeps the int8 weights."""
+    hits = _each_match(g, _fold_weight_dq_one)
+    return "" if hits else "no DequantizeLinear of an int8 weight with zero point 0"
+
+
 PASSES: dict[str, Callable[[Graph], str]] = {
     "uint8-input": uint8_input,
     "nhwc-group-max": nhwc_group_max,
     "nhwc-flatten-gemm": nhwc_flatten_gemm,
     "nhwc-pad-channels": nhwc_pad_channels,
+    "fold-weight-dq": fold_weight_dq,
 }
 
 
@@ -555,7 +617,8 @@ def run_shapes(model: Any, x: np.ndarray) -> dict[str, tuple[int, ...]]:
     so.log_severity_level = 3
     s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     outs = s.run(None, {m.graph.input[0].name: x})
-    return {o.name: tuple(v.shape) for o, v in zip(s.get_outputs(), outs, strict=True)}
+    shapes = {o.name: tuple(v.shape) for o, v in zip(s.get_outputs(), outs, strict=True)}
+    return {m.graph.input[0].name: tuple(x.shape), **shapes}
 
 
 def apply_ort_passes(
@@ -643,9 +706,22 @@ def is_up_to_date(onnx_dir: Path, model: str, variant: str) -> bool:
     )
 
 
+# Integer rewrites are exact: the ORT target gives the source's logits to float precision. A recipe
+# with FP32-compute layers (weight_only) is exact only up to float summation order: onnxruntime
+# multiplies by a constant (prepacked) weight in another order than by one a DequantizeLinear makes
+# on every call, and its int8-activation MatMulNBits (which it makes of a DequantizeLinear -> MatMul)
+# can round such a difference to a whole step (lenet_pool, all FCs weight-only: 0.022-0.026).
+EXACT_LOGIT_LIMIT = 1e-5
+FLOAT_LAYERS_LOGIT_LIMIT = 0.05
+
+
+def logit_limit(src_rec: dict[str, Any]) -> float:
+    return FLOAT_LAYERS_LOGIT_LIMIT if src_rec.get("recipe", {}).get("weight_only") else EXACT_LOGIT_LIMIT
+
+
 def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) -> dict[str, Any]:
-    """The ORT target of one checked QDQ file: build, check (identical top-1 and |Δlogit| <= 1e-5
-    on `pixels`), write `out` + its record; nothing is written if a check fails."""
+    """The ORT target of one checked QDQ file: build, check (identical top-1 and |Δlogit| within
+    `logit_limit` on `pixels`), write `out` + its record; nothing is written if a check fails."""
     import time
 
     import onnx
@@ -675,10 +751,11 @@ def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) 
         raise ConversionError(f"{model}: the ORT-target model does not run: {e}") from e
     diff = max_abs_diff(ref, got)
     same = int((ref.argmax(1) == got.argmax(1)).sum())
-    if not diff <= 1e-5 or same != len(ref):
+    limit = logit_limit(src_rec)
+    if not diff <= limit or same != len(ref):
         raise ConversionError(
             f"{model}: the ORT-target model differs from {src.name} on {len(ref)} test images: "
-            f"max |Δlogit| {diff:.3g} (limit 1e-05), top-1 differs on {len(ref) - same}"
+            f"max |Δlogit| {diff:.3g} (limit {limit:g}), top-1 differs on {len(ref) - same}"
         )
     params = src_rec.get("params")
     record = {
@@ -697,7 +774,12 @@ def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) 
             "input_dtype": "uint8"
             if final.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
             else "float32",
-            "check": {"images": len(ref), "max_abs_logit_diff_vs_source": diff, "top1_identical": same},
+            "check": {
+                "images": len(ref),
+                "max_abs_logit_diff_vs_source": diff,
+                "limit": limit,
+                "top1_identical": same,
+            },
             "onnxruntime": onnxruntime.__version__,
             "code_sha256": source_sha256(),
             "seconds": round(time.perf_counter() - t0, 2),

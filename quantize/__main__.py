@@ -23,6 +23,7 @@ RECIPE_HELP = {
     "symmetric_activation": "symmetric activation ranges",
     "symmetric_weight": "symmetric weight ranges",
     "fp32_layers": "comma-separated weighted layers kept in FP32, by type and order (e.g. Conv:0,Gemm:2)",
+    "weight_only": "the --fp32-layers keep int8 weights (FP32 compute, INT8 size; dequantized once at load)",
 }
 
 
@@ -186,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{rec['nodes']['int8_total']} (int8)"
         )
         if rec["nodes_excluded"]:
-            print(f"{name}: kept in FP32 to meet --max-drop-pp: {', '.join(rec['nodes_excluded'])}")
+            r = rec["recipe"]
+            why = (
+                "by the recipe's fp32_layers" + (", weights int8" if r.get("weight_only") else "")
+                if r.get("fp32_layers")
+                else "to meet --max-drop-pp"
+            )
+            print(f"{name}: kept in FP32 {why}: {', '.join(rec['nodes_excluded'])}")
         failures += int8_failures(rec, tol) if args.check else []
     if failures:
         raise QuantizeError("; ".join(failures))

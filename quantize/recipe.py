@@ -31,6 +31,10 @@ class QuantRecipe:
     # weighted layers kept in FP32, named by type and order ("Conv:0" = the first Conv), never by
     # node name; chosen by measurement (quantize.search), empty by default
     fp32_layers: tuple[str, ...] = ()
+    # the fp32_layers keep int8 weights (weight-only quantization: symmetric, per output channel,
+    # one DequantizeLinear each, which the ORT target turns into a Cast*scale that onnxruntime folds
+    # when it loads the model): FP32 compute at INT8 size
+    weight_only: bool = False
 
     def __post_init__(self) -> None:
         import re
@@ -39,6 +43,8 @@ class QuantRecipe:
         for layer in self.fp32_layers:
             if not isinstance(layer, str) or not re.fullmatch(r"[A-Za-z]{1,32}:\d{1,4}", layer):
                 raise ConfigError(f"fp32_layers entries look like 'Conv:0', got {layer!r}")
+        if self.weight_only and not self.fp32_layers:
+            raise ConfigError("weight_only applies to fp32_layers; name the layers (e.g. Gemm:1,Gemm:2)")
         checks = [
             ("mode", MODES),
             ("quant_format", FORMATS),
@@ -80,6 +86,8 @@ class QuantRecipe:
             parts.append("asymw")
         if self.fp32_layers:
             parts.append("fp32_" + "+".join(x.replace(":", "") for x in self.fp32_layers))
+            if self.weight_only:
+                parts.append("w8")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +96,8 @@ class QuantRecipe:
             d["fp32_layers"] = list(self.fp32_layers)  # as JSON holds it, so records compare equal
         else:
             del d["fp32_layers"]  # all-INT8 recipes keep the record format they always had
+        if not self.weight_only:
+            del d["weight_only"]
         return d
 
     @classmethod

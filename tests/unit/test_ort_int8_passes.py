@@ -163,7 +163,7 @@ def test_pad_channels_refuses_a_multiple_of_eight(tmp_path):
 def test_s2d_pool_graph_becomes_integer_nhwc_with_identical_logits(h, w, k, pad, cin, tmp_path):
     m, x = _fp32_model(h, w, k, pad, cin=cin, seed=h + k)
     new, log = _rewrite(_qdq(m, x, tmp_path, ("fold-normalisation", "s2d-conv-pool")), x, tmp_path)
-    assert all(e["applied"] for e in log.values()), log
+    assert all(e["applied"] for k, e in log.items() if k != "fold-weight-dq"), log
     assert new.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     ops = _ops(new)
     assert "Transpose" in ops and ops.count("Transpose") == 1  # only the space-to-depth reorder is left
@@ -330,3 +330,78 @@ def test_two_channel_input_without_space_to_depth_reorders_in_float(tmp_path):
     ops = _ops(new)
     at = ops.index("Transpose")
     assert ops[at - 1 : at + 2] == ["Cast", "Transpose", "Cast"] and ops.count("Transpose") == 1, ops
+
+
+def _weight_only_graph(zero_point=0):
+    """uint8 NHWC [N,2,3,4] -> Transpose to NCHW -> flatten -> DequantizeLinear (per-tensor) ->
+    Gemm whose weights are DequantizeLinear(int8, per output column) -> Relu -> Gemm(transB=1,
+    weights per row) -> y: the weight-only FC layers of a `weight_only` recipe."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    inits = {
+        "shape": np.array([-1, 24], np.int64),
+        "xs": np.array(0.1, np.float32),
+        "xz": np.array(3, np.uint8),
+        "w1q": rng.integers(-127, 128, size=(24, 5)).astype(np.int8),
+        "w1s": rng.uniform(0.001, 0.01, size=5).astype(np.float32),
+        "w1z": np.full(5, zero_point, np.int8),
+        "b1": rng.normal(size=5).astype(np.float32),
+        "w2q": rng.integers(-127, 128, size=(3, 5)).astype(np.int8),
+        "w2s": rng.uniform(0.001, 0.01, size=3).astype(np.float32),
+        "w2z": np.zeros(3, np.int8),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Reshape", ["t", "shape"], ["f"]),
+        helper.make_node("DequantizeLinear", ["f", "xs", "xz"], ["fd"]),
+        helper.make_node("DequantizeLinear", ["w1q", "w1s", "w1z"], ["w1"], axis=1),
+        helper.make_node("Gemm", ["fd", "w1", "b1"], ["g1"]),
+        helper.make_node("Relu", ["g1"], ["r1"]),
+        helper.make_node("DequantizeLinear", ["w2q", "w2s", "w2z"], ["w2"], axis=0),
+        helper.make_node("Gemm", ["r1", "w2"], ["y"], transB=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        initializer=[numpy_helper.from_array(v, n) for n, v in inits.items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m, rng.integers(0, 256, size=(5, 2, 3, 4)).astype(np.uint8)
+
+
+def test_weight_only_layers_lose_the_transpose_and_their_per_call_dequantize():
+    """Weight-only FCs: the flatten goes NHWC through the per-tensor activation DequantizeLinear
+    (weight rows permuted in int8), and each weight DequantizeLinear becomes Cast * scale, which
+    onnxruntime folds at load; the file keeps int8 weights, outputs equal up to float rounding."""
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+
+    m, x = _weight_only_graph()
+    new, log = apply_ort_passes(m, ("nhwc-flatten-gemm", "fold-weight-dq"), x[:2])
+    assert all(e["applied"] for e in log), log
+    ops = _ops(new)
+    assert "Transpose" not in ops and ops.count("Cast") == 2 and ops.count("Mul") == 2
+    assert ops.count("DequantizeLinear") == 1  # the activation's only
+    kinds = {t.data_type for t in new.graph.initializer if len(t.dims) == 2 and min(t.dims) > 1}
+    assert kinds == {onnx.TensorProto.INT8}  # no float weight matrix in the file
+    ref, got = _run(m, x), _run(new, x)
+    assert ref.shape == got.shape == (5, 3) and np.allclose(ref, got, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_weight_dq_refuses_a_weight_with_a_zero_point():
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+
+    m, x = _weight_only_graph(zero_point=2)
+    new, log = apply_ort_passes(m, ("fold-weight-dq",), x[:2])
+    # the first weight has zero point 2 and stays; the second (zero point 0) folds
+    assert log[0]["applied"] and _ops(new).count("DequantizeLinear") == 2
+    assert np.allclose(_run(m, x), _run(new, x), rtol=1e-5, atol=1e-5)
+    m2, _ = _weight_only_graph(zero_point=2)
+    del m2.graph.node[6:]  # only the zero-point weight left
+    m2.graph.output[0].name = "r1"
+    m2.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
+    _, log2 = apply_ort_passes(m2, ("fold-weight-dq",), x[:2])
+    assert not log2[0]["applied"] and "zero point 0" in log2[0]["not_applied"]

@@ -34,6 +34,59 @@ def test_recipe_names_layers_kept_in_fp32_by_type_and_order():
             QuantRecipe(fp32_layers=(bad,))
 
 
+def test_weight_only_recipe_names_itself_and_needs_layers():
+    r = QuantRecipe(fp32_layers=("Gemm:1", "Gemm:2"), weight_only=True)
+    assert r.name.endswith("-fp32_Gemm1+Gemm2-w8") and QuantRecipe.from_dict(r.to_dict()) == r
+    assert "weight_only" not in QuantRecipe(fp32_layers=("Gemm:1",)).to_dict()  # old records unchanged
+    with pytest.raises(ConfigError, match="weight_only applies to fp32_layers"):
+        QuantRecipe(weight_only=True)
+
+
+def test_weight_only_int8_stores_each_output_channel_in_int8_and_skips_shared_weights():
+    """Conv (axis 0), Gemm (axis 1; transB=1: axis 0), MatMul (last axis): int8 weights, zero point
+    0, one scale per output channel, within half a step of the float weights; a weight two nodes
+    share is left float."""
+    from onnx import helper, numpy_helper
+
+    from lenet_edge.quantize.ort_quant import weight_only_int8
+
+    rng = np.random.default_rng(5)
+    w = {
+        "cw": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
+        "gw": rng.normal(size=(6, 5)).astype(np.float32),
+        "tw": rng.normal(size=(3, 5)).astype(np.float32),
+        "mw": rng.normal(size=(5, 2)).astype(np.float32),
+    }
+    w["gw"][:, 2] = 0.0  # an all-zero channel keeps scale 1
+    nodes = [
+        helper.make_node("Conv", ["x", "cw"], ["c"], name="conv"),
+        helper.make_node("Gemm", ["a", "gw"], ["g"], name="gemm"),
+        helper.make_node("Gemm", ["g", "tw"], ["t"], name="gemm_t", transB=1),
+        helper.make_node("MatMul", ["g", "mw"], ["m"], name="matmul"),
+        helper.make_node("MatMul", ["t", "mw"], ["m2"], name="shared"),
+    ]
+    g = helper.make_graph(
+        nodes, "g", [], [], initializer=[numpy_helper.from_array(v, k) for k, v in w.items()]
+    )
+    m = helper.make_model(g)
+    done = weight_only_int8(m, ["conv", "gemm", "gemm_t", "matmul"])
+    assert done == ["conv", "gemm", "gemm_t"]  # mw is used twice: left float
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    dqs = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    w["gw"] = w["gw"].T  # a Gemm's weights are stored [N, K], transB=1
+    gemm = next(n for n in m.graph.node if n.name == "gemm")
+    assert [(a.name, a.i) for a in gemm.attribute] == [("transB", 1)]
+    for name in ("cw", "gw", "tw"):
+        n = dqs[name]
+        q, s, z = (inits[i] for i in n.input)
+        assert q.dtype == np.int8 and not z.any() and s.shape == (w[name].shape[0],)
+        assert helper.get_attribute_value(n.attribute[0]) == 0  # the output-channel axis
+        shape = [-1] + [1] * (q.ndim - 1)
+        back = q.astype(np.float32) * s.reshape(shape)
+        assert np.all(np.abs(back - w[name]) <= s.reshape(shape) / 2 + 1e-7)
+    assert inits["gw_scale"][2] == 1.0 and "mw" in inits
+
+
 def test_resolve_layers_maps_type_and_order_to_nodes_and_refuses_what_is_not_there():
     from onnx import helper
 
