@@ -130,9 +130,9 @@ DEV_LE := .venv-device/bin/lenet-edge $(ISA_FLAG)
 # BENCH_FLAGS="--amx off": refuse Intel AMX to the runtimes (runtime/amx.py)
 BENCH_FLAGS ?=
 bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/ (ISA=avx2, BENCH_FLAGS="--amx off")
-	$(DEV_LE) bench $(OURS) $(STOCK) --json build/bench/bench.json $(BENCH_FLAGS)
+	$(DEV_LE) bench $(OURS) $(STOCK) $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR)) --json build/bench/bench.json $(BENCH_FLAGS)
 
-search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT target), then per-layer FP32/INT8 by timing; every candidate checked -> build/bench/search.{json,md} (SEARCH_FLAGS=--no-timing for the documented default)
+search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT target), then FP32 layer sets by timing; every candidate checked -> build/bench/search.{json,md} + the choice as <model>.int8.search.onnx, which `make bench` then times (SEARCH_FLAGS=--no-timing for the documented default)
 	$(LE) $(ISA_FLAG) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --json build/bench/search.json $(SEARCH_FLAGS)
 
 select: setup ## per model and runtime, the artifact to deploy from the benchmark (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json

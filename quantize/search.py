@@ -7,11 +7,15 @@ For each model, on the machine it runs on (ONNX Runtime, batch 1, one thread, IO
 2. every candidate is quantized with the quantize stage and checked against
    results/tolerances.json; one that fails is recorded with the reason and never timed;
 3. the survivors and the model's FP32 files are timed in one interleaved child process;
-4. mixed precision by measurement: from the fastest INT8 candidate's recipe, each weighted layer
-   in turn is kept in FP32 (`fp32_layers`), built, checked and timed the same way; a layer stays
-   FP32 only if that is faster. The fastest checked INT8 candidate is the choice.
+4. mixed precision by measurement: from the fastest INT8 candidate's recipe, sets of weighted
+   layers are kept in FP32 (`fp32_layers`; every tail of the layer list, then each layer alone,
+   greedily on top of what was kept), built, checked and timed the same way; a set stays FP32 only
+   if that is faster. On an ORT target their weights stay int8 (`weight_only`: FP32 compute at
+   INT8 size). The fastest checked INT8 candidate is the choice.
 Writes the record (every candidate, its checks and p50, the CPU from the environment capture,
-never a machine name) as JSON and Markdown; the candidates are built in a temp folder.
+never a machine name) as JSON and Markdown; the candidates are built in a temp folder. Each
+model's choice is published to --onnx-dir as <model>.int8.search.onnx with its record
+(quantize.published), so `make bench` times it and `select` can deploy it.
 """
 
 from __future__ import annotations
@@ -65,6 +69,14 @@ def _weighted_layers(model: Any) -> list[str]:
             out.append(f"{n.op_type}:{seen.get(n.op_type, 0)}")
             seen[n.op_type] = seen.get(n.op_type, 0) + 1
     return out
+
+
+def _layer_sets(layers: list[str]) -> list[tuple[str, ...]]:
+    """What mixed precision tries, in order, each on top of what it kept so far: every tail of the
+    weighted layers from the shortest (the last two, ..., all: once in float, the rest can stay
+    float with one dequantize), then each layer alone."""
+    tails = [tuple(layers[i:]) for i in range(len(layers) - 2, -1, -1)]
+    return tails + [(x,) for x in layers]
 
 
 def _build(
@@ -142,7 +154,7 @@ def search_model(
                 "candidates": rows,
                 "mixed_precision": {"layers": [], "kept_fp32": [], "trials": []},
                 "fp32_p50_us": {},
-                "choice": {**{k: pick[k] for k in ("label", "file", "recipe")}, "p50_us": None},
+                "choice": {**{k: pick[k] for k in ("label", "file", "recipe", "source")}, "p50_us": None},
                 "method": "documented default (--no-timing)",
             }
         for f in fp32_files:
@@ -154,10 +166,19 @@ def search_model(
         # mixed precision by measurement, greedy over the weighted layers, from the fastest INT8
         best = min((r for r in rows if r["passed"]), key=lambda r: r["p50_us"])
         layers = _weighted_layers(preps[best["source"]].pre)
+        # an ORT target keeps the FP32 layers' weights in int8 (weight_only: folded to float when
+        # onnxruntime loads the model, so FP32 speed at INT8 size); a QDQ file would dequantize
+        # them on every call, so there they stay float
+        weight_only = best["label"].endswith(".ort")
         kept: tuple[str, ...] = ()
         mixed = []
-        for layer in layers:
-            trial = replace(base.__class__.from_dict(best["recipe"]), fp32_layers=(*kept, layer))
+        for group in _layer_sets(layers):
+            layer_set = tuple(x for x in layers if x in kept or x in group)
+            if layer_set == kept:
+                continue
+            trial = replace(
+                base.__class__.from_dict(best["recipe"]), fp32_layers=layer_set, weight_only=weight_only
+            )
             built = _build(name, best["source"], trial, work, calibration, preps[best["source"]])
             # the same kind as the current best (QDQ or its ORT target); failures stay in the record
             built = [
@@ -179,15 +200,20 @@ def search_model(
             # keep the layer in FP32 only if clearly faster in the same run (3 %: above run-to-run noise)
             ok = [b for b in built if b["passed"] and b["vs_current_best_same_run"] < KEEP_FP32_IF_BELOW]
             if ok:
-                kept = (*kept, layer)
+                kept = layer_set
                 best = ok[0]
     fp32 = {f.name: p50[f.name] for f in fp32_files}
     return {
         "model": name,
         "candidates": rows,
-        "mixed_precision": {"layers": layers, "kept_fp32": list(kept), "trials": mixed},
+        "mixed_precision": {
+            "layers": layers,
+            "kept_fp32": list(kept),
+            "weight_only": weight_only,
+            "trials": mixed,
+        },
         "fp32_p50_us": fp32,
-        "choice": {k: best[k] for k in ("label", "file", "recipe", "p50_us")},
+        "choice": {k: best[k] for k in ("label", "file", "recipe", "source", "p50_us")},
         "choice_over_best_fp32_first_run": best["p50_us"] / min(fp32.values()) if best["p50_us"] else None,
         "method": "fastest checked candidate, interleaved timing (batch 1, one thread, IO binding)",
     }
@@ -241,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="--no-timing: build and check every candidate, record the documented default (CI)",
     )
+    p.add_argument(
+        "--publish",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write each model's choice to --onnx-dir as <model>.int8.search.onnx + its record, for "
+        "the benchmark and select (default: yes)",
+    )
     args = p.parse_args(argv)
     if args.runs < args.rounds or args.rounds < 1:
         raise LenetEdgeError(f"--runs ({args.runs}) must be >= --rounds ({args.rounds}) >= 1")
@@ -279,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
                 else m["method"]
             )
             print(f"{name}: {c['label']} {took}")
+            if args.publish:
+                from lenet_edge.quantize.ort_quant import fp32_source
+                from lenet_edge.quantize.published import publish
+
+                src = fp32_source(args.onnx_dir, name, SOURCES[c["source"]])
+                out = publish(args.onnx_dir, name, work, m, src, describe_cpu(env["cpu"]))
+                print(f"{name}: published {out}")
     write_json_atomic(args.json, res)
     write_bytes_atomic(args.json.with_suffix(".md"), to_markdown(res).encode())
     print(f"wrote {args.json} and {args.json.with_suffix('.md')}")

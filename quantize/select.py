@@ -41,6 +41,11 @@ def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
         if not rec_path.is_file():
             return False
         rec = read_json(rec_path)
+        if isinstance(rec, dict) and "search" in rec:  # a published search choice: only while fresh
+            from lenet_edge.quantize.published import stale_reason
+
+            if stale_reason(f):
+                return False
         return isinstance(rec, dict) and not rec.get("stock") and not int8_failures(rec, tol)
     return True
 

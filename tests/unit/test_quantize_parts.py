@@ -307,6 +307,51 @@ def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
     )
 
 
+def test_published_search_choice_is_used_only_while_its_fp32_source_is_unchanged(tmp_path, capsys):
+    """<model>.int8.search.onnx counts (bench list, select) only while it matches its record and the
+    FP32 file it was quantized from; a stale or corrupt one is named and left out, never a crash."""
+    import hashlib
+
+    from lenet_edge.quantize.published import main, stale_reason
+    from lenet_edge.quantize.select import _passes
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    src, out = d / "m.fp32.s2d.onnx", d / "m.int8.search.onnx"
+    src.write_bytes(b"fp32")
+    out.write_bytes(b"int8")
+    rec = {
+        "model": "m",
+        "onnx": out.name,
+        "onnx_sha256": hashlib.sha256(b"int8").hexdigest(),
+        "accuracy_drop_pp": 0.0,
+        "agreement_with_fp32": 0.999,
+        "mcnemar": {"p_new_worse": 0.5},
+        "size_ratio_vs_fp32": 0.28,
+        "search": {"fp32_source": src.name, "fp32_source_sha256": hashlib.sha256(b"fp32").hexdigest()},
+    }
+    rp = d / "m.int8.search.quantize.json"
+    rp.write_text(json.dumps(rec))
+    tol = load_tolerances()
+    row = {"file": out.name, "format": "int8.search"}
+    assert stale_reason(out) == "" and _passes(d, row, tol)
+    assert main(["--onnx-dir", str(d)]) == 0 and capsys.readouterr().out.split() == [str(out)]
+    src.write_bytes(b"retrained")
+    assert "changed since the search" in stale_reason(out) and not _passes(d, row, tol)
+    assert main(["--onnx-dir", str(d)]) == 0
+    o = capsys.readouterr()
+    assert o.out == "" and "left out" in o.err and out.name in o.err
+    src.write_bytes(b"fp32")
+    out.write_bytes(b"other")
+    assert "does not match its record" in stale_reason(out)
+    rp.write_text("{not json")
+    assert "unreadable" in stale_reason(out)
+    out.write_bytes(b"int8")
+    rec["search"]["fp32_source"] = "../outside.onnx"
+    rp.write_text(json.dumps(rec))
+    assert "missing" in stale_reason(out)  # a path from the record never leaves the folder
+
+
 def _fake_record(recipe):
     return {
         "model": "lenet_pool",
