@@ -138,8 +138,8 @@ search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT 
 select: setup ## per model and runtime, the artifact to deploy from the benchmark (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json
 	$(LE) $(ISA_FLAG) select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.json $(SELECT_FLAGS)
 
-bundle: variants optimize quantize-ort tflite ## device tarball: runtime/, models, fixed inputs + expected outputs -> build/
-	$(DEV_LE) bundle build $(DEPLOY_MODELS) --out-dir build
+bundle: variants optimize quantize-ort tflite ## device tarball: runtime/, models (with a fresh `make search` choice), fixed inputs + expected outputs -> build/
+	$(DEV_LE) bundle build $(DEPLOY_MODELS) $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR)) --out-dir build
 	rm -rf build/bundle-check && mkdir -p build/bundle-check && tar xzf build/lenet-edge-bundle.tar.gz -C build/bundle-check
 	cd build/bundle-check/lenet-edge-bundle && ../../../$(DEV_PY) -m runtime.bundle check .
 

@@ -221,7 +221,9 @@ def search_model(
 
 def to_markdown(res: dict[str, Any]) -> str:
     lines = [
-        f"# INT8 search ({describe_cpu(res['cpu'])}; onnxruntime {res['onnxruntime']})",
+        f"# INT8 search ({describe_cpu(res['cpu'])}; onnxruntime {res['onnxruntime']}"
+        + ("; AMX refused" if res.get("amx") == "off" else "")
+        + ")",
         "",
         f"Command: `{res['command']}`. p50 µs, batch 1, one thread, IO binding; candidates timed in one "
         "interleaved run per model; mixed-precision trials each in a run with the current best.",
@@ -268,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         help="--no-timing: build and check every candidate, record the documented default (CI)",
     )
     p.add_argument(
+        "--amx",
+        choices=("on", "off"),
+        default="on",
+        help="off: refuse Intel AMX to onnxruntime (runtime/amx.py), as `bench --amx off` does, so the "
+        "choice is the fastest with AVX-512 VNNI kernels; on (default): as onnxruntime chooses",
+    )
+    p.add_argument(
         "--publish",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -278,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < args.rounds or args.rounds < 1:
         raise LenetEdgeError(f"--runs ({args.runs}) must be >= --rounds ({args.rounds}) >= 1")
 
+    if args.amx == "off":  # before any onnxruntime session; the timing children inherit it
+        from lenet_edge.runtime.amx import deny_amx
+
+        deny_amx()
     import onnxruntime
 
     from lenet_edge.runtime.env import environment
@@ -290,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": f"lenet-edge {isa}search " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpu": env["cpu"],
         "onnxruntime": onnxruntime.__version__,
+        "amx": args.amx,
         "environment": env,
         "models": [],
     }
