@@ -241,6 +241,32 @@ def cycle_estimates(bundle: Path, site: Path, models: list[Path]) -> dict:
     }
 
 
+def best_ratios(insns: dict[str, float]) -> list[dict]:
+    """Per model and CPU: the INT8 file with the fewest instructions over the FP32 file with the
+    fewest (`insns` keys are 'cpu|<model>.<format>.onnx'; a format starting 'int8' is INT8, 'fp32' FP32)."""
+    out = []
+    for cpu in sorted({k.split("|")[0] for k in insns}):
+        files = {k.split("|")[1]: v for k, v in insns.items() if k.startswith(cpu + "|")}
+        for model in sorted({f.partition(".")[0] for f in files}):
+            kind = {f: f.removesuffix(".onnx").partition(".")[2] for f in files if f.startswith(model + ".")}
+            i8 = [f for f, k in kind.items() if k.startswith("int8")]
+            f32 = [f for f, k in kind.items() if k.startswith("fp32")]
+            if i8 and f32:
+                bi, bf = min(i8, key=files.get), min(f32, key=files.get)
+                out.append(
+                    {
+                        "model": model,
+                        "cpu": cpu,
+                        "best_int8": bi,
+                        "int8": files[bi],
+                        "best_fp32": bf,
+                        "fp32": files[bf],
+                        "ratio": files[bi] / files[bf],
+                    }
+                )
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog=os.environ.get("LENET_EDGE_PROG"), description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path, help="the tarball from `make bundle`")
@@ -306,10 +332,25 @@ def main() -> int:
             + " | ".join(f"{insns[f'{c}|{f}']:,.0f}" for c in CPUS)
             + f" | {ratio} |"
         )
+    goals = best_ratios(insns)
+    lines += [
+        "",
+        "Goal ratio per model and core: the fewest-instruction INT8 file / the fewest-instruction FP32 "
+        "file (goal ≤ 0.8 on cortex-a76, ≤ 1.0 on cortex-a72).",
+        "",
+        "| model | CPU | best INT8 | best FP32 | INT8 / FP32 |",
+        "|---|---|---|---|---:|",
+    ]
+    for g in goals:
+        lines.append(
+            f"| {g['model']} | {g['cpu']} | {g['best_int8']} {g['int8']:,.0f} | {g['best_fp32']} "
+            f"{g['fp32']:,.0f} | {g['ratio']:.3f} |"
+        )
     lines += _estimate_lines(estimates)
     md = "\n".join(lines) + "\n"
     report = {
         "label": LABEL,
+        "best_int8_over_best_fp32": goals,
         "checks": checks,
         "instructions_per_inference": insns,
         "counting": {k: v for k, v in cnt.items() if k != "rows"},

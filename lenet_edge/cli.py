@@ -118,27 +118,38 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def arm_setup() -> int:
+    """The aarch64 sysroot, its wheels and the counting plugin (each step skips what is already
+    there); 0 when ready, else the failing step's exit code (named on stderr)."""
+    sysroot = ROOT / "build" / "arm" / "sysroot"
+    for step in (
+        ["setup_sysroot.sh", sysroot],
+        ["install_wheels.sh", sysroot, sysroot / "opt" / "armlab" / "site"],
+        ["build_plugin.sh", sysroot],
+    ):
+        script = ROOT / "arm" / str(step[0])
+        if not script.is_file():
+            print(f"error: {script}: needs a source checkout of lenet-edge", file=sys.stderr)
+            return 2
+        rc = subprocess.run(["bash", str(script), *map(str, step[1:])], cwd=ROOT).returncode
+        if rc != 0:
+            print(f"error: arm/{step[0]} failed (exit {rc})", file=sys.stderr)
+            return rc
+    return 0
+
+
 def _arm_check(args: list[str]) -> int:
     """arm-check runs on the host's own Python (stdlib only): set up the aarch64 sysroot, wheels
-    and counting plugin (each step skips what is already there), then the check itself."""
+    and counting plugin, then the check itself."""
     script = ROOT / "arm" / "arm_check.py"
     if not script.is_file():
         print(f"error: {script}: arm-check needs a source checkout of lenet-edge", file=sys.stderr)
         return 2
     env = {**os.environ, "LENET_EDGE_PROG": "lenet-edge arm-check"}
     if not {"-h", "--help"} & set(args):
-        sysroot = ROOT / "build" / "arm" / "sysroot"
-        for step in (
-            ["setup_sysroot.sh", sysroot],
-            ["install_wheels.sh", sysroot, sysroot / "opt" / "armlab" / "site"],
-            ["build_plugin.sh", sysroot],
-        ):
-            rc = subprocess.run(
-                ["bash", str(ROOT / "arm" / step[0]), *map(str, step[1:])], cwd=ROOT
-            ).returncode
-            if rc != 0:
-                print(f"error: arm/{step[0]} failed (exit {rc})", file=sys.stderr)
-                return rc
+        rc = arm_setup()
+        if rc != 0:
+            return rc
     return subprocess.run([sys.executable, str(script), *args], env=env).returncode
 
 

@@ -1,4 +1,4 @@
-"""The search's choice as an artifact: <model>.int8.search.onnx + its record, beside the others.
+"""The search's choice as an artifact: <model>.int8.search[.<cpu>].onnx + its record, beside the others.
 
 `make search` measures which INT8 candidate is fastest on this machine (quantize.search) and
 publishes it here, so the benchmark times it next to the default recipe's files and `select` can
@@ -22,11 +22,15 @@ from typing import Any
 
 from lenet_edge.runtime.files import read_json, sha256_file
 
-SUFFIX = ".int8.search.onnx"
+PATTERN = "*.int8.search*.onnx"
 
 
-def published_path(onnx_dir: Path, model: str) -> Path:
-    return Path(onnx_dir) / f"{model}{SUFFIX}"
+def published_path(onnx_dir: Path, model: str, target: str = "host") -> Path:
+    """<model>.int8.search.onnx (this machine's choice) or <model>.int8.search.<cpu>.onnx (an Arm
+    core's, by instruction counts)."""
+    return Path(onnx_dir) / (
+        f"{model}.int8.search.onnx" if target == "host" else f"{model}.int8.search.{target}.onnx"
+    )
 
 
 def record_path(path: Path) -> Path:
@@ -57,7 +61,13 @@ def stale_reason(path: Path) -> str:
 
 
 def publish(
-    onnx_dir: Path, name: str, work: Path, model_result: dict[str, Any], fp32_source: Path, cpu: str
+    onnx_dir: Path,
+    name: str,
+    work: Path,
+    model_result: dict[str, Any],
+    fp32_source: Path,
+    cpu: str,
+    target: str = "host",
 ) -> Path:
     """Copy the chosen candidate (checked by the search) and its record to <model>.int8.search.onnx;
     the record gains the `search` entry. Model first, record last (a model without a matching record
@@ -67,13 +77,14 @@ def publish(
     choice = model_result["choice"]
     src = work / choice["file"]
     rec = read_json(record_path(src))
-    out = published_path(onnx_dir, name)
+    out = published_path(onnx_dir, name, target)
     data = src.read_bytes()
     rec["onnx"] = out.name
     rec["search"] = {
         "choice": choice["label"],
-        "p50_us": choice.get("p50_us"),
-        "fp32_p50_us": model_result.get("fp32_p50_us"),
+        "target": target,
+        **{k: choice[k] for k in ("p50_us", "instructions") if k in choice},
+        **{k: model_result[k] for k in ("fp32_p50_us", "fp32_instructions") if k in model_result},
         "method": model_result.get("method"),
         "cpu": cpu,
         "fp32_source": fp32_source.name,
@@ -91,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"), help="default build/onnx")
     args = p.parse_args(argv)
-    for path in sorted(args.onnx_dir.glob(f"*{SUFFIX}")):
+    for path in sorted(args.onnx_dir.glob(PATTERN)):
         why = stale_reason(path)
         if why:
             print(f"note: left out: {why}", file=sys.stderr)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,57 @@ def _time(files: list[Path], runs: int, rounds: int) -> dict[str, float]:
         + ["--runs", str(runs), "--warmup", "200", "--rounds", str(rounds)]
     )
     return {Path(k.split("|")[0]).name: float(np.percentile(v, 50)) / 1e3 for k, v in samples.items()}
+
+
+ARM_CPUS = ("cortex-a72", "cortex-a76")
+
+
+def _count(files: list[Path], cpu: str) -> dict[str, float]:
+    """aarch64 instructions per batch-1 inference of each file under qemu-user for `cpu`
+    (arm/run_counts.py: deterministic counts, so no interleaving is needed)."""
+    from lenet_edge.runtime.files import ROOT, owned_temp_dir
+
+    with owned_temp_dir("count") as out:
+        cmd = [sys.executable, str(ROOT / "arm" / "run_counts.py"), "--cpus", cpu, "--reps", "1"]
+        proc = subprocess.run(
+            [*cmd, "--out-dir", str(out), "--models", *map(str, files)], capture_output=True, text=True
+        )
+        res = out / "counts.json"
+        if proc.returncode != 0 or not res.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+            raise LenetEdgeError(f"--target {cpu}: counting instructions under qemu failed: {tail}")
+        rows = json.loads(res.read_text())["rows"]
+    return {r["model"]: float(r["insns_per_inference"]) for r in rows}
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What the search minimises: p50 µs on this machine (interleaved timing), or the aarch64
+    instructions per inference on an emulated Arm core (`target` = cortex-a72 / cortex-a76)."""
+
+    target: str = "host"
+    runs: int = 2000
+    rounds: int = 20
+
+    @property
+    def key(self) -> str:
+        return "p50_us" if self.target == "host" else "instructions"
+
+    @property
+    def unit(self) -> str:
+        return "µs" if self.target == "host" else f"{self.target} instructions"
+
+    @property
+    def keep_below(self) -> float:
+        # timing: 3 % above run-to-run noise; counts repeat exactly (a few hundred instructions
+        # of time-dependent work inside onnxruntime's Run aside), so 0.5 % is a real difference
+        return KEEP_FP32_IF_BELOW if self.target == "host" else 0.995
+
+    def __call__(self, files: list[Path]) -> dict[str, float]:
+        return _time(files, self.runs, self.rounds) if self.target == "host" else _count(files, self.target)
+
+    def fmt(self, v: float) -> str:
+        return f"{v:.1f} µs" if self.target == "host" else f"{v:,.0f} instructions"
 
 
 def _weighted_layers(model: Any) -> list[str]:
@@ -123,7 +175,7 @@ def _metrics(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def search_model(
-    name: str, onnx_dir: Path, work: Path, runs: int, rounds: int, data_dir: Path | None, timing: bool = True
+    name: str, onnx_dir: Path, work: Path, measure: Measure, data_dir: Path | None, timing: bool = True
 ) -> dict[str, Any]:
     from lenet_edge.quantize.calibration import load_calibration
     from lenet_edge.quantize.ort_quant import fp32_source, prepared
@@ -153,18 +205,18 @@ def search_model(
                 "model": name,
                 "candidates": rows,
                 "mixed_precision": {"layers": [], "kept_fp32": [], "trials": []},
-                "fp32_p50_us": {},
-                "choice": {**{k: pick[k] for k in ("label", "file", "recipe", "source")}, "p50_us": None},
+                f"fp32_{measure.key}": {},
+                "choice": {**{k: pick[k] for k in ("label", "file", "recipe", "source")}, measure.key: None},
                 "method": "documented default (--no-timing)",
             }
         for f in fp32_files:
             shutil.copyfile(f, work / f.name)
         files = [work / f.name for f in fp32_files] + [work / r["file"] for r in rows if r["passed"]]
-        p50 = _time(files, runs, rounds)
+        p50 = measure(files)
         for r in rows:
-            r["p50_us"] = p50.get(r["file"]) if r["passed"] else None
+            r[measure.key] = p50.get(r["file"]) if r["passed"] else None
         # mixed precision by measurement, greedy over the weighted layers, from the fastest INT8
-        best = min((r for r in rows if r["passed"]), key=lambda r: r["p50_us"])
+        best = min((r for r in rows if r["passed"]), key=lambda r: r[measure.key])
         layers = _weighted_layers(preps[best["source"]].pre)
         # an ORT target keeps the FP32 layers' weights in int8 (weight_only: folded to float when
         # onnxruntime loads the model, so FP32 speed at INT8 size); a QDQ file would dequantize
@@ -190,15 +242,15 @@ def search_model(
             if not timed:
                 mixed += built
                 continue
-            t = _time([work / best["file"], *timed], runs, rounds)
+            t = measure([work / best["file"], *timed])
             for b in built:
-                b["p50_us"] = t.get(b["file"]) if b["passed"] else None
+                b[measure.key] = t.get(b["file"]) if b["passed"] else None
                 b["vs_current_best_same_run"] = (
                     t[b["file"]] / t[best["file"]] if b["passed"] and b["file"] in t else None
                 )
             mixed += built
             # keep the layer in FP32 only if clearly faster in the same run (3 %: above run-to-run noise)
-            ok = [b for b in built if b["passed"] and b["vs_current_best_same_run"] < KEEP_FP32_IF_BELOW]
+            ok = [b for b in built if b["passed"] and b["vs_current_best_same_run"] < measure.keep_below]
             if ok:
                 kept = layer_set
                 best = ok[0]
@@ -212,32 +264,43 @@ def search_model(
             "weight_only": weight_only,
             "trials": mixed,
         },
-        "fp32_p50_us": fp32,
-        "choice": {k: best[k] for k in ("label", "file", "recipe", "source", "p50_us")},
-        "choice_over_best_fp32_first_run": best["p50_us"] / min(fp32.values()) if best["p50_us"] else None,
-        "method": "fastest checked candidate, interleaved timing (batch 1, one thread, IO binding)",
+        f"fp32_{measure.key}": fp32,
+        "choice": {k: best[k] for k in ("label", "file", "recipe", "source", measure.key)},
+        "choice_over_best_fp32_first_run": best[measure.key] / min(fp32.values())
+        if best[measure.key]
+        else None,
+        "method": "fastest checked candidate, interleaved timing (batch 1, one thread, IO binding)"
+        if measure.target == "host"
+        else f"fewest aarch64 instructions per inference on {measure.target} (qemu-user, batch 1, one thread)",
     }
 
 
 def to_markdown(res: dict[str, Any]) -> str:
+    measure = Measure(res.get("target", "host"))
+    key, host = measure.key, measure.target == "host"
+    how = (
+        "p50 µs, batch 1, one thread, IO binding; candidates timed in one interleaved run per model; "
+        "mixed-precision trials each in a run with the current best."
+        if host
+        else f"aarch64 instructions per batch-1 inference on {measure.target} (qemu-user; counts, not time)."
+    )
     lines = [
-        f"# INT8 search ({describe_cpu(res['cpu'])}; onnxruntime {res['onnxruntime']}"
-        + ("; AMX refused" if res.get("amx") == "off" else "")
-        + ")",
+        f"# INT8 search ({describe_cpu(res['cpu']) if host else measure.target + ', emulated'}; "
+        f"onnxruntime {res['onnxruntime']}" + ("; AMX refused" if res.get("amx") == "off" else "") + ")",
         "",
-        f"Command: `{res['command']}`. p50 µs, batch 1, one thread, IO binding; candidates timed in one "
-        "interleaved run per model; mixed-precision trials each in a run with the current best.",
+        f"Command: `{res['command']}`. {how}",
         "",
     ]
+    col = "p50 µs" if host else "instructions"
     for m in res["models"]:
-        lines += [f"## {m['model']}", "", "| candidate | checks | top-1 % | p50 µs |", "|---|---|---:|---:|"]
+        lines += [f"## {m['model']}", "", f"| candidate | checks | top-1 % | {col} |", "|---|---|---:|---:|"]
         for r in m["candidates"] + m["mixed_precision"]["trials"]:
             checks = "pass" if r["passed"] else "fail: " + r["why"].replace("|", "/")[:100]
             top1 = f"{100 * r['test_top1']:.2f}" if r["passed"] else ""
-            p50 = f"{r['p50_us']:.1f}" if r.get("p50_us") else ""
-            lines.append(f"| `{r['label']}` | {checks} | {top1} | {p50} |")
-        fp = ", ".join(f"`{k}` {v:.1f} µs" for k, v in m["fp32_p50_us"].items()) or "not timed"
-        took = f" ({m['choice']['p50_us']:.1f} µs)" if m["choice"]["p50_us"] else f" ({m['method']})"
+            val = (f"{r[key]:.1f}" if host else f"{r[key]:,.0f}") if r.get(key) else ""
+            lines.append(f"| `{r['label']}` | {checks} | {top1} | {val} |")
+        fp = ", ".join(f"`{k}` {measure.fmt(v)}" for k, v in m[f"fp32_{key}"].items()) or "not measured"
+        took = f" ({measure.fmt(m['choice'][key])})" if m["choice"][key] else f" ({m['method']})"
         lines += [
             "",
             f"FP32 in the same run: {fp}. Layers kept FP32 by measurement: "
@@ -270,6 +333,14 @@ def main(argv: list[str] | None = None) -> int:
         help="--no-timing: build and check every candidate, record the documented default (CI)",
     )
     p.add_argument(
+        "--target",
+        choices=("host", *ARM_CPUS),
+        default="host",
+        help="host (default): time the candidates on this machine; cortex-a72 / cortex-a76: count their "
+        "aarch64 instructions per inference under qemu-user instead (sets up the aarch64 sysroot as "
+        "`lenet-edge arm-check` does) and publish <model>.int8.search.<cpu>.onnx",
+    )
+    p.add_argument(
         "--amx",
         choices=("on", "off"),
         default="on",
@@ -287,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < args.rounds or args.rounds < 1:
         raise LenetEdgeError(f"--runs ({args.runs}) must be >= --rounds ({args.rounds}) >= 1")
 
+    if args.target != "host" and args.timing:
+        from lenet_edge.cli import arm_setup
+
+        if arm_setup() != 0:
+            raise LenetEdgeError(f"--target {args.target}: the aarch64 sysroot could not be set up")
     if args.amx == "off":  # before any onnxruntime session; the timing children inherit it
         from lenet_edge.runtime.amx import deny_amx
 
@@ -304,25 +380,22 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": env["cpu"],
         "onnxruntime": onnxruntime.__version__,
         "amx": args.amx,
+        "target": args.target,
         "environment": env,
         "models": [],
     }
+    measure = Measure(args.target, args.runs, args.rounds)
     with owned_temp_dir("search") as work:
         for name in names:
             m = search_model(
-                name,
-                args.onnx_dir,
-                work,
-                args.runs,
-                args.rounds,
-                args.data_dir or data_source(name),
-                args.timing,
+                name, args.onnx_dir, work, measure, args.data_dir or data_source(name), args.timing
             )
             res["models"].append(m)
             c = m["choice"]
             took = (
-                f"{c['p50_us']:.1f} µs (FP32 in the same run: {min(m['fp32_p50_us'].values()):.1f} µs)"
-                if c["p50_us"]
+                f"{measure.fmt(c[measure.key])} (FP32 in the same run: "
+                f"{measure.fmt(min(m[f'fp32_{measure.key}'].values()))})"
+                if c[measure.key]
                 else m["method"]
             )
             print(f"{name}: {c['label']} {took}")
@@ -331,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                 from lenet_edge.quantize.published import publish
 
                 src = fp32_source(args.onnx_dir, name, SOURCES[c["source"]])
-                out = publish(args.onnx_dir, name, work, m, src, describe_cpu(env["cpu"]))
+                cpu = describe_cpu(env["cpu"]) if args.target == "host" else f"{args.target} (qemu-user)"
+                out = publish(args.onnx_dir, name, work, m, src, cpu, args.target)
                 print(f"{name}: published {out}")
     write_json_atomic(args.json, res)
     write_bytes_atomic(args.json.with_suffix(".md"), to_markdown(res).encode())

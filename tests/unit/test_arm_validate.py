@@ -68,3 +68,23 @@ def test_a_bad_bench_file_is_one_line_naming_it(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(bad) in err[0] and why in err[0]
     assert not (tmp_path / "v.json").exists()
+
+
+def test_arm_check_goal_ratio_takes_the_best_of_each_precision_per_core():
+    spec2 = importlib.util.spec_from_file_location("arm_check_mod", ROOT / "arm" / "arm_check.py")
+    ac = importlib.util.module_from_spec(spec2)
+    spec2.loader.exec_module(ac)
+    insns = {
+        "cortex-a76|m.fp32.onnx": 500.0,
+        "cortex-a76|m.fp32.s2d.onnx": 400.0,
+        "cortex-a76|m.int8.qdq.onnx": 700.0,
+        "cortex-a76|m.int8.search.cortex-a76.onnx": 300.0,
+        "cortex-a76|floor.onnx": 40.0,  # no INT8 twin: no ratio
+        "cortex-a72|m.fp32.s2d.onnx": 400.0,
+        "cortex-a72|m.int8.s2d.ort.onnx": 440.0,
+    }
+    got = {(g["model"], g["cpu"]): g for g in ac.best_ratios(insns)}
+    assert set(got) == {("m", "cortex-a76"), ("m", "cortex-a72")}
+    a76 = got[("m", "cortex-a76")]
+    assert a76["best_int8"] == "m.int8.search.cortex-a76.onnx" and a76["best_fp32"] == "m.fp32.s2d.onnx"
+    assert a76["ratio"] == 0.75 and got[("m", "cortex-a72")]["ratio"] == 1.1
