@@ -23,7 +23,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        optimize quantize quantize-s2d quantize-ort quantize-stock quantize-sweep search select tflite setup-tflite setup-device setup-cluster setup-llvm variants bench bundle ingest arm-check study invariance report bench-train bench-jobs test test-unit test-cluster lint format clean help
+        optimize quantize quantize-s2d quantize-ort quantize-stock quantize-sweep search search-arm select tflite setup-tflite setup-device setup-cluster setup-llvm variants bench bundle ingest arm-check study invariance report bench-train bench-jobs test test-unit test-cluster lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -134,6 +134,9 @@ bench: variants optimize quantize-ort quantize-stock tflite ## latency of every 
 
 search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT target), then FP32 layer sets by timing; every candidate checked -> build/bench/search.{json,md} + the choice as <model>.int8.search.onnx, which `make bench` then times (SEARCH_FLAGS=--no-timing for the documented default)
 	$(LE) $(ISA_FLAG) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --json build/bench/search.json $(SEARCH_FLAGS)
+
+search-arm: optimize ## INT8 per Arm core (cortex-a72, cortex-a76) by aarch64 instruction counts under qemu-user -> build/bench/search.<cpu>.{json,md} + <model>.int8.search.<cpu>.onnx, which `make bundle arm-check` then carry and count
+	for c in cortex-a72 cortex-a76; do $(LE) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --target $$c --json build/bench/search.$$c.json $(SEARCH_FLAGS) || exit 1; done
 
 select: setup ## per model and runtime, the artifact to deploy from the benchmark (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json
 	$(LE) $(ISA_FLAG) select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.json $(SELECT_FLAGS)
