@@ -95,10 +95,6 @@ class Measure:
         return "p50_us" if self.target == "host" else "instructions"
 
     @property
-    def unit(self) -> str:
-        return "µs" if self.target == "host" else f"{self.target} instructions"
-
-    @property
     def keep_below(self) -> float:
         # timing: 3 % above run-to-run noise; counts repeat exactly (a few hundred instructions
         # of time-dependent work inside onnxruntime's Run aside), so 0.5 % is a real difference
@@ -249,7 +245,7 @@ def search_model(
                     t[b["file"]] / t[best["file"]] if b["passed"] and b["file"] in t else None
                 )
             mixed += built
-            # keep the layer in FP32 only if clearly faster in the same run (3 %: above run-to-run noise)
+            # keep the set in FP32 only if clearly better than the current best (measure.keep_below)
             ok = [b for b in built if b["passed"] and b["vs_current_best_same_run"] < measure.keep_below]
             if ok:
                 kept = layer_set
@@ -351,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         "--publish",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="write each model's choice to --onnx-dir as <model>.int8.search.onnx + its record, for "
-        "the benchmark and select (default: yes)",
+        help="write each model's choice to --onnx-dir as <model>.int8.search.onnx (--target cortex-*: "
+        "<model>.int8.search.<cpu>.onnx) + its record, for bench, bundle and select (default: yes)",
     )
     args = p.parse_args(argv)
     if args.runs < args.rounds or args.rounds < 1:
