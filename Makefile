@@ -127,10 +127,12 @@ ISA ?=
 ISA_FLAG := $(if $(ISA),--isa $(ISA))
 DEV_LE := .venv-device/bin/lenet-edge $(ISA_FLAG)
 
+# the fresh published search choices (<model>.int8.search[.<cpu>].onnx), listed when the recipe runs
+PUBLISHED = $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR))
 # BENCH_FLAGS="--amx off": refuse Intel AMX to the runtimes (runtime/amx.py)
 BENCH_FLAGS ?=
 bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/ (ISA=avx2, BENCH_FLAGS="--amx off")
-	$(DEV_LE) bench $(OURS) $(STOCK) $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR)) --json build/bench/bench.json $(BENCH_FLAGS)
+	$(DEV_LE) bench $(OURS) $(STOCK) $(PUBLISHED) --json build/bench/bench.json $(BENCH_FLAGS)
 
 search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT target), then FP32 layer sets by timing; every candidate checked -> build/bench/search.{json,md} + the choice as <model>.int8.search.onnx, which `make bench` then times (SEARCH_FLAGS=--no-timing for the documented default)
 	$(LE) $(ISA_FLAG) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --json build/bench/search.json $(SEARCH_FLAGS)
@@ -142,7 +144,7 @@ select: setup ## per model and runtime, the artifact to deploy from the benchmar
 	$(LE) $(ISA_FLAG) select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.json $(SELECT_FLAGS)
 
 bundle: variants optimize quantize-ort tflite ## device tarball: runtime/, models (with a fresh `make search` choice), fixed inputs + expected outputs -> build/
-	$(DEV_LE) bundle build $(DEPLOY_MODELS) $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR)) --out-dir build
+	$(DEV_LE) bundle build $(DEPLOY_MODELS) $(PUBLISHED) --out-dir build
 	rm -rf build/bundle-check && mkdir -p build/bundle-check && tar xzf build/lenet-edge-bundle.tar.gz -C build/bundle-check
 	cd build/bundle-check/lenet-edge-bundle && ../../../$(DEV_PY) -m runtime.bundle check .
 

@@ -22,6 +22,10 @@ ops and the com.microsoft integer ops every CPU build has) and remove what is le
   channels added up to the next multiple of 8 (weights equal to their zero point, bias 0: they add
   nothing) and the consumer gets matching input channels of weight zero point. MLAS's uint8 NHWC
   kernels then run whole vectors: lenet_pool's 6-channel group max and second conv.
+- fold-weight-dq: a DequantizeLinear of an int8 weight with zero point 0 (the layers a recipe keeps
+  in FP32 with `weight_only`) becomes Cast * scale, which onnxruntime folds when it loads the model
+  (it runs a DequantizeLinear on every call); nhwc-flatten-gemm also reorders through such a weight
+  and a per-tensor DequantizeLinear of the activations. Exact up to float summation order.
 
 Each pass checks its preconditions on concrete shapes (taken by running the graph once) and leaves
 a graph that does not match untouched, saying why. The result is checked against the QDQ model on
@@ -39,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from lenet_edge.runtime.cli import parser
+from lenet_edge.runtime.files import quantize_record_path
 from lenet_edge.workflow import add_model_flags, data_source, selected
 
 MS = "com.microsoft"
@@ -655,11 +660,6 @@ def ort_path(onnx_dir: Path, model: str, variant: str) -> Path:
     return Path(onnx_dir) / f"{model}.int8.{variant}.ort.onnx"
 
 
-def record_path(onnx_file: Path) -> Path:
-    """The same name the quantize stage uses, so select/bench/bundle read it like any INT8 record."""
-    return onnx_file.with_name(onnx_file.name.removesuffix(".onnx") + ".quantize.json")
-
-
 def source_sha256() -> str:
     from lenet_edge.runtime.files import code_sha256
 
@@ -673,7 +673,7 @@ def _source(onnx_dir: Path, model: str, variant: str) -> tuple[Path, dict[str, A
     from lenet_edge.runtime.files import read_json, sha256_file
 
     src = Path(onnx_dir) / f"{model}.int8.{variant}.qdq.onnx"
-    rec_path = record_path(src)
+    rec_path = quantize_record_path(src)
     if not src.is_file() or not rec_path.is_file():
         raise ConfigError(f"{src}: missing (or its record is); run `make quantize-s2d` first")
     rec = read_json(rec_path)
@@ -692,17 +692,17 @@ def is_up_to_date(onnx_dir: Path, model: str, variant: str) -> bool:
 
     out = ort_path(onnx_dir, model, variant)
     src = Path(onnx_dir) / f"{model}.int8.{variant}.qdq.onnx"
-    if not (out.is_file() and record_path(out).is_file() and src.is_file()):
+    if not (out.is_file() and quantize_record_path(out).is_file() and src.is_file()):
         return False
     try:
-        t = read_json(record_path(out)).get("ort_target", {})
+        t = read_json(quantize_record_path(out)).get("ort_target", {})
     except Exception:
         return False
     return (
         t.get("source_sha256") == sha256_file(src)
         and t.get("code_sha256") == source_sha256()
         and t.get("onnxruntime") == onnxruntime.__version__
-        and read_json(record_path(out)).get("onnx_sha256") == sha256_file(out)
+        and read_json(quantize_record_path(out)).get("onnx_sha256") == sha256_file(out)
     )
 
 
@@ -786,7 +786,7 @@ def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) 
         },
     }
     write_bytes_atomic(out, data)
-    write_json_atomic(record_path(out), record)
+    write_json_atomic(quantize_record_path(out), record)
     return record
 
 

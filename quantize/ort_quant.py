@@ -33,6 +33,7 @@ from lenet_edge.runtime.errors import ContractError, ConversionError, LenetEdgeE
 from lenet_edge.runtime.evaluate import topk_accuracy
 from lenet_edge.runtime.files import (
     owned_temp_dir,
+    quantize_record_path,  # noqa: F401  (re-exported: __main__, tests)
     read_json,
     sha256_bytes,
     sha256_file,
@@ -57,10 +58,6 @@ def int8_path(out_dir: Path, model: str, recipe: QuantRecipe, variant: str | Non
 
 def fp32_source(onnx_dir: Path, model: str, variant: str | None = None) -> Path:
     return Path(onnx_dir) / f"{model}.fp32.{variant + '.' if variant else ''}onnx"
-
-
-def quantize_record_path(onnx_file: Path) -> Path:
-    return onnx_file.with_name(onnx_file.name.removesuffix(".onnx") + ".quantize.json")
 
 
 def source_sha256() -> str:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lenet_edge.runtime.files import read_json, sha256_file
+from lenet_edge.runtime.files import quantize_record_path, read_json, sha256_file
 
 PATTERN = "*.int8.search*.onnx"
 
@@ -33,13 +33,9 @@ def published_path(onnx_dir: Path, model: str, target: str = "host") -> Path:
     )
 
 
-def record_path(path: Path) -> Path:
-    return path.with_name(path.name.removesuffix(".onnx") + ".quantize.json")
-
-
 def stale_reason(path: Path) -> str:
     """'' if `path` is a published search choice that still matches its FP32 source, else why not."""
-    rec_path = record_path(path)
+    rec_path = quantize_record_path(path)
     if not path.is_file() or not rec_path.is_file():
         return f"{path.name}: missing, or its record is"
     try:
@@ -76,7 +72,7 @@ def publish(
 
     choice = model_result["choice"]
     src = work / choice["file"]
-    rec = read_json(record_path(src))
+    rec = read_json(quantize_record_path(src))
     out = published_path(onnx_dir, name, target)
     data = src.read_bytes()
     rec["onnx"] = out.name
@@ -91,7 +87,7 @@ def publish(
         "fp32_source_sha256": sha256_file(fp32_source),
     }
     write_bytes_atomic(out, data)
-    write_json_atomic(record_path(out), rec)
+    write_json_atomic(quantize_record_path(out), rec)
     return out
 
 

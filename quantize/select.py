@@ -18,7 +18,7 @@ from typing import Any
 
 from lenet_edge.runtime.cli import add_common, parser
 from lenet_edge.runtime.errors import ConfigError
-from lenet_edge.runtime.files import read_json, write_json_atomic
+from lenet_edge.runtime.files import quantize_record_path, read_json, write_json_atomic
 
 # The documented default per runtime (README, "Per-target choice"): what the measurements on both
 # x86 machine kinds and aarch64 favour for INT8 so far; used by --no-timing (CI).
@@ -37,7 +37,7 @@ def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
     if not f.is_file():
         return False
     if row["file"].endswith(".onnx") and "int8" in row["format"]:
-        rec_path = f.with_name(f.name.removesuffix(".onnx") + ".quantize.json")
+        rec_path = quantize_record_path(f)
         if not rec_path.is_file():
             return False
         rec = read_json(rec_path)

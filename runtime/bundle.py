@@ -25,7 +25,7 @@ import numpy as np
 from .cli import add_common, parser
 from .contract import CONTRACT_TEXT, to_pixels
 from .errors import ContractError, LenetEdgeError
-from .files import inside, read_json, sha256_bytes, sha256_file, write_bytes_atomic
+from .files import inside, quantize_record_path, read_json, sha256_bytes, sha256_file, write_bytes_atomic
 from .numeric import exceeds, finite, max_abs_diff
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
         files[f"models/{m.name}"] = data
         key = m.name.removesuffix(".onnx")
         expected[key] = logits
-        rec_path = m.with_name(m.name.removesuffix(".onnx") + ".quantize.json")
+        rec_path = quantize_record_path(m)
         rr = read_json(rec_path)["recipe"]["reduce_range"] if rec_path.is_file() else None
         ref_key = None
         if _precision(m.name) == "int8" and m.suffix == ".onnx":

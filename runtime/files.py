@@ -26,6 +26,13 @@ PACKAGES = ("train", "export", "optimize", "quantize", "runtime", "report")
 TEMP_PREFIX = "lenet-edge-"
 
 
+def quantize_record_path(onnx_file: str | Path) -> Path:
+    """<name>.quantize.json beside an INT8 model: the record quantize, quantize-ort and search write
+    and bench, select and bundle read."""
+    p = Path(onnx_file)
+    return p.with_name(p.name.removesuffix(".onnx") + ".quantize.json")
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
