@@ -576,12 +576,87 @@ def fold_weight_dq(g: Graph) -> str:
     return "" if hits else "no DequantizeLinear of an int8 weight with zero point 0"
 
 
+def _trailing_slab(a: np.ndarray) -> tuple[tuple[int, ...], int, int] | None:
+    """The largest block of trailing entries equal to the last one, along one axis of `a` or of a
+    view that splits one axis into (groups, per group) (channels padded per pool group):
+    (view shape, axis in the view, how many trailing entries). None if there is none."""
+    best: tuple[int, tuple[int, ...], int, int] | None = None
+    last = a.reshape(-1)[-1]
+    for axis, d in enumerate(a.shape):
+        for groups in (n for n in range(1, d + 1) if d % n == 0):
+            split = (groups, d // groups) if groups > 1 else (d,)
+            view = (*a.shape[:axis], *split, *a.shape[axis + 1 :])
+            ax = axis + len(split) - 1
+            b = np.moveaxis(a.reshape(view), ax, 0)
+            k = 0
+            while k < b.shape[0] - 1 and (b[b.shape[0] - 1 - k] == last).all():
+                k += 1
+            removed = k * (b.size // b.shape[0])
+            if k and (best is None or removed > best[0]):
+                best = (removed, view, ax, k)
+    return None if best is None else best[1:]
+
+
+PACK_MIN_SAVING = 128  # bytes: a Pad node and its pads/shape initializers cost ~100-150
+
+
+def _pack_padding_one(g: Graph, t: Any) -> bool:
+    from onnx import numpy_helper
+
+    a = numpy_helper.to_array(t)
+    if a.dtype not in (np.int8, np.uint8, np.int32) or a.ndim == 0:
+        return False
+    slab = _trailing_slab(a)
+    if slab is None:
+        return False
+    view, ax, k = slab
+    if k * (a.size // view[ax]) * a.itemsize < PACK_MIN_SAVING:
+        return False
+    pads = np.zeros(2 * len(view), np.int64)
+    pads[len(view) + ax] = k
+    stored = np.take(a.reshape(view), np.arange(view[ax] - k), axis=ax)
+    name = t.name
+    g.g.initializer.remove(t)
+    g.init.pop(name)
+    ins = [
+        g.add_const(name, np.ascontiguousarray(stored)),
+        g.add_const("pads", pads),
+        g.add_const("pad_value", np.asarray(a.reshape(-1)[-1], a.dtype)),
+    ]
+    pad, y = g.node("Pad", ins, "unpacked", mode="constant")
+    nodes = [pad]
+    if view != a.shape:
+        reshape, y = g.node("Reshape", [y, g.add_const("shape", np.asarray(a.shape, np.int64))], "unpacked")
+        nodes.append(reshape)
+    g.rename_uses(name, y)
+    rest = list(g.g.node)
+    del g.g.node[:]
+    g.g.node.extend(nodes + rest)  # inputs are initializers only: first is topologically fine
+    return True
+
+
+def pack_padding(g: Graph) -> str:
+    """An integer initializer that ends in a block of equal values along one axis (the channels
+    nhwc-pad-channels adds, per pool group) is stored without them, behind a constant Pad (and a
+    Reshape): onnxruntime folds both when it loads the model, so the kernels see the same padded
+    weights, and the file is smaller. Exact (the same integers). Applied only where it saves
+    bytes overall."""
+    before = len(g.model.SerializeToString())
+    hits = sum(_pack_padding_one(g, t) for t in list(g.g.initializer))
+    if not hits:
+        return f"no integer initializer ending in >= {PACK_MIN_SAVING} B of equal values along an axis"
+    if len(g.model.SerializeToString()) >= before:
+        return "storing the padding compactly would not make the file smaller"
+    return ""
+
+
 PASSES: dict[str, Callable[[Graph], str]] = {
     "uint8-input": uint8_input,
     "nhwc-group-max": nhwc_group_max,
     "nhwc-flatten-gemm": nhwc_flatten_gemm,
     "nhwc-pad-channels": nhwc_pad_channels,
     "fold-weight-dq": fold_weight_dq,
+    "pack-padding": pack_padding,
 }
 
 

@@ -401,6 +401,42 @@ def resolve_layers(model: Any, layers: tuple[str, ...], name: str) -> list[str]:
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
 
+def float_regions(model: Any, fixed: list[str]) -> list[str]:
+    """The unweighted nodes (Pad, pools, reshapes, activations) that only ever sit between layers
+    kept in FP32: joined through unweighted neighbours into regions, a region whose weighted
+    neighbours are all in `fixed` stays float as well. Otherwise ORT would quantize it and leave a
+    Quantize/Dequantize pair per tensor that runs on every call and feeds float layers anyway
+    (on cortex-a72, lenet_pool with every layer FP32: 5 % more instructions than FP32)."""
+    nodes = [n for n in model.graph.node if n.name]
+    weighted = {n.name for n in nodes if n.op_type in WEIGHT_INPUT}
+    made = {o: n.name for n in nodes for o in n.output}
+    links: dict[str, set[str]] = {n.name: set() for n in nodes}
+    for n in nodes:
+        for i in n.input:
+            if i in made:
+                links[n.name].add(made[i])
+                links[made[i]].add(n.name)
+    out: list[str] = []
+    seen: set[str] = set()
+    for start in (n.name for n in nodes if n.name not in weighted):
+        if start in seen:
+            continue
+        region, edge, todo = [], set(), [start]
+        seen.add(start)
+        while todo:
+            cur = todo.pop()
+            region.append(cur)
+            for nb in links[cur]:
+                if nb in weighted:
+                    edge.add(nb)
+                elif nb not in seen:
+                    seen.add(nb)
+                    todo.append(nb)
+        if edge and edge <= set(fixed):
+            out += sorted(region)
+    return out
+
+
 def _weight_only_file(path: Path, nodes: list[str], what: str) -> None:
     import onnx
 
@@ -545,7 +581,8 @@ def _make_int8(prep: Prepared, job: QuantJob) -> _Int8:
         if recipe.mode == "static":
             cache = _calibrate(pre_path, recipe, cal_pixels, tmp, progress, f"{name} calibrate")
         fixed = resolve_layers(pre, recipe.fp32_layers, name)  # kept FP32 by the recipe
-        excluded: list[str] = list(fixed)
+        base = fixed + [x for x in float_regions(pre, fixed) if x not in fixed]
+        excluded: list[str] = list(base)
         sensitivity: list[str] = []
         while True:
             q_tmp = tmp / "int8.onnx"
@@ -568,7 +605,7 @@ def _make_int8(prep: Prepared, job: QuantJob) -> _Int8:
                 nodes = {o: n.name for n in pre.graph.node for o in n.output}
                 ranked = sorted((v["vs_float"], k) for k, v in s.items() if k in nodes)
                 sensitivity = [nodes[k] for _, k in ranked]
-            added = len(excluded) - len(fixed)
+            added = len(excluded) - len(base)
             if added == len(sensitivity):
                 break
             excluded.append(sensitivity[added])

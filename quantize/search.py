@@ -25,6 +25,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -119,12 +120,37 @@ def _weighted_layers(model: Any) -> list[str]:
     return out
 
 
-def _layer_sets(layers: list[str]) -> list[tuple[str, ...]]:
-    """What mixed precision tries, in order, each on top of what it kept so far: every tail of the
-    weighted layers from the shortest (the last two, ..., all: once in float, the rest can stay
-    float with one dequantize), then each layer alone."""
-    tails = [tuple(layers[i:]) for i in range(len(layers) - 2, -1, -1)]
-    return tails + [(x,) for x in layers]
+def _layer_sets(layers: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """What mixed precision tries, in order, each step on top of what it kept so far: add every
+    tail of the weighted layers from the shortest (the last two, ..., all: once in float, the rest
+    can stay float with one dequantize), then add each layer alone; then drop each layer alone
+    (back to INT8) from what was kept, so a core where most layers are faster in float can still
+    find the one layer that pays in INT8."""
+    tails = [("add", tuple(layers[i:])) for i in range(len(layers) - 2, -1, -1)]
+    return tails + [("add", (x,)) for x in layers] + [("drop", (x,)) for x in layers]
+
+
+def _apply(layers: list[str], kept: tuple[str, ...], step: tuple[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The layer set a step tries: `kept` with the step's layers added or dropped, in graph order."""
+    op, group = step
+    if op == "add":
+        return tuple(x for x in layers if x in kept or x in group)
+    return tuple(x for x in layers if x in kept and x not in group)
+
+
+def _greedy(layers: list[str], trial: Callable[[tuple[str, ...]], bool]) -> tuple[str, ...]:
+    """The layers kept in FP32: the steps of `_layer_sets` in order, each set tried once;
+    `trial(set)` builds and measures it and says whether it beat the current best."""
+    kept: tuple[str, ...] = ()
+    tried: set[tuple[str, ...]] = {()}  # () is the INT8 candidate the search starts from
+    for step in _layer_sets(layers):
+        layer_set = _apply(layers, kept, step)
+        if layer_set in tried:
+            continue
+        tried.add(layer_set)
+        if trial(layer_set):
+            kept = layer_set
+    return kept
 
 
 def _build(
@@ -218,38 +244,39 @@ def search_model(
         # onnxruntime loads the model, so FP32 speed at INT8 size); a QDQ file would dequantize
         # them on every call, so there they stay float
         weight_only = best["label"].endswith(".ort")
-        kept: tuple[str, ...] = ()
-        mixed = []
-        for group in _layer_sets(layers):
-            layer_set = tuple(x for x in layers if x in kept or x in group)
-            if layer_set == kept:
-                continue
-            trial = replace(
-                base.__class__.from_dict(best["recipe"]), fp32_layers=layer_set, weight_only=weight_only
+        mixed: list[dict[str, Any]] = []
+        state = {"best": best}
+
+        def trial(layer_set: tuple[str, ...]) -> bool:
+            cur = state["best"]
+            recipe = replace(
+                base.__class__.from_dict(cur["recipe"]), fp32_layers=layer_set, weight_only=weight_only
             )
-            built = _build(name, best["source"], trial, work, calibration, preps[best["source"]])
+            built = _build(name, cur["source"], recipe, work, calibration, preps[cur["source"]])
             # the same kind as the current best (QDQ or its ORT target); failures stay in the record
             built = [
                 b
                 for b in built
-                if not b["passed"] or b["label"].endswith(".ort") == best["label"].endswith(".ort")
+                if not b["passed"] or b["label"].endswith(".ort") == cur["label"].endswith(".ort")
             ]
+            mixed.extend(built)
             timed = [work / b["file"] for b in built if b["passed"]]
             if not timed:
-                mixed += built
-                continue
-            t = measure([work / best["file"], *timed])
+                return False
+            t = measure([work / cur["file"], *timed])
             for b in built:
                 b[measure.key] = t.get(b["file"]) if b["passed"] else None
                 b["vs_current_best_same_run"] = (
-                    t[b["file"]] / t[best["file"]] if b["passed"] and b["file"] in t else None
+                    t[b["file"]] / t[cur["file"]] if b["passed"] and b["file"] in t else None
                 )
-            mixed += built
             # keep the set in FP32 only if clearly better than the current best (measure.keep_below)
             ok = [b for b in built if b["passed"] and b["vs_current_best_same_run"] < measure.keep_below]
             if ok:
-                kept = layer_set
-                best = ok[0]
+                state["best"] = ok[0]
+            return bool(ok)
+
+        kept = _greedy(layers, trial)
+        best = state["best"]
     fp32 = {f.name: p50[f.name] for f in fp32_files}
     return {
         "model": name,

@@ -120,10 +120,37 @@ def _ops(model):
     return [n.op_type for n in model.graph.node]
 
 
-def _weight(model, node):
-    from onnx import numpy_helper
+def _per_call_ops(model):
+    """The ops that run per call: not the constant ones onnxruntime folds at load (pack-padding's
+    Pad and Reshape of initializers)."""
+    const = {t.name for t in model.graph.initializer}
+    ops = []
+    for n in model.graph.node:
+        if all(i in const for i in n.input if i):
+            const.update(n.output)
+        else:
+            ops.append(n.op_type)
+    return ops
 
-    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == node.input[3])
+
+def _const(model, name):
+    """An initializer, or the constant Pad / Reshape of one that pack-padding stores."""
+    from onnx import helper, numpy_helper
+
+    init = {t.name: t for t in model.graph.initializer}
+    if name in init:
+        return numpy_helper.to_array(init[name])
+    p = next(n for n in model.graph.node if name in n.output)
+    a, *rest = (_const(model, i) for i in p.input)
+    if p.op_type == "Reshape":
+        return a.reshape(rest[0])
+    assert p.op_type == "Pad" and helper.get_attribute_value(p.attribute[0]) == b"constant"
+    pads = rest[0].reshape(2, -1).T
+    return np.pad(a, pads, constant_values=rest[1])
+
+
+def _weight(model, node):
+    return _const(model, node.input[3])
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
@@ -163,9 +190,9 @@ def test_pad_channels_refuses_a_multiple_of_eight(tmp_path):
 def test_s2d_pool_graph_becomes_integer_nhwc_with_identical_logits(h, w, k, pad, cin, tmp_path):
     m, x = _fp32_model(h, w, k, pad, cin=cin, seed=h + k)
     new, log = _rewrite(_qdq(m, x, tmp_path, ("fold-normalisation", "s2d-conv-pool")), x, tmp_path)
-    assert all(e["applied"] for k, e in log.items() if k != "fold-weight-dq"), log
+    assert all(e["applied"] for k, e in log.items() if k not in ("fold-weight-dq", "pack-padding")), log
     assert new.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    ops = _ops(new)
+    ops = _per_call_ops(new)
     assert "Transpose" in ops and ops.count("Transpose") == 1  # only the space-to-depth reorder is left
     # ... and it runs in float between two exact Casts (ORT's uint8 Transpose is slow on 2+ threads)
     at = ops.index("Transpose")
@@ -405,3 +432,76 @@ def test_fold_weight_dq_refuses_a_weight_with_a_zero_point():
     m2.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
     _, log2 = apply_ort_passes(m2, ("fold-weight-dq",), x[:2])
     assert not log2[0]["applied"] and "zero point 0" in log2[0]["not_applied"]
+
+
+def test_trailing_slab_finds_padding_per_group():
+    from lenet_edge.optimize.ort_int8 import _trailing_slab
+
+    a = np.arange(1, 1 + 4 * 8 * 3).reshape(4, 8, 3).astype(np.int8)
+    a[:, 6:] = 0  # 4 groups of 8 channels, the last 2 of each zero
+    assert _trailing_slab(a.reshape(32, 3)) == ((4, 8, 3), 1, 2)
+    assert _trailing_slab(np.ones((3, 5), np.int32)) == ((3, 5), 1, 4)  # keeps one entry per row
+    assert _trailing_slab(np.arange(12, dtype=np.int8).reshape(3, 4)) is None
+
+
+def test_pack_padding_stores_padded_weights_compactly_and_onnxruntime_folds_it(tmp_path):
+    """An NHWC QLinearConv whose weights and bias are padded per group of 8 output channels (what
+    nhwc-pad-channels leaves): the file stores them without the padding behind a constant Pad and
+    Reshape, is smaller, gives identical outputs (batch 3), and onnxruntime's load-time graph has
+    no Pad or Reshape left (folded, so no per-call cost)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+
+    rng = np.random.default_rng(5)
+    n, h, w, cin = 3, 5, 4, 8
+    wt = rng.integers(-60, 60, size=(4, 8, cin, 3, 3)).astype(np.int8)
+    wt[:, 6:] = 0
+    bias = rng.integers(-300, 300, size=(4, 8)).astype(np.int32)
+    bias[:, 6:] = 0
+    inits = {
+        "xs": np.array(0.5, np.float32),
+        "xz": np.array(3, np.uint8),
+        "w": wt.reshape(32, cin, 3, 3),
+        "ws": np.array(0.01, np.float32),
+        "wz": np.array(0, np.int8),
+        "ys": np.array(0.7, np.float32),
+        "yz": np.array(5, np.uint8),
+        "b": bias.reshape(32),
+    }
+    ms = "com.microsoft"
+    conv = helper.make_node(
+        "QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], domain=ms, channels_last=1
+    )
+    g = helper.make_graph(
+        [conv],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", h, w, cin])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", h - 2, w - 2, 32])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(ms, 1)])
+    m.ir_version = 8
+    x = rng.integers(0, 256, size=(n, h, w, cin)).astype(np.uint8)
+    new, log = apply_ort_passes(m, ("pack-padding",), x[:1].astype(np.float32))
+    assert log[0]["applied"], log
+    assert new.ByteSize() < m.ByteSize()
+    assert np.array_equal(_run(m, x), _run(new, x))
+    stored = {t.name: numpy_helper.to_array(t).shape for t in new.graph.initializer}
+    assert (4, 6, cin, 3, 3) in stored.values() and "w" not in stored
+    assert np.array_equal(
+        _weight(new, next(n for n in new.graph.node if n.op_type == "QLinearConv")), inits["w"]
+    )
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(new.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    assert _ops(onnx.load(str(tmp_path / "loaded.onnx"))) == ["QLinearConv"]
+    # nothing padded (or too little to pay for a Pad node): left as it was, saying why
+    m.graph.initializer[2].CopyFrom(
+        numpy_helper.from_array(rng.integers(1, 9, (32, cin, 3, 3)).astype(np.int8), "w")
+    )
+    m.graph.initializer[7].CopyFrom(numpy_helper.from_array(np.ones(32, np.int32), "b"))
+    same, log = apply_ort_passes(m, ("pack-padding",), x[:1].astype(np.float32))
+    assert not log[0]["applied"] and "equal values" in log[0]["not_applied"] and same == m

@@ -87,6 +87,27 @@ def test_weight_only_int8_stores_each_output_channel_in_int8_and_skips_shared_we
     assert inits["gw_scale"][2] == 1.0 and "mw" in inits
 
 
+def test_float_regions_keep_only_what_sits_between_float_layers_unquantized():
+    """Pad -> Conv0 -> Relu -> Pool -> Conv1 -> Flatten -> Gemm0 -> Relu -> Gemm1: the unweighted
+    nodes between layers all kept FP32 stay float (no Quantize/Dequantize pair per call); those
+    next to an INT8 layer stay quantizable; nothing kept FP32, nothing extra."""
+    from onnx import helper
+
+    from lenet_edge.quantize.ort_quant import float_regions
+
+    chain = [("Pad", "pad"), ("Conv", "c0"), ("Relu", "r0"), ("MaxPool", "p0"), ("Conv", "c1")]
+    chain += [("Flatten", "f"), ("Gemm", "g0"), ("Relu", "r1"), ("Gemm", "g1")]
+    nodes, x = [], "x"
+    for op, name in chain:
+        nodes.append(helper.make_node(op, [x], [name + "_out"], name=name))
+        x = name + "_out"
+    m = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    assert float_regions(m, []) == []
+    assert float_regions(m, ["c0", "c1", "g0", "g1"]) == ["pad", "p0", "r0", "f", "r1"]
+    assert float_regions(m, ["c0"]) == ["pad"]  # r0/p0 feed the INT8 c1
+    assert float_regions(m, ["g0", "g1"]) == ["r1"]
+
+
 def test_resolve_layers_maps_type_and_order_to_nodes_and_refuses_what_is_not_there():
     from onnx import helper
 
@@ -401,7 +422,8 @@ def test_a_default_recipe_that_fails_its_checks_falls_back_to_per_tensor(monkeyp
 
 
 def test_search_layer_sets_and_what_it_minimises(monkeypatch):
-    """Mixed precision tries every tail of the weighted layers (shortest first), then each layer;
+    """Mixed precision tries every tail of the weighted layers (shortest first), then each layer,
+    then hands each kept layer back to INT8 (found on cortex-a72: all float but one);
     an Arm target minimises counted instructions (any 0.5 % less counts), the host p50 (3 %); a
     failed count is one clear error, and the Markdown names the measure."""
     import subprocess
@@ -411,12 +433,41 @@ def test_search_layer_sets_and_what_it_minimises(monkeypatch):
 
     layers = ["Conv:0", "Conv:1", "Gemm:0"]
     assert s._layer_sets(layers) == [
-        ("Conv:1", "Gemm:0"),
-        ("Conv:0", "Conv:1", "Gemm:0"),
-        ("Conv:0",),
-        ("Conv:1",),
-        ("Gemm:0",),
+        ("add", ("Conv:1", "Gemm:0")),
+        ("add", ("Conv:0", "Conv:1", "Gemm:0")),
+        ("add", ("Conv:0",)),
+        ("add", ("Conv:1",)),
+        ("add", ("Gemm:0",)),
+        ("drop", ("Conv:0",)),
+        ("drop", ("Conv:1",)),
+        ("drop", ("Gemm:0",)),
     ]
+    assert s._apply(layers, ("Gemm:0",), ("add", ("Conv:0",))) == ("Conv:0", "Gemm:0")
+    assert s._apply(layers, ("Conv:0", "Gemm:0"), ("drop", ("Conv:0",))) == ("Gemm:0",)
+
+    def greedy_with(cost):  # cost of a layer set; a trial wins if 0.5 % below the current best
+        best = [cost(())]
+        seen = []
+
+        def trial(layer_set):
+            seen.append(layer_set)
+            if cost(layer_set) < 0.995 * best[0]:
+                best[0] = cost(layer_set)
+                return True
+            return False
+
+        return s._greedy(layers, trial), seen
+
+    # an a72-like core: every layer is cheaper in float except Conv:1, which pays in INT8; the
+    # forward steps keep everything in float, the drop step hands Conv:1 back to INT8
+    def a72(layer_set):
+        return sum({"Conv:0": -3, "Conv:1": +2, "Gemm:0": -1}[x] for x in layer_set) + 100
+
+    kept, seen = greedy_with(a72)
+    assert kept == ("Conv:0", "Gemm:0")
+    assert len(seen) == len(set(seen)) and () not in seen  # each set once, never the start again
+    # where INT8 is best everywhere nothing is kept and nothing dropped
+    assert greedy_with(lambda ls: 100 + len(ls))[0] == ()
     host, arm = s.Measure(), s.Measure("cortex-a76")
     assert (host.key, host.keep_below) == ("p50_us", 0.97) and (arm.key, arm.keep_below) == (
         "instructions",
