@@ -26,6 +26,9 @@ ops and the com.microsoft integer ops every CPU build has) and remove what is le
   in FP32 with `weight_only`) becomes Cast * scale, which onnxruntime folds when it loads the model
   (it runs a DequantizeLinear on every call); nhwc-flatten-gemm also reorders through such a weight
   and a per-tensor DequantizeLinear of the activations. Exact up to float summation order.
+- pack-padding: an integer initializer ending in a block of equal values along an axis (the channels
+  nhwc-pad-channels adds, per pool group) is stored without them behind a constant Pad (and
+  Reshape) that onnxruntime folds when it loads the model: a smaller file, the same kernels.
 
 Each pass checks its preconditions on concrete shapes (taken by running the graph once) and leaves
 a graph that does not match untouched, saying why. The result is checked against the QDQ model on
@@ -788,10 +791,22 @@ def is_up_to_date(onnx_dir: Path, model: str, variant: str) -> bool:
 # or scale (those move logits by whole units) and top-1 must match on every image besides.
 EXACT_LOGIT_LIMIT = 1e-5
 FLOAT_LAYERS_LOGIT_LIMIT = 0.05
+REQUANTIZED_LOGIT_LIMIT = 0.25
 
 
-def logit_limit(src_rec: dict[str, Any]) -> float:
-    return FLOAT_LAYERS_LOGIT_LIMIT if src_rec.get("recipe", {}).get("weight_only") else EXACT_LOGIT_LIMIT
+def logit_limit(src_rec: dict[str, Any], model: Any = None) -> float:
+    """How far the ORT target's logits may be from its QDQ source's. Integer graphs: exact (float
+    noise only). Layers computing in FP32 (`weight_only`): float summation order differs (a
+    prepacked constant weight against one made on every call), ~1e-5. If such a layer feeds an
+    INT8 one (a QuantizeLinear left inside the graph), that noise can move a value across a rounding
+    boundary of the INT8 grid: one step of that activation's scale (0.03-0.06 in lenet_pool),
+    carried to the logits by the layers after it (0.05-0.08 measured); top-1 must still be
+    identical on every image."""
+    if not src_rec.get("recipe", {}).get("weight_only"):
+        return EXACT_LOGIT_LIMIT
+    if model is not None and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        return REQUANTIZED_LOGIT_LIMIT
+    return FLOAT_LAYERS_LOGIT_LIMIT
 
 
 def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) -> dict[str, Any]:
@@ -826,7 +841,7 @@ def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) 
         raise ConversionError(f"{model}: the ORT-target model does not run: {e}") from e
     diff = max_abs_diff(ref, got)
     same = int((ref.argmax(1) == got.argmax(1)).sum())
-    limit = logit_limit(src_rec)
+    limit = logit_limit(src_rec, final)
     if not diff <= limit or same != len(ref):
         raise ConversionError(
             f"{model}: the ORT-target model differs from {src.name} on {len(ref)} test images: "

@@ -9,8 +9,8 @@ For each model, on the machine it runs on (ONNX Runtime, batch 1, one thread, IO
 3. the survivors and the model's FP32 files are timed in one interleaved child process;
 4. mixed precision by measurement: from the fastest INT8 candidate's recipe, sets of weighted
    layers are kept in FP32 (`fp32_layers`; every tail of the layer list, then each layer alone,
-   greedily on top of what was kept), built, checked and timed the same way; a set stays FP32 only
-   if that is faster. On an ORT target their weights stay int8 (`weight_only`: FP32 compute at
+   greedily on top of what was kept, then each kept layer handed back to INT8), built, checked and
+   timed the same way; a set stays FP32 only if that is faster. On an ORT target their weights stay int8 (`weight_only`: FP32 compute at
    INT8 size). The fastest checked INT8 candidate is the choice.
 Writes the record (every candidate, its checks and p50, the CPU from the environment capture,
 never a machine name) as JSON and Markdown; the candidates are built in a temp folder. Each

@@ -505,3 +505,20 @@ def test_pack_padding_stores_padded_weights_compactly_and_onnxruntime_folds_it(t
     m.graph.initializer[7].CopyFrom(numpy_helper.from_array(np.ones(32, np.int32), "b"))
     same, log = apply_ort_passes(m, ("pack-padding",), x[:1].astype(np.float32))
     assert not log[0]["applied"] and "equal values" in log[0]["not_applied"] and same == m
+
+
+def test_logit_limit_exact_for_integer_graphs_wider_only_where_float_is_requantized():
+    from onnx import helper
+
+    from lenet_edge.optimize.ort_int8 import logit_limit
+
+    def graph(*ops):
+        return helper.make_model(
+            helper.make_graph([helper.make_node(o, ["a"], ["b"]) for o in ops], "g", [], [])
+        )
+
+    integer = {"recipe": {"weight_only": False}}
+    float_layers = {"recipe": {"weight_only": True, "fp32_layers": ["Gemm:1"]}}
+    assert logit_limit(integer, graph("QuantizeLinear", "QLinearConv")) == 1e-5
+    assert logit_limit(float_layers, graph("QGemm", "DequantizeLinear", "Gemm")) == 0.05
+    assert logit_limit(float_layers, graph("Conv", "QuantizeLinear", "QLinearConv")) == 0.25
