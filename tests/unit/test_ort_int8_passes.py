@@ -521,4 +521,4 @@ def test_logit_limit_exact_for_integer_graphs_wider_only_where_float_is_requanti
     float_layers = {"recipe": {"weight_only": True, "fp32_layers": ["Gemm:1"]}}
     assert logit_limit(integer, graph("QuantizeLinear", "QLinearConv")) == 1e-5
     assert logit_limit(float_layers, graph("QGemm", "DequantizeLinear", "Gemm")) == 0.05
-    assert logit_limit(float_layers, graph("Conv", "QuantizeLinear", "QLinearConv")) == 0.25
+    assert logit_limit(float_layers, graph("Conv", "QuantizeLinear", "QLinearConv")) == 0.5
