@@ -153,6 +153,24 @@ def _weight(model, node):
     return _const(model, node.input[3])
 
 
+def _nhwc_model(nodes, inits, in_hwc, out_hwc):
+    """A uint8 NHWC graph x -> ... -> y with com.microsoft ops, from nodes and named arrays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", *in_hwc])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", *out_hwc])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    )
+    m.ir_version = 8
+    return m
+
+
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_pad_channels_without_pool_and_per_tensor_weights(per_channel, tmp_path):
     """Conv(6 channels) -> Conv: the first conv gains two output channels that add nothing, the
@@ -281,7 +299,7 @@ def test_pad_channels_through_two_reshapes_and_a_pool_keeps_outputs():
     """Hand-built NHWC integer graph: conv (2 groups x 6 channels, per-channel weights) -> Reshape ->
     Reshape (groups into W) -> NhwcMaxPool over the groups -> conv. Every Reshape's last axis is
     rescaled (12 -> 16, 6 -> 8) and the outputs stay identical, batch 3."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     from lenet_edge.optimize.ort_int8 import apply_ort_passes
 
@@ -325,15 +343,7 @@ def test_pad_channels_through_two_reshapes_and_a_pool_keeps_outputs():
             channels_last=1,
         ),
     ]
-    g = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", h, w, cin])],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", h - 2, w - 2, 5])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(ms, 1)])
-    m.ir_version = 8
+    m = _nhwc_model(nodes, inits, (h, w, cin), (h - 2, w - 2, 5))
     x = rng.integers(0, 256, size=(n, h, w, cin)).astype(np.uint8)
     new, log = apply_ort_passes(m, ("nhwc-pad-channels",), x[:1].astype(np.float32))
     assert log[0]["applied"], log
@@ -449,7 +459,7 @@ def test_pack_padding_stores_padded_weights_compactly_and_onnxruntime_folds_it(t
     nhwc-pad-channels leaves): the file stores them without the padding behind a constant Pad and
     Reshape, is smaller, gives identical outputs (batch 3), and onnxruntime's load-time graph has
     no Pad or Reshape left (folded, so no per-call cost)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     from lenet_edge.optimize.ort_int8 import apply_ort_passes
 
@@ -473,15 +483,7 @@ def test_pack_padding_stores_padded_weights_compactly_and_onnxruntime_folds_it(t
     conv = helper.make_node(
         "QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], domain=ms, channels_last=1
     )
-    g = helper.make_graph(
-        [conv],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", h, w, cin])],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", h - 2, w - 2, 32])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(ms, 1)])
-    m.ir_version = 8
+    m = _nhwc_model([conv], inits, (h, w, cin), (h - 2, w - 2, 32))
     x = rng.integers(0, 256, size=(n, h, w, cin)).astype(np.uint8)
     new, log = apply_ort_passes(m, ("pack-padding",), x[:1].astype(np.float32))
     assert log[0]["applied"], log
