@@ -391,17 +391,26 @@ GEMMS = {
 }
 
 
+def _dq_of_own_initializer(g: Graph, node: Any) -> bool:
+    """A standard DequantizeLinear whose input is an initializer nothing else reads (a weight
+    stored int8: what nhwc-flatten-gemm reorders through and fold-weight-dq folds)."""
+    return (
+        node is not None
+        and node.op_type == "DequantizeLinear"
+        and node.domain in ("", "ai.onnx")
+        and node.input[0] in g.init
+        and len(g.consumers(node.input[0])) == 1
+    )
+
+
 def _int8_weight_dq(g: Graph, name: str, k_axis: int) -> Any:
     """The DequantizeLinear that makes weight `name` from an int8 initializer of its own, with
     scales that do not run along the K axis (per-tensor, or per output column), else None."""
     p = g.producer(name)
-    if p is None or p.op_type != "DequantizeLinear" or p.domain not in ("", "ai.onnx"):
-        return None
-    x = p.input[0]
-    if x not in g.init or len(g.consumers(x)) != 1 or len(g.consumers(name)) != 1:
+    if not _dq_of_own_initializer(g, p) or len(g.consumers(name)) != 1:
         return None
     s = g.const(p.input[1])
-    ndim = len(g.init[x].dims)
+    ndim = len(g.init[p.input[0]].dims)
     if s is None or ndim != 2 or (s.size > 1 and g.attr(p, "axis", 1) % ndim == k_axis):
         return None
     return p
@@ -548,13 +557,11 @@ def nhwc_pad_channels(g: Graph) -> str:
 def _fold_weight_dq_one(g: Graph, dq: Any) -> bool:
     from onnx import TensorProto
 
-    if dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx") or dq.input[0] not in g.init:
+    if not _dq_of_own_initializer(g, dq):
         return False
     x, s = g.const(dq.input[0]), g.const(dq.input[1])
     z = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, np.int8)
     if x is None or x.dtype != np.int8 or s is None or z is None or z.any():
-        return False
-    if len(g.consumers(dq.input[0])) != 1:
         return False
     if s.size > 1:
         axis = g.attr(dq, "axis", 1) % x.ndim

@@ -10,8 +10,9 @@ For each model, on the machine it runs on (ONNX Runtime, batch 1, one thread, IO
 4. mixed precision by measurement: from the fastest INT8 candidate's recipe, sets of weighted
    layers are kept in FP32 (`fp32_layers`; every tail of the layer list, then each layer alone,
    greedily on top of what was kept, then each kept layer handed back to INT8), built, checked and
-   timed the same way; a set stays FP32 only if that is faster. On an ORT target their weights stay int8 (`weight_only`: FP32 compute at
-   INT8 size). The fastest checked INT8 candidate is the choice.
+   timed the same way; a set stays FP32 only if that is faster. On an ORT target their weights
+   stay int8 (`weight_only`: FP32 compute at INT8 size). The fastest checked INT8 candidate is
+   the choice.
 Writes the record (every candidate, its checks and p50, the CPU from the environment capture,
 never a machine name) as JSON and Markdown; the candidates are built in a temp folder. Each
 model's choice is published to --onnx-dir as <model>.int8.search.onnx with its record
@@ -245,10 +246,10 @@ def search_model(
         # them on every call, so there they stay float
         weight_only = best["label"].endswith(".ort")
         mixed: list[dict[str, Any]] = []
-        state = {"best": best}
 
         def trial(layer_set: tuple[str, ...]) -> bool:
-            cur = state["best"]
+            nonlocal best
+            cur = best
             recipe = replace(
                 base.__class__.from_dict(cur["recipe"]), fp32_layers=layer_set, weight_only=weight_only
             )
@@ -272,11 +273,10 @@ def search_model(
             # keep the set in FP32 only if clearly better than the current best (measure.keep_below)
             ok = [b for b in built if b["passed"] and b["vs_current_best_same_run"] < measure.keep_below]
             if ok:
-                state["best"] = ok[0]
+                best = ok[0]
             return bool(ok)
 
         kept = _greedy(layers, trial)
-        best = state["best"]
     fp32 = {f.name: p50[f.name] for f in fp32_files}
     return {
         "model": name,
