@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from lenet_edge.quantize.cleanup import compact_names
 from lenet_edge.runtime.cli import parser
 from lenet_edge.runtime.files import quantize_record_path
 from lenet_edge.workflow import add_model_flags, data_source, selected
@@ -607,6 +608,42 @@ def _trailing_slab(a: np.ndarray) -> tuple[tuple[int, ...], int, int] | None:
     return None if best is None else best[1:]
 
 
+# A conv over a space-to-depth input (channels c' = (dy*b + dx)*C + c, ONNX SpaceToDepth's order)
+# is a conv with a b-times larger kernel over the original layout: W[m, c', ky, kx] is
+# U[m, c, b*ky + dy, b*kx + dx]. A strided conv folded onto such an input (lenet_stride's 5x5
+# stride-2 conv as a 3x3 conv over 4x6 channels) leaves a zero border in U (the 6th row and
+# column); U is stored cropped and rebuilt by Pad -> Reshape -> Transpose -> Reshape.
+S2D_BLOCKS = (2, 3, 4)
+
+
+def _s2d_unfold(a: np.ndarray, b: int) -> np.ndarray:
+    m, cb, kh, kw = a.shape
+    return (
+        a.reshape(m, b, b, cb // (b * b), kh, kw).transpose(0, 3, 4, 1, 5, 2).reshape(m, -1, kh * b, kw * b)
+    )
+
+
+def _s2d_border(a: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, Any] | None:
+    """The block b whose unfolded kernel U has the widest border of one value (a corner's), with
+    U cropped to the inside of that border, the Pad's pads and the value (None if no border)."""
+    best: tuple[int, np.ndarray, np.ndarray, Any] | None = None
+    if a.ndim != 4:
+        return None
+    for b in (b for b in S2D_BLOCKS if a.shape[1] % (b * b) == 0):
+        u = _s2d_unfold(a, b)
+        for fill in {u.reshape(-1)[0], u.reshape(-1)[-1]}:
+            inside = (u != fill).any(axis=(0, 1))
+            if not inside.any():
+                continue
+            rows, cols = (np.flatnonzero(inside.any(axis=k)) for k in (1, 0))
+            crop = u[:, :, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            after = (u.shape[2] - 1 - rows[-1], u.shape[3] - 1 - cols[-1])
+            pads = np.array([0, 0, rows[0], cols[0], 0, 0, *after], np.int64)
+            if crop.size < u.size and (best is None or crop.size < best[1].size):
+                best = (b, crop, pads, fill)
+    return best
+
+
 PACK_MIN_SAVING = 128  # bytes: a Pad node and its pads/shape initializers cost ~100-150
 
 
@@ -616,47 +653,169 @@ def _pack_padding_one(g: Graph, t: Any) -> bool:
     a = numpy_helper.to_array(t)
     if a.dtype not in (np.int8, np.uint8, np.int32) or a.ndim == 0:
         return False
-    slab = _trailing_slab(a)
+    slab, border = _trailing_slab(a), _s2d_border(a)
+    removed = 0 if slab is None else slab[2] * (a.size // slab[0][slab[1]])
+    if border is not None and a.size - border[1].size > removed:
+        return _pack_s2d_border(g, t, a, *border)
     if slab is None:
         return False
     view, ax, k = slab
-    if k * (a.size // view[ax]) * a.itemsize < PACK_MIN_SAVING:
+    if removed * a.itemsize < PACK_MIN_SAVING:
         return False
     pads = np.zeros(2 * len(view), np.int64)
     pads[len(view) + ax] = k
     stored = np.take(a.reshape(view), np.arange(view[ax] - k), axis=ax)
+    pad, y = _stored_padded(g, t, stored, pads, a.reshape(-1)[-1])
+    nodes = [pad]
+    if view != a.shape:
+        reshape, y = g.node("Reshape", [y, g.add_const("shape", np.asarray(a.shape, np.int64))], "unpacked")
+        nodes.append(reshape)
+    _put_first(g, t.name, nodes, y)
+    return True
+
+
+def _stored_padded(g: Graph, t: Any, stored: np.ndarray, pads: np.ndarray, value: Any) -> tuple[Any, str]:
+    """Initializer `t` goes; `stored` (under its name) and a constant Pad of it come instead."""
     name = t.name
     g.g.initializer.remove(t)
     g.init.pop(name)
     ins = [
         g.add_const(name, np.ascontiguousarray(stored)),
-        g.add_const("pads", pads),
-        g.add_const("pad_value", np.asarray(a.reshape(-1)[-1], a.dtype)),
+        g.add_const("pads", np.asarray(pads, np.int64)),
+        g.add_const("pad_value", np.asarray(value, stored.dtype)),
     ]
-    pad, y = g.node("Pad", ins, "unpacked", mode="constant")
-    nodes = [pad]
-    if view != a.shape:
-        reshape, y = g.node("Reshape", [y, g.add_const("shape", np.asarray(a.shape, np.int64))], "unpacked")
-        nodes.append(reshape)
+    return g.node("Pad", ins, "unpacked", mode="constant")
+
+
+def _put_first(g: Graph, name: str, nodes: list[Any], y: str) -> None:
     g.rename_uses(name, y)
     rest = list(g.g.node)
     del g.g.node[:]
     g.g.node.extend(nodes + rest)  # inputs are initializers only: first is topologically fine
+
+
+def _pack_s2d_border(
+    g: Graph, t: Any, a: np.ndarray, b: int, crop: np.ndarray, pads: np.ndarray, fill: Any
+) -> bool:
+    """Store the cropped unfolded kernel; Pad -> Reshape -> Transpose -> Reshape rebuild `a`."""
+    m, cb, kh, kw = a.shape
+    six = (m, cb // (b * b), kh, b, kw, b)
+    perm = [0, 3, 5, 1, 2, 4]
+    rebuilt = np.pad(crop, pads.reshape(2, -1).T, constant_values=fill)
+    if not np.array_equal(rebuilt.reshape(six).transpose(perm).reshape(a.shape), a):
+        return False  # (the unfold is a permutation: cannot happen) never store what does not rebuild
+    if (a.size - crop.size) * a.itemsize < PACK_MIN_SAVING:
+        return False
+    pad, y = _stored_padded(g, t, crop, pads, fill)
+    r1, y = g.node("Reshape", [y, g.add_const("shape", np.asarray(six, np.int64))], "unpacked")
+    tr, y = g.node("Transpose", [y], "unpacked", perm=perm)
+    r2, y = g.node("Reshape", [y, g.add_const("shape", np.asarray(a.shape, np.int64))], "unpacked")
+    _put_first(g, t.name, [pad, r1, tr, r2], y)
     return True
 
 
 def pack_padding(g: Graph) -> str:
     """An integer initializer that ends in a block of equal values along one axis (the channels
     nhwc-pad-channels adds, per pool group) is stored without them, behind a constant Pad (and a
-    Reshape): onnxruntime folds both when it loads the model, so the kernels see the same padded
-    weights, and the file is smaller. Exact (the same integers). Applied only where it saves
+    Reshape); a conv weight over a space-to-depth input whose unfolded kernel has a border of one
+    value (a strided conv folded onto that input) is stored cropped, behind Pad -> Reshape ->
+    Transpose -> Reshape. onnxruntime folds these when it loads the model, so the kernels see the
+    same weights, and the file is smaller. Exact (the same integers). Applied only where it saves
     bytes overall."""
     before = len(g.model.SerializeToString())
     hits = sum(_pack_padding_one(g, t) for t in list(g.g.initializer))
     if not hits:
-        return f"no integer initializer ending in >= {PACK_MIN_SAVING} B of equal values along an axis"
+        return (
+            f"no integer initializer ending in >= {PACK_MIN_SAVING} B of equal values along an axis "
+            "or with such a border around its space-to-depth kernel"
+        )
     if len(g.model.SerializeToString()) >= before:
         return "storing the padding compactly would not make the file smaller"
+    return ""
+
+
+NARROW_MIN_SAVING = 16  # bytes: a Cast node (or Expand + its shape) costs ~25-60
+NARROWER = (np.int8, np.int16)
+# Inputs that take one value for every channel as well as one per channel (ONNX QLinearConv: "a
+# scalar or a 1-D tensor" zero point; onnxruntime requires the per-channel values to be equal).
+SCALAR_OK = {("QLinearConv", 5)}
+
+
+def _users(g: Graph, name: str) -> list[tuple[str, int]]:
+    return [(n.op_type, k) for n in g.g.node for k, i in enumerate(n.input) if i == name]
+
+
+def _behind(g: Graph, t: Any, stored: np.ndarray, op: str, extra: list[str], **attrs: Any) -> None:
+    """Replace initializer `t` by `op(stored, *extra)`, a constant node onnxruntime folds at load."""
+    name = t.name
+    g.g.initializer.remove(t)
+    g.init.pop(name)
+    node, y = g.node(op, [g.add_const(name, stored), *extra], "narrow", **attrs)
+    g.rename_uses(name, y)
+    rest = list(g.g.node)
+    del g.g.node[:]
+    g.g.node.extend([node, *rest])  # inputs are initializers only: first is topologically fine
+
+
+def _narrow_one(g: Graph, t: Any) -> bool:
+    """One initializer: all-equal -> a scalar (where its users take one) or Expand of it;
+    int32 whose values fit -> int8/int16 behind a Cast."""
+    from onnx import TensorProto, numpy_helper
+
+    a = numpy_helper.to_array(t)
+    if a.dtype.kind not in "iu" or a.size < 2 or t.name in {i.name for i in g.g.input}:
+        return False
+    flat = a.reshape(-1)
+    if (flat == flat[0]).all():
+        one = np.asarray(flat[0], a.dtype)
+        if a.ndim == 1 and all(u in SCALAR_OK for u in _users(g, t.name)):
+            t.CopyFrom(numpy_helper.from_array(one, t.name))
+            return True
+        if a.nbytes - one.nbytes - 8 * a.ndim >= 2 * NARROW_MIN_SAVING:
+            _behind(g, t, one, "Expand", [g.add_const("shape", np.asarray(a.shape, np.int64))])
+            return True
+        return False
+    if a.dtype != np.int32:
+        return False
+    lo, hi = int(a.min()), int(a.max())
+    to = next((d for d in NARROWER if np.iinfo(d).min <= lo and hi <= np.iinfo(d).max), None)
+    if to is None or a.size * (4 - np.dtype(to).itemsize) < NARROW_MIN_SAVING:
+        return False
+    _behind(g, t, a.astype(to), "Cast", [], to=TensorProto.INT32)
+    return True
+
+
+def _merge_equal_initializers(g: Graph) -> int:
+    """Initializers with the same type, shape and values become one (ORT's passes leave copies)."""
+    from onnx import numpy_helper
+
+    first: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+    merged = 0
+    for t in list(g.g.initializer):
+        a = numpy_helper.to_array(t)
+        key = (a.dtype.str, a.shape, a.tobytes())
+        if key in first:
+            g.rename_uses(t.name, first[key])
+            merged += 1
+        else:
+            first[key] = t.name
+    g.prune()
+    return merged
+
+
+def narrow_constants(g: Graph) -> str:
+    """Integer constants stored in fewer bytes, rebuilt by constant nodes onnxruntime folds when it
+    loads the model (the kernels see the same tensors; exact): an int32 bias whose values fit int16
+    (or int8) is stored narrow behind a Cast; a per-channel zero point whose channels are all equal
+    becomes one value (a scalar where the op takes one, QLinearConv's weight zero point; else an
+    Expand of it); identical initializers are merged. Applied only where it saves bytes overall."""
+    before = len(g.model.SerializeToString())
+    hits = sum(_narrow_one(g, t) for t in list(g.g.initializer))
+    hits += _merge_equal_initializers(g)
+    if not hits:
+        return "no integer initializer that fits a narrower type, repeats one value, or is a copy"
+    if len(g.model.SerializeToString()) >= before:
+        return "storing the constants narrower would not make the file smaller"
     return ""
 
 
@@ -667,6 +826,7 @@ PASSES: dict[str, Callable[[Graph], str]] = {
     "nhwc-pad-channels": nhwc_pad_channels,
     "fold-weight-dq": fold_weight_dq,
     "pack-padding": pack_padding,
+    "narrow-constants": narrow_constants,
 }
 
 
@@ -816,6 +976,30 @@ def logit_limit(src_rec: dict[str, Any], model: Any = None) -> float:
     return FLOAT_LAYERS_LOGIT_LIMIT
 
 
+def _describe(model: Any, src_rec: dict[str, Any]) -> Any:
+    """Producer, a one-line doc string and an input contract that says what this file takes (the
+    source's says float32; uint8-input makes it bytes only). The metadata keeps the provenance."""
+    from onnx import TensorProto
+
+    from lenet_edge.export.onnx_export import set_metadata
+    from lenet_edge.runtime.contract import CONTRACT_TEXT, contract_text
+
+    model.producer_name = "lenet-edge optimize.ort_int8"
+    inp = model.graph.input[0]
+    dtype = TensorProto.DataType.Name(inp.type.tensor_type.elem_type).lower()
+    meta = {p.key: p.value for p in model.metadata_props}
+    model.doc_string = (
+        f"lenet-edge {src_rec.get('model', '')}, INT8 for ONNX Runtime ({meta.get('recipe', '')}): "
+        f"input '{inp.name}' {dtype}; provenance and the input contract are in the metadata."
+    )
+    contract = meta.get("input_contract")
+    if dtype == "uint8" and contract == CONTRACT_TEXT:
+        set_metadata(model, {"input_contract": contract_text("uint8")})
+    elif dtype == "uint8" and contract:
+        set_metadata(model, {"input_contract": f"{contract} This file takes uint8 input only."})
+    return model
+
+
 def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) -> dict[str, Any]:
     """The ORT target of one checked QDQ file: build, check (identical top-1 and |Δlogit| within
     `logit_limit` on `pixels`), write `out` + its record; nothing is written if a check fails."""
@@ -838,7 +1022,7 @@ def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) 
         raise ConversionError(
             f"{src.name}: no ORT-target pass applies ({'; '.join(e['not_applied'] for e in log)})"
         )
-    final.producer_name = "lenet-edge optimize.ort_int8"
+    final = _describe(compact_names(final), src_rec)
     onnx.checker.check_model(final)
     data = final.SerializeToString()
     try:

@@ -21,11 +21,18 @@ PIXEL_MAX = 255.0
 NORM_MEAN = 127.5
 NORM_STD = 127.5
 
-CONTRACT_TEXT = (
-    "input 'pixels': float32 [N,1,28,28], raw pixel values 0..255 (white digit on black, "
-    "as in the MNIST IDX files; runners also take uint8); the graph normalises (x-127.5)/127.5 itself. "
-    "output 'scores': float32 [N,10] logits, argmax is the digit."
-)
+
+def contract_text(dtype: str = "float32") -> str:
+    """The contract as stored in a model's metadata, for a graph whose input is `dtype`."""
+    also = "; runners also take uint8" if dtype == "float32" else ""
+    return (
+        f"input 'pixels': {dtype} [N,1,28,28], raw pixel values 0..255 (white digit on black, "
+        f"as in the MNIST IDX files{also}); the graph normalises (x-127.5)/127.5 itself. "
+        "output 'scores': float32 [N,10] logits, argmax is the digit."
+    )
+
+
+CONTRACT_TEXT = contract_text()
 
 
 def normalize(pixels: np.ndarray) -> np.ndarray:

@@ -388,6 +388,10 @@ def test_int8_from_the_optimized_graph_meets_the_tolerances(exported, tolerances
         "top1_identical": 10000,
     }
     assert t["input_dtype"] == "uint8" and int8_failures(ort_rec, tolerances) == []
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(d / f"{name}.int8.s2d.ort.onnx")).metadata_props}
+    assert meta["input_contract"].startswith("input 'pixels': uint8 [N,1,28,28], raw pixel values 0..255")
     assert "Transpose" not in t["nodes"] or t["nodes"]["Transpose"] == 1
     qdq = d / f"{name}.int8.s2d.qdq.onnx"
     qdq.write_bytes(qdq.read_bytes() + b"\x00")  # no longer the file its record describes

@@ -134,7 +134,8 @@ def _per_call_ops(model):
 
 
 def _const(model, name):
-    """An initializer, or the constant Pad / Reshape of one that pack-padding stores."""
+    """An initializer, or the constant Pad / Reshape / Cast / Expand of one that pack-padding and
+    narrow-constants store."""
     from onnx import helper, numpy_helper
 
     init = {t.name: t for t in model.graph.initializer}
@@ -144,6 +145,12 @@ def _const(model, name):
     a, *rest = (_const(model, i) for i in p.input)
     if p.op_type == "Reshape":
         return a.reshape(rest[0])
+    if p.op_type == "Cast":
+        return a.astype(helper.tensor_dtype_to_np_dtype(helper.get_attribute_value(p.attribute[0])))
+    if p.op_type == "Expand":
+        return np.broadcast_to(a, rest[0]).copy()
+    if p.op_type == "Transpose":
+        return a.transpose(helper.get_attribute_value(p.attribute[0]))
     assert p.op_type == "Pad" and helper.get_attribute_value(p.attribute[0]) == b"constant"
     pads = rest[0].reshape(2, -1).T
     return np.pad(a, pads, constant_values=rest[1])
@@ -507,6 +514,140 @@ def test_pack_padding_stores_padded_weights_compactly_and_onnxruntime_folds_it(t
     m.graph.initializer[7].CopyFrom(numpy_helper.from_array(np.ones(32, np.int32), "b"))
     same, log = apply_ort_passes(m, ("pack-padding",), x[:1].astype(np.float32))
     assert not log[0]["applied"] and "equal values" in log[0]["not_applied"] and same == m
+
+
+def test_pack_padding_crops_the_zero_border_of_a_space_to_depth_kernel(tmp_path):
+    """A 5x5 stride-2 conv folded onto a 2x2 space-to-depth input is a 3x3 conv over 4x6 channels
+    whose unfolded 6x6 kernel has a zero last row and column: stored as the 5x5 kernel behind Pad ->
+    Reshape -> Transpose -> Reshape (folded at load), identical outputs (batch 2)."""
+    from onnx import helper, numpy_helper
+
+    from lenet_edge.optimize.ort_int8 import _s2d_unfold, apply_ort_passes
+
+    rng = np.random.default_rng(3)
+    k5 = rng.integers(-60, 60, size=(16, 6, 5, 5)).astype(np.int8)
+    u = np.zeros((16, 6, 6, 6), np.int8)
+    u[:, :, :5, :5] = k5
+    w = u.reshape(16, 6, 3, 2, 3, 2).transpose(0, 3, 5, 1, 2, 4).reshape(16, 24, 3, 3)
+    assert np.array_equal(_s2d_unfold(w, 2), u)
+    inits = {
+        "xs": np.array(0.5, np.float32),
+        "xz": np.array(3, np.uint8),
+        "w": w,
+        "ws": rng.uniform(0.005, 0.02, 16).astype(np.float32),
+        "wz": np.array(0, np.int8),
+        "ys": np.array(0.7, np.float32),
+        "yz": np.array(5, np.uint8),
+    }
+    conv = helper.make_node(
+        "QLinearConv",
+        ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"],
+        ["y"],
+        domain="com.microsoft",
+        channels_last=1,
+    )
+    m = _nhwc_model([conv], inits, (7, 6, 24), (5, 4, 16))
+    x = rng.integers(0, 256, size=(2, 7, 6, 24)).astype(np.uint8)
+    new, log = apply_ort_passes(m, ("pack-padding",), x[:1].astype(np.float32))
+    assert log[0]["applied"], log
+    assert new.ByteSize() < m.ByteSize() - 500  # 1,056 zeros gone for ~500 B of nodes (long names here)
+    stored = [numpy_helper.to_array(t) for t in new.graph.initializer]
+    assert any(a.shape == (16, 6, 5, 5) and np.array_equal(a, k5) for a in stored)
+    assert np.array_equal(_run(m, x), _run(new, x))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(new.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    assert _ops(onnx.load(str(tmp_path / "loaded.onnx"))) == ["QLinearConv"]
+
+
+def _conv_gemm_model(rng, bias_hi, zp_cols):
+    """uint8 NHWC x -> QLinearConv (per-channel weights, zero point per channel) -> flatten ->
+    QGemm (per-column weights): int32 biases drawn below `bias_hi`, weight zero points `zp_cols`."""
+    from onnx import helper
+
+    n_out, cols = 16, 64
+    inits = {
+        "xs": np.array(0.5, np.float32),
+        "xz": np.array(3, np.uint8),
+        "w": rng.integers(-60, 60, size=(n_out, 2, 3, 3)).astype(np.int8),
+        "ws": rng.uniform(0.005, 0.02, n_out).astype(np.float32),
+        "wz": np.zeros(n_out, np.int8),
+        "ys": np.array(0.7, np.float32),
+        "yz": np.array(5, np.uint8),
+        "b": rng.integers(-bias_hi, bias_hi, n_out).astype(np.int32),
+        "shape": np.array([-1, 2 * 2 * n_out], np.int64),
+        "g": rng.integers(-60, 60, size=(2 * 2 * n_out, cols)).astype(np.int8),
+        "gs": rng.uniform(0.005, 0.02, cols).astype(np.float32),
+        "gz": np.asarray(zp_cols, np.int8),
+        "gb": rng.integers(-bias_hi, bias_hi, cols).astype(np.int32),
+        "zs": np.array(0.9, np.float32),
+        "zz": np.array(7, np.uint8),
+    }
+    ms = "com.microsoft"
+    nodes = [
+        helper.make_node(
+            "QLinearConv",
+            ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"],
+            ["c"],
+            domain=ms,
+            channels_last=1,
+        ),
+        helper.make_node("Reshape", ["c", "shape"], ["f"]),
+        helper.make_node("QGemm", ["f", "ys", "yz", "g", "gs", "gz", "gb", "zs", "zz"], ["y"], domain=ms),
+    ]
+    m = _nhwc_model(nodes, inits, (4, 4, 2), (cols,))
+    m.graph.output[0].type.tensor_type.shape.ClearField("dim")
+    return m, inits
+
+
+def test_narrow_constants_stores_biases_and_zero_points_smaller_and_onnxruntime_folds_them(tmp_path):
+    """int32 biases that fit int16 go behind a Cast, a per-channel zero point of equal values becomes
+    a scalar (QLinearConv) or an Expand of one (QGemm, which wants one per column), copies merge:
+    smaller, identical outputs (batch 3), and onnxruntime's load-time graph is the bare kernels."""
+    from onnx import numpy_helper
+
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+
+    rng = np.random.default_rng(9)
+    m, inits = _conv_gemm_model(rng, 3000, np.zeros(64))
+    x = rng.integers(0, 256, size=(3, 4, 4, 2)).astype(np.uint8)
+    new, log = apply_ort_passes(m, ("narrow-constants",), x[:1].astype(np.float32))
+    assert log[0]["applied"], log
+    assert new.ByteSize() < m.ByteSize()
+    assert np.array_equal(_run(m, x), _run(new, x))
+    stored = {t.name: numpy_helper.to_array(t) for t in new.graph.initializer}
+    made_by = {o: n for n in new.graph.node for o in n.output}
+    conv, gemm = (n for n in new.graph.node if n.op_type in ("QLinearConv", "QGemm"))
+    for bias in (conv.input[8], gemm.input[6]):
+        assert made_by[bias].op_type == "Cast" and stored[made_by[bias].input[0]].dtype == np.int16
+    assert made_by[gemm.input[5]].op_type == "Expand"
+    assert stored[conv.input[5]].shape == ()  # one zero point for every channel
+    for node, k, name in ((conv, 8, "b"), (gemm, 6, "gb"), (gemm, 5, "gz")):
+        assert (
+            np.array_equal(_const(new, node.input[k]), inits[name])
+            and _const(new, node.input[k]).dtype == inits[name].dtype
+        )
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(new.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    assert _ops(onnx.load(str(tmp_path / "loaded.onnx"))) == ["QLinearConv", "Reshape", "QGemm"]
+
+
+def test_narrow_constants_refuses_wide_biases_and_unequal_zero_points():
+    """Biases that need 32 bits and zero points that differ per column: nothing to narrow, the pass
+    says so and the graph is left as it was."""
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+
+    rng = np.random.default_rng(4)
+    m, _ = _conv_gemm_model(rng, 2**20, np.arange(64) % 3)
+    m.graph.initializer[4].CopyFrom(onnx.numpy_helper.from_array(np.array(0, np.int8), "wz"))
+    x = rng.integers(0, 256, size=(1, 4, 4, 2)).astype(np.float32)
+    same, log = apply_ort_passes(m, ("narrow-constants",), x)
+    assert not log[0]["applied"] and "narrower type" in log[0]["not_applied"] and same == m
 
 
 def test_logit_limit_exact_for_integer_graphs_wider_only_where_float_is_requantized():
