@@ -734,6 +734,46 @@ def pack_padding(g: Graph) -> str:
     return ""
 
 
+def _is_uint8(g: Graph, name: str) -> bool:
+    """A uint8 graph input, a Cast to uint8, or one of those through layout-only ops."""
+    from onnx import TensorProto
+
+    inp = next((v for v in g.g.input if v.name == name), None)
+    if inp is not None:
+        return inp.type.tensor_type.elem_type == TensorProto.UINT8
+    p = g.producer(name)
+    if p is None:
+        return False
+    if p.op_type == "Cast":
+        return g.attr(p, "to") == TensorProto.UINT8
+    return p.op_type in ("Reshape", "Transpose") and p.domain in ("", "ai.onnx") and _is_uint8(g, p.input[0])
+
+
+def _uint8_transpose_one(g: Graph, c1: Any) -> bool:
+    from onnx import TensorProto
+
+    if c1.op_type != "Cast" or g.attr(c1, "to") != TensorProto.FLOAT or not _is_uint8(g, c1.input[0]):
+        return False
+    t = g.only_consumer(c1.output[0], "Transpose")
+    c2 = t and g.only_consumer(t.output[0], "Cast")
+    if c2 is None or g.attr(c2, "to") != TensorProto.UINT8:
+        return False
+    new, y = g.node("Transpose", [c1.input[0]], "u8t", perm=list(g.attr(t, "perm")))
+    g.rename_uses(c2.output[0], y)
+    g.replace([c1, t, c2], [new])
+    return True
+
+
+def uint8_transpose(g: Graph) -> str:
+    """The input reorder uint8-input writes as Cast(float) -> Transpose -> Cast(uint8) (bytes
+    round-trip exactly) becomes one uint8 Transpose: two nodes fewer per call, faster with one
+    thread (aarch64 cortex-a76: -2 % instructions for lenet_pool), but onnxruntime 1.32 splits a
+    1-byte Transpose into one thread-pool task per inner block, so with 2+ threads it is much
+    slower (see _byte_transpose). Not a default pass: the search tries it on its one-thread choice."""
+    hits = _each_match(g, _uint8_transpose_one)
+    return "" if hits else "no Cast(float) -> Transpose -> Cast(uint8) of the uint8 input"
+
+
 NARROW_MIN_SAVING = 16  # bytes: a Cast node (or Expand + its shape) costs ~25-60
 NARROWER = (np.int8, np.int16)
 # Inputs that take one value for every channel as well as one per channel (ONNX QLinearConv: "a
@@ -827,7 +867,9 @@ PASSES: dict[str, Callable[[Graph], str]] = {
     "fold-weight-dq": fold_weight_dq,
     "pack-padding": pack_padding,
     "narrow-constants": narrow_constants,
+    "uint8-transpose": uint8_transpose,
 }
+ONE_THREAD_PASSES = ("uint8-transpose",)  # tried by the search on top of the defaults, kept if faster
 
 
 def ort_level3(src: Path, dst: Path) -> Any:
@@ -898,7 +940,7 @@ def apply_ort_passes(
 
 # --- the stage: <model>.int8.<variant>.qdq.onnx -> <model>.int8.<variant>.ort.onnx ------------------
 
-DEFAULT_PASSES = tuple(PASSES)
+DEFAULT_PASSES = tuple(p for p in PASSES if p not in ONE_THREAD_PASSES)
 
 
 def ort_path(onnx_dir: Path, model: str, variant: str) -> Path:
@@ -976,6 +1018,20 @@ def logit_limit(src_rec: dict[str, Any], model: Any = None) -> float:
     return FLOAT_LAYERS_LOGIT_LIMIT
 
 
+def per_call_ops(model: Any) -> list[str]:
+    """The op types that run on every call: not those whose inputs are all constant (pack-padding's
+    and narrow-constants' Pad, Reshape, Transpose, Cast, Expand of initializers, which onnxruntime
+    folds when it loads the model)."""
+    const = {t.name for t in model.graph.initializer}
+    ops = []
+    for n in model.graph.node:
+        if all(i in const for i in n.input if i):
+            const.update(n.output)
+        else:
+            ops.append(n.op_type)
+    return ops
+
+
 def _describe(model: Any, src_rec: dict[str, Any]) -> Any:
     """Producer, a one-line doc string and an input contract that says what this file takes (the
     source's says float32; uint8-input makes it bytes only). The metadata keeps the provenance."""
@@ -1000,7 +1056,9 @@ def _describe(model: Any, src_rec: dict[str, Any]) -> Any:
     return model
 
 
-def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) -> dict[str, Any]:
+def build_ort_model(
+    src: Path, src_rec: dict[str, Any], out: Path, pixels: Any, passes: tuple[str, ...] = DEFAULT_PASSES
+) -> dict[str, Any]:
     """The ORT target of one checked QDQ file: build, check (identical top-1 and |Δlogit| within
     `logit_limit` on `pixels`), write `out` + its record; nothing is written if a check fails."""
     import time
@@ -1017,7 +1075,7 @@ def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) 
     model = src_rec.get("model", src.name)
     with owned_temp_dir("ort-int8") as tmp:
         level3 = ort_level3(src, tmp / "level3.onnx")
-    final, log = apply_ort_passes(level3, DEFAULT_PASSES, pixels[:2])
+    final, log = apply_ort_passes(level3, passes, pixels[:2])
     if not any(e["applied"] for e in log):
         raise ConversionError(
             f"{src.name}: no ORT-target pass applies ({'; '.join(e['not_applied'] for e in log)})"
@@ -1052,6 +1110,7 @@ def build_ort_model(src: Path, src_rec: dict[str, Any], out: Path, pixels: Any) 
             "method": "onnxruntime level-3 graph without NCHWc, then lenet-edge passes",
             "passes": log,
             "nodes": dict(sorted(Counter(n.op_type for n in final.graph.node).items())),
+            "nodes_per_call": dict(sorted(Counter(per_call_ops(final)).items())),
             "input_dtype": "uint8"
             if final.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
             else "float32",
@@ -1108,7 +1167,8 @@ def main(argv: list[str] | None = None) -> int:
         did = ", ".join(e["pass"] for e in t["passes"] if e["applied"])
         skip = "; ".join(f"{e['pass']}: {e['not_applied']}" for e in t["passes"] if not e["applied"])
         print(
-            f"{name}: {out.name} ({sum(t['nodes'].values())} nodes, {t['input_dtype']} input) applied {did}"
+            f"{name}: {out.name} ({sum(t['nodes'].values())} nodes, {sum(t['nodes_per_call'].values())} run "
+            f"per call, {t['input_dtype']} input, {rec['onnx_bytes']:,} B) applied {did}"
             + (f"; not applied: {skip}" if skip else "")
             + f"; max |Δlogit| vs {t['source']} {t['check']['max_abs_logit_diff_vs_source']:.1e}, "
             f"top-1 identical {t['check']['top1_identical']}/{t['check']['images']}"

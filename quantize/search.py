@@ -12,7 +12,9 @@ For each model, on the machine it runs on (ONNX Runtime, batch 1, one thread, IO
    greedily on top of what was kept, then each kept layer handed back to INT8), built, checked and
    timed the same way; a set stays FP32 only if that is faster. On an ORT target their weights
    stay int8 (`weight_only`: FP32 compute at INT8 size). The fastest checked INT8 candidate is
-   the choice.
+   the choice;
+5. passes that pay with one thread only (a uint8 input Transpose: optimize.ort_int8
+   ONE_THREAD_PASSES) are tried on the choice's ORT target the same way and kept if faster.
 Writes the record (every candidate, its checks and p50, the CPU from the environment capture,
 never a machine name) as JSON and Markdown; the candidates are built in a temp folder. Each
 model's choice is published to --onnx-dir as <model>.int8.search.onnx with its record
@@ -188,6 +190,45 @@ def _build(
     return rows
 
 
+def _one_thread_variants(
+    name: str, best: dict[str, Any], work: Path, pixels: Any, measure: Measure
+) -> list[dict[str, Any]]:
+    """The choice's ORT target rebuilt with the passes that pay with one thread only
+    (optimize.ort_int8.ONE_THREAD_PASSES: a uint8 input Transpose), checked the same way and measured
+    against it; the caller keeps it if it is clearly better (measure.keep_below)."""
+    from lenet_edge.optimize.ort_int8 import DEFAULT_PASSES, ONE_THREAD_PASSES, build_ort_model
+    from lenet_edge.runtime.files import quantize_record_path, read_json
+
+    if not best["label"].endswith(".ort"):
+        return []
+    src = work / f"{name}.int8.{best['label'].removesuffix('.ort')}.onnx"
+    label = f"{best['label']}+{'+'.join(ONE_THREAD_PASSES)}"
+    out = work / f"{name}.int8.{label}.onnx"
+    row = {k: best[k] for k in ("model", "source", "recipe")} | {"label": label}
+    try:
+        rec = build_ort_model(
+            src, read_json(quantize_record_path(src)), out, pixels, DEFAULT_PASSES + ONE_THREAD_PASSES
+        )
+    except LenetEdgeError as e:
+        return [{**row, "file": None, "passed": False, "why": _why(e, work)}]
+    applied = [
+        e["pass"] for e in rec["ort_target"]["passes"] if e["applied"] and e["pass"] in ONE_THREAD_PASSES
+    ]
+    if not applied:
+        return [{**row, "file": None, "passed": False, "why": "no one-thread pass applies"}]
+    t = measure([work / best["file"], out])
+    return [
+        {
+            **row,
+            "file": out.name,
+            "passed": True,
+            **_metrics(rec),
+            measure.key: t[out.name],
+            "vs_current_best_same_run": t[out.name] / t[best["file"]],
+        }
+    ]
+
+
 def _why(e: Exception, work: Path) -> str:
     """The reason, without the temp folder's path (records are committed)."""
     return str(e).replace(f"{work}/", "").replace(str(work), ".")[:300]
@@ -228,6 +269,7 @@ def search_model(
                 "model": name,
                 "candidates": rows,
                 "mixed_precision": {"layers": [], "kept_fp32": [], "trials": []},
+                "one_thread_passes": [],
                 f"fp32_{measure.key}": {},
                 "choice": {**{k: pick[k] for k in ("label", "file", "recipe", "source")}, measure.key: None},
                 "method": "documented default (--no-timing)",
@@ -277,6 +319,10 @@ def search_model(
             return bool(ok)
 
         kept = _greedy(layers, trial)
+        variants = _one_thread_variants(name, best, work, preps[best["source"]].test_pixels, measure)
+        passing = [v for v in variants if v["passed"] and v["vs_current_best_same_run"] < measure.keep_below]
+        if passing:
+            best = passing[0]
     fp32 = {f.name: p50[f.name] for f in fp32_files}
     return {
         "model": name,
@@ -287,6 +333,7 @@ def search_model(
             "weight_only": weight_only,
             "trials": mixed,
         },
+        "one_thread_passes": variants,
         f"fp32_{measure.key}": fp32,
         "choice": {k: best[k] for k in ("label", "file", "recipe", "source", measure.key)},
         "choice_over_best_fp32_first_run": best[measure.key] / min(fp32.values())
@@ -317,7 +364,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     col = "p50 µs" if host else "instructions"
     for m in res["models"]:
         lines += [f"## {m['model']}", "", f"| candidate | checks | top-1 % | {col} |", "|---|---|---:|---:|"]
-        for r in m["candidates"] + m["mixed_precision"]["trials"]:
+        for r in m["candidates"] + m["mixed_precision"]["trials"] + m.get("one_thread_passes", []):
             checks = "pass" if r["passed"] else "fail: " + r["why"].replace("|", "/")[:100]
             top1 = f"{100 * r['test_top1']:.2f}" if r["passed"] else ""
             val = (f"{r[key]:.1f}" if host else f"{r[key]:,.0f}") if r.get(key) else ""

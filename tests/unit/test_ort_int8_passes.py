@@ -121,16 +121,9 @@ def _ops(model):
 
 
 def _per_call_ops(model):
-    """The ops that run per call: not the constant ones onnxruntime folds at load (pack-padding's
-    Pad and Reshape of initializers)."""
-    const = {t.name for t in model.graph.initializer}
-    ops = []
-    for n in model.graph.node:
-        if all(i in const for i in n.input if i):
-            const.update(n.output)
-        else:
-            ops.append(n.op_type)
-    return ops
+    from lenet_edge.optimize.ort_int8 import per_call_ops
+
+    return per_call_ops(model)
 
 
 def _const(model, name):
@@ -232,6 +225,22 @@ def test_s2d_pool_graph_becomes_integer_nhwc_with_identical_logits(h, w, k, pad,
         (4 * 8, 4 * cin),
         (5, 8),
     ]
+
+
+def test_uint8_transpose_drops_the_cast_pair_and_refuses_a_float_transpose(tmp_path):
+    """The one-thread pass: the input reorder's Cast(float) -> Transpose -> Cast(uint8) becomes one
+    uint8 Transpose, identical logits; a graph without that chain (run twice) is left as it was."""
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+
+    m, x = _fp32_model(12, 10, 5, 2, cin=2, seed=4)
+    new, _ = _rewrite(_qdq(m, x, tmp_path, ("fold-normalisation", "s2d-conv-pool")), x, tmp_path)
+    one, log = apply_ort_passes(new, ("uint8-transpose",), x[:2])
+    assert log[0]["applied"], log
+    ops = _per_call_ops(one)
+    assert ops.count("Transpose") == 1 and "Cast" not in ops, ops
+    assert np.array_equal(_run(new, x), _run(one, x))
+    same, log = apply_ort_passes(one, ("uint8-transpose",), x[:2])
+    assert not log[0]["applied"] and "Cast(uint8)" in log[0]["not_applied"] and same == one
 
 
 def test_graph_without_s2d_or_pool_keeps_what_does_not_match(tmp_path):
