@@ -61,6 +61,9 @@ COMMANDS: dict[str, Command] = {
         "setup-device",
     ),
     "profile": Command("lenet_edge.runtime.profile", "per-operator time of one ONNX model (ORT profiler)"),
+    "size": Command(
+        "lenet_edge.optimize.size", "where an ONNX file's bytes go: weights, biases, scales, graph, metadata"
+    ),
     "bundle": Command("lenet_edge.runtime.bundle", "build or self-check the device tarball", "setup-device"),
     "arm-check": Command("arm/arm_check.py", "the bundle on emulated aarch64: self-check, counts, estimates"),
     "ingest": Command("lenet_edge.runtime.ingest", "add a device's bench result to results/devices/"),

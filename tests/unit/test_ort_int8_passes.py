@@ -674,3 +674,33 @@ def test_logit_limit_exact_for_integer_graphs_wider_only_where_float_is_requanti
     assert logit_limit(integer, graph("QuantizeLinear", "QLinearConv")) == 1e-5
     assert logit_limit(float_layers, graph("QGemm", "DequantizeLinear", "Gemm")) == 0.05
     assert logit_limit(float_layers, graph("Conv", "QuantizeLinear", "QLinearConv")) == 0.5
+
+
+def test_size_profile_names_each_tensor_by_the_slot_it_reaches(tmp_path):
+    """Every initializer gets the role of the input it reaches through the constant nodes that
+    rebuild it (a Cast bias, an Expand zero point); the rows add up to the file size; a file that
+    is not ONNX is one clear error."""
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+    from lenet_edge.optimize.size import size_profile
+
+    rng = np.random.default_rng(2)
+    m, inits = _conv_gemm_model(rng, 3000, np.zeros(64))
+    x = rng.integers(0, 256, size=(1, 4, 4, 2)).astype(np.float32)
+    new, _ = apply_ort_passes(m, ("narrow-constants",), x)
+    for model, name in ((m, "plain.onnx"), (new, "narrow.onnx")):
+        path = tmp_path / name
+        path.write_bytes(model.SerializeToString())
+        p = size_profile(path, params=1000)
+        assert sum(r["bytes"] for r in p["rows"].values()) == p["bytes"] == path.stat().st_size
+        assert p["weight_entries"] == inits["w"].size + inits["g"].size
+        assert p["bias_entries"] == inits["b"].size + inits["gb"].size
+        assert p["rows"]["weights"]["tensor_bytes"] == p["weight_entries"]  # int8
+        assert p["bytes_per_param"] == round(p["bytes"] / 1000, 4)
+    assert p["rows"]["biases"]["tensor_bytes"] == 2 * p["bias_entries"]  # stored as int16
+    assert p["rows"]["zero points"]["tensor_bytes"] < 64
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    from lenet_edge.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bad.onnx: not a readable ONNX model"):
+        size_profile(bad)

@@ -77,10 +77,11 @@ def test_a_command_whose_library_is_missing_says_which_and_how(monkeypatch, caps
 def test_a_user_mistake_through_the_console_script_is_one_line(tmp_path):
     bad = tmp_path / "m.onnx"
     bad.write_bytes(b"not a model")
-    proc = subprocess.run([str(SCRIPT), "evaluate", str(bad)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    (line,) = [x for x in proc.stderr.splitlines() if x.strip()]
-    assert line.startswith("error:") and str(bad) in line
+    for cmd in ("evaluate", "size"):
+        proc = subprocess.run([str(SCRIPT), cmd, str(bad)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, cmd
+        (line,) = [x for x in proc.stderr.splitlines() if x.strip()]
+        assert line.startswith("error:") and str(bad) in line, cmd
 
 
 def test_installed_namespace_from_another_folder(tmp_path):

@@ -1,0 +1,184 @@
+"""Where an ONNX model file's bytes go: weights, biases, scales, zero points, graph, metadata.
+
+    lenet-edge size build/onnx/lenet_pool.int8.s2d.ort.onnx [more.onnx ...] [--json PATH]
+
+Each initializer gets the role of the input slot it reaches, followed through the constant nodes
+that rebuild it at load (pack-padding's Pad/Reshape/Transpose, narrow-constants' Cast/Expand,
+fold-weight-dq's Cast * scale): a QLinearConv's input 3 is a weight, 4 a scale, 8 a bias, and so
+on. Bytes are serialized protobuf bytes (a tensor's data plus its name and header), so the rows
+add up to the file size. `params` (from the file's record or --params) gives bytes per parameter
+and the floor: one byte per weight and four per bias (int8 weights, int32 biases).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.errors import ConfigError
+
+# (op type, input index) -> role. Scales and zero points of activations and weights alike.
+_Q = {1: "scales", 2: "zero points"}
+ROLES: dict[str, dict[int, str]] = {
+    "QLinearConv": {
+        **_Q,
+        3: "weights",
+        4: "scales",
+        5: "zero points",
+        6: "scales",
+        7: "zero points",
+        8: "biases",
+    },
+    "QGemm": {**_Q, 3: "weights", 4: "scales", 5: "zero points", 6: "biases", 7: "scales", 8: "zero points"},
+    "QLinearMatMul": {**_Q, 3: "weights", 4: "scales", 5: "zero points", 6: "scales", 7: "zero points"},
+    "QuantizeLinear": _Q,
+    "DequantizeLinear": _Q,  # its input 0 takes the role of where its output goes
+    "Conv": {1: "weights", 2: "biases"},
+    "FusedConv": {1: "weights", 2: "biases"},
+    "ConvInteger": {1: "weights", 2: "zero points", 3: "zero points"},
+    "Gemm": {1: "weights", 2: "biases"},
+    "FusedGemm": {1: "weights", 2: "biases"},
+    "MatMul": {1: "weights"},
+    "MatMulInteger": {1: "weights", 2: "zero points", 3: "zero points"},
+    "Add": {1: "biases"},
+    "Mul": {0: "weights", 1: "scales"},  # fold-weight-dq: Cast(int8 weight) * per-channel scale
+}
+LAYOUT = {"Reshape", "Transpose", "Pad", "Cast", "Expand", "Squeeze", "Unsqueeze", "Concat"}
+ORDER = ("weights", "biases", "scales", "zero points", "graph constants", "graph", "metadata", "other")
+
+
+def _roles(model: Any) -> dict[str, str]:
+    """Initializer name -> role, through constant layout nodes (their outputs inherit the role of
+    where they go; their own shape/pads/value inputs are graph constants)."""
+    g = model.graph
+    consumers: dict[str, list[tuple[Any, int]]] = {}
+    for n in g.node:
+        for k, i in enumerate(n.input):
+            consumers.setdefault(i, []).append((n, k))
+
+    def role(name: str, seen: frozenset[str] = frozenset()) -> str:
+        for n, k in consumers.get(name, []):
+            if n.output[0] in seen:
+                continue
+            if k in ROLES.get(n.op_type, {}):
+                return ROLES[n.op_type][k]
+            if n.op_type in LAYOUT or n.op_type == "DequantizeLinear":
+                return role(n.output[0], seen | {name}) if k == 0 else "graph constants"
+        return "other"
+
+    return {name: role(name) for name in _constants(model)}
+
+
+def _constants(model: Any) -> dict[str, tuple[Any, int]]:
+    """Initializers and Constant nodes (paddle2onnx writes weights as those): name -> (tensor,
+    serialized bytes)."""
+    from onnx import helper
+
+    out = {t.name: (t, len(t.SerializeToString())) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            out[n.output[0]] = (helper.get_attribute_value(n.attribute[0]), len(n.SerializeToString()))
+    return out
+
+
+def size_profile(path: Path, params: int | None = None) -> dict[str, Any]:
+    """Bytes by role for one ONNX file (rows add up to its size)."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:
+        raise ConfigError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
+    total = path.stat().st_size
+    roles = _roles(model)
+    by: dict[str, int] = dict.fromkeys(ORDER, 0)
+    data: dict[str, int] = dict.fromkeys(ORDER, 0)
+    consts = _constants(model)
+    for name, (t, nbytes) in consts.items():
+        r = roles[name]
+        by[r] += nbytes
+        data[r] += numpy_helper.to_array(t).nbytes
+    by["metadata"] = sum(len(p.SerializeToString()) for p in model.metadata_props) + len(
+        model.doc_string.encode()
+    )
+    by["graph"] = total - sum(v for k, v in by.items() if k != "graph")
+    if params is None:
+        params = _params_from_record(path)
+    weights, biases = (
+        sum(numpy_helper.to_array(t).size for name, (t, _) in consts.items() if roles[name] == r)
+        for r in ("weights", "biases")
+    )
+    out: dict[str, Any] = {
+        "file": path.name,
+        "bytes": total,
+        "rows": {
+            k: {"bytes": v, "tensor_bytes": data[k] if k not in ("graph", "metadata") else None}
+            for k, v in by.items()
+            if v
+        },
+        "weight_entries": weights,
+        "bias_entries": biases,
+    }
+    if params:
+        out["params"] = params
+        out["bytes_per_param"] = round(total / params, 4)
+    return out
+
+
+def _params_from_record(path: Path) -> int | None:
+    from lenet_edge.runtime.files import quantize_record_path, read_json
+
+    for rec_path in (quantize_record_path(path), path.with_suffix(".export.json")):
+        try:
+            rec = read_json(rec_path)
+        except Exception:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("params"), int) and rec["params"] > 0:
+            return rec["params"]
+    return None
+
+
+def to_markdown(profiles: list[dict[str, Any]]) -> str:
+    lines = []
+    for p in profiles:
+        per = f", {p['bytes_per_param']:.3f} B/param ({p['params']:,} params)" if p.get("params") else ""
+        lines += [
+            f"{p['file']}: {p['bytes']:,} bytes{per}",
+            "",
+            "| part | bytes | share |",
+            "|---|---:|---:|",
+        ]
+        for k, v in p["rows"].items():
+            lines.append(f"| {k} | {v['bytes']:,} | {100 * v['bytes'] / p['bytes']:.1f} % |")
+        lines += ["", f"{p['weight_entries']:,} weight and {p['bias_entries']:,} bias entries stored.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("optimize.size", __doc__)
+    p.add_argument("models", nargs="+", type=Path, help="ONNX files")
+    p.add_argument(
+        "--params", type=int, default=None, help="parameter count (default: from the file's record)"
+    )
+    add_common(p, "json")
+    args = p.parse_args(argv)
+    profiles = []
+    for m in args.models:
+        if m.suffix != ".onnx":
+            raise ConfigError(f"{m}: the size profile reads ONNX files (.onnx)")
+        if not m.is_file():
+            raise ConfigError(f"{m}: no such file")
+        profiles.append(size_profile(m, args.params))
+    print(to_markdown(profiles), end="")
+    if args.json:
+        from lenet_edge.runtime.files import write_json_atomic
+
+        write_json_atomic(args.json, {"profiles": profiles})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
