@@ -674,13 +674,17 @@ def _pack_padding_one(g: Graph, t: Any) -> bool:
     return True
 
 
+def _swap_initializer(g: Graph, t: Any, stored: np.ndarray) -> str:
+    """Initializer `t` goes; `stored` comes in under its name (returned, for the rebuilding node)."""
+    g.g.initializer.remove(t)
+    g.init.pop(t.name)
+    return g.add_const(t.name, np.array(stored, order="C"))  # (ascontiguousarray makes 0-d 1-d)
+
+
 def _stored_padded(g: Graph, t: Any, stored: np.ndarray, pads: np.ndarray, value: Any) -> tuple[Any, str]:
     """Initializer `t` goes; `stored` (under its name) and a constant Pad of it come instead."""
-    name = t.name
-    g.g.initializer.remove(t)
-    g.init.pop(name)
     ins = [
-        g.add_const(name, np.ascontiguousarray(stored)),
+        _swap_initializer(g, t, stored),
         g.add_const("pads", np.asarray(pads, np.int64)),
         g.add_const("pad_value", np.asarray(value, stored.dtype)),
     ]
@@ -688,6 +692,7 @@ def _stored_padded(g: Graph, t: Any, stored: np.ndarray, pads: np.ndarray, value
 
 
 def _put_first(g: Graph, name: str, nodes: list[Any], y: str) -> None:
+    """Uses of `name` read `y` instead, made by `nodes` (of initializers only) at the graph's start."""
     g.rename_uses(name, y)
     rest = list(g.g.node)
     del g.g.node[:]
@@ -788,13 +793,8 @@ def _users(g: Graph, name: str) -> list[tuple[str, int]]:
 def _behind(g: Graph, t: Any, stored: np.ndarray, op: str, extra: list[str], **attrs: Any) -> None:
     """Replace initializer `t` by `op(stored, *extra)`, a constant node onnxruntime folds at load."""
     name = t.name
-    g.g.initializer.remove(t)
-    g.init.pop(name)
-    node, y = g.node(op, [g.add_const(name, stored), *extra], "narrow", **attrs)
-    g.rename_uses(name, y)
-    rest = list(g.g.node)
-    del g.g.node[:]
-    g.g.node.extend([node, *rest])  # inputs are initializers only: first is topologically fine
+    node, y = g.node(op, [_swap_initializer(g, t, stored), *extra], "narrow", **attrs)
+    _put_first(g, name, [node], y)
 
 
 def _narrow_one(g: Graph, t: Any) -> bool:

@@ -211,11 +211,10 @@ def _one_thread_variants(
         )
     except LenetEdgeError as e:
         return [{**row, "file": None, "passed": False, "why": _why(e, work)}]
-    applied = [
-        e["pass"] for e in rec["ort_target"]["passes"] if e["applied"] and e["pass"] in ONE_THREAD_PASSES
-    ]
-    if not applied:
-        return [{**row, "file": None, "passed": False, "why": "no one-thread pass applies"}]
+    tried = [e for e in rec["ort_target"]["passes"] if e["pass"] in ONE_THREAD_PASSES]
+    if not any(e["applied"] for e in tried):  # e.g. a choice computing in FP32 from its float input
+        why = "; ".join(f"{e['pass']}: {e['not_applied']}" for e in tried)
+        return [{**row, "file": None, "passed": False, "why": why}]
     t = measure([work / best["file"], out])
     return [
         {

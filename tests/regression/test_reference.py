@@ -450,9 +450,11 @@ def test_search_builds_checks_and_times_every_candidate(exported, tolerances, tm
         == (m["choice"]["label"])
     )
     labels = {r["label"]: r for r in rows if r["passed"]}
-    # the choice's ORT target with a uint8 input Transpose (one thread only): built, checked, timed
+    # the choice's ORT target with a uint8 input Transpose (one thread only): built, checked, timed;
+    # or, if the choice computes in FP32 from its float input, not applicable, saying why
     (one_thread,) = m["one_thread_passes"]
-    assert one_thread["passed"] and one_thread["label"].endswith(".ort+uint8-transpose"), one_thread
+    assert one_thread["label"].endswith(".ort+uint8-transpose"), one_thread
+    assert one_thread["passed"] or one_thread["why"].startswith("uint8-transpose: no Cast(float)"), one_thread
     assert m["choice"]["label"] in labels
     if m["choice"]["label"] == one_thread["label"]:
         assert one_thread["vs_current_best_same_run"] < 0.97

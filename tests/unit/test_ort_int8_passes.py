@@ -153,6 +153,23 @@ def _weight(model, node):
     return _const(model, node.input[3])
 
 
+def _loaded_ops(model, tmp_path):
+    """The ops onnxruntime keeps once it has loaded `model` (constant nodes of initializers folded)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return _ops(onnx.load(str(tmp_path / "loaded.onnx")))
+
+
+def _qconv(inputs, output, **attrs):
+    """An NHWC com.microsoft QLinearConv node."""
+    from onnx import helper
+
+    return helper.make_node("QLinearConv", inputs, [output], domain="com.microsoft", channels_last=1, **attrs)
+
+
 def _nhwc_model(nodes, inits, in_hwc, out_hwc):
     """A uint8 NHWC graph x -> ... -> y with com.microsoft ops, from nodes and named arrays."""
     from onnx import TensorProto, helper, numpy_helper
@@ -282,14 +299,8 @@ def test_pad_fold_is_exact_at_the_border():
             "yz": np.array(7, np.uint8),
             "b": b,
         }
-        node = helper.make_node(
-            "QLinearConv",
-            ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"],
-            ["y"],
-            domain="com.microsoft",
-            channels_last=1,
-            pads=pads,
-            kernel_shape=[3, 3],
+        node = _qconv(
+            ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], "y", pads=pads, kernel_shape=[3, 3]
         )
         g = helper.make_graph(
             [node],
@@ -340,24 +351,11 @@ def test_pad_channels_through_two_reshapes_and_a_pool_keeps_outputs():
     }
     ms = "com.microsoft"
     nodes = [
-        helper.make_node(
-            "QLinearConv",
-            ["x", "xs", "xz", "w1", "ws1", "wz1", "ys1", "yz1", "b1"],
-            ["c1"],
-            domain=ms,
-            channels_last=1,
-            pads=[1, 1, 1, 1],
-        ),
+        _qconv(["x", "xs", "xz", "w1", "ws1", "wz1", "ys1", "yz1", "b1"], "c1", pads=[1, 1, 1, 1]),
         helper.make_node("Reshape", ["c1", "s1"], ["r1"]),
         helper.make_node("Reshape", ["r1", "s2"], ["r2"]),
         helper.make_node("NhwcMaxPool", ["r2"], ["p"], domain=ms, kernel_shape=[1, 2], strides=[1, 2]),
-        helper.make_node(
-            "QLinearConv",
-            ["p", "ys1", "yz1", "w2", "ws2", "wz2", "ys2", "yz2"],
-            ["y"],
-            domain=ms,
-            channels_last=1,
-        ),
+        _qconv(["p", "ys1", "yz1", "w2", "ws2", "wz2", "ys2", "yz2"], "y"),
     ]
     m = _nhwc_model(nodes, inits, (h, w, cin), (h - 2, w - 2, 5))
     x = rng.integers(0, 256, size=(n, h, w, cin)).astype(np.uint8)
@@ -475,7 +473,7 @@ def test_pack_padding_stores_padded_weights_compactly_and_onnxruntime_folds_it(t
     nhwc-pad-channels leaves): the file stores them without the padding behind a constant Pad and
     Reshape, is smaller, gives identical outputs (batch 3), and onnxruntime's load-time graph has
     no Pad or Reshape left (folded, so no per-call cost)."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     from lenet_edge.optimize.ort_int8 import apply_ort_passes
 
@@ -495,10 +493,7 @@ def test_pack_padding_stores_padded_weights_compactly_and_onnxruntime_folds_it(t
         "yz": np.array(5, np.uint8),
         "b": bias.reshape(32),
     }
-    ms = "com.microsoft"
-    conv = helper.make_node(
-        "QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], domain=ms, channels_last=1
-    )
+    conv = _qconv(["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], "y")
     m = _nhwc_model([conv], inits, (h, w, cin), (h - 2, w - 2, 32))
     x = rng.integers(0, 256, size=(n, h, w, cin)).astype(np.uint8)
     new, log = apply_ort_passes(m, ("pack-padding",), x[:1].astype(np.float32))
@@ -510,12 +505,7 @@ def test_pack_padding_stores_padded_weights_compactly_and_onnxruntime_folds_it(t
     assert np.array_equal(
         _weight(new, next(n for n in new.graph.node if n.op_type == "QLinearConv")), inits["w"]
     )
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(tmp_path / "loaded.onnx")
-    ort.InferenceSession(new.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    assert _ops(onnx.load(str(tmp_path / "loaded.onnx"))) == ["QLinearConv"]
+    assert _loaded_ops(new, tmp_path) == ["QLinearConv"]
     # nothing padded (or too little to pay for a Pad node): left as it was, saying why
     m.graph.initializer[2].CopyFrom(
         numpy_helper.from_array(rng.integers(1, 9, (32, cin, 3, 3)).astype(np.int8), "w")
@@ -529,7 +519,7 @@ def test_pack_padding_crops_the_zero_border_of_a_space_to_depth_kernel(tmp_path)
     """A 5x5 stride-2 conv folded onto a 2x2 space-to-depth input is a 3x3 conv over 4x6 channels
     whose unfolded 6x6 kernel has a zero last row and column: stored as the 5x5 kernel behind Pad ->
     Reshape -> Transpose -> Reshape (folded at load), identical outputs (batch 2)."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     from lenet_edge.optimize.ort_int8 import _s2d_unfold, apply_ort_passes
 
@@ -548,13 +538,7 @@ def test_pack_padding_crops_the_zero_border_of_a_space_to_depth_kernel(tmp_path)
         "ys": np.array(0.7, np.float32),
         "yz": np.array(5, np.uint8),
     }
-    conv = helper.make_node(
-        "QLinearConv",
-        ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"],
-        ["y"],
-        domain="com.microsoft",
-        channels_last=1,
-    )
+    conv = _qconv(["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], "y")
     m = _nhwc_model([conv], inits, (7, 6, 24), (5, 4, 16))
     x = rng.integers(0, 256, size=(2, 7, 6, 24)).astype(np.uint8)
     new, log = apply_ort_passes(m, ("pack-padding",), x[:1].astype(np.float32))
@@ -563,12 +547,7 @@ def test_pack_padding_crops_the_zero_border_of_a_space_to_depth_kernel(tmp_path)
     stored = [numpy_helper.to_array(t) for t in new.graph.initializer]
     assert any(a.shape == (16, 6, 5, 5) and np.array_equal(a, k5) for a in stored)
     assert np.array_equal(_run(m, x), _run(new, x))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(tmp_path / "loaded.onnx")
-    ort.InferenceSession(new.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    assert _ops(onnx.load(str(tmp_path / "loaded.onnx"))) == ["QLinearConv"]
+    assert _loaded_ops(new, tmp_path) == ["QLinearConv"]
 
 
 def _conv_gemm_model(rng, bias_hi, zp_cols):
@@ -596,13 +575,7 @@ def _conv_gemm_model(rng, bias_hi, zp_cols):
     }
     ms = "com.microsoft"
     nodes = [
-        helper.make_node(
-            "QLinearConv",
-            ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"],
-            ["c"],
-            domain=ms,
-            channels_last=1,
-        ),
+        _qconv(["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], "c"),
         helper.make_node("Reshape", ["c", "shape"], ["f"]),
         helper.make_node("QGemm", ["f", "ys", "yz", "g", "gs", "gz", "gb", "zs", "zz"], ["y"], domain=ms),
     ]
@@ -638,12 +611,7 @@ def test_narrow_constants_stores_biases_and_zero_points_smaller_and_onnxruntime_
             np.array_equal(_const(new, node.input[k]), inits[name])
             and _const(new, node.input[k]).dtype == inits[name].dtype
         )
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(tmp_path / "loaded.onnx")
-    ort.InferenceSession(new.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    assert _ops(onnx.load(str(tmp_path / "loaded.onnx"))) == ["QLinearConv", "Reshape", "QGemm"]
+    assert _loaded_ops(new, tmp_path) == ["QLinearConv", "Reshape", "QGemm"]
 
 
 def test_narrow_constants_refuses_wide_biases_and_unequal_zero_points():
