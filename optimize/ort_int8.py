@@ -28,7 +28,12 @@ ops and the com.microsoft integer ops every CPU build has) and remove what is le
   and a per-tensor DequantizeLinear of the activations. Exact up to float summation order.
 - pack-padding: an integer initializer ending in a block of equal values along an axis (the channels
   nhwc-pad-channels adds, per pool group) is stored without them behind a constant Pad (and
-  Reshape) that onnxruntime folds when it loads the model: a smaller file, the same kernels.
+  Reshape) that onnxruntime folds when it loads the model: a smaller file, the same kernels; a conv
+  weight over a space-to-depth input whose unfolded kernel has a zero border is stored cropped.
+- narrow-constants: int32 biases that fit int16 behind a Cast, equal per-channel zero points as one
+  value, identical initializers merged (folded at load as well).
+- uint8-transpose (not a default; ONE_THREAD_PASSES, tried by the search): the input reorder as one
+  uint8 Transpose, cheaper with one thread, much slower with more in onnxruntime 1.32.
 
 Each pass checks its preconditions on concrete shapes (taken by running the graph once) and leaves
 a graph that does not match untouched, saying why. The result is checked against the QDQ model on
