@@ -6,8 +6,8 @@ Each initializer gets the role of the input slot it reaches, followed through th
 that rebuild it at load (pack-padding's Pad/Reshape/Transpose, narrow-constants' Cast/Expand,
 fold-weight-dq's Cast * scale): a QLinearConv's input 3 is a weight, 4 a scale, 8 a bias, and so
 on. Bytes are serialized protobuf bytes (a tensor's data plus its name and header), so the rows
-add up to the file size. `params` (from the file's record or --params) gives bytes per parameter
-and the floor: one byte per weight and four per bias (int8 weights, int32 biases).
+add up to the file size. `params` (from the file's record or --params) gives bytes per parameter;
+the weight and bias entry counts give the floor (one byte per int8 weight, four per int32 bias).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ LAYOUT = {"Reshape", "Transpose", "Pad", "Cast", "Expand", "Squeeze", "Unsqueeze
 ORDER = ("weights", "biases", "scales", "zero points", "graph constants", "graph", "metadata", "other")
 
 
-def _roles(model: Any) -> dict[str, str]:
+def _roles(model: Any, consts: dict[str, tuple[Any, int]]) -> dict[str, str]:
     """Initializer name -> role, through constant layout nodes (their outputs inherit the role of
     where they go; their own shape/pads/value inputs are graph constants)."""
     g = model.graph
@@ -68,7 +68,7 @@ def _roles(model: Any) -> dict[str, str]:
                 return role(n.output[0], seen | {name}) if k == 0 else "graph constants"
         return "other"
 
-    return {name: role(name) for name in _constants(model)}
+    return {name: role(name) for name in consts}
 
 
 def _constants(model: Any) -> dict[str, tuple[Any, int]]:
@@ -93,24 +93,22 @@ def size_profile(path: Path, params: int | None = None) -> dict[str, Any]:
     except Exception as e:
         raise ConfigError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
     total = path.stat().st_size
-    roles = _roles(model)
+    consts = _constants(model)
+    roles = _roles(model, consts)
     by: dict[str, int] = dict.fromkeys(ORDER, 0)
     data: dict[str, int] = dict.fromkeys(ORDER, 0)
-    consts = _constants(model)
+    entries: dict[str, int] = dict.fromkeys(ORDER, 0)
     for name, (t, nbytes) in consts.items():
-        r = roles[name]
+        r, a = roles[name], numpy_helper.to_array(t)
         by[r] += nbytes
-        data[r] += numpy_helper.to_array(t).nbytes
+        data[r] += a.nbytes
+        entries[r] += a.size
     by["metadata"] = sum(len(p.SerializeToString()) for p in model.metadata_props) + len(
         model.doc_string.encode()
     )
     by["graph"] = total - sum(v for k, v in by.items() if k != "graph")
     if params is None:
         params = _params_from_record(path)
-    weights, biases = (
-        sum(numpy_helper.to_array(t).size for name, (t, _) in consts.items() if roles[name] == r)
-        for r in ("weights", "biases")
-    )
     out: dict[str, Any] = {
         "file": path.name,
         "bytes": total,
@@ -119,8 +117,8 @@ def size_profile(path: Path, params: int | None = None) -> dict[str, Any]:
             for k, v in by.items()
             if v
         },
-        "weight_entries": weights,
-        "bias_entries": biases,
+        "weight_entries": entries["weights"],
+        "bias_entries": entries["biases"],
     }
     if params:
         out["params"] = params
