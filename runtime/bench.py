@@ -4,6 +4,12 @@ Start-up (session init, first inference, peak RSS) is measured in one subprocess
 configuration; latency in one subprocess per (batch, threads) holding every session, timed in
 interleaved blocks over many rounds so that drift of a shared machine lands on all alike.
 Reports p50/p90/p99/min, throughput and each model's ratio to its default FP32 session.
+
+Each goal ratio (best INT8 / best FP32, fastest lenet-edge / fastest stock) is then measured again
+as a pair: the two sessions alone, alternating short blocks A B B A ..., the ratio of each round's
+two block medians, and the median of those ratios with a distribution-free 95 % interval. A shared
+host that flips between a fast and a ~1.6x slower state moves a round-robin p50 by several percent
+(an A/A pair of one file loaded twice: 0.93-1.04); the paired ratio of that pair stays within 0.5 %.
 """
 
 from __future__ import annotations
@@ -163,6 +169,70 @@ def measure_latency(
     return samples
 
 
+PAIRED_BLOCK = 20  # timed calls per block of a paired comparison
+PAIRED_WARM_NS = 5_000_000  # untimed calls before them: at least 10 and 5 ms (see measure_paired)
+
+
+def measure_paired(
+    pairs: list[tuple[tuple[Path, str], tuple[Path, str]]], batch: int, threads: int, rounds: int, warmup: int
+) -> list[dict[str, list[int]]]:
+    """Child process: for each pair (A, B), `rounds` rounds of one block each, in the order A B then
+    B A (so neither always runs first). A block is untimed calls for at least 10 calls and 5 ms, then
+    PAIRED_BLOCK timed ones, reduced to their median (ns). Returns per pair {"a": medians, "b": medians}.
+
+    The untimed part is long because a session switched to is not at its steady speed for a while:
+    on the Xeon, `lenet_pool`'s INT8 file against its FP32 one measured 0.995 after 10 untimed
+    calls per block and 0.95-0.96 after 100 (about 2.5 ms), the figure long blocks also give."""
+    sessions: dict[tuple[Path, str], tuple[Any, np.ndarray]] = {}
+    for cfg in {c for pair in pairs for c in pair}:
+        runner = _load(cfg[0], threads, cfg[1])
+        x = native_input(runner, batch)
+        for _ in range(warmup):
+            runner.run(x)
+        sessions[cfg] = (runner.run, x)
+    clock = time.perf_counter_ns
+    out = []
+    for a, b in pairs:
+        meds: dict[str, list[int]] = {"a": [], "b": []}
+        for r in range(rounds):
+            for side in ("a", "b") if r % 2 == 0 else ("b", "a"):
+                run, x = sessions[a if side == "a" else b]
+                start, n = clock(), 0
+                while n < 10 or clock() - start < PAIRED_WARM_NS:
+                    run(x)
+                    n += 1
+                ts = []
+                for _ in range(PAIRED_BLOCK):
+                    t = clock()
+                    run(x)
+                    ts.append(clock() - t)
+                meds[side].append(int(np.median(ts)))
+        out.append(meds)
+    return out
+
+
+def paired_ratio(num: list[int], den: list[int]) -> dict[str, Any] | None:
+    """Median over rounds of num/den (block medians of the same round) and its distribution-free
+    95 % interval (order statistics of the binomial); None if any block is not a positive finite time."""
+    if len(num) != len(den) or not num:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.asarray(num, dtype=np.float64) / np.asarray(den, dtype=np.float64)
+    n = q.size
+    if not np.all(np.isfinite(q)) or not np.all(q > 0):
+        return None
+    q.sort()
+    half = 0.98 * np.sqrt(n)  # 1.96 * sqrt(n) / 2
+    lo, hi = max(0, int(np.floor(n / 2 - half)) - 1), min(n - 1, int(np.ceil(n / 2 + half)) - 1)
+    return {
+        "ratio": float(np.median(q)),
+        "ci95": [float(q[lo]), float(q[hi])],
+        "rounds": int(n),
+        # the host's state while pairing (a shared host runs ~1.6x slower at times; ratios move with it)
+        "p50_us": [float(np.median(num)) / 1e3, float(np.median(den)) / 1e3],
+    }
+
+
 def _child(args: list[str]) -> Any:
     # this module's own name (runtime.bench in a bundle, lenet_edge.runtime.bench when installed)
     cmd = [sys.executable, "-m", f"{__package__}.bench", *args]
@@ -260,8 +330,11 @@ def run_bench(
         elif progress and ": start-up " not in msg:
             print(msg, file=sys.stderr, flush=True)
 
+    paired_rounds = max(20, runs // 10)  # 200 with the default 2000 runs
     try:
         results = _measure_all(models, batches, threads, calls, runs, warmup, rounds, say)
+        summary = summarize_goals(results)
+        _pair_goals(summary, {m.name: m for m in models}, paired_rounds, warmup, say)
     finally:
         if progress and redraw:
             print(file=sys.stderr)  # end the progress line, also before an error message
@@ -284,11 +357,56 @@ def run_bench(
             "input": "seeded uniform 0..255 pixels (runtime.bench.fixed_input)",
             "timing": "one process per (batch, threads) holding every session; each round times every "
             "(model, call) for runs/rounds calls after 10 untimed ones",
+            "paired_rounds": paired_rounds,
+            "paired_timing": f"each goal ratio again as a pair in one process: {paired_rounds} rounds of one "
+            f"block per side (order A B, then B A), untimed calls for >= 10 calls and "
+            f"{PAIRED_WARM_NS / 1e6:.0f} ms, then {PAIRED_BLOCK} timed; the median of the per-round ratios of "
+            "block medians, distribution-free 95 % interval",
         },
         "results": results,
         "best": best,
-        "summary": summarize_goals(results),
+        "summary": summary,
     }
+
+
+def _goal_pairs(entry: dict[str, Any]) -> list[tuple[dict[str, Any], str, str, str]]:
+    """(where the paired figure goes, key, numerator side, denominator side) for each ratio of a
+    summary entry that has both sides."""
+    out = [
+        (v, "int8_over_fp32", "best_int8", "best_fp32")
+        for v in entry["per_runtime"].values()
+        if v["best_int8"] and v["best_fp32"]
+    ]
+    if entry["best_lenet_edge"] and entry["best_stock"]:
+        out.append((entry, "lenet_edge_over_stock", "best_lenet_edge", "best_stock"))
+    return out
+
+
+def _pair_goals(
+    summary: list[dict[str, Any]], by_name: dict[str, Path], rounds: int, warmup: int, say: Any
+) -> None:
+    """Measure every goal ratio of `summary` again as an interleaved pair (measure_paired), one child
+    per (batch, threads); adds `<key>_paired` = {ratio, ci95, rounds} beside each round-robin ratio."""
+    settings = sorted({(e["batch"], e["threads"]) for e in summary})
+    for i, (b, t) in enumerate(settings):
+        jobs = [
+            (holder, key, holder[num], holder[den])
+            for e in summary
+            if (e["batch"], e["threads"]) == (b, t)
+            for holder, key, num, den in _goal_pairs(e)
+        ]
+        if not jobs:
+            continue
+        say(
+            f"pairs {i + 1}/{len(settings)} batch {b} threads {t}: {len(jobs)} goal ratios, {rounds} rounds each"
+        )
+        spec = [[[str(by_name[x["file"]]), x["call"]] for x in (n, d)] for _, _, n, d in jobs]
+        meds = _child(
+            ["--paired", json.dumps(spec), "--batch", str(b), "--threads", str(t)]
+            + ["--rounds", str(rounds), "--warmup", str(warmup)]
+        )
+        for (holder, key, _, _), m in zip(jobs, meds, strict=True):
+            holder[f"{key}_paired"] = paired_ratio(m["a"], m["b"])
 
 
 def _measure_all(
@@ -411,27 +529,32 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             "Goals, as ratios within this run: best INT8 / best FP32 per runtime, and the fastest lenet-edge "
-            "artifact / the fastest stock artifact (any runtime):",
+            "artifact / the fastest stock artifact (any runtime). The p50 ratio is from the round-robin "
+            "table above; *paired* times the same two files again alone, alternating short blocks, and gives "
+            "the median of the per-round ratios with its 95 % interval (the figure to trust on a shared host):",
             "",
-            "| model | batch | threads | runtime | best INT8 | best FP32 | INT8 / FP32 |",
-            "|---|---:|---:|---|---|---|---:|",
+            "| model | batch | threads | runtime | best INT8 | best FP32 | INT8 / FP32 (p50) | paired [95 %] |",
+            "|---|---:|---:|---|---|---|---:|---:|",
         ]
         for e in report["summary"]:
             for rt, v in e["per_runtime"].items():
                 i8, fp = v["best_int8"], v["best_fp32"]
                 lines.append(
                     f"| {e['model']} | {e['batch']} | {e['threads']} | {rt} "
-                    f"| {_cell(i8)} | {_cell(fp)} | {_ratio(v['int8_over_fp32'])} |"
+                    f"| {_cell(i8)} | {_cell(fp)} | {_ratio(v['int8_over_fp32'])} "
+                    f"| {_paired(v.get('int8_over_fp32_paired'))} |"
                 )
         lines += [
             "",
-            "| model | batch | threads | fastest lenet-edge | fastest stock | lenet-edge / stock |",
-            "|---|---:|---:|---|---|---:|",
+            "| model | batch | threads | fastest lenet-edge | fastest stock | lenet-edge / stock (p50) "
+            "| paired [95 %] |",
+            "|---|---:|---:|---|---|---:|---:|",
         ]
         for e in report["summary"]:
             lines.append(
                 f"| {e['model']} | {e['batch']} | {e['threads']} | {_cell(e['best_lenet_edge'])} "
-                f"| {_cell(e['best_stock'])} | {_ratio(e['lenet_edge_over_stock'])} |"
+                f"| {_cell(e['best_stock'])} | {_ratio(e['lenet_edge_over_stock'])} "
+                f"| {_paired(e.get('lenet_edge_over_stock_paired'))} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -442,6 +565,17 @@ def _cell(b: dict[str, Any] | None) -> str:
 
 def _ratio(x: float | None) -> str:
     return f"{x:.2f}" if x is not None else "–"
+
+
+def _paired(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "–"
+    lo, hi = p["ci95"]
+    return f"{p['ratio']:.3f} [{lo:.3f}, {hi:.3f}] at {_us(p['p50_us'][0])} / {_us(p['p50_us'][1])} µs"
+
+
+def _us(x: float) -> str:
+    return f"{x:,.1f}" if x < 1000 else f"{x:,.0f}"
 
 
 def _int_list(text: str, all_value: int, flag: str) -> list[int]:
@@ -491,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--startup", type=Path, default=None, help=argparse.SUPPRESS)  # child modes
     p.add_argument("--latency", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--paired", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -533,6 +668,10 @@ def run_args(args: argparse.Namespace) -> int:
         print(
             json.dumps(measure_latency(configs, batches[0], threads[0], args.runs, args.warmup, args.rounds))
         )
+        return 0
+    if args.paired is not None:
+        pairs = [tuple((Path(m), c) for m, c in pair) for pair in json.loads(args.paired)]
+        print(json.dumps(measure_paired(pairs, batches[0], threads[0], args.rounds, args.warmup)))
         return 0
     models = list(args.models)
     check = None

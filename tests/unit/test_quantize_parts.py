@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -469,10 +470,16 @@ def test_search_layer_sets_and_what_it_minimises(monkeypatch):
     # where INT8 is best everywhere nothing is kept and nothing dropped
     assert greedy_with(lambda ls: 100 + len(ls))[0] == ()
     host, arm = s.Measure(), s.Measure("cortex-a76")
-    assert (host.key, host.keep_below) == ("p50_us", 0.97) and (arm.key, arm.keep_below) == (
+    assert (host.key, host.keep_below) == ("p50_us", 0.995) and (arm.key, arm.keep_below) == (
         "instructions",
         0.995,
     )
+    # counts compare exactly; a change is kept only if clearly better (timing: the whole interval)
+    vs = arm.versus([Path("b.onnx")], Path("a.onnx"), {"a.onnx": 200.0, "b.onnx": 198.0})["b.onnx"]
+    assert vs == {"ratio": 0.99, "ci95": [0.99, 0.99]} and arm.clearly_better(vs)
+    assert not arm.clearly_better({"ratio": 0.996, "ci95": [0.996, 0.996]})
+    assert not host.clearly_better({"ratio": 0.95, "ci95": [0.90, 0.996]}) and not host.clearly_better(None)
+    assert host.clearly_better({"ratio": 0.95, "ci95": [0.90, 0.985]})
 
     class Failed:
         returncode, stdout, stderr = 1, "", "qemu-aarch64: not found\n"

@@ -167,6 +167,41 @@ def test_bench_schema_and_ratios(tmp_path, identity):
     assert "| floor | floor | lenet-edge | onnxruntime | iobinding | 1 | 1 |" in to_markdown(rep)
 
 
+def test_paired_ratio_and_interval():
+    from lenet_edge.runtime.bench import paired_ratio
+
+    # a host that is twice as slow for half the rounds moves both sides alike: the ratio stays
+    r = paired_ratio([110] * 50 + [220] * 50, [100] * 50 + [200] * 50)
+    assert r["ratio"] == pytest.approx(1.1) and r["ci95"] == pytest.approx([1.1, 1.1]) and r["rounds"] == 100
+    assert r["p50_us"] == pytest.approx([0.165, 0.15])
+    # spread: the order-statistic interval holds the median, and is narrower with more rounds
+    q = paired_ratio(list(range(101, 201)), [100] * 100)
+    assert q["ci95"][0] < q["ratio"] < q["ci95"][1] and q["ratio"] == pytest.approx(1.505)
+    q4 = paired_ratio(list(range(101, 201)) * 4, [100] * 400)
+    assert q4["ci95"][1] - q4["ci95"][0] < q["ci95"][1] - q["ci95"][0]
+    # a zero, NaN or infinite block, or sides of different length, is no ratio at all
+    assert paired_ratio([0, 1], [1, 1]) is None and paired_ratio([1], [0]) is None
+    assert paired_ratio([1, 2], [1]) is None and paired_ratio([], []) is None
+    assert paired_ratio([float("nan")], [1]) is None
+
+
+def test_bench_pairs_each_goal_ratio(tmp_path, identity):
+    import shutil
+
+    from lenet_edge.runtime.bench import measure_paired, run_bench, to_markdown
+
+    m = measure_paired([((identity, "run"), (identity, "iobinding"))], 1, 1, rounds=4, warmup=2)
+    assert len(m) == 1 and len(m[0]["a"]) == len(m[0]["b"]) == 4 and min(m[0]["a"] + m[0]["b"]) > 0
+    fp32, int8 = tmp_path / "m.fp32.onnx", tmp_path / "m.int8.qdq.onnx"  # stock FP32, our INT8
+    shutil.copyfile(identity, fp32)
+    shutil.copyfile(identity, int8)
+    rep = run_bench([fp32, int8], [1], [1], ["iobinding"], runs=40, warmup=5, rounds=4, progress=False)
+    (s,) = rep["summary"]
+    for p in (s["per_runtime"]["onnxruntime"]["int8_over_fp32_paired"], s["lenet_edge_over_stock_paired"]):
+        assert p["rounds"] == 20 and p["ci95"][0] <= p["ratio"] <= p["ci95"][1], p
+    assert rep["settings"]["paired_rounds"] == 20 and "] at " in to_markdown(rep)
+
+
 def test_env_parses_arm_cpuinfo():
     from lenet_edge.runtime.env import cpu_info
 
