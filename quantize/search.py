@@ -255,7 +255,7 @@ def _one_thread_variants(
     ]
 
 
-CLOSE_TO_FASTEST = 1.05  # candidates this close to the fastest p50 are paired with it before choosing
+CLOSE_TO_FASTEST = 1.15  # candidates this close to the fastest p50 are paired with it before choosing
 
 
 def _confirm_fastest(rows: list[dict[str, Any]], work: Path, measure: Measure) -> dict[str, Any]:

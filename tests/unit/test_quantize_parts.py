@@ -422,11 +422,35 @@ def test_a_default_recipe_that_fails_its_checks_falls_back_to_per_tensor(monkeyp
         )
 
 
+def test_search_confirms_the_fastest_candidate_by_pairs(tmp_path):
+    """The round-robin's fastest is paired with every passing candidate within 15 % of it; one whose
+    interval lies wholly below 0.995 replaces it (the lowest ratio wins); counts need no pairs."""
+    from lenet_edge.quantize import search as s
+
+    def row(label, p50, passed=True):
+        return {"label": label, "file": f"{label}.onnx", "passed": passed, "p50_us": p50 if passed else None}
+
+    class Paired(s.Measure):
+        def versus(self, files, ref, measured):
+            self.asked = (sorted(f.name for f in files), ref.name)
+            table = {"b.onnx": (0.97, 0.99), "c.onnx": (0.96, 1.01), "d.onnx": (0.95, 0.96)}
+            return {f.name: {"ratio": table[f.name][0], "ci95": [0.9, table[f.name][1]]} for f in files}
+
+    rows = [row("a", 20.0), row("b", 21.0), row("c", 22.5), row("d", 22.9), row("e", 23.5), row("f", 0, False)]
+    m = Paired()
+    best = s._confirm_fastest(rows, tmp_path, m)
+    assert m.asked == (["b.onnx", "c.onnx", "d.onnx"], "a.onnx")  # e is too slow, f failed its checks
+    assert best["label"] == "d" and rows[2]["vs_fastest_first_run"]["ci95"][1] == 1.01  # c: not clearly
+    assert s._confirm_fastest(rows[:1], tmp_path, Paired())["label"] == "a"  # nothing close: no pairs
+    arm = [dict(r, instructions=r["p50_us"]) for r in rows if r["passed"]]
+    assert s._confirm_fastest(arm, tmp_path, Paired("cortex-a76"))["label"] == "a"
+
+
 def test_search_layer_sets_and_what_it_minimises(monkeypatch):
     """Mixed precision tries every tail of the weighted layers (shortest first), then each layer,
     then hands each kept layer back to INT8 (found on cortex-a72: all float but one);
-    an Arm target minimises counted instructions (any 0.5 % less counts), the host p50 (3 %); a
-    failed count is one clear error, and the Markdown names the measure."""
+    an Arm target minimises counted instructions (any 0.5 % less counts), the host p50 (a paired
+    interval below 0.995); a failed count is one clear error, and the Markdown names the measure."""
     import subprocess
 
     from lenet_edge.quantize import search as s
