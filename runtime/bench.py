@@ -386,7 +386,8 @@ def _pair_goals(
     summary: list[dict[str, Any]], by_name: dict[str, Path], rounds: int, warmup: int, say: Any
 ) -> None:
     """Measure every goal ratio of `summary` again as an interleaved pair (measure_paired), one child
-    per (batch, threads); adds `<key>_paired` = {ratio, ci95, rounds} beside each round-robin ratio."""
+    per (batch, threads); adds `<key>_paired` (paired_ratio: ratio, ci95, rounds, p50_us) beside each
+    round-robin ratio (None if a block failed to give a positive finite time)."""
     settings = sorted({(e["batch"], e["threads"]) for e in summary})
     for i, (b, t) in enumerate(settings):
         jobs = [

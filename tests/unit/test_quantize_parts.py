@@ -436,7 +436,14 @@ def test_search_confirms_the_fastest_candidate_by_pairs(tmp_path):
             table = {"b.onnx": (0.97, 0.99), "c.onnx": (0.96, 1.01), "d.onnx": (0.95, 0.96)}
             return {f.name: {"ratio": table[f.name][0], "ci95": [0.9, table[f.name][1]]} for f in files}
 
-    rows = [row("a", 20.0), row("b", 21.0), row("c", 22.5), row("d", 22.9), row("e", 23.5), row("f", 0, False)]
+    rows = [
+        row("a", 20.0),
+        row("b", 21.0),
+        row("c", 22.5),
+        row("d", 22.9),
+        row("e", 23.5),
+        row("f", 0, False),
+    ]
     m = Paired()
     best = s._confirm_fastest(rows, tmp_path, m)
     assert m.asked == (["b.onnx", "c.onnx", "d.onnx"], "a.onnx")  # e is too slow, f failed its checks
