@@ -139,6 +139,20 @@ def measure_startup(model: Path, batch: int, threads: int, call: str) -> dict[st
     }
 
 
+def _warm_sessions(
+    configs: list[tuple[Path, str]], batch: int, threads: int, warmup: int
+) -> dict[tuple[Path, str], tuple[Any, np.ndarray]]:
+    """Each (model, call) loaded, fed its native input `warmup` times: its bare `run` and that input."""
+    out = {}
+    for model, call in configs:
+        runner = _load(model, threads, call)
+        x = native_input(runner, batch)
+        for _ in range(warmup):
+            runner.run(x)
+        out[(model, call)] = (runner.run, x)
+    return out
+
+
 def measure_latency(
     configs: list[tuple[Path, str]], batch: int, threads: int, runs: int, warmup: int, rounds: int
 ) -> dict[str, list[int]]:
@@ -147,13 +161,8 @@ def measure_latency(
     Each round times every (model, call) for runs/rounds calls after 10 untimed ones; the input
     is validated once, the timed loop is the runner's bare `run`, the path a device loop takes.
     """
-    runs_by_key = {}
-    for model, call in configs:
-        runner = _load(model, threads, call)
-        x = native_input(runner, batch)
-        for _ in range(warmup):
-            runner.run(x)
-        runs_by_key[f"{model}|{call}"] = (runner.run, x)
+    warm = _warm_sessions(configs, batch, threads, warmup)
+    runs_by_key = {f"{model}|{call}": warm[(model, call)] for model, call in configs}
     per_round = max(1, -(-runs // rounds))
     samples: dict[str, list[int]] = {k: [] for k in runs_by_key}
     clock = time.perf_counter_ns
@@ -183,13 +192,7 @@ def measure_paired(
     The untimed part is long because a session switched to is not at its steady speed for a while:
     on the Xeon, `lenet_pool`'s INT8 file against its FP32 one measured 0.995 after 10 untimed
     calls per block and 0.95-0.96 after 100 (about 2.5 ms), the figure long blocks also give."""
-    sessions: dict[tuple[Path, str], tuple[Any, np.ndarray]] = {}
-    for cfg in {c for pair in pairs for c in pair}:
-        runner = _load(cfg[0], threads, cfg[1])
-        x = native_input(runner, batch)
-        for _ in range(warmup):
-            runner.run(x)
-        sessions[cfg] = (runner.run, x)
+    sessions = _warm_sessions(list({c for pair in pairs for c in pair}), batch, threads, warmup)
     clock = time.perf_counter_ns
     out = []
     for a, b in pairs:
