@@ -41,15 +41,19 @@ TFLITE_VENV = ROOT / ".venv-tflite"
 
 # The optimize passes per TFLite target: the space-to-depth first conv (a 1-channel int8 conv is
 # XNNPACK's worst case: stock full-int8 ran 3.9x / 3.0x LiteRT FP32 on a Xeon, see README), with
-# the pool's phase max as Split + Max, the form onnx2tf converts. The normalisation is folded into
+# the pool's phase max as DepthToSpace + the 2x2 max-pool (two TFLite ops; Split + Max, the first
+# form onnx2tf converted, became seven); the flatten stated in NHWC order and MatMul + Add as
+# Gemm, so onnx2tf emits no TRANSPOSE before the flatten and fuses each bias and ReLU into its
+# FULLY_CONNECTED (docs/tflite.md has the measurements). The normalisation is folded into
 # that conv for float activations; for full-int8 it stays a 1x1 conv: the plain fold pads with
 # 127.5, which a uint8 grid cannot hold (lenet_pool full-int8 from it: McNemar p 0.004 / 0.002 in
 # LiteRT / tflite-runtime, refused by the checks), and the exact fold (fold-normalisation-exact:
 # zero padding + a per-position bias map) is mis-converted by onnx2tf 1.29.24 (the constant Add
 # confuses its NCHW->NHWC tracking: "Depth of input (14) is not a multiple of ... (6)").
+NHWC_PASSES = ("s2d-conv-pool-d2s", "s2d-conv-stride2", "flatten-nhwc", "matmul-add-to-gemm")
 PASSES = {
-    "float": ("fold-normalisation", "drop-redundant-relu", "s2d-conv-pool-split", "s2d-conv-stride2"),
-    "int8": ("drop-redundant-relu", "s2d-conv-pool-split", "s2d-conv-stride2"),
+    "float": ("fold-normalisation", "drop-redundant-relu", *NHWC_PASSES),
+    "int8": ("drop-redundant-relu", *NHWC_PASSES),
     "stock": (),
 }
 

@@ -126,6 +126,65 @@ def test_s2d_conv_pool_is_exact(cin, k, pad, hw):
     assert list(w.dims) == [24, 4 * cin, (k + 2) // 2, (k + 2) // 2]
 
 
+@pytest.mark.parametrize("cin,k,pad,hw", [(1, 5, 2, (28, 28)), (2, 5, 0, (14, 18)), (1, 4, 0, (9, 11))])
+def test_s2d_conv_pool_d2s_is_exact(cin, k, pad, hw):
+    """The NHWC form: phases back in place by DepthToSpace (DCR), then the original 2x2 pool."""
+    m, x = _conv_relu_pool(cin, k, pad, hw, batch=2, seed=cin + k)
+    new, _ = _check(m, ("s2d-conv-pool-d2s",), x, {"s2d-conv-pool-d2s": 1})
+    assert [o for o in _ops(new) if o != "Pad"] == ["SpaceToDepth", "Conv", "Relu", "DepthToSpace", "MaxPool"]
+
+
+def _flatten_fc(c, h, w, batch=3, bias_shape=None, seed=0, shape=(0, -1)):
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Reshape", ["r", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], ["a"]),
+        helper.make_node("Relu", ["a"], ["y"]),
+    ]
+    inits = {
+        "shape": np.array(shape, np.int64),
+        "w": rng.normal(size=(c * h * w, 7)),
+        "b": rng.normal(size=bias_shape or (7,)),
+    }
+    m = _graph(nodes, inits, [batch, c, h, w], [batch, 7])
+    return m, rng.normal(size=(batch, c, h, w)).astype(np.float32)
+
+
+@pytest.mark.parametrize("c,h,w,bias_shape", [(16, 5, 5, (7,)), (3, 2, 7, (1, 7)), (5, 1, 1, (7,))])
+def test_flatten_nhwc_then_gemm_compute_the_same(c, h, w, bias_shape):
+    m, x = _flatten_fc(c, h, w, bias_shape=bias_shape, seed=c)
+    passes = ("flatten-nhwc", "matmul-add-to-gemm")
+    new, _ = _check(m, passes, x, {"flatten-nhwc": 1, "matmul-add-to-gemm": 1})
+    assert _ops(new) == ["Relu", "Transpose", "Reshape", "Gemm", "Relu"]
+    gemm = next(n for n in new.graph.node if n.op_type == "Gemm")
+    b = next(i for i in new.graph.initializer if i.name == gemm.input[2])
+    assert list(b.dims) == [7]
+
+
+def test_flatten_nhwc_and_gemm_refuse_and_leave_the_graph():
+    m, x = _flatten_fc(1, 4, 6)  # one channel: the two flatten orders agree
+    new, report = _check(m, ("flatten-nhwc",), x, {"flatten-nhwc": 0})
+    assert "one channel" in report[0]["not_applied"][0] and _ops(new) == _ops(m)
+    m, x = _flatten_fc(3, 2, 2, bias_shape=(3, 7), batch=3)  # a per-row bias is not a Gemm bias
+    new, report = _check(m, ("matmul-add-to-gemm",), x, {"matmul-add-to-gemm": 0})
+    assert "are not [K,M] and [M]" in report[0]["not_applied"][0] and _ops(new) == _ops(m)
+    m, x = _flatten_fc(3, 2, 2, shape=(0, 3, -1))  # [N,3,4]: not a flatten into one axis
+    m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 3
+    m.graph.output[0].type.tensor_type.shape.dim.add().dim_value = 7
+    m.graph.initializer[1].CopyFrom(
+        __import__("onnx").numpy_helper.from_array(np.ones((4, 7), np.float32), "w")
+    )
+    new, report = _check(
+        m, ("flatten-nhwc", "matmul-add-to-gemm"), x, {"flatten-nhwc": 0, "matmul-add-to-gemm": 0}
+    )
+    assert "not a flatten of C, H, W" in report[0]["not_applied"][0], report
+    assert "input is not 2-D" in report[1]["not_applied"][0] and _ops(new) == _ops(m), report
+
+
 @pytest.mark.parametrize(
     "kwargs,why",
     [
