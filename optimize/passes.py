@@ -10,6 +10,7 @@ Rules:
 - DropReluAfterPool       Relu(MaxPool(Relu(x))) -> MaxPool(Relu(x))              (a no-op ReLU)
 - SpaceToDepthConvPool    MaxPool2x2(Relu(Conv(x)))  ->  phase max of Relu(Conv'(SpaceToDepth(x)))
 - SpaceToDepthConvStride2 Conv_s2(Relu(Conv(x)))  ->  Conv''(Relu(Conv'(SpaceToDepth(x))))
+- SpaceToDepthConvPoolDepthToSpace  ... -> MaxPool2x2(DepthToSpace(Relu(Conv'(SpaceToDepth(x)))))
 - FlattenNHWC             MatMul(Flatten(x), W) -> MatMul(Flatten(Transpose_NHWC(x)), W rows permuted)
 - MatMulAddToGemm         Add(MatMul(x, W), B)  ->  Gemm(x, W, B)
 
@@ -337,7 +338,7 @@ class SpaceToDepthConvPoolDepthToSpace(SpaceToDepthConvPool):
     """As SpaceToDepthConvPool, with the phases put back in place (DepthToSpace, DCR: the phase
     order SpaceToDepth made) and the original 2x2 max-pool: two ops an NHWC runtime has kernels
     for, where Split + Max costs seven (TFLite: 4 STRIDED_SLICE + 3 MAXIMUM). Measured in LiteRT
-    (Xeon, batch 1, paired): 0.94x the Split + Max form's dynamic-range file."""
+    (Xeon, batch 1, paired): 0.95x the Split + Max form's dynamic-range file (docs/tflite.md)."""
 
     def rewrite(self, op, x, w, b, conv1, pool):
         phases, _ = self.s2d_head(op, x, w, b, conv1)
@@ -472,7 +473,7 @@ class MatMulAddToGemm(_Rule):
         return r
 
     def rewrite(self, op, x, w, b, mm):
-        bias = op.initializer(ir.tensor(_const(b).reshape(-1).astype(np.float32)), name=f"{b.name}_gemm")
+        bias = op.initializer(ir.tensor(_const(b).reshape(-1)), name=f"{b.name}_gemm")
         return op.Gemm(x, w, bias)
 
 
@@ -514,7 +515,7 @@ class FlattenNHWC(_Rule):
     def rewrite(self, op, x, shape, w, flat):
         c, h, wd = x.shape[1:]
         new_w = op.initializer(
-            ir.tensor(nhwc_rows(_const(w), c, h, wd).astype(np.float32)), name=f"{w.name}_nhwc"
+            ir.tensor(np.ascontiguousarray(nhwc_rows(_const(w), c, h, wd))), name=f"{w.name}_nhwc"
         )
         return op.MatMul(op.Reshape(op.Transpose(x, perm=[0, 2, 3, 1]), shape), new_w)
 
