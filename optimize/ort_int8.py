@@ -451,7 +451,7 @@ def _flatten_gemm_one(g: Graph, t: Any) -> bool:
         wt = g.const(holder.input[hi])
         if wt is None:
             return False
-        perm = np.arange(h * w * c).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)  # NHWC row -> NCHW row
+        perm = nhwc_row_order(c, h, w)
         wt = wt[:, perm] if trans_b else wt[perm]
         holder.input[hi] = g.add_const("weights_nhwc", np.ascontiguousarray(wt))
         a, x = g.node("Reshape", [t.input[0], g.add_const("flat_shape", np.array([-1, h * w * c]))], "flat")
@@ -459,6 +459,11 @@ def _flatten_gemm_one(g: Graph, t: Any) -> bool:
         g.replace([t, r], [a])
         return True
     return False
+
+
+def nhwc_row_order(c: int, h: int, w: int) -> np.ndarray:
+    """For each row of a flatten in NHWC order, the row of the NCHW flatten it is (a permutation)."""
+    return np.arange(h * w * c).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
 
 
 def nhwc_flatten_gemm(g: Graph) -> str:

@@ -32,6 +32,8 @@ from onnxscript.rewriter import pattern as orp
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._ir_utils import get_const_value, get_singleton_value
 
+from lenet_edge.optimize.ort_int8 import nhwc_row_order
+
 MAX_S2D_IN_CHANNELS = 2  # "low-channel": a grey or two-channel input
 
 
@@ -477,11 +479,6 @@ class MatMulAddToGemm(_Rule):
         return op.Gemm(x, w, bias)
 
 
-def nhwc_rows(w: np.ndarray, c: int, h: int, wd: int) -> np.ndarray:
-    """Rows of a [C*H*W, M] weight reordered from (c, h, w) to (h, w, c) order."""
-    return w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1)
-
-
 class FlattenNHWC(_Rule):
     """MatMul(Reshape(x [N,C,H,W], [N, C*H*W]), W) -> MatMul(Reshape(Transpose(x, NHWC)), W'),
     W' = W's rows in (h, w, c) order: the same sum, in another order.
@@ -515,7 +512,7 @@ class FlattenNHWC(_Rule):
     def rewrite(self, op, x, shape, w, flat):
         c, h, wd = x.shape[1:]
         new_w = op.initializer(
-            ir.tensor(np.ascontiguousarray(nhwc_rows(_const(w), c, h, wd))), name=f"{w.name}_nhwc"
+            ir.tensor(np.ascontiguousarray(_const(w)[nhwc_row_order(c, h, wd)])), name=f"{w.name}_nhwc"
         )
         return op.MatMul(op.Reshape(op.Transpose(x, perm=[0, 2, 3, 1]), shape), new_w)
 
