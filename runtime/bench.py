@@ -6,7 +6,8 @@ interleaved blocks over many rounds so that drift of a shared machine lands on a
 Reports p50/p90/p99/min, throughput and each model's ratio to its default FP32 session.
 
 Each goal ratio (best INT8 / best FP32, fastest lenet-edge / fastest stock) is then measured again
-as a pair: the two sessions alone, alternating short blocks A B B A ..., the ratio of each round's
+as a pair, after each side's "best" is itself checked by pairs (the rows close to the round-robin's
+fastest are paired with it; one clearly faster takes its place): the two sessions alone, alternating short blocks A B B A ..., the ratio of each round's
 two block medians, and the median of those ratios with a distribution-free 95 % interval. A shared
 host that flips between a fast and a ~1.6x slower state moves a round-robin p50 by several percent
 (an A/A pair of one file loaded twice: 0.93-1.04); the paired ratio of that pair stays within 0.5 %.
@@ -58,45 +59,70 @@ def is_stock(path: Path) -> bool:
     return ".stock." in path.name or path.name.endswith(".fp32.onnx")
 
 
+# A goal side's round-robin best is not taken on trust: every row of that side within
+# CLOSE_TO_FASTEST of its p50 is timed as a pair with it (measure_paired), and one whose 95 %
+# interval lies wholly below KEEP_IF_PAIRED_BELOW (faster, with confidence, by more than the
+# 0.3-0.5 % an A/A pair shows) replaces it; the goal is then paired between the sides' choices.
+# `make search` decides by the same rule (quantize.search imports both).
+CLOSE_TO_FASTEST = 1.15
+KEEP_IF_PAIRED_BELOW = 0.995
+MAX_CLOSE = 4  # at most this many rows per side are paired (the nearest in p50), to bound the time
+
+
 def _fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(rows, key=lambda r: r["latency_ms_p50"]) if rows else None
 
 
+def _side(rows: list[dict[str, Any]], with_runtime: bool = False) -> dict[str, Any] | None:
+    """The round-robin's fastest row of one goal side, and in `close` the rows within
+    CLOSE_TO_FASTEST of it (nearest first, at most MAX_CLOSE) that the pairs then check."""
+    best = _fastest(rows)
+    if best is None:
+        return None
+
+    def cell(r: dict[str, Any]) -> dict[str, Any]:
+        c = {"file": r["file"], "call": r["call"], "latency_ms_p50": r["latency_ms_p50"]}
+        return c | {"runtime": r["runtime"]} if with_runtime else c
+
+    near = sorted(
+        (
+            r
+            for r in rows
+            if r is not best and r["latency_ms_p50"] <= CLOSE_TO_FASTEST * best["latency_ms_p50"]
+        ),
+        key=lambda r: r["latency_ms_p50"],
+    )
+    return cell(best) | {"close": [cell(r) for r in near[:MAX_CLOSE]]}
+
+
+def _set_ratios(entry: dict[str, Any]) -> None:
+    """The round-robin p50 ratios of the entry's sides (again after the pairs changed a side)."""
+
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+        return a["latency_ms_p50"] / b["latency_ms_p50"] if a and b else None
+
+    for v in entry["per_runtime"].values():
+        v["int8_over_fp32"] = ratio(v["best_int8"], v["best_fp32"])
+    entry["lenet_edge_over_stock"] = ratio(entry["best_lenet_edge"], entry["best_stock"])
+
+
 def summarize_goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per model, batch and threads: per runtime the best INT8 and best FP32 p50 and their ratio;
-    and the best lenet-edge artifact against the best stock one (any runtime). Ratios in one run."""
+    and the best lenet-edge artifact against the best stock one (any runtime). Ratios in one run.
+    Each side also lists the rows close to it (`close`), which _confirm_sides pairs with it."""
     out = []
     for key in sorted({(r["model"], r["batch"], r["threads"]) for r in results}):
         rows = [r for r in results if (r["model"], r["batch"], r["threads"]) == key]
-
         entry: dict[str, Any] = {"model": key[0], "batch": key[1], "threads": key[2], "per_runtime": {}}
         for rt in sorted({r["runtime"] for r in rows}):
             rr = [r for r in rows if r["runtime"] == rt]
-            i8 = _fastest([r for r in rr if "int8" in r["format"]])
-            fp = _fastest([r for r in rr if "int8" not in r["format"]])
             entry["per_runtime"][rt] = {
-                "best_int8": i8
-                and {"file": i8["file"], "call": i8["call"], "latency_ms_p50": i8["latency_ms_p50"]},
-                "best_fp32": fp
-                and {"file": fp["file"], "call": fp["call"], "latency_ms_p50": fp["latency_ms_p50"]},
-                "int8_over_fp32": i8["latency_ms_p50"] / fp["latency_ms_p50"] if i8 and fp else None,
+                "best_int8": _side([r for r in rr if "int8" in r["format"]]),
+                "best_fp32": _side([r for r in rr if "int8" not in r["format"]]),
             }
-        ours, stock = _fastest([r for r in rows if not r["stock"]]), _fastest([r for r in rows if r["stock"]])
-        entry["best_lenet_edge"] = ours and {
-            "file": ours["file"],
-            "runtime": ours["runtime"],
-            "call": ours["call"],
-            "latency_ms_p50": ours["latency_ms_p50"],
-        }
-        entry["best_stock"] = stock and {
-            "file": stock["file"],
-            "runtime": stock["runtime"],
-            "call": stock["call"],
-            "latency_ms_p50": stock["latency_ms_p50"],
-        }
-        entry["lenet_edge_over_stock"] = (
-            ours["latency_ms_p50"] / stock["latency_ms_p50"] if ours and stock else None
-        )
+        entry["best_lenet_edge"] = _side([r for r in rows if not r["stock"]], with_runtime=True)
+        entry["best_stock"] = _side([r for r in rows if r["stock"]], with_runtime=True)
+        _set_ratios(entry)
         out.append(entry)
     return out
 
@@ -337,7 +363,9 @@ def run_bench(
     try:
         results = _measure_all(models, batches, threads, calls, runs, warmup, rounds, say)
         summary = summarize_goals(results)
-        _pair_goals(summary, {m.name: m for m in models}, paired_rounds, warmup, say)
+        by_name = {m.name: m for m in models}
+        _confirm_sides(summary, by_name, paired_rounds, warmup, say)
+        _pair_goals(summary, by_name, paired_rounds, warmup, say)
     finally:
         if progress and redraw:
             print(file=sys.stderr)  # end the progress line, also before an error message
@@ -365,11 +393,20 @@ def run_bench(
             f"block per side (order A B, then B A), untimed calls for >= 10 calls and "
             f"{PAIRED_WARM_NS / 1e6:.0f} ms, then {PAIRED_BLOCK} timed; the median of the per-round ratios of "
             "block medians, distribution-free 95 % interval",
+            "paired_choice": f"before that, each goal side's rows within {CLOSE_TO_FASTEST:.2f}x of its round-robin "
+            f"best p50 (at most {MAX_CLOSE}, nearest first) are paired with it the same way; one whose interval "
+            f"lies wholly below {KEEP_IF_PAIRED_BELOW} replaces it (the lowest ratio wins)",
         },
         "results": results,
         "best": best,
         "summary": summary,
     }
+
+
+def _sides(entry: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(holder, key) of every goal side of a summary entry that has a row."""
+    out = [(v, k) for v in entry["per_runtime"].values() for k in ("best_int8", "best_fp32") if v[k]]
+    return out + [(entry, k) for k in ("best_lenet_edge", "best_stock") if entry[k]]
 
 
 def _goal_pairs(entry: dict[str, Any]) -> list[tuple[dict[str, Any], str, str, str]]:
@@ -383,6 +420,63 @@ def _goal_pairs(entry: dict[str, Any]) -> list[tuple[dict[str, Any], str, str, s
     if entry["best_lenet_edge"] and entry["best_stock"]:
         out.append((entry, "lenet_edge_over_stock", "best_lenet_edge", "best_stock"))
     return out
+
+
+Config = tuple[str, str]  # (file name, call)
+
+
+def _run_pairs(
+    pairs: list[tuple[Config, Config]], by_name: dict[str, Path], b: int, t: int, rounds: int, warmup: int
+) -> dict[tuple[Config, Config], dict[str, Any] | None]:
+    """Each distinct pair (A, B) timed in one child (measure_paired) -> paired_ratio of A / B."""
+    todo = list(dict.fromkeys(pairs))
+    spec = [[[str(by_name[f]), c] for f, c in pair] for pair in todo]
+    meds = _child(
+        ["--paired", json.dumps(spec), "--batch", str(b), "--threads", str(t)]
+        + ["--rounds", str(rounds), "--warmup", str(warmup)]
+    )
+    return {pair: paired_ratio(m["a"], m["b"]) for pair, m in zip(todo, meds, strict=True)}
+
+
+def _confirm_sides(
+    summary: list[dict[str, Any]], by_name: dict[str, Path], rounds: int, warmup: int, say: Any
+) -> None:
+    """Every goal side's `close` rows timed as pairs with its round-robin best (one child per
+    (batch, threads)); each gets `vs_round_robin_best` (paired_ratio). The one with the lowest ratio
+    among those clearly faster (interval wholly below KEEP_IF_PAIRED_BELOW) becomes the side, which
+    then records the row it replaced in `round_robin_best`; the p50 ratios follow the new sides."""
+    settings = sorted({(e["batch"], e["threads"]) for e in summary})
+    for i, (b, t) in enumerate(settings):
+        entries = [e for e in summary if (e["batch"], e["threads"]) == (b, t)]
+        sides = [(h, k) for e in entries for h, k in _sides(e) if h[k]["close"]]
+        pairs = [
+            ((c["file"], c["call"]), (h[k]["file"], h[k]["call"])) for h, k in sides for c in h[k]["close"]
+        ]
+        if not pairs:
+            continue
+        say(
+            f"pairs {i + 1}/{len(settings)} batch {b} threads {t}: {len(set(pairs))} rows close to a side's best"
+        )
+        vs = _run_pairs(pairs, by_name, b, t, rounds, warmup)
+        for h, k in sides:
+            side = h[k]
+            for c in side["close"]:
+                c["vs_round_robin_best"] = vs[((c["file"], c["call"]), (side["file"], side["call"]))]
+            faster = [
+                c
+                for c in side["close"]
+                if c["vs_round_robin_best"] and c["vs_round_robin_best"]["ci95"][1] < KEEP_IF_PAIRED_BELOW
+            ]
+            if faster:
+                win = min(faster, key=lambda c: c["vs_round_robin_best"]["ratio"])
+                first = {x: y for x, y in side.items() if x != "close"}
+                rest = [c for c in side["close"] if c is not win]
+                h[k] = {x: y for x, y in win.items() if x != "vs_round_robin_best"} | {
+                    "round_robin_best": first | {"vs_chosen": win["vs_round_robin_best"]},
+                    "close": rest,
+                }
+        for e in entries:
+            _set_ratios(e)
 
 
 def _pair_goals(
@@ -402,15 +496,12 @@ def _pair_goals(
         if not jobs:
             continue
         say(
-            f"pairs {i + 1}/{len(settings)} batch {b} threads {t}: {len(jobs)} goal ratios, {rounds} rounds each"
+            f"goals {i + 1}/{len(settings)} batch {b} threads {t}: {len(jobs)} goal ratios, {rounds} rounds each"
         )
-        spec = [[[str(by_name[x["file"]]), x["call"]] for x in (n, d)] for _, _, n, d in jobs]
-        meds = _child(
-            ["--paired", json.dumps(spec), "--batch", str(b), "--threads", str(t)]
-            + ["--rounds", str(rounds), "--warmup", str(warmup)]
-        )
-        for (holder, key, _, _), m in zip(jobs, meds, strict=True):
-            holder[f"{key}_paired"] = paired_ratio(m["a"], m["b"])
+        pairs = [((n["file"], n["call"]), (d["file"], d["call"])) for _, _, n, d in jobs]
+        vs = _run_pairs(pairs, by_name, b, t, rounds, warmup)
+        for (holder, key, _, _), pair in zip(jobs, pairs, strict=True):
+            holder[f"{key}_paired"] = vs[pair]
 
 
 def _measure_all(
@@ -560,6 +651,19 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"| {_cell(e['best_stock'])} | {_ratio(e['lenet_edge_over_stock'])} "
                 f"| {_paired(e.get('lenet_edge_over_stock_paired'))} |"
             )
+        swaps = [(e, h, k) for e in report["summary"] for h, k in _sides(e) if h[k].get("round_robin_best")]
+        if swaps:
+            lines += [
+                "",
+                "Sides the pairs changed (the round-robin's fastest, and what the pairs found faster):",
+                "",
+            ]
+            for e, h, k in swaps:
+                rr = h[k]["round_robin_best"]
+                lines.append(
+                    f"- {e['model']} batch {e['batch']} threads {e['threads']} {k}: {_cell(rr)} → "
+                    f"{h[k]['file']} ({h[k]['call']}), paired {_paired(rr['vs_chosen'])}"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -278,6 +278,21 @@ def test_runtime_files_in_bundle_exist():
     assert all((ROOT / "runtime" / f).is_file() for f in RUNTIME_FILES)
 
 
+def _bench_row(file, fmt, us, runtime, stock):
+    """One row of a bench result (model m, batch 1, one thread, run()) for the summary tests."""
+    return {
+        "model": "m",
+        "batch": 1,
+        "threads": 1,
+        "file": file,
+        "format": fmt,
+        "runtime": runtime,
+        "call": "run",
+        "latency_ms_p50": us / 1e3,
+        "stock": stock,
+    }
+
+
 def test_goal_summary_picks_the_fastest_per_runtime_and_stock_vs_ours():
     from pathlib import Path
 
@@ -289,17 +304,7 @@ def test_goal_summary_picks_the_fastest_per_runtime_and_stock_vs_ours():
     )
 
     def row(file, fmt, rt, us, stock):
-        return {
-            "model": "m",
-            "batch": 1,
-            "threads": 1,
-            "file": file,
-            "format": fmt,
-            "runtime": rt,
-            "call": "run",
-            "latency_ms_p50": us / 1e3,
-            "stock": stock,
-        }
+        return _bench_row(file, fmt, us, rt, stock)
 
     rows = [
         row("m.fp32.onnx", "fp32", "onnxruntime", 40, True),
@@ -316,3 +321,53 @@ def test_goal_summary_picks_the_fastest_per_runtime_and_stock_vs_ours():
         and s["best_stock"]["file"] == "m.stock.fp32.tflite"
     )
     assert s["lenet_edge_over_stock"] == pytest.approx(0.8)
+
+
+def test_goal_sides_are_checked_by_pairs_before_the_goal(monkeypatch):
+    """A row within 1.15x of a side's round-robin best replaces it only if its paired interval lies
+    wholly below 0.995; rows further away are never paired; a failed pair (None) changes nothing;
+    the p50 ratios follow the new sides and the Markdown names the change."""
+    from pathlib import Path
+
+    from lenet_edge.runtime import bench
+
+    def row(file, fmt, us, stock=False):
+        return _bench_row(file, fmt, us, "onnxruntime", stock)
+
+    rows = [
+        row("m.int8.a.onnx", "int8.a", 30),  # the round-robin's fastest INT8
+        row("m.int8.b.onnx", "int8.b", 32),  # close, and faster when paired: replaces it
+        row("m.int8.c.onnx", "int8.c", 33),  # close, paired 0.99 [0.98, 0.998]: not clearly faster
+        row("m.int8.d.onnx", "int8.d", 40),  # not close: never paired
+        row("m.fp32.onnx", "fp32", 36, stock=True),  # stock FP32, alone on its side
+        row("m.fp32.x.onnx", "fp32.x", 37),  # close to it, its pair failed (None)
+    ]
+    ratios = {
+        "m.int8.b.onnx": {"ratio": 0.90, "ci95": [0.88, 0.93], "rounds": 20, "p50_us": [27.0, 30.0]},
+        "m.int8.c.onnx": {"ratio": 0.99, "ci95": [0.98, 0.998], "rounds": 20, "p50_us": [29.7, 30.0]},
+        "m.fp32.x.onnx": None,
+    }
+    asked = []
+
+    def fake_pairs(pairs, by_name, b, t, rounds, warmup):
+        asked.extend(pairs)
+        return {p: ratios[p[0][0]] for p in pairs}
+
+    monkeypatch.setattr(bench, "_run_pairs", fake_pairs)
+    (s,) = summary = bench.summarize_goals(rows)
+    assert s["per_runtime"]["onnxruntime"]["int8_over_fp32"] == pytest.approx(30 / 36)
+    bench._confirm_sides(summary, {r["file"]: Path(r["file"]) for r in rows}, 20, 5, lambda _: None)
+    assert {a[0] for a, _ in asked} == {"m.int8.b.onnx", "m.int8.c.onnx", "m.fp32.x.onnx"}
+    v = s["per_runtime"]["onnxruntime"]
+    i8 = v["best_int8"]
+    assert i8["file"] == "m.int8.b.onnx" and i8["round_robin_best"]["file"] == "m.int8.a.onnx"
+    assert i8["round_robin_best"]["vs_chosen"]["ratio"] == 0.90
+    assert [c["file"] for c in i8["close"]] == ["m.int8.c.onnx"]
+    assert v["best_fp32"]["file"] == "m.fp32.onnx" and "round_robin_best" not in v["best_fp32"]
+    assert v["int8_over_fp32"] == pytest.approx(32 / 36)
+    assert s["best_lenet_edge"]["file"] == "m.int8.b.onnx"
+    assert s["lenet_edge_over_stock"] == pytest.approx(32 / 36)
+    from lenet_edge.runtime.env import environment
+
+    md = bench.to_markdown({"environment": environment(), "results": [], "summary": summary})
+    assert "best_int8: m.int8.a.onnx (run) 30.0 µs → m.int8.b.onnx (run)" in md
