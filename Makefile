@@ -140,8 +140,8 @@ search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT 
 search-arm: optimize ## INT8 per Arm core (cortex-a72, cortex-a76) by aarch64 instruction counts under qemu-user -> build/bench/search.<cpu>.{json,md} + <model>.int8.search.<cpu>.onnx, which `make bundle arm-check` then carry and count
 	for c in cortex-a72 cortex-a76; do $(LE) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --target $$c --json build/bench/search.$$c.json $(SEARCH_FLAGS) || exit 1; done
 
-select: setup ## per model and runtime, the artifact to deploy from the benchmark (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json
-	$(LE) $(ISA_FLAG) select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.json $(SELECT_FLAGS)
+select: $(DEVICE_STAMP) ## per model and runtime, the artifact to deploy from the benchmark, its fastest candidates checked by pairs in the benchmark's environment (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json
+	$(DEV_LE) select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.json $(SELECT_FLAGS)
 
 bundle: variants optimize quantize-ort tflite ## device tarball: runtime/, models (with a fresh `make search` choice), fixed inputs + expected outputs -> build/
 	$(DEV_LE) bundle build $(DEPLOY_MODELS) $(PUBLISHED) --out-dir build

@@ -4,8 +4,12 @@ writes, per model and runtime, the artifact to deploy and the evidence for it.
 A candidate is one of lenet-edge's own artifacts (never a stock one) that passed its checks: an
 INT8 ONNX model whose quantize record meets results/tolerances.json, a .tflite file published by
 `make tflite` (published means checked), or an FP32 file (each is checked against the export when
-made). The choice is the fastest p50 at batch 1, one thread, in that one interleaved run; the
-fastest INT8 candidate is recorded beside it. The CPU comes from the benchmark's environment
+made). The choice is the fastest p50 at batch 1, one thread, in that one interleaved run, checked
+by pairs: the candidates within 1.15x of it are timed alone with it in alternating blocks, and one
+clearly faster takes its place (the benchmark's and `make search`'s rule; a round-robin on a shared
+host named files "best" that pairs showed 18-23 % slower than another). The fastest INT8 candidate
+is recorded beside it, checked the same way. The pairs load each candidate's runtime, so a timed
+`select` runs where the benchmark ran (`.venv-device`). The CPU comes from the benchmark's environment
 capture, never from a machine name. `--no-timing` records the documented default instead.
 """
 
@@ -16,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lenet_edge.runtime.bench import CLOSE_TO_FASTEST, KEEP_IF_PAIRED_BELOW
 from lenet_edge.runtime.cli import add_common, parser
 from lenet_edge.runtime.errors import ConfigError
 from lenet_edge.runtime.files import quantize_record_path, read_json, write_json_atomic
@@ -27,6 +32,8 @@ DEFAULTS = {
     "ai-edge-litert": "int8.dynamic.tflite",
     "tflite-runtime": "int8.full.tflite",
 }
+PAIR_ROUNDS = 200  # the benchmark's paired rounds (runtime.bench, 2000 runs)
+PAIR_WARMUP = 200
 
 
 def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
@@ -50,12 +57,29 @@ def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
     return True
 
 
-def select(bench: dict[str, Any], onnx_dir: Path, timing: bool = True) -> dict[str, Any]:
+def _cell(r: dict[str, Any]) -> dict[str, Any]:
+    return {"file": r["file"], "call": r["call"], "latency_ms_p50": r["latency_ms_p50"]}
+
+
+def select(
+    bench: dict[str, Any],
+    onnx_dir: Path,
+    timing: bool = True,
+    pair_rounds: int = PAIR_ROUNDS,
+    warmup: int = PAIR_WARMUP,
+) -> dict[str, Any]:
+    """Per model and runtime, the artifact to deploy. With timing, the round-robin's fastest
+    candidate (and the fastest INT8 one) is checked by pairs first (pair_rounds > 0): candidates
+    within CLOSE_TO_FASTEST of its p50 are timed as pairs with it and one clearly faster replaces it
+    (runtime.bench.check_sides_by_pairs, the benchmark's and `make search`'s rule)."""
     from lenet_edge.quantize.checks import load_tolerances, tolerances_for
+    from lenet_edge.runtime.bench import _side, check_sides_by_pairs
     from lenet_edge.workflow import workflows
 
     if not isinstance(bench, dict) or not isinstance(bench.get("results"), list):
         raise ConfigError("not a runtime.bench result (no 'results')")
+    if pair_rounds < 0:
+        raise ConfigError("--pair-rounds must be >= 0")
     tol = load_tolerances()
     rows = [
         r
@@ -72,41 +96,42 @@ def select(bench: dict[str, Any], onnx_dir: Path, timing: bool = True) -> dict[s
             ]
             if not cands:
                 continue
-            best = min(cands, key=lambda r: r["latency_ms_p50"])
             int8 = [r for r in cands if "int8" in r["format"]]
-            best8 = min(int8, key=lambda r: r["latency_ms_p50"]) if int8 else None
             dflt = [r for r in cands if r["format"] == DEFAULTS.get(rt)]
             default = min(dflt, key=lambda r: r["latency_ms_p50"]) if dflt else None
-            pick = best if timing else (default or best)
             choices.append(
                 {
                     "model": model,
                     "runtime": rt,
-                    "choice": {
-                        "file": pick["file"],
-                        "call": pick["call"],
-                        "latency_ms_p50": pick["latency_ms_p50"],
-                    },
-                    "fastest_int8": best8
-                    and {
-                        "file": best8["file"],
-                        "call": best8["call"],
-                        "latency_ms_p50": best8["latency_ms_p50"],
-                    },
-                    "candidates": sorted(
-                        (
-                            {"file": r["file"], "call": r["call"], "latency_ms_p50": r["latency_ms_p50"]}
-                            for r in cands
-                        ),
-                        key=lambda c: c["latency_ms_p50"],
-                    ),
+                    "choice": _side(cands) if timing else _cell(default or min(cands, key=_p50)),
+                    "fastest_int8": _side(int8),
+                    "candidates": [_cell(r) for r in sorted(cands, key=_p50)],
                 }
             )
+    paired = timing and pair_rounds > 0
+    if paired:
+        _same_cpu_as(bench)
+        sides = [(c, k) for c in choices for k in ("choice", "fastest_int8") if c[k] and c[k]["close"]]
+        by_name = {r["file"]: onnx_dir / r["file"] for r in rows}
+        kept = check_sides_by_pairs([c[k] for c, k in sides], by_name, 1, 1, pair_rounds, warmup)
+        for (c, k), side in zip(sides, kept, strict=True):
+            c[k] = side
+    elif timing:  # the round-robin's word alone: no rows were paired
+        for c in choices:
+            for k in ("choice", "fastest_int8"):
+                if c[k]:
+                    c[k].pop("close")
     env = bench.get("environment", {})
+    method = "documented default"
+    if timing:
+        method = "fastest measured p50 (batch 1, one thread), one interleaved run" + (
+            f"; candidates within {CLOSE_TO_FASTEST}x of it paired with it ({pair_rounds} rounds), "
+            f"one with a 95 % interval wholly below {KEEP_IF_PAIRED_BELOW} replaces it"
+            if paired
+            else ""
+        )
     return {
-        "method": "fastest measured p50 (batch 1, one thread), one interleaved run"
-        if timing
-        else "documented default",
+        "method": method,
         "cpu": env.get("cpu"),
         "machine": env.get("machine"),
         "runtime_versions": {k: env.get(k) for k in ("onnxruntime", "numpy") if k in env},
@@ -115,6 +140,38 @@ def select(bench: dict[str, Any], onnx_dir: Path, timing: bool = True) -> dict[s
         "defaults": DEFAULTS,
         "choices": choices,
     }
+
+
+def _same_cpu_as(bench: dict[str, Any]) -> None:
+    """Pairs time the files here: refuse unless this is the CPU (and ISA mask) the benchmark saw;
+    refuse AMX to the pairs' runtimes if the benchmark did (runtime/amx.py)."""
+    from lenet_edge.runtime.env import cpu_info
+
+    ran = (bench.get("environment") or {}).get("cpu") or {}
+    here = cpu_info()
+    for key in ("model", "isa_flags"):
+        if ran.get(key) != here.get(key):
+            raise ConfigError(
+                f"the benchmark ran on a CPU with {key} {ran.get(key)!r}, this one has {here.get(key)!r}: "
+                "select where it ran (with the same --isa), or pass --pair-rounds 0"
+            )
+    if (bench.get("settings") or {}).get("amx") == "off":
+        from lenet_edge.runtime.amx import deny_amx
+
+        deny_amx()
+
+
+def _said(side: dict[str, Any]) -> str:
+    text = f"{side['file']} ({side['call']}, {1e3 * side['latency_ms_p50']:.1f} µs)"
+    rr = side.get("round_robin_best")
+    if rr:
+        v = rr["vs_chosen"]
+        text += f" [pairs: {v['ratio']:.3f} of the round-robin's {rr['file']} ({rr['call']})]"
+    return text
+
+
+def _p50(r: dict[str, Any]) -> float:
+    return r["latency_ms_p50"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,15 +193,25 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="--no-timing: the documented default",
     )
+    p.add_argument(
+        "--pair-rounds",
+        type=int,
+        default=PAIR_ROUNDS,
+        help=f"rounds per pair when checking the round-robin's choice (default {PAIR_ROUNDS}; "
+        "0: take its fastest p50 unchecked); the pairs load every runtime, so run it where they are",
+    )
     args = p.parse_args(argv)
-    res = select(read_json(args.bench), args.onnx_dir, args.timing)
+    if args.timing and args.pair_rounds:
+        print(
+            "checking the fastest candidates by pairs (batch 1, one thread)...", file=sys.stderr, flush=True
+        )
+    res = select(read_json(args.bench), args.onnx_dir, args.timing, args.pair_rounds)
     write_json_atomic(args.json, res)
     for c in res["choices"]:
         i8 = c["fastest_int8"]
         print(
-            f"{c['model']} on {c['runtime']}: {c['choice']['file']} ({c['choice']['call']}, "
-            f"{1e3 * c['choice']['latency_ms_p50']:.1f} µs)"
-            + (f"; fastest INT8 {i8['file']} {1e3 * i8['latency_ms_p50']:.1f} µs" if i8 else "")
+            f"{c['model']} on {c['runtime']}: {_said(c['choice'])}"
+            + (f"; fastest INT8 {_said(i8)}" if i8 else "")
         )
     print(f"wrote {args.json} ({res['method']})")
     return 0

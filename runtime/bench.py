@@ -438,43 +438,58 @@ def _run_pairs(
     return {pair: paired_ratio(m["a"], m["b"]) for pair, m in zip(todo, meds, strict=True)}
 
 
+def check_sides_by_pairs(
+    sides: list[dict[str, Any]], by_name: dict[str, Path], b: int, t: int, rounds: int, warmup: int
+) -> list[dict[str, Any]]:
+    """Each side (a row from _side, with its `close` rows) checked by pairs, all in one child:
+    every close row is timed as a pair with the side's round-robin best and gets
+    `vs_round_robin_best` (paired_ratio). Returns the sides to keep, in order: the side itself, or
+    the close row with the lowest ratio among those clearly faster (interval wholly below
+    KEEP_IF_PAIRED_BELOW), which then records the row it replaced in `round_robin_best`."""
+    pairs = [((c["file"], c["call"]), (s["file"], s["call"])) for s in sides for c in s["close"]]
+    if not pairs:
+        return sides
+    vs = _run_pairs(pairs, by_name, b, t, rounds, warmup)
+    out = []
+    for side in sides:
+        for c in side["close"]:
+            c["vs_round_robin_best"] = vs[((c["file"], c["call"]), (side["file"], side["call"]))]
+        faster = [
+            c
+            for c in side["close"]
+            if c["vs_round_robin_best"] and c["vs_round_robin_best"]["ci95"][1] < KEEP_IF_PAIRED_BELOW
+        ]
+        if not faster:
+            out.append(side)
+            continue
+        win = min(faster, key=lambda c: c["vs_round_robin_best"]["ratio"])
+        first = {x: y for x, y in side.items() if x != "close"}
+        out.append(
+            {x: y for x, y in win.items() if x != "vs_round_robin_best"}
+            | {
+                "round_robin_best": first | {"vs_chosen": win["vs_round_robin_best"]},
+                "close": [c for c in side["close"] if c is not win],
+            }
+        )
+    return out
+
+
 def _confirm_sides(
     summary: list[dict[str, Any]], by_name: dict[str, Path], rounds: int, warmup: int, say: Any
 ) -> None:
-    """Every goal side's `close` rows timed as pairs with its round-robin best (one child per
-    (batch, threads)); each gets `vs_round_robin_best` (paired_ratio). The one with the lowest ratio
-    among those clearly faster (interval wholly below KEEP_IF_PAIRED_BELOW) becomes the side, which
-    then records the row it replaced in `round_robin_best`; the p50 ratios follow the new sides."""
+    """Every goal side of `summary` checked by pairs (check_sides_by_pairs), one child per
+    (batch, threads); the p50 ratios follow the sides the pairs changed."""
     settings = sorted({(e["batch"], e["threads"]) for e in summary})
     for i, (b, t) in enumerate(settings):
         entries = [e for e in summary if (e["batch"], e["threads"]) == (b, t)]
         sides = [(h, k) for e in entries for h, k in _sides(e) if h[k]["close"]]
-        pairs = [
-            ((c["file"], c["call"]), (h[k]["file"], h[k]["call"])) for h, k in sides for c in h[k]["close"]
-        ]
-        if not pairs:
+        if not sides:
             continue
-        say(
-            f"pairs {i + 1}/{len(settings)} batch {b} threads {t}: {len(set(pairs))} rows close to a side's best"
-        )
-        vs = _run_pairs(pairs, by_name, b, t, rounds, warmup)
-        for h, k in sides:
-            side = h[k]
-            for c in side["close"]:
-                c["vs_round_robin_best"] = vs[((c["file"], c["call"]), (side["file"], side["call"]))]
-            faster = [
-                c
-                for c in side["close"]
-                if c["vs_round_robin_best"] and c["vs_round_robin_best"]["ci95"][1] < KEEP_IF_PAIRED_BELOW
-            ]
-            if faster:
-                win = min(faster, key=lambda c: c["vs_round_robin_best"]["ratio"])
-                first = {x: y for x, y in side.items() if x != "close"}
-                rest = [c for c in side["close"] if c is not win]
-                h[k] = {x: y for x, y in win.items() if x != "vs_round_robin_best"} | {
-                    "round_robin_best": first | {"vs_chosen": win["vs_round_robin_best"]},
-                    "close": rest,
-                }
+        n = len({(c["file"], c["call"], h[k]["file"], h[k]["call"]) for h, k in sides for c in h[k]["close"]})
+        say(f"pairs {i + 1}/{len(settings)} batch {b} threads {t}: {n} rows close to a side's best")
+        kept = check_sides_by_pairs([h[k] for h, k in sides], by_name, b, t, rounds, warmup)
+        for (h, k), side in zip(sides, kept, strict=True):
+            h[k] = side
         for e in entries:
             _set_ratios(e)
 

@@ -279,7 +279,7 @@ def test_quantize_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
 
 def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
     """Stock rows are never chosen, an INT8 model whose record breaks the tolerances is no
-    candidate, and --no-timing records the documented default."""
+    candidate, and --no-timing records the documented default (round-robin only: no pairs)."""
     from lenet_edge.quantize.select import select
 
     d = tmp_path / "onnx"
@@ -317,16 +317,89 @@ def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
         row("m.int8.s2d.ort.onnx", "int8.s2d.ort", "onnxruntime", 27),
     ]
     bench = {"results": rows, "environment": {"cpu": {"model": "X", "isa_flags": ["avx2"]}}}
-    (c,) = select(bench, d)["choices"]
+    (c,) = select(bench, d, pair_rounds=0)["choices"]
     assert c["choice"]["file"] == "m.int8.s2d.ort.onnx" and c["choice"]["call"] == "iobinding"
     assert {x["file"] for x in c["candidates"]} == {"m.fp32.opt.onnx", "m.int8.s2d.ort.onnx"}
     rows[3]["latency_ms_p50"] = rows[4]["latency_ms_p50"] = 0.040  # now slower than FP32
-    (c,) = select(bench, d)["choices"]
+    (c,) = select(bench, d, pair_rounds=0)["choices"]
     assert c["choice"]["file"] == "m.fp32.opt.onnx" and c["fastest_int8"]["file"] == "m.int8.s2d.ort.onnx"
     res = select(bench, d, timing=False)
     assert (
         res["method"] == "documented default" and res["choices"][0]["choice"]["file"] == "m.int8.s2d.ort.onnx"
     )
+
+
+def test_select_checks_the_round_robin_choice_by_pairs(tmp_path, monkeypatch):
+    """With timing, the candidates within 1.15x of the round-robin's fastest are paired with it and
+    one clearly faster replaces it (choice and fastest INT8 alike); a bench from another CPU is
+    refused in one line rather than paired here."""
+    from lenet_edge.quantize.select import select
+    from lenet_edge.runtime import bench as rb
+    from lenet_edge.runtime.env import cpu_info
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+
+    def row(file, fmt, us, call="run"):
+        (d / file).write_bytes(b"x")
+        return {
+            "model": "m",
+            "batch": 1,
+            "threads": 1,
+            "file": file,
+            "format": fmt,
+            "runtime": "ai-edge-litert",
+            "call": call,
+            "latency_ms_p50": us / 1e3,
+            "stock": False,
+        }
+
+    rows = [
+        row("m.fp32.opt.tflite", "fp32.opt.tflite", 20),  # the round-robin's fastest
+        row("m.int8.dynamic.tflite", "int8.dynamic.tflite", 21),  # paired: 0.9 of it, replaces it
+        row("m.int8.full.tflite", "int8.full.tflite", 22),  # paired with the INT8 side: not faster
+        row("m.fp32.tflite", "fp32.tflite", 40),  # not close: never paired
+    ]
+    ratio = {
+        ("m.int8.dynamic.tflite", "m.fp32.opt.tflite"): (0.90, [0.88, 0.92]),
+        ("m.int8.full.tflite", "m.fp32.opt.tflite"): (0.97, [0.95, 1.01]),
+        ("m.int8.full.tflite", "m.int8.dynamic.tflite"): (1.05, [1.02, 1.08]),
+    }
+    asked = []
+
+    def fake_pairs(pairs, by_name, b, t, rounds, warmup):
+        asked.extend(pairs)
+        assert all(by_name[f].parent == d for pair in pairs for f, _ in pair) and (b, t, rounds) == (1, 1, 50)
+        return {
+            p: {"ratio": ratio[(p[0][0], p[1][0])][0], "ci95": ratio[(p[0][0], p[1][0])][1], "rounds": 50}
+            for p in pairs
+        }
+
+    monkeypatch.setattr(rb, "_run_pairs", fake_pairs)
+    bench = {"results": rows, "environment": {"cpu": cpu_info()}}
+    res = select(bench, d, pair_rounds=50)
+    (c,) = res["choices"]
+    assert c["choice"]["file"] == "m.int8.dynamic.tflite"
+    assert c["choice"]["round_robin_best"]["file"] == "m.fp32.opt.tflite"
+    assert c["choice"]["round_robin_best"]["vs_chosen"]["ratio"] == 0.90
+    assert (
+        c["fastest_int8"]["file"] == "m.int8.dynamic.tflite" and "round_robin_best" not in c["fastest_int8"]
+    )
+    assert "m.fp32.tflite" not in {f for pair in asked for f, _ in pair}
+    assert "paired" in res["method"]
+    # another CPU's benchmark: refused before anything is timed, one line naming the mismatch
+    asked.clear()
+    bench["environment"]["cpu"] = {"model": "Some Other CPU", "isa_flags": ["avx2"]}
+    with pytest.raises(ConfigError, match="model 'Some Other CPU'"):
+        select(bench, d, pair_rounds=50)
+    assert not asked
+    (tmp_path / "b.json").write_text(json.dumps(bench))
+    proc = run_cli(
+        "-m", "lenet_edge.quantize.select", "--bench", str(tmp_path / "b.json"), "--onnx-dir", str(d),
+        "--json", str(tmp_path / "t.json"),
+    )  # fmt: skip
+    assert_one_line_error(proc, "Some Other CPU", "--pair-rounds 0")
+    assert not (tmp_path / "t.json").exists()
 
 
 def test_published_search_choice_is_used_only_while_its_fp32_source_is_unchanged(tmp_path, capsys):
