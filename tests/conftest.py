@@ -28,6 +28,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -
     )
 
 
+def bench_row(file: str, fmt: str, us: float, runtime: str, stock: bool = False, call: str = "run") -> dict:
+    """One row of a runtime.bench result (model m, batch 1, one thread) for summary/select tests."""
+    return {
+        "model": "m",
+        "batch": 1,
+        "threads": 1,
+        "file": file,
+        "format": fmt,
+        "runtime": runtime,
+        "call": call,
+        "latency_ms_p50": us / 1e3,
+        "stock": stock,
+    }
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """A user mistake: non-zero exit, one 'error:' line on stderr naming the problem, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])

@@ -8,7 +8,7 @@ from lenet_edge.quantize.checks import int8_failures, load_tolerances
 from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
 from lenet_edge.quantize.stats import binom_tail_ge, mcnemar_exact
 from lenet_edge.runtime.errors import ConfigError
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, bench_row, run_cli
 
 pytestmark = pytest.mark.unit
 
@@ -287,17 +287,7 @@ def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
 
     def row(file, fmt, rt, us, stock=False, call="run"):
         (d / file).write_bytes(b"x")
-        return {
-            "model": "m",
-            "batch": 1,
-            "threads": 1,
-            "file": file,
-            "format": fmt,
-            "runtime": rt,
-            "call": call,
-            "latency_ms_p50": us / 1e3,
-            "stock": stock,
-        }
+        return bench_row(file, fmt, us, rt, stock, call)
 
     good = {
         "model": "m",
@@ -340,19 +330,9 @@ def test_select_checks_the_round_robin_choice_by_pairs(tmp_path, monkeypatch):
     d = tmp_path / "onnx"
     d.mkdir()
 
-    def row(file, fmt, us, call="run"):
+    def row(file, fmt, us):
         (d / file).write_bytes(b"x")
-        return {
-            "model": "m",
-            "batch": 1,
-            "threads": 1,
-            "file": file,
-            "format": fmt,
-            "runtime": "ai-edge-litert",
-            "call": call,
-            "latency_ms_p50": us / 1e3,
-            "stock": False,
-        }
+        return bench_row(file, fmt, us, "ai-edge-litert")
 
     rows = [
         row("m.fp32.opt.tflite", "fp32.opt.tflite", 20),  # the round-robin's fastest

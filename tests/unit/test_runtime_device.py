@@ -8,7 +8,7 @@ import pytest
 
 from lenet_edge.runtime.contract import check_pixels
 from lenet_edge.runtime.errors import ContractError
-from tests.conftest import ROOT, assert_one_line_error, run_cli
+from tests.conftest import ROOT, assert_one_line_error, bench_row, run_cli
 
 pytestmark = pytest.mark.unit
 onnx = pytest.importorskip("onnx")
@@ -278,21 +278,6 @@ def test_runtime_files_in_bundle_exist():
     assert all((ROOT / "runtime" / f).is_file() for f in RUNTIME_FILES)
 
 
-def _bench_row(file, fmt, us, runtime, stock):
-    """One row of a bench result (model m, batch 1, one thread, run()) for the summary tests."""
-    return {
-        "model": "m",
-        "batch": 1,
-        "threads": 1,
-        "file": file,
-        "format": fmt,
-        "runtime": runtime,
-        "call": "run",
-        "latency_ms_p50": us / 1e3,
-        "stock": stock,
-    }
-
-
 def test_goal_summary_picks_the_fastest_per_runtime_and_stock_vs_ours():
     from pathlib import Path
 
@@ -304,7 +289,7 @@ def test_goal_summary_picks_the_fastest_per_runtime_and_stock_vs_ours():
     )
 
     def row(file, fmt, rt, us, stock):
-        return _bench_row(file, fmt, us, rt, stock)
+        return bench_row(file, fmt, us, rt, stock)
 
     rows = [
         row("m.fp32.onnx", "fp32", "onnxruntime", 40, True),
@@ -332,7 +317,7 @@ def test_goal_sides_are_checked_by_pairs_before_the_goal(monkeypatch):
     from lenet_edge.runtime import bench
 
     def row(file, fmt, us, stock=False):
-        return _bench_row(file, fmt, us, "onnxruntime", stock)
+        return bench_row(file, fmt, us, "onnxruntime", stock)
 
     rows = [
         row("m.int8.a.onnx", "int8.a", 30),  # the round-robin's fastest INT8
