@@ -57,10 +57,6 @@ def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
     return True
 
 
-def _cell(r: dict[str, Any]) -> dict[str, Any]:
-    return {"file": r["file"], "call": r["call"], "latency_ms_p50": r["latency_ms_p50"]}
-
-
 def select(
     bench: dict[str, Any],
     onnx_dir: Path,
@@ -73,7 +69,7 @@ def select(
     within CLOSE_TO_FASTEST of its p50 are timed as pairs with it and one clearly faster replaces it
     (runtime.bench.check_sides_by_pairs, the benchmark's and `make search`'s rule)."""
     from lenet_edge.quantize.checks import load_tolerances, tolerances_for
-    from lenet_edge.runtime.bench import _side, check_sides_by_pairs
+    from lenet_edge.runtime.bench import check_sides_by_pairs, goal_side, row_cell
     from lenet_edge.workflow import workflows
 
     if not isinstance(bench, dict) or not isinstance(bench.get("results"), list):
@@ -103,9 +99,9 @@ def select(
                 {
                     "model": model,
                     "runtime": rt,
-                    "choice": _side(cands) if timing else _cell(default or min(cands, key=_p50)),
-                    "fastest_int8": _side(int8),
-                    "candidates": [_cell(r) for r in sorted(cands, key=_p50)],
+                    "choice": goal_side(cands) if timing else row_cell(default or min(cands, key=_p50)),
+                    "fastest_int8": goal_side(int8),
+                    "candidates": [row_cell(r) for r in sorted(cands, key=_p50)],
                 }
             )
     paired = timing and pair_rounds > 0

@@ -7,8 +7,8 @@ Reports p50/p90/p99/min, throughput and each model's ratio to its default FP32 s
 
 Each goal ratio (best INT8 / best FP32, fastest lenet-edge / fastest stock) is then measured again
 as a pair, after each side's "best" is itself checked by pairs (the rows close to the round-robin's
-fastest are paired with it; one clearly faster takes its place): the two sessions alone, alternating short blocks A B B A ..., the ratio of each round's
-two block medians, and the median of those ratios with a distribution-free 95 % interval. A shared
+fastest are paired with it; one clearly faster takes its place): the two sessions alone,
+alternating short blocks A B B A ..., the ratio of each round's two block medians, and the median of those ratios with a distribution-free 95 % interval. A shared
 host that flips between a fast and a ~1.6x slower state moves a round-robin p50 by several percent
 (an A/A pair of one file loaded twice: 0.93-1.04); the paired ratio of that pair stays within 0.5 %.
 """
@@ -73,16 +73,18 @@ def _fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(rows, key=lambda r: r["latency_ms_p50"]) if rows else None
 
 
-def _side(rows: list[dict[str, Any]], with_runtime: bool = False) -> dict[str, Any] | None:
+def row_cell(r: dict[str, Any], with_runtime: bool = False) -> dict[str, Any]:
+    """What a summary or a choice keeps of a result row: file, call, p50 (and the runtime)."""
+    c = {"file": r["file"], "call": r["call"], "latency_ms_p50": r["latency_ms_p50"]}
+    return c | {"runtime": r["runtime"]} if with_runtime else c
+
+
+def goal_side(rows: list[dict[str, Any]], with_runtime: bool = False) -> dict[str, Any] | None:
     """The round-robin's fastest row of one goal side, and in `close` the rows within
     CLOSE_TO_FASTEST of it (nearest first, at most MAX_CLOSE) that the pairs then check."""
     best = _fastest(rows)
     if best is None:
         return None
-
-    def cell(r: dict[str, Any]) -> dict[str, Any]:
-        c = {"file": r["file"], "call": r["call"], "latency_ms_p50": r["latency_ms_p50"]}
-        return c | {"runtime": r["runtime"]} if with_runtime else c
 
     near = sorted(
         (
@@ -92,7 +94,7 @@ def _side(rows: list[dict[str, Any]], with_runtime: bool = False) -> dict[str, A
         ),
         key=lambda r: r["latency_ms_p50"],
     )
-    return cell(best) | {"close": [cell(r) for r in near[:MAX_CLOSE]]}
+    return row_cell(best, with_runtime) | {"close": [row_cell(r, with_runtime) for r in near[:MAX_CLOSE]]}
 
 
 def _set_ratios(entry: dict[str, Any]) -> None:
@@ -117,11 +119,11 @@ def summarize_goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for rt in sorted({r["runtime"] for r in rows}):
             rr = [r for r in rows if r["runtime"] == rt]
             entry["per_runtime"][rt] = {
-                "best_int8": _side([r for r in rr if "int8" in r["format"]]),
-                "best_fp32": _side([r for r in rr if "int8" not in r["format"]]),
+                "best_int8": goal_side([r for r in rr if "int8" in r["format"]]),
+                "best_fp32": goal_side([r for r in rr if "int8" not in r["format"]]),
             }
-        entry["best_lenet_edge"] = _side([r for r in rows if not r["stock"]], with_runtime=True)
-        entry["best_stock"] = _side([r for r in rows if r["stock"]], with_runtime=True)
+        entry["best_lenet_edge"] = goal_side([r for r in rows if not r["stock"]], with_runtime=True)
+        entry["best_stock"] = goal_side([r for r in rows if r["stock"]], with_runtime=True)
         _set_ratios(entry)
         out.append(entry)
     return out
@@ -441,7 +443,7 @@ def _run_pairs(
 def check_sides_by_pairs(
     sides: list[dict[str, Any]], by_name: dict[str, Path], b: int, t: int, rounds: int, warmup: int
 ) -> list[dict[str, Any]]:
-    """Each side (a row from _side, with its `close` rows) checked by pairs, all in one child:
+    """Each side (a row from goal_side, with its `close` rows) checked by pairs, all in one child:
     every close row is timed as a pair with the side's round-robin best and gets
     `vs_round_robin_best` (paired_ratio). Returns the sides to keep, in order: the side itself, or
     the close row with the lowest ratio among those clearly faster (interval wholly below
