@@ -23,7 +23,7 @@ from typing import Any
 from lenet_edge.runtime.bench import CLOSE_TO_FASTEST, KEEP_IF_PAIRED_BELOW
 from lenet_edge.runtime.cli import add_common, parser
 from lenet_edge.runtime.errors import ConfigError
-from lenet_edge.runtime.files import quantize_record_path, read_json, write_json_atomic
+from lenet_edge.runtime.files import inside, quantize_record_path, read_json, write_json_atomic
 
 # The documented default per runtime (README, "Per-target choice"): what the measurements on both
 # x86 machine kinds and aarch64 favour for INT8 so far; used by --no-timing (CI).
@@ -40,7 +40,7 @@ def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
     """The artifact passed its checks: INT8 ONNX by its quantize record; others when they exist."""
     from lenet_edge.quantize.checks import int8_failures
 
-    f = onnx_dir / row["file"]
+    f = inside(onnx_dir, onnx_dir / row["file"])  # a name from the bench JSON never leaves the folder
     if not f.is_file():
         return False
     if row["file"].endswith(".onnx") and "int8" in row["format"]:
@@ -94,7 +94,7 @@ def select(
                 continue
             int8 = [r for r in cands if "int8" in r["format"]]
             dflt = [r for r in cands if r["format"] == DEFAULTS.get(rt)]
-            default = min(dflt, key=lambda r: r["latency_ms_p50"]) if dflt else None
+            default = min(dflt, key=_p50) if dflt else None
             choices.append(
                 {
                     "model": model,

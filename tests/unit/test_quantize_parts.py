@@ -590,3 +590,19 @@ def test_search_layer_sets_and_what_it_minimises(monkeypatch):
     }
     md = s.to_markdown(res)
     assert "| instructions |" in md and "349,448" in md and "439,064 instructions" in md
+
+
+def test_select_refuses_a_bench_row_naming_a_file_outside_the_onnx_folder(tmp_path):
+    """A file name from the bench JSON that resolves outside --onnx-dir is refused in one line,
+    even when the file exists there, and no targets.json is written."""
+    d = tmp_path / "onnx"
+    d.mkdir()
+    (tmp_path / "evil.onnx").write_bytes(b"x")
+    bench = {"results": [bench_row("../evil.onnx", "fp32", 5, "onnxruntime")], "environment": {}}
+    (tmp_path / "b.json").write_text(json.dumps(bench))
+    proc = run_cli(
+        "-m", "lenet_edge.quantize.select", "--bench", str(tmp_path / "b.json"), "--onnx-dir", str(d),
+        "--json", str(tmp_path / "t.json"), "--pair-rounds", "0",
+    )  # fmt: skip
+    assert_one_line_error(proc, "evil.onnx", "resolves outside")
+    assert not (tmp_path / "t.json").exists()
