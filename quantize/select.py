@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ def select(
     timing: bool = True,
     pair_rounds: int = PAIR_ROUNDS,
     warmup: int = PAIR_WARMUP,
+    source: str = "bench result",
+    say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Per model and runtime, the artifact to deploy. With timing, the round-robin's fastest
     candidate (and the fastest INT8 one) is checked by pairs first (pair_rounds > 0): candidates
@@ -73,7 +76,7 @@ def select(
     from lenet_edge.workflow import workflows
 
     if not isinstance(bench, dict) or not isinstance(bench.get("results"), list):
-        raise ConfigError("not a runtime.bench result (no 'results')")
+        raise ConfigError(f"{source}: not a runtime.bench result (no 'results')")
     if pair_rounds < 0:
         raise ConfigError("--pair-rounds must be >= 0")
     tol = load_tolerances()
@@ -106,8 +109,12 @@ def select(
             )
     paired = timing and pair_rounds > 0
     if paired:
-        _same_cpu_as(bench)
+        _same_cpu_as(bench, source)
         sides = [(c, k) for c in choices for k in ("choice", "fastest_int8") if c[k] and c[k]["close"]]
+        n = sum(len(c[k]["close"]) for c, k in sides)
+        say(
+            f"checking the round-robin's choices by pairs: {n} candidates close to them (batch 1, one thread)"
+        )
         by_name = {r["file"]: onnx_dir / r["file"] for r in rows}
         kept = check_sides_by_pairs([c[k] for c, k in sides], by_name, 1, 1, pair_rounds, warmup)
         for (c, k), side in zip(sides, kept, strict=True):
@@ -138,7 +145,7 @@ def select(
     }
 
 
-def _same_cpu_as(bench: dict[str, Any]) -> None:
+def _same_cpu_as(bench: dict[str, Any], source: str) -> None:
     """Pairs time the files here: refuse unless this is the CPU (and ISA mask) the benchmark saw;
     refuse AMX to the pairs' runtimes if the benchmark did (runtime/amx.py)."""
     from lenet_edge.runtime.env import cpu_info
@@ -148,7 +155,7 @@ def _same_cpu_as(bench: dict[str, Any]) -> None:
     for key in ("model", "isa_flags"):
         if ran.get(key) != here.get(key):
             raise ConfigError(
-                f"the benchmark ran on a CPU with {key} {ran.get(key)!r}, this one has {here.get(key)!r}: "
+                f"{source}: the benchmark ran on a CPU with {key} {ran.get(key)!r}, this one has {here.get(key)!r}: "
                 "select where it ran (with the same --isa), or pass --pair-rounds 0"
             )
     if (bench.get("settings") or {}).get("amx") == "off":
@@ -197,11 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         "0: take its fastest p50 unchecked); the pairs load every runtime, so run it where they are",
     )
     args = p.parse_args(argv)
-    if args.timing and args.pair_rounds:
-        print(
-            "checking the fastest candidates by pairs (batch 1, one thread)...", file=sys.stderr, flush=True
-        )
-    res = select(read_json(args.bench), args.onnx_dir, args.timing, args.pair_rounds)
+    res = select(
+        read_json(args.bench),
+        args.onnx_dir,
+        args.timing,
+        args.pair_rounds,
+        source=str(args.bench),
+        say=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
     write_json_atomic(args.json, res)
     for c in res["choices"]:
         i8 = c["fastest_int8"]
