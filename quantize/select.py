@@ -11,6 +11,9 @@ host named files "best" that pairs showed 18-23 % slower than another). The fast
 is recorded beside it, checked the same way. The pairs load each candidate's runtime, so a timed
 `select` runs where the benchmark ran (`.venv-device`). The CPU comes from the benchmark's environment
 capture, never from a machine name. `--no-timing` records the documented default instead.
+A row whose file no longer has the sha256 the benchmark recorded (re-published under the same name
+since, e.g. by a `make search` with other flags) is not a candidate; the choices carry the sha256 of
+the file chosen.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from lenet_edge.runtime.bench import CLOSE_TO_FASTEST, KEEP_IF_PAIRED_BELOW
 from lenet_edge.runtime.cli import add_common, parser
 from lenet_edge.runtime.errors import ConfigError
-from lenet_edge.runtime.files import inside, quantize_record_path, read_json, write_json_atomic
+from lenet_edge.runtime.files import inside, quantize_record_path, read_json, sha256_file, write_json_atomic
 
 # The documented default per runtime (README, "Per-target choice"): what the measurements on both
 # x86 machine kinds and aarch64 favour for INT8 so far; used by --no-timing (CI).
@@ -37,11 +40,23 @@ PAIR_ROUNDS = 200  # the benchmark's paired rounds (runtime.bench, 2000 runs)
 PAIR_WARMUP = 200
 
 
+def _changed(onnx_dir: Path, row: dict[str, Any]) -> str | None:
+    """Why the file a bench row names is no longer what it timed (None if it is, or the row comes
+    from a benchmark older than the per-row sha256)."""
+    f = inside(onnx_dir, onnx_dir / row["file"])  # a name from the bench JSON never leaves the folder
+    if not f.is_file():
+        return "missing"
+    timed = row.get("file_sha256")
+    if timed and sha256_file(f) != timed:
+        return "changed since the benchmark timed it (sha256 differs): run `make bench` again"
+    return None
+
+
 def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
     """The artifact passed its checks: INT8 ONNX by its quantize record; others when they exist."""
     from lenet_edge.quantize.checks import int8_failures
 
-    f = inside(onnx_dir, onnx_dir / row["file"])  # a name from the bench JSON never leaves the folder
+    f = inside(onnx_dir, onnx_dir / row["file"])
     if not f.is_file():
         return False
     if row["file"].endswith(".onnx") and "int8" in row["format"]:
@@ -85,6 +100,12 @@ def select(
         for r in bench["results"]
         if r.get("batch") == 1 and r.get("threads") == 1 and not r.get("stock") and r.get("model") != "floor"
     ]
+    # a row whose file was re-published since (same name, other bytes) says nothing about it
+    named = {r["file"]: r for r in rows}
+    changed = {n: why for n, r in named.items() if (why := _changed(onnx_dir, r)) and why != "missing"}
+    for name, why in sorted(changed.items()):
+        say(f"not a candidate: {name}: {why}")
+    rows = [r for r in rows if r["file"] not in changed]
     choices = []
     for model in sorted({r["model"] for r in rows}):
         # a model with a workflow is checked against its own tolerances
@@ -124,6 +145,10 @@ def select(
             for k in ("choice", "fastest_int8"):
                 if c[k]:
                     c[k].pop("close")
+    for c in choices:  # the bytes chosen, so a deployment can check it ships the file measured
+        for k in ("choice", "fastest_int8"):
+            if c[k]:
+                c[k]["file_sha256"] = sha256_file(onnx_dir / c[k]["file"])
     env = bench.get("environment", {})
     method = "documented default"
     if timing:
@@ -141,6 +166,7 @@ def select(
         # a process-wide runtime setting the choice was measured with (runtime/amx.py): deploy with it
         "amx": (bench.get("settings") or {}).get("amx", "on"),
         "defaults": DEFAULTS,
+        "changed_since_bench": changed,
         "choices": choices,
     }
 

@@ -31,7 +31,7 @@ from .cli import add_common, parser
 from .contract import IMAGE_SHAPE, check_pixels
 from .env import describe_cpu
 from .errors import ConfigError, LenetEdgeError
-from .files import write_bytes_atomic, write_json_atomic
+from .files import sha256_file, write_bytes_atomic, write_json_atomic
 from .runner import check_scores
 
 SCHEMA = "lenet-edge/bench/v1"
@@ -349,6 +349,10 @@ def run_bench(
     for m in models:
         if not m.is_file():
             raise ConfigError(f"{m}: model file not found")
+    names = [m.name for m in models]
+    dup = next((m for m in models if names.count(m.name) > 1), None)
+    if dup:  # rows, pairs and `select` name a file by its name alone
+        raise ConfigError(f"{dup}: another model given has the same file name; time one of them per run")
 
     from .progress import live
 
@@ -362,15 +366,26 @@ def run_bench(
             print(msg, file=sys.stderr, flush=True)
 
     paired_rounds = max(20, runs // 10)  # 200 with the default 2000 runs
+    # each row names the bytes it timed: a file re-published under the same name later (a `make
+    # search` with other flags) is then told apart by `select`; one changed during the run fails it
+    hashes = {m: sha256_file(m) for m in models}
     try:
         results = _measure_all(models, batches, threads, calls, runs, warmup, rounds, say)
-        summary = summarize_goals(results)
         by_name = {m.name: m for m in models}
+        for r in results:
+            r["file_sha256"] = hashes[by_name[r["file"]]]
+        summary = summarize_goals(results)
         _confirm_sides(summary, by_name, paired_rounds, warmup, say)
         _pair_goals(summary, by_name, paired_rounds, warmup, say)
     finally:
         if progress and redraw:
             print(file=sys.stderr)  # end the progress line, also before an error message
+    changed = [m for m in models if not m.is_file() or sha256_file(m) != hashes[m]]
+    if changed:
+        raise ConfigError(
+            f"{changed[0]}: changed while it was timed (sha256 differs from the start of the run); "
+            "nothing written: run the benchmark again when nothing else writes its models"
+        )
     best = _ratios(results)
     import onnxruntime
 

@@ -606,3 +606,31 @@ def test_select_refuses_a_bench_row_naming_a_file_outside_the_onnx_folder(tmp_pa
     )  # fmt: skip
     assert_one_line_error(proc, "evil.onnx", "resolves outside")
     assert not (tmp_path / "t.json").exists()
+
+
+def test_select_skips_a_row_whose_file_was_republished_since_the_bench(tmp_path):
+    """A row names the bytes it timed (file_sha256): once the file under that name has other bytes
+    it is no candidate (said, and recorded); the choice carries the chosen file's sha256."""
+    from lenet_edge.quantize.select import select
+    from lenet_edge.runtime.files import sha256_file
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    rows = []
+    for name, us in (("m.fp32.opt.onnx", 30), ("m.fp32.b1.onnx", 20)):
+        (d / name).write_bytes(name.encode())
+        rows.append(
+            bench_row(name, "fp32." + name.split(".")[2], us, "onnxruntime")
+            | {"file_sha256": sha256_file(d / name)}
+        )
+    bench = {"results": rows, "environment": {}}
+    (c,) = select(bench, d, pair_rounds=0)["choices"]
+    assert c["choice"]["file"] == "m.fp32.b1.onnx"
+    assert c["choice"]["file_sha256"] == rows[1]["file_sha256"]
+    (d / "m.fp32.b1.onnx").write_bytes(b"re-published")  # same name, other bytes
+    said = []
+    res = select(bench, d, pair_rounds=0, say=said.append)
+    (c,) = res["choices"]
+    assert c["choice"]["file"] == "m.fp32.opt.onnx"
+    assert [x["file"] for x in c["candidates"]] == ["m.fp32.opt.onnx"]
+    assert list(res["changed_since_bench"]) == ["m.fp32.b1.onnx"] and "m.fp32.b1.onnx" in said[0]

@@ -8,6 +8,7 @@ import pytest
 
 from lenet_edge.runtime.contract import check_pixels
 from lenet_edge.runtime.errors import ContractError
+from lenet_edge.runtime.files import sha256_file
 from tests.conftest import ROOT, assert_one_line_error, bench_row, run_cli
 
 pytestmark = pytest.mark.unit
@@ -165,6 +166,32 @@ def test_bench_schema_and_ratios(tmp_path, identity):
         assert r["session"]["threads"] == 1 and r["session"]["graph_optimization"] == "all"
         assert r["ratio_p50_vs_fp32"] is None  # the floor has no FP32 sibling
     assert "| floor | floor | lenet-edge | onnxruntime | iobinding | 1 | 1 |" in to_markdown(rep)
+    assert {r["file_sha256"] for r in rep["results"]} == {sha256_file(identity)}  # the bytes timed
+
+
+def test_bench_refuses_two_models_with_one_name_and_a_model_changed_while_timed(
+    tmp_path, identity, monkeypatch
+):
+    import shutil
+
+    from lenet_edge.runtime import bench
+    from lenet_edge.runtime.errors import ConfigError
+
+    other = tmp_path / "d" / identity.name
+    other.parent.mkdir()
+    shutil.copyfile(identity, other)
+    with pytest.raises(ConfigError, match="same file name"):
+        bench.run_bench([identity, other], [1], [1], ["run"], runs=10, warmup=1, rounds=1, progress=False)
+    timed = bench._measure_all
+
+    def rewrite_while_timed(models, *args):
+        out = timed(models, *args)
+        models[0].write_bytes(models[0].read_bytes() + b" ")  # e.g. a `make search` re-publishing it
+        return out
+
+    monkeypatch.setattr(bench, "_measure_all", rewrite_while_timed)
+    with pytest.raises(ConfigError, match="changed while it was timed"):
+        bench.run_bench([other], [1], [1], ["run"], runs=10, warmup=1, rounds=1, progress=False)
 
 
 def test_paired_ratio_and_interval():
