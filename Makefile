@@ -131,6 +131,7 @@ DEV_LE := .venv-device/bin/lenet-edge $(ISA_FLAG)
 PUBLISHED = $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR))
 # BENCH_FLAGS="--amx off": refuse Intel AMX to the runtimes (runtime/amx.py)
 BENCH_FLAGS ?=
+BENCH_TRAIN_FLAGS ?=
 bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/ (ISA=avx2, BENCH_FLAGS="--amx off")
 	$(DEV_LE) bench $(OURS) $(STOCK) $(PUBLISHED) --json build/bench/bench.json $(BENCH_FLAGS)
 
@@ -181,8 +182,8 @@ reference: setup ## adopt build/train checkpoints as the committed reference (wr
 readme: setup ## refresh the README results table from results/reference.json
 	$(LE) reference readme
 
-bench-train: data ## seconds/epoch: our loop vs paddle.Model.fit + DataLoader, and the ratio
-	$(LE) bench-train
+bench-train: data ## seconds/epoch: our loop (fastconv; and with Paddle's conv kernel) vs paddle.Model.fit + DataLoader, and the ratios -> build/bench/train.json (BENCH_TRAIN_FLAGS="--rounds 3")
+	$(LE) bench-train --json build/bench/train.json $(BENCH_TRAIN_FLAGS)
 
 lint: setup ## ruff lint + format check
 	$(VENV)/bin/ruff check .

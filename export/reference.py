@@ -124,7 +124,12 @@ def _differences(env: dict[str, Any], ref_env: dict[str, Any]) -> list[str]:
     """What differs between two training environments (CPU class, library versions), in words."""
     out = [f"{k} {env.get(k)!r} vs {ref_env.get(k)!r}" for k in CLASS_KEYS if env.get(k) != ref_env.get(k)]
     ev, rv = env.get("versions", {}), ref_env.get("versions", {})
-    out += [f"{k} {ev.get(k)} vs {rv.get(k)}" for k in sorted(set(ev) | set(rv)) if ev.get(k) != rv.get(k)]
+    said = {"conv_kernel": "not recorded (Paddle's kernel)"}  # references older than train/fastconv.py
+    out += [
+        f"{k} {ev.get(k, 'not recorded')} vs {rv.get(k, said.get(k, 'not recorded'))}"
+        for k in sorted(set(ev) | set(rv))
+        if ev.get(k) != rv.get(k)
+    ]
     return out
 
 

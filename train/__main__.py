@@ -76,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="retrain even if an up-to-date checkpoint exists")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument(
+        "--conv-kernel",
+        choices=("auto", "onednn", "paddle"),
+        default=None,
+        help="convolution training kernel: oneDNN through lenet-edge's fastconv operator, built on "
+        "first use (onednn), Paddle's own (paddle), or oneDNN where it builds (auto; the default, "
+        "or $LENET_EDGE_CONV_KERNEL); the training record names the one used",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=None,
@@ -108,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             test_limit=args.test_limit,
         )
         rec = train(
-            cfg, args.out_dir, args.data_dir, force=args.force, progress=args.progress and not args.quiet
+            cfg,
+            args.out_dir,
+            args.data_dir,
+            force=args.force,
+            progress=args.progress and not args.quiet,
+            conv_kernel=args.conv_kernel,
         )
         print(
             f"{name}: test top-1 {100 * rec['test_top1']:.2f} %  top-2 {100 * rec['test_top2']:.2f} %  "

@@ -1,7 +1,9 @@
 """Seconds per epoch: lenet-edge's loop vs the blog's paddle.Model.fit + Paddle MNIST DataLoader.
 
-Both run in this process on the same data, the same architecture and batch size, interleaved
-per round; prints each time and the ratio (baseline / ours). A benchmark, not a test.
+All run in this process on the same data, the same architecture and batch size, interleaved
+per round: the baseline, lenet-edge's loop with Paddle's conv kernel, and the loop as `lenet-edge
+train` runs it (the fastconv oneDNN kernel where it builds); prints each time and the ratios
+(baseline / ours). A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -54,11 +56,14 @@ def _fit_epoch(name: str, gz_dir: Path, steps: int | None, seed: int) -> tuple[f
     return time.perf_counter() - t0, n_steps
 
 
-def _our_epoch(name: str, x: np.ndarray, y: np.ndarray, steps: int | None, seed: int) -> tuple[float, int]:
+def _our_epoch(
+    name: str, x: np.ndarray, y: np.ndarray, steps: int | None, seed: int, ops: Any
+) -> tuple[float, int]:
+    """lenet-edge's loop; `ops`: the fastconv operators, or None for Paddle's conv kernel."""
     paddle = import_paddle()
 
     from lenet_edge.train.loop import train_epoch
-    from lenet_edge.train.models import build_model
+    from lenet_edge.train.models import build_model, use_fastconv
 
     paddle.seed(seed)
     net = build_model(name)
@@ -67,9 +72,13 @@ def _our_epoch(name: str, x: np.ndarray, y: np.ndarray, steps: int | None, seed:
     order = np.random.default_rng(seed).permutation(len(x))
     if steps is not None:
         order = order[: steps * 64]
-    t0 = time.perf_counter()
-    train_epoch(net, opt, x, y, order, 64)
-    return time.perf_counter() - t0, (len(order) + 63) // 64
+    use_fastconv(ops)
+    try:
+        t0 = time.perf_counter()
+        train_epoch(net, opt, x, y, order, 64)
+        return time.perf_counter() - t0, (len(order) + 63) // 64
+    finally:
+        use_fastconv(None)
 
 
 def bench_train(models: list[str], rounds: int, steps: int | None, data_dir: Path | None) -> dict[str, Any]:
@@ -81,24 +90,34 @@ def bench_train(models: list[str], rounds: int, steps: int | None, data_dir: Pat
         src = Path(data_dir) if data_dir else default_data_dir()
         for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
             (gz_dir / f"{f}.gz").write_bytes(gzip.compress((src / f).read_bytes(), compresslevel=1))
+        from lenet_edge.train import fastconv
+
+        ops, kernel = fastconv.choose()  # the kernel `lenet-edge train` uses here
         for name in models:
-            fit_s, ours_s = [], []
+            fit_s, ours_s, stock_conv_s = [], [], []
             for r in range(rounds):
                 t, n = _fit_epoch(name, gz_dir, steps, seed=r)
                 fit_s.append(t / n)
-                t, n = _our_epoch(name, x, y, steps, seed=r)
+                t, n = _our_epoch(name, x, y, steps, r, None)
+                stock_conv_s.append(t / n)
+                t, n = _our_epoch(name, x, y, steps, r, ops)
                 ours_s.append(t / n)
                 print(
                     f"{name} round {r + 1}/{rounds}: fit+DataLoader {1000 * fit_s[-1]:.1f} ms/step, "
-                    f"ours {1000 * ours_s[-1]:.1f} ms/step",
+                    f"ours {1000 * ours_s[-1]:.1f} ms/step ({kernel}; with Paddle's conv kernel "
+                    f"{1000 * stock_conv_s[-1]:.1f})",
                     flush=True,
                 )
             per_epoch = 938  # 60,000 images at batch 64
             f_med, o_med = float(np.median(fit_s)), float(np.median(ours_s))
+            p_med = float(np.median(stock_conv_s))
             results[name] = {
                 "fit_dataloader_s_per_epoch": round(f_med * per_epoch, 2),
                 "ours_s_per_epoch": round(o_med * per_epoch, 2),
                 "speedup": round(f_med / o_med, 3),
+                "conv_kernel": kernel,
+                "ours_paddle_conv_s_per_epoch": round(p_med * per_epoch, 2),
+                "speedup_paddle_conv": round(f_med / p_med, 3),
                 "rounds": rounds,
                 "steps_per_round": steps or per_epoch,
             }
@@ -125,14 +144,26 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in res.items():
         print(
             f"{name}: paddle.Model.fit + DataLoader {r['fit_dataloader_s_per_epoch']:.1f} s/epoch, "
-            f"lenet-edge loop {r['ours_s_per_epoch']:.1f} s/epoch -> {r['speedup']:.2f}x faster"
+            f"lenet-edge loop {r['ours_s_per_epoch']:.1f} s/epoch -> {r['speedup']:.2f}x faster "
+            f"({r['conv_kernel']}; with Paddle's conv kernel {r['ours_paddle_conv_s_per_epoch']:.1f} s/epoch, "
+            f"{r['speedup_paddle_conv']:.2f}x)"
         )
+    from lenet_edge.runtime.env import environment
+    from lenet_edge.train.paddle_env import import_paddle
+
+    report = {
+        "schema": "lenet-edge/bench-train/v1",
+        "environment": environment({"paddle": import_paddle().__version__}),
+        "settings": {"rounds": args.rounds, "steps": args.steps, "batch": 64, "threads": 1},
+        "models": res,
+    }
     if args.json:
         from lenet_edge.runtime.files import write_json_atomic
 
-        write_json_atomic(args.json, res)
+        write_json_atomic(args.json, report)
+        print(f"wrote {args.json}")
     else:
-        print(json.dumps(res))
+        print(json.dumps(report))
     return 0
 
 

@@ -67,7 +67,9 @@ def training_environment() -> dict[str, Any]:
     return {"cpu_model": cpu["model"], "isa_flags": cpu["isa_flags"], "machine": platform.machine()}
 
 
-def is_up_to_date(checkpoint: Path, config: TrainConfig, data_sha256: dict[str, str]) -> bool:
+def is_up_to_date(
+    checkpoint: Path, config: TrainConfig, data_sha256: dict[str, str], conv_kernel: str | None = None
+) -> bool:
     rec = record_path(checkpoint)
     if not (checkpoint.is_file() and rec.is_file()):
         return False
@@ -80,6 +82,7 @@ def is_up_to_date(checkpoint: Path, config: TrainConfig, data_sha256: dict[str, 
         and r.get("data_sha256") == data_sha256
         and r.get("source_sha256") == source_sha256()
         and r.get("checkpoint_sha256") == sha256_file(checkpoint)
+        and (conv_kernel is None or r.get("versions", {}).get("conv_kernel") == conv_kernel)
     )
 
 
@@ -128,19 +131,40 @@ def train(
     data_dir: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
+    conv_kernel: str | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate on the test set, write checkpoint then record; return the record."""
-    paddle = import_paddle()
-    from lenet_edge.runtime.progress import Progress
-    from lenet_edge.train.models import build_model, count_params
+    """Train, evaluate on the test set, write checkpoint then record; return the record.
+    `conv_kernel`: auto | onednn | paddle (train/fastconv.py; default $LENET_EDGE_CONV_KERNEL, auto)."""
+    from lenet_edge.train import fastconv
+    from lenet_edge.train.models import use_fastconv
 
     out_dir = Path(out_dir)
     ckpt = out_dir / f"{config.model}.npz"
     train_split, test_split = load_split("train", data_dir), load_split("test", data_dir)
     data_sha = {**train_split.sha256, **test_split.sha256}
-    if not force and is_up_to_date(ckpt, config, data_sha):
-        print(f"{ckpt}: up to date (same config, data and code); --force retrains")
+    ops, kernel = fastconv.choose(conv_kernel)
+    if not force and is_up_to_date(ckpt, config, data_sha, kernel):
+        print(f"{ckpt}: up to date (same config, data, code and conv kernel); --force retrains")
         return read_json(record_path(ckpt))
+    use_fastconv(ops)
+    try:
+        return _train(config, ckpt, train_split, test_split, data_sha, kernel, progress)
+    finally:
+        use_fastconv(None)
+
+
+def _train(
+    config: TrainConfig,
+    ckpt: Path,
+    train_split: Any,
+    test_split: Any,
+    data_sha: dict[str, str],
+    kernel: str,
+    progress: bool,
+) -> dict[str, Any]:
+    paddle = import_paddle()
+    from lenet_edge.runtime.progress import Progress
+    from lenet_edge.train.models import build_model, count_params
 
     # Whole data set in memory, normalised once by the shared contract function.
     x_train = normalize(train_split.images[: config.train_limit, None])
@@ -196,7 +220,7 @@ def train(
         "wall_seconds": time.perf_counter() - wall0,
         "cpu_seconds": time.process_time() - cpu0,
         "seconds_per_epoch": (time.perf_counter() - wall0) / config.epochs,
-        "versions": library_versions(),
+        "versions": {**library_versions(), "conv_kernel": kernel},
         "environment": training_environment(),
         "data_sha256": data_sha,
         "source_sha256": source_sha256(),

@@ -34,10 +34,43 @@ class Conv2D(nn.Conv2D):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if not (self.training and self.fast_bias) or self.bias is None:
             return super().forward(x)
+        geometry = _fastconv_geometry(self)
+        if _FASTCONV is not None and geometry is not None:
+            # oneDNN's training kernels (train/fastconv.py); a data input needs no gradient
+            op = _FASTCONV.fastconv_first if x.stop_gradient else _FASTCONV.fastconv
+            return op(x, self.weight, self.bias, *geometry)
         y = F.conv2d(x, self.weight, None, self._stride, self._padding, self._dilation, self._groups)
         n, c, h, w = y.shape
         bias = self.bias.reshape([1, c]).tile([n, 1]).reshape([n * c, 1])
         return (y.reshape([n * c, h * w]) + bias).reshape([n, c, h, w])
+
+
+_FASTCONV: Any = None  # the fastconv operators while use_fastconv() is in force
+
+
+def use_fastconv(ops: Any) -> None:
+    """Train Conv2D layers with the fastconv operators (train/fastconv.py); None: Paddle's kernel."""
+    global _FASTCONV
+    _FASTCONV = ops
+
+
+def _fastconv_geometry(layer: nn.Conv2D) -> tuple[int, int] | None:
+    """(stride, padding) when fastconv computes this layer exactly (NCHW, one group, no
+    dilation, the same integer stride and padding on both axes), else None."""
+    stride, pad, dil = (
+        list(v) if isinstance(v, list | tuple) else [v, v]
+        for v in (layer._stride, layer._padding, layer._dilation)
+    )
+    if (
+        layer._groups != 1
+        or layer._data_format != "NCHW"
+        or dil != [1, 1]
+        or layer._padding_algorithm != "EXPLICIT"
+    ):
+        return None
+    if any(not isinstance(v, int) for v in stride + pad) or len(set(stride)) != 1 or len(set(pad)) != 1:
+        return None
+    return stride[0], pad[0]
 
 
 class LeNetPool(nn.Layer):

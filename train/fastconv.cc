@@ -1,0 +1,233 @@
+// lenet-edge fastconv: a Paddle custom operator that trains a 2-D convolution with oneDNN.
+//
+// Paddle 3.3's dygraph CPU conv kernel is im2col + one small GEMM per image; its forward and
+// backward were ~85 % of a training step (docs/performance.md). oneDNN, which the Paddle wheel
+// already ships (paddle/libs/libdnnl.so.3), has JIT convolution kernels for the whole batch. This
+// operator computes y = conv(x, w) + b (NCHW, OIHW weights, square stride and padding, no dilation,
+// one group) and its gradients with oneDNN primitives, reordering to the layout oneDNN prefers and
+// back. The math is the convolution's; the summation order is oneDNN's, so weights trained with it
+// are not bitwise those of Paddle's kernel (the training record names the kernel used).
+//
+// Two operators: `fastconv` (gradients for x, w, b) and `fastconv_first` (w and b only, for a first
+// layer whose input is data: no input gradient is computed). Built by train/fastconv.py.
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "dnnl.hpp"
+#include "paddle/extension.h"
+
+namespace {
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+dnnl::engine& eng() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+dnnl::stream& strm() {
+  static dnnl::stream s(eng());
+  return s;
+}
+
+struct Prims {
+  dnnl::convolution_forward::primitive_desc fwd_pd;
+  dnnl::convolution_forward fwd;
+  dnnl::convolution_backward_data::primitive_desc bd_pd;
+  dnnl::convolution_backward_data bd;
+  dnnl::convolution_backward_weights::primitive_desc bw_pd;
+  dnnl::convolution_backward_weights bw;
+};
+
+struct Shape {
+  memory::dims x, w, y;
+  int64_t stride, pad;
+};
+
+std::mutex cache_mutex;
+
+Shape shape_of(const paddle::Tensor& x, const paddle::Tensor& w, int64_t stride, int64_t pad) {
+  PD_CHECK(x.is_cpu() && w.is_cpu(), "fastconv: CPU tensors only");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32 && w.dtype() == paddle::DataType::FLOAT32,
+           "fastconv: float32 only");
+  PD_CHECK(x.is_contiguous() && w.is_contiguous(), "fastconv: contiguous tensors only");
+  auto xs = x.shape(), ws = w.shape();
+  PD_CHECK(xs.size() == 4 && ws.size() == 4, "fastconv: x must be NCHW and w OIHW");
+  PD_CHECK(xs[1] == ws[1], "fastconv: input channels ", xs[1], " but weights for ", ws[1]);
+  PD_CHECK(ws[2] == ws[3], "fastconv: square kernels only");
+  PD_CHECK(stride >= 1 && pad >= 0, "fastconv: stride >= 1 and padding >= 0");
+  int64_t oh = (xs[2] + 2 * pad - ws[2]) / stride + 1, ow = (xs[3] + 2 * pad - ws[3]) / stride + 1;
+  PD_CHECK(oh >= 1 && ow >= 1, "fastconv: kernel larger than the padded input");
+  return {memory::dims(xs.begin(), xs.end()), memory::dims(ws.begin(), ws.end()),
+          memory::dims{xs[0], ws[0], oh, ow}, stride, pad};
+}
+
+// One set of primitives per shape (a training run sees two: the batch and the last partial one).
+Prims& prims(const Shape& s) {
+  using Key = std::tuple<memory::dims, memory::dims, int64_t, int64_t>;
+  static std::map<Key, Prims> cache;
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  Key key{s.x, s.w, s.stride, s.pad};
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  // tag::any: oneDNN picks its blocked layouts (its JIT kernels); plain NCHW falls back to slow
+  // reference code for a one-channel input.
+  memory::desc src(s.x, dt::f32, tag::any), wei(s.w, dt::f32, tag::any), dst(s.y, dt::f32, tag::any);
+  memory::desc bia({s.w[0]}, dt::f32, tag::x);
+  memory::dims st{s.stride, s.stride}, pd{s.pad, s.pad};
+  auto alg = dnnl::algorithm::convolution_direct;
+  auto fwd_pd = dnnl::convolution_forward::primitive_desc(eng(), dnnl::prop_kind::forward_training, alg,
+                                                          src, wei, bia, dst, st, pd, pd);
+  auto bd_pd = dnnl::convolution_backward_data::primitive_desc(eng(), alg, src, wei, dst, st, pd, pd, fwd_pd);
+  auto bw_pd =
+      dnnl::convolution_backward_weights::primitive_desc(eng(), alg, src, wei, bia, dst, st, pd, pd, fwd_pd);
+  Prims p{fwd_pd, dnnl::convolution_forward(fwd_pd), bd_pd, dnnl::convolution_backward_data(bd_pd),
+          bw_pd,  dnnl::convolution_backward_weights(bw_pd)};
+  return cache.emplace(key, std::move(p)).first->second;
+}
+
+// A user buffer in plain layout `t`, as the memory `want` describes (reordered into a new buffer
+// when the layouts differ).
+memory input(const memory::desc& want, const memory::dims& d, tag t, const float* p) {
+  memory user(memory::desc(d, dt::f32, t), eng(), const_cast<float*>(p));
+  if (want == user.get_desc()) return user;
+  memory m(want, eng());
+  dnnl::reorder(user, m).execute(strm(), user, m);
+  return m;
+}
+
+// Memory for a result in layout `have`: the user's buffer when that is plain `t`, else a new one
+// that `output_done` reorders into the user's buffer.
+memory output(const memory::desc& have, const memory::dims& d, tag t, float* p) {
+  if (have == memory::desc(d, dt::f32, t)) return memory(have, eng(), p);
+  return memory(have, eng());
+}
+
+void output_done(memory& m, const memory::dims& d, tag t, float* p) {
+  memory user(memory::desc(d, dt::f32, t), eng(), p);
+  if (m.get_data_handle() == p) return;
+  dnnl::reorder(m, user).execute(strm(), m, user);
+}
+
+paddle::Tensor empty(const memory::dims& d, const paddle::Tensor& like) {
+  return paddle::empty(std::vector<int64_t>(d.begin(), d.end()), paddle::DataType::FLOAT32, like.place());
+}
+
+template <typename F>
+auto guarded(F f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const dnnl::error& e) {
+    PD_THROW("fastconv: oneDNN error: ", e.what());
+  }
+}
+
+std::vector<paddle::Tensor> Forward(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& b,
+                                    int64_t stride, int64_t pad) {
+  return guarded([&] {
+    Shape s = shape_of(x, w, stride, pad);
+    PD_CHECK(b.shape().size() == 1 && b.shape()[0] == s.w[0] && b.is_contiguous() &&
+                 b.dtype() == paddle::DataType::FLOAT32,
+             "fastconv: bias must be float32 [out channels]");
+    Prims& p = prims(s);
+    auto y = empty(s.y, x);
+    memory ms = input(p.fwd_pd.src_desc(), s.x, tag::nchw, x.data<float>());
+    memory mw = input(p.fwd_pd.weights_desc(), s.w, tag::oihw, w.data<float>());
+    memory mb(p.fwd_pd.bias_desc(), eng(), const_cast<float*>(b.data<float>()));
+    memory md = output(p.fwd_pd.dst_desc(), s.y, tag::nchw, y.data<float>());
+    p.fwd.execute(strm(), {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_BIAS, mb}, {DNNL_ARG_DST, md}});
+    output_done(md, s.y, tag::nchw, y.data<float>());
+    strm().wait();
+    return std::vector<paddle::Tensor>{y};
+  });
+}
+
+// dW and db (and dx when asked) from x, w and dy.
+std::vector<paddle::Tensor> Backward(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& dy,
+                                     int64_t stride, int64_t pad, bool with_dx) {
+  return guarded([&] {
+    Shape s = shape_of(x, w, stride, pad);
+    PD_CHECK(dy.is_contiguous() && std::vector<int64_t>(s.y.begin(), s.y.end()) == dy.shape(),
+             "fastconv: output gradient of another shape");
+    Prims& p = prims(s);
+    std::vector<paddle::Tensor> out;
+    memory mdy = input(p.bw_pd.diff_dst_desc(), s.y, tag::nchw, dy.data<float>());
+    if (with_dx) {
+      auto dx = empty(s.x, x);
+      memory mdy_d = p.bd_pd.diff_dst_desc() == mdy.get_desc()
+                         ? mdy
+                         : input(p.bd_pd.diff_dst_desc(), s.y, tag::nchw, dy.data<float>());
+      memory mw = input(p.bd_pd.weights_desc(), s.w, tag::oihw, w.data<float>());
+      memory mdx = output(p.bd_pd.diff_src_desc(), s.x, tag::nchw, dx.data<float>());
+      p.bd.execute(strm(), {{DNNL_ARG_DIFF_DST, mdy_d}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DIFF_SRC, mdx}});
+      output_done(mdx, s.x, tag::nchw, dx.data<float>());
+      out.push_back(dx);
+    }
+    auto dw = empty(s.w, x);
+    auto db = empty(memory::dims{s.w[0]}, x);
+    memory ms = input(p.bw_pd.src_desc(), s.x, tag::nchw, x.data<float>());
+    memory mdw = output(p.bw_pd.diff_weights_desc(), s.w, tag::oihw, dw.data<float>());
+    memory mdb(p.bw_pd.diff_bias_desc(), eng(), db.data<float>());
+    p.bw.execute(strm(), {{DNNL_ARG_SRC, ms},
+                          {DNNL_ARG_DIFF_DST, mdy},
+                          {DNNL_ARG_DIFF_WEIGHTS, mdw},
+                          {DNNL_ARG_DIFF_BIAS, mdb}});
+    output_done(mdw, s.w, tag::oihw, dw.data<float>());
+    strm().wait();
+    out.push_back(dw);
+    out.push_back(db);
+    return out;
+  });
+}
+
+std::vector<paddle::Tensor> BackwardAll(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& dy,
+                                        int64_t stride, int64_t pad) {
+  return Backward(x, w, dy, stride, pad, true);
+}
+
+std::vector<paddle::Tensor> BackwardParams(const paddle::Tensor& x, const paddle::Tensor& w,
+                                           const paddle::Tensor& dy, int64_t stride, int64_t pad) {
+  return Backward(x, w, dy, stride, pad, false);
+}
+
+std::vector<std::vector<int64_t>> OutShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                           const std::vector<int64_t>&, int64_t stride, int64_t pad) {
+  return {{x[0], w[0], (x[2] + 2 * pad - w[2]) / stride + 1, (x[3] + 2 * pad - w[3]) / stride + 1}};
+}
+
+std::vector<paddle::DataType> OutType(const paddle::DataType& x, const paddle::DataType&, const paddle::DataType&) {
+  return {x};
+}
+}  // namespace
+
+PD_BUILD_OP(fastconv)
+    .Inputs({"X", "W", "B"})
+    .Outputs({"Out"})
+    .Attrs({"stride: int64_t", "pad: int64_t"})
+    .SetKernelFn(PD_KERNEL(Forward))
+    .SetInferShapeFn(PD_INFER_SHAPE(OutShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(OutType));
+
+PD_BUILD_GRAD_OP(fastconv)
+    .Inputs({"X", "W", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("W"), paddle::Grad("B")})
+    .Attrs({"stride: int64_t", "pad: int64_t"})
+    .SetKernelFn(PD_KERNEL(BackwardAll));
+
+PD_BUILD_OP(fastconv_first)
+    .Inputs({"X", "W", "B"})
+    .Outputs({"Out"})
+    .Attrs({"stride: int64_t", "pad: int64_t"})
+    .SetKernelFn(PD_KERNEL(Forward))
+    .SetInferShapeFn(PD_INFER_SHAPE(OutShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(OutType));
+
+PD_BUILD_GRAD_OP(fastconv_first)
+    .Inputs({"X", "W", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("W"), paddle::Grad("B")})
+    .Attrs({"stride: int64_t", "pad: int64_t"})
+    .SetKernelFn(PD_KERNEL(BackwardParams));
