@@ -9,7 +9,10 @@
 // are not bitwise those of Paddle's kernel (the training record names the kernel used).
 //
 // Two operators: `fastconv` (gradients for x, w, b) and `fastconv_first` (w and b only, for a first
-// layer whose input is data: no input gradient is computed). Built by train/fastconv.py.
+// layer whose input is data: no input gradient is computed). And `fastpool`: max pooling with
+// Paddle's own arithmetic (bitwise its values and gradients) at a fraction of its per-call cost.
+// Built by train/fastconv.py.
+#include <cfloat>
 #include <map>
 #include <mutex>
 #include <string>
@@ -202,7 +205,82 @@ std::vector<std::vector<int64_t>> OutShape(const std::vector<int64_t>& x, const 
 std::vector<paddle::DataType> OutType(const paddle::DataType& x, const paddle::DataType&, const paddle::DataType&) {
   return {x};
 }
+// Max pooling, square window k, stride s, no padding, floor mode: Paddle's CPU pool2d arithmetic
+// (start from -FLT_MAX, keep the larger; the gradient goes to the first element of a window, in
+// row-major order, that equals its maximum), without its per-call dispatch cost.
+void pool_check(const paddle::Tensor& x, int64_t k, int64_t s) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.is_contiguous(),
+           "fastpool: contiguous float32 CPU tensors only");
+  PD_CHECK(x.shape().size() == 4, "fastpool: x must be NCHW");
+  PD_CHECK(k >= 1 && s >= 1 && x.shape()[2] >= k && x.shape()[3] >= k, "fastpool: window larger than the input");
+}
+
+std::vector<paddle::Tensor> PoolForward(const paddle::Tensor& x, int64_t k, int64_t s) {
+  pool_check(x, k, s);
+  auto d = x.shape();
+  int64_t planes = d[0] * d[1], h = d[2], w = d[3], oh = (h - k) / s + 1, ow = (w - k) / s + 1;
+  auto y = paddle::empty({d[0], d[1], oh, ow}, paddle::DataType::FLOAT32, x.place());
+  const float* in = x.data<float>();
+  float* out = y.data<float>();
+  for (int64_t p = 0; p < planes; ++p, in += h * w)
+    for (int64_t i = 0; i < oh; ++i)
+      for (int64_t j = 0; j < ow; ++j) {
+        float m = -FLT_MAX;
+        for (int64_t u = 0; u < k; ++u)
+          for (int64_t v = 0; v < k; ++v) {
+            float e = in[(i * s + u) * w + j * s + v];
+            m = m > e ? m : e;
+          }
+        *out++ = m;
+      }
+  return {y};
+}
+
+std::vector<paddle::Tensor> PoolBackward(const paddle::Tensor& x, const paddle::Tensor& y, const paddle::Tensor& dy,
+                                         int64_t k, int64_t s) {
+  pool_check(x, k, s);
+  PD_CHECK(y.shape() == dy.shape() && y.is_contiguous() && dy.is_contiguous(), "fastpool: gradient of another shape");
+  auto d = x.shape();
+  int64_t planes = d[0] * d[1], h = d[2], w = d[3], oh = (h - k) / s + 1, ow = (w - k) / s + 1;
+  auto dx = paddle::full(d, 0.0, paddle::DataType::FLOAT32, x.place());
+  const float *in = x.data<float>(), *out = y.data<float>(), *g = dy.data<float>();
+  float* gx = dx.data<float>();
+  for (int64_t p = 0; p < planes; ++p, in += h * w, gx += h * w)
+    for (int64_t i = 0; i < oh; ++i)
+      for (int64_t j = 0; j < ow; ++j, ++out, ++g) {
+        // the first element equal to the maximum, found backwards without branches (a branch per
+        // element mispredicts on random data and cost as much as Paddle's whole kernel)
+        int64_t first = (i * s) * w + j * s;
+        for (int64_t u = k - 1; u >= 0; --u)
+          for (int64_t v = k - 1; v >= 0; --v) {
+            int64_t at = (i * s + u) * w + j * s + v;
+            first = in[at] == *out ? at : first;
+          }
+        gx[first] += *g;
+      }
+  return {dx};
+}
+
+std::vector<std::vector<int64_t>> PoolShape(const std::vector<int64_t>& x, int64_t k, int64_t s) {
+  return {{x[0], x[1], (x[2] - k) / s + 1, (x[3] - k) / s + 1}};
+}
+
+std::vector<paddle::DataType> PoolType(const paddle::DataType& x) { return {x}; }
 }  // namespace
+
+PD_BUILD_OP(fastpool)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .Attrs({"kernel: int64_t", "stride: int64_t"})
+    .SetKernelFn(PD_KERNEL(PoolForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(PoolShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(PoolType));
+
+PD_BUILD_GRAD_OP(fastpool)
+    .Inputs({"X", "Out", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X")})
+    .Attrs({"kernel: int64_t", "stride: int64_t"})
+    .SetKernelFn(PD_KERNEL(PoolBackward));
 
 PD_BUILD_OP(fastconv)
     .Inputs({"X", "W", "B"})

@@ -54,6 +54,14 @@ def use_fastconv(ops: Any) -> None:
     _FASTCONV = ops
 
 
+def max_pool2d(layer: nn.Layer, x: paddle.Tensor, kernel: int, stride: int) -> paddle.Tensor:
+    """F.max_pool2d(x, kernel, stride); in training with fastconv in force, its `fastpool`
+    operator (Paddle's pooling arithmetic, bitwise, without its per-call cost)."""
+    if layer.training and _FASTCONV is not None:
+        return _FASTCONV.fastpool(x, kernel, stride)
+    return F.max_pool2d(x, kernel, stride)
+
+
 def _fastconv_geometry(layer: nn.Conv2D) -> tuple[int, int] | None:
     """(stride, padding) when fastconv computes this layer exactly (NCHW, one group, no
     dilation, the same integer stride and padding on both axes), else None."""
@@ -85,9 +93,9 @@ class LeNetPool(nn.Layer):
         self.fc3 = nn.Linear(84, 10)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2, 2)  # [N,6,14,14]
+        x = max_pool2d(self, F.relu(self.conv1(x)), 2, 2)  # [N,6,14,14]
         x = F.relu(x)  # the blog applies ReLU again after the pool (a no-op on ReLU output)
-        x = F.max_pool2d(self.conv2(x), 2, 2)  # [N,16,5,5]: no ReLU here, as in the blog
+        x = max_pool2d(self, self.conv2(x), 2, 2)  # [N,16,5,5]: no ReLU here, as in the blog
         x = paddle.flatten(x, 1)
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))

@@ -139,3 +139,20 @@ def test_auto_falls_back_to_paddles_kernel_and_says_why(monkeypatch, capsys):
     assert "no C++ compiler" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="no C\\+\\+ compiler"):
         fastconv.choose("onednn")
+
+
+@pytest.mark.parametrize("shape,k,s", [((64, 6, 28, 28), 2, 2), ((3, 2, 7, 9), 3, 2), ((2, 1, 5, 5), 2, 1)])
+def test_fastpool_is_bitwise_paddles_max_pool_with_ties(ops, shape, k, s):
+    """Values and gradients bitwise Paddle's, also where a window holds its maximum twice (ReLU
+    zeros; the gradient goes to the first such element, as in Paddle's kernel)."""
+    rng = np.random.default_rng(7)
+    a = np.maximum(rng.normal(0, 1, shape), 0).astype("float32")  # many all-zero windows
+    a.reshape(-1)[::5] = 0.5  # and repeated positive values
+    x = paddle.to_tensor(a, stop_gradient=False)
+    ref, got = F.max_pool2d(x, k, s), ops.fastpool(x, k, s)
+    assert np.array_equal(ref.numpy(), got.numpy())
+    g = paddle.to_tensor(rng.normal(0, 1, ref.shape).astype("float32"))
+    (want,), (have,) = paddle.grad([ref], [x], [g]), paddle.grad([got], [x], [g])
+    assert np.array_equal(want.numpy(), have.numpy())
+    with pytest.raises(Exception, match="window larger"):
+        ops.fastpool(paddle.zeros([1, 1, 2, 2]), 3, 1)
