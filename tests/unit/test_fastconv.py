@@ -156,3 +156,31 @@ def test_fastpool_is_bitwise_paddles_max_pool_with_ties(ops, shape, k, s):
     assert np.array_equal(want.numpy(), have.numpy())
     with pytest.raises(Exception, match="window larger"):
         ops.fastpool(paddle.zeros([1, 1, 2, 2]), 3, 1)
+
+
+def test_below_avx512_a_one_channel_weight_gradient_is_a_forward_convolution(tmp_path):
+    """With oneDNN held to AVX2 kernels the first layer's weight gradient runs as a forward
+    convolution of the batch (ONEDNN_VERBOSE shows it) and still equals Paddle's."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, paddle, paddle.nn.functional as F\n"
+        "from lenet_edge.train import fastconv\n"
+        "ops = fastconv.load()\n"
+        "r = np.random.default_rng(0)\n"
+        "x = paddle.to_tensor(r.uniform(-1, 1, (8, 1, 12, 12)).astype('float32'))\n"
+        "w = paddle.to_tensor(r.normal(0, .3, (6, 1, 5, 5)).astype('float32'), stop_gradient=False)\n"
+        "b = paddle.to_tensor(r.normal(0, .3, (6,)).astype('float32'), stop_gradient=False)\n"
+        "g = paddle.to_tensor(r.normal(0, 1, (8, 6, 12, 12)).astype('float32'))\n"
+        "want = paddle.grad([F.conv2d(x, w, b, padding=2)], [w, b], [g])\n"
+        "have = paddle.grad([ops.fastconv_first(x, w, b, 1, 2)], [w, b], [g])\n"
+        "print('ERR', max(float((a - c).abs().max() / a.abs().max()) for a, c in zip(want, have)))\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ONEDNN_VERBOSE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    err = float(next(line for line in proc.stdout.splitlines() if line.startswith("ERR")).split()[1])
+    assert err < 1e-5
+    assert "forward_inference,src:" in proc.stdout and "mb1_ic8oc6_ih12oh5kh12" in proc.stdout
