@@ -41,13 +41,11 @@ PAIR_WARMUP = 200
 
 
 def _changed(onnx_dir: Path, row: dict[str, Any]) -> str | None:
-    """Why the file a bench row names is no longer what it timed (None if it is, or the row comes
-    from a benchmark older than the per-row sha256)."""
+    """Why the file a bench row names no longer holds the bytes it timed; None if it does, if it is
+    missing (`_passes` leaves that out), or if the row predates the per-row sha256."""
     f = inside(onnx_dir, onnx_dir / row["file"])  # a name from the bench JSON never leaves the folder
-    if not f.is_file():
-        return "missing"
     timed = row.get("file_sha256")
-    if timed and sha256_file(f) != timed:
+    if timed and f.is_file() and sha256_file(f) != timed:
         return "changed since the benchmark timed it (sha256 differs): run `make bench` again"
     return None
 
@@ -102,7 +100,7 @@ def select(
     ]
     # a row whose file was re-published since (same name, other bytes) says nothing about it
     named = {r["file"]: r for r in rows}
-    changed = {n: why for n, r in named.items() if (why := _changed(onnx_dir, r)) and why != "missing"}
+    changed = {n: why for n, r in named.items() if (why := _changed(onnx_dir, r))}
     for name, why in sorted(changed.items()):
         say(f"not a candidate: {name}: {why}")
     rows = [r for r in rows if r["file"] not in changed]

@@ -63,7 +63,7 @@ def _our_epoch(
     paddle = import_paddle()
 
     from lenet_edge.train.loop import train_epoch
-    from lenet_edge.train.models import build_model, use_fastconv
+    from lenet_edge.train.models import build_model, fastconv_in_force
 
     paddle.seed(seed)
     net = build_model(name)
@@ -72,13 +72,10 @@ def _our_epoch(
     order = np.random.default_rng(seed).permutation(len(x))
     if steps is not None:
         order = order[: steps * 64]
-    use_fastconv(ops)
-    try:
+    with fastconv_in_force(ops):
         t0 = time.perf_counter()
         train_epoch(net, opt, x, y, order, 64)
         return time.perf_counter() - t0, (len(order) + 63) // 64
-    finally:
-        use_fastconv(None)
 
 
 def bench_train(models: list[str], rounds: int, steps: int | None, data_dir: Path | None) -> dict[str, Any]:
@@ -149,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['speedup_paddle_conv']:.2f}x)"
         )
     from lenet_edge.runtime.env import environment
-    from lenet_edge.train.paddle_env import import_paddle
 
     report = {
         "schema": "lenet-edge/bench-train/v1",

@@ -143,8 +143,7 @@ def load() -> ModuleType:
 
 
 def _load() -> ModuleType:
-    paddle = import_paddle()
-    _check_platform()
+    _check_platform()  # imports Paddle, which the builder below needs first
     inc = _headers()
     build = cache_root() / "fastconv" / _build_key()
     build.mkdir(parents=True, exist_ok=True)
@@ -177,7 +176,6 @@ def _load() -> ModuleType:
             raise Unavailable(f"build failed in {build}: {str(e).strip().splitlines()[-1][:300]}") from e
         finally:
             quiet.setLevel(level)
-    del paddle
     return module
 
 

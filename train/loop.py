@@ -136,7 +136,7 @@ def train(
     """Train, evaluate on the test set, write checkpoint then record; return the record.
     `conv_kernel`: auto | onednn | paddle (train/fastconv.py; default $LENET_EDGE_CONV_KERNEL, auto)."""
     from lenet_edge.train import fastconv
-    from lenet_edge.train.models import use_fastconv
+    from lenet_edge.train.models import fastconv_in_force
 
     out_dir = Path(out_dir)
     ckpt = out_dir / f"{config.model}.npz"
@@ -146,11 +146,8 @@ def train(
     if not force and is_up_to_date(ckpt, config, data_sha, kernel):
         print(f"{ckpt}: up to date (same config, data, code and conv kernel); --force retrains")
         return read_json(record_path(ckpt))
-    use_fastconv(ops)
-    try:
+    with fastconv_in_force(ops):
         return _train(config, ckpt, train_split, test_split, data_sha, kernel, progress)
-    finally:
-        use_fastconv(None)
 
 
 def _train(

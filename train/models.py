@@ -8,7 +8,8 @@ including its ReLU after the first max-pool.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from lenet_edge.train.paddle_env import import_paddle
@@ -52,6 +53,16 @@ def use_fastconv(ops: Any) -> None:
     """Train Conv2D layers with the fastconv operators (train/fastconv.py); None: Paddle's kernel."""
     global _FASTCONV
     _FASTCONV = ops
+
+
+@contextmanager
+def fastconv_in_force(ops: Any) -> Iterator[None]:
+    """use_fastconv(ops) for the block, Paddle's kernel again after it (also on an error)."""
+    use_fastconv(ops)
+    try:
+        yield
+    finally:
+        use_fastconv(None)
 
 
 def max_pool2d(layer: nn.Layer, x: paddle.Tensor, kernel: int, stride: int) -> paddle.Tensor:
