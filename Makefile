@@ -23,7 +23,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        optimize quantize quantize-s2d quantize-ort quantize-stock quantize-sweep search search-arm select tflite setup-tflite setup-device setup-cluster setup-llvm variants bench bundle ingest arm-check study invariance report bench-train bench-jobs test test-unit test-cluster lint format clean help
+        optimize quantize quantize-s2d quantize-fold quantize-ort quantize-stock quantize-sweep search search-arm select tflite setup-tflite setup-device setup-cluster setup-llvm variants bench bundle ingest arm-check study invariance report bench-train bench-jobs test test-unit test-cluster lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -95,8 +95,13 @@ quantize: export ## FP32 ONNX -> INT8 (ORT, default recipe per model), checked v
 quantize-s2d: optimize ## INT8 from the space-to-depth graph of `make optimize` -> build/onnx/<model>.int8.s2d.qdq.onnx
 	$(LE) quantize --model $(MODELS) --onnx-dir $(ONNX_DIR) --variant s2d
 
-quantize-ort: quantize-s2d ## ONNX Runtime target: the s2d INT8 model as an integer NHWC graph taking uint8 pixels, same logits -> <model>.int8.s2d.ort.onnx
+quantize-fold: export ## INT8 from the folded-normalisation graph (no space-to-depth) -> build/onnx/<model>.int8.fold.qdq.onnx
+	$(LE) optimize --model $(MODELS) --onnx-dir $(ONNX_DIR) --variant fold
+	$(LE) quantize --model $(MODELS) --onnx-dir $(ONNX_DIR) --variant fold
+
+quantize-ort: quantize-s2d quantize-fold ## ONNX Runtime targets, integer NHWC graphs taking uint8 pixels, same logits as their QDQ source: the fastest <model>.int8.s2d.ort.onnx and the smallest <model>.int8.fold.ort.onnx (--goal size)
 	$(LE) quantize-ort --model $(MODELS) --onnx-dir $(ONNX_DIR)
+	$(LE) quantize-ort --model $(MODELS) --onnx-dir $(ONNX_DIR) --variant fold --goal size
 
 quantize-stock: export ## ORT quantize_static with every option at its default (the benchmark's stock INT8) -> <model>.stock.int8.qdq.onnx
 	$(LE) quantize --model $(MODELS) --onnx-dir $(ONNX_DIR) --stock
@@ -111,12 +116,14 @@ variants: export ## deployable FP32 variants (folded normalisation, static batch
 OURS = $(ONNX_DIR)/floor.onnx $(foreach m,$(MODEL_NAMES),\
   $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).fp32.s2d.onnx \
   $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.ort.onnx \
+  $(ONNX_DIR)/$(m).int8.fold.ort.onnx \
   $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite $(ONNX_DIR)/$(m).int8.dynamic.tflite)
 STOCK = $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).stock.int8.qdq.onnx \
   $(foreach t,fp32 fp16 int8.dynamic int8.full,$(ONNX_DIR)/$(m).stock.$(t).tflite))
 DEPLOY_MODELS = $(ONNX_DIR)/floor.onnx $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx \
   $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).fp32.s2d.onnx \
   $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.ort.onnx \
+  $(ONNX_DIR)/$(m).int8.fold.ort.onnx \
   $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite)
 # The benchmark and the bundle run in the device-like environment: numpy 1.26, onnxruntime and
 # both TFLite interpreters, so ORT and TFLite are measured side by side in one run.

@@ -809,11 +809,22 @@ def _behind(g: Graph, t: Any, stored: np.ndarray, op: str, extra: list[str], **a
 
 def _narrow_one(g: Graph, t: Any) -> bool:
     """One initializer: all-equal -> a scalar (where its users take one) or Expand of it;
-    int32 whose values fit -> int8/int16 behind a Cast."""
+    int32 whose values fit -> int8/int16 behind a Cast; float32 whose every value float16 holds
+    exactly (per-channel scales after quantize.scales) -> float16 behind a Cast."""
     from onnx import TensorProto, numpy_helper
 
     a = numpy_helper.to_array(t)
-    if a.dtype.kind not in "iu" or a.size < 2 or t.name in {i.name for i in g.g.input}:
+    if a.size < 2 or t.name in {i.name for i in g.g.input}:
+        return False
+    if a.dtype == np.float32:
+        h = a.astype(np.float16)
+        if not (np.isfinite(h).all() and np.array_equal(h.astype(np.float32), a, equal_nan=False)):
+            return False
+        if 2 * a.size < NARROW_MIN_SAVING:
+            return False
+        _behind(g, t, h, "Cast", [], to=TensorProto.FLOAT)
+        return True
+    if a.dtype.kind not in "iu":
         return False
     flat = a.reshape(-1)
     if (flat == flat[0]).all():
@@ -853,19 +864,141 @@ def _merge_equal_initializers(g: Graph) -> int:
     return merged
 
 
+def _final_size(model: Any) -> int:
+    """Bytes once the stage has given every tensor its short name and dropped node names (the
+    passes' own names are longer, and would count against each added node)."""
+    return compact_names(model, node_names=False).ByteSize()
+
+
 def narrow_constants(g: Graph) -> str:
-    """Integer constants stored in fewer bytes, rebuilt by constant nodes onnxruntime folds when it
+    """Constants stored in fewer bytes, rebuilt by constant nodes onnxruntime folds when it
     loads the model (the kernels see the same tensors; exact): an int32 bias whose values fit int16
-    (or int8) is stored narrow behind a Cast; a per-channel zero point whose channels are all equal
+    (or int8) is stored narrow behind a Cast; float32 values that float16 holds exactly (the
+    per-channel weight scales quantize.scales rounds) as float16; a per-channel zero point whose channels are all equal
     becomes one value (a scalar where the op takes one, QLinearConv's weight zero point; else an
     Expand of it); identical initializers are merged. Applied only where it saves bytes overall."""
     before = len(g.model.SerializeToString())
-    hits = sum(_narrow_one(g, t) for t in list(g.g.initializer))
+    hits = 0
+    for name in [t.name for t in g.g.initializer]:  # each kept only if the file shrinks (a Cast ~35 B)
+        undo, size = g.model.SerializeToString(), _final_size(g.model)
+        if _narrow_one(g, g.init[name]):
+            if _final_size(g.model) < size:
+                hits += 1
+            else:
+                g.model.ParseFromString(undo)
+                g.__init__(g.model, g.shapes)
     hits += _merge_equal_initializers(g)
     if not hits:
-        return "no integer initializer that fits a narrower type, repeats one value, or is a copy"
+        return "no initializer that fits a narrower type, repeats one value, or is a copy"
     if len(g.model.SerializeToString()) >= before:
         return "storing the constants narrower would not make the file smaller"
+    return ""
+
+
+# Attributes whose absence the ONNX operator docs define but whose schema records no default value
+# ("If not present, the stride defaults to 1 along each spatial axis"): all ones / all zeros.
+IMPLICIT_DEFAULTS = {"dilations": 1, "strides": 1, "pads": 0}
+IMPLICIT_OPS = {
+    ("", "Conv"),
+    ("", "ConvInteger"),
+    ("", "QLinearConv"),
+    (MS, "QLinearConv"),
+    ("", "MaxPool"),
+    ("", "AveragePool"),
+    (MS, "NhwcMaxPool"),
+    (MS, "QLinearAveragePool"),
+}
+
+
+def _schemas() -> dict[tuple[str, str], list[Any]]:
+    """Every operator schema onnxruntime registers (ai.onnx and its contrib domains), by op."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ortc
+
+    by: dict[tuple[str, str], list[Any]] = {}
+    for s in ortc.get_all_operator_schema():
+        by.setdefault((s.domain or "", s.name), []).append(s)
+    return by
+
+
+def _default(schema: Any, name: str) -> Any:
+    """The AttributeProto a schema gives as `name`'s default, or None."""
+    from onnx import AttributeProto
+
+    a = schema.attributes.get(name)
+    raw = getattr(a, "_default_value", b"") if a is not None else b""
+    if not raw:
+        return None
+    d = AttributeProto()
+    d.ParseFromString(raw)
+    return d if d.type else None
+
+
+def _is_default(schema: Any, node: Any, a: Any) -> bool:
+    from onnx import AttributeProto, helper
+
+    d = _default(schema, a.name)
+    value = helper.get_attribute_value(a)
+    if d is not None:
+        return d.type == a.type and helper.get_attribute_value(d) == value
+    fill = IMPLICIT_DEFAULTS.get(a.name)
+    if fill is None or (node.domain or "", node.op_type) not in IMPLICIT_OPS:
+        return False
+    if a.type != AttributeProto.INTS or not value or any(v != fill for v in value):
+        return False
+    auto = next((helper.get_attribute_value(b) for b in node.attribute if b.name == "auto_pad"), b"NOTSET")
+    return a.name != "pads" or auto in (b"NOTSET", "NOTSET")
+
+
+# Convolutions whose absent kernel_shape the docs define as "inferred from input W": weight slot.
+KERNEL_FROM_W = {("", "Conv"): 1, ("", "ConvInteger"): 1, ("", "QLinearConv"): 3, (MS, "QLinearConv"): 3}
+
+
+def _kernel_from_w(g: Graph, node: Any, a: Any) -> bool:
+    """kernel_shape equal to the spatial dimensions of the weight (known from the probe run)."""
+    from onnx import helper
+
+    slot = KERNEL_FROM_W.get((node.domain or "", node.op_type))
+    if a.name != "kernel_shape" or slot is None or len(node.input) <= slot:
+        return False
+    name = node.input[slot]
+    w = tuple(g.init[name].dims) if name in g.init else g.shapes.get(name)
+    return w is not None and list(w[2:]) == list(helper.get_attribute_value(a))
+
+
+def strip_defaults(g: Graph) -> str:
+    """Say less where the meaning is the same: attributes equal to their default (from the
+    operator schemas onnxruntime registers, for the opset version the model imports; plus the
+    all-ones strides/dilations and all-zero pads that the ONNX docs define for absent attributes of
+    convolutions and pools, and a convolution's kernel_shape, which they define as inferred from W)
+    and opset imports of domains no node uses. Onnxruntime reads the same graph either way."""
+    try:
+        schemas = _schemas()
+    except (ImportError, AttributeError) as e:
+        return f"onnxruntime does not expose its operator schemas here ({e})"
+    version = {o.domain or "": o.version for o in g.model.opset_import}
+    dropped = 0
+    for n in g.g.node:
+        domain = n.domain or ""
+        fits = [s for s in schemas.get((domain, n.op_type), []) if s.since_version <= version.get(domain, 0)]
+        if not fits:
+            continue
+        schema = max(fits, key=lambda s: s.since_version)
+        keep = [a for a in n.attribute if not (_is_default(schema, n, a) or _kernel_from_w(g, n, a))]
+        if len(keep) < len(n.attribute):
+            dropped += len(n.attribute) - len(keep)
+            del n.attribute[:]
+            n.attribute.extend(keep)
+    used = {""} | {n.domain or "" for n in g.g.node}
+    used |= {n.domain or "" for f in g.model.functions for n in f.node} | {
+        f.domain for f in g.model.functions
+    }
+    keep_ops = [o for o in g.model.opset_import if (o.domain or "") in used]
+    unused = len(g.model.opset_import) - len(keep_ops)
+    if unused:
+        del g.model.opset_import[:]
+        g.model.opset_import.extend(keep_ops)
+    if not dropped and not unused:
+        return "no attribute at its default and no unused opset import"
     return ""
 
 
@@ -877,6 +1010,7 @@ PASSES: dict[str, Callable[[Graph], str]] = {
     "fold-weight-dq": fold_weight_dq,
     "pack-padding": pack_padding,
     "narrow-constants": narrow_constants,
+    "strip-defaults": strip_defaults,
     "uint8-transpose": uint8_transpose,
 }
 ONE_THREAD_PASSES = ("uint8-transpose",)  # tried by the search on top of the defaults, kept if faster
@@ -951,6 +1085,13 @@ def apply_ort_passes(
 # --- the stage: <model>.int8.<variant>.qdq.onnx -> <model>.int8.<variant>.ort.onnx ------------------
 
 DEFAULT_PASSES = tuple(p for p in PASSES if p not in ONE_THREAD_PASSES)
+# --goal size leaves out the passes that spend bytes for speed: nhwc-pad-channels stores zero
+# channels (padded weights, scales, biases and a Pad of the next weight; ~170 B in lenet_stride).
+BYTES_FOR_SPEED = ("nhwc-pad-channels",)
+GOALS = {
+    "speed": DEFAULT_PASSES,
+    "size": tuple(p for p in DEFAULT_PASSES if p not in BYTES_FOR_SPEED),
+}
 
 
 def ort_path(onnx_dir: Path, model: str, variant: str) -> Path:
@@ -982,7 +1123,7 @@ def _source(onnx_dir: Path, model: str, variant: str) -> tuple[Path, dict[str, A
     return src, rec
 
 
-def is_up_to_date(onnx_dir: Path, model: str, variant: str) -> bool:
+def is_up_to_date(onnx_dir: Path, model: str, variant: str, goal: str = "speed") -> bool:
     import onnxruntime
 
     from lenet_edge.runtime.files import read_json, sha256_file
@@ -997,6 +1138,7 @@ def is_up_to_date(onnx_dir: Path, model: str, variant: str) -> bool:
         return False
     return (
         t.get("source_sha256") == sha256_file(src)
+        and t.get("goal", "speed") == goal
         and t.get("code_sha256") == source_sha256()
         and t.get("onnxruntime") == onnxruntime.__version__
         and read_json(quantize_record_path(out)).get("onnx_sha256") == sha256_file(out)
@@ -1042,32 +1184,51 @@ def per_call_ops(model: Any) -> list[str]:
     return ops
 
 
+# What the ORT target's own metadata keeps; the rest of the provenance (checkpoint, FP32 file and
+# calibration hashes, seed, accuracies) is its QDQ source's metadata and record, named by sha256.
+TARGET_METADATA = ("model", "precision", "recipe", "variant", "input_contract")
+
+
 def _describe(model: Any, src_rec: dict[str, Any]) -> Any:
-    """Producer, a one-line doc string and an input contract that says what this file takes (the
-    source's says float32; uint8-input makes it bytes only). The metadata keeps the provenance."""
+    """Producer, a one-line doc string, an input contract that says what this file takes (the
+    source's says float32; uint8-input makes it bytes only) and its provenance as one link: the QDQ
+    source's file name and sha256 (that file's metadata and record carry the checkpoint, FP32 and
+    calibration hashes and the accuracies: ~600 bytes less here, 1 % of the file)."""
     from onnx import TensorProto
 
     from lenet_edge.export.onnx_export import set_metadata
     from lenet_edge.runtime.contract import CONTRACT_TEXT, contract_text
 
     model.producer_name = "lenet-edge optimize.ort_int8"
+    model.producer_version = ""
+    name = src_rec.get("model", "")
+    model.graph.name = name or "g"
     inp = model.graph.input[0]
     dtype = TensorProto.DataType.Name(inp.type.tensor_type.elem_type).lower()
     meta = {p.key: p.value for p in model.metadata_props}
-    model.doc_string = (
-        f"lenet-edge {src_rec.get('model', '')}, INT8 for ONNX Runtime ({meta.get('recipe', '')}): "
-        f"input '{inp.name}' {dtype}; provenance and the input contract are in the metadata."
-    )
+    model.doc_string = f"lenet-edge {name}, INT8 for ONNX Runtime; input '{inp.name}' {dtype}."
     contract = meta.get("input_contract")
     if dtype == "uint8" and contract == CONTRACT_TEXT:
-        set_metadata(model, {"input_contract": contract_text("uint8")})
+        contract = contract_text("uint8")
     elif dtype == "uint8" and contract:
-        set_metadata(model, {"input_contract": f"{contract} This file takes uint8 input only."})
+        contract = f"{contract} This file takes uint8 input only."
+    keep = {k: meta[k] for k in TARGET_METADATA if k in meta}
+    if contract:
+        keep["input_contract"] = contract
+    del model.metadata_props[:]
+    set_metadata(
+        model, {**keep, "source": f"{src_rec.get('onnx', '')} sha256:{src_rec.get('onnx_sha256', '')}"}
+    )
     return model
 
 
 def build_ort_model(
-    src: Path, src_rec: dict[str, Any], out: Path, pixels: Any, passes: tuple[str, ...] = DEFAULT_PASSES
+    src: Path,
+    src_rec: dict[str, Any],
+    out: Path,
+    pixels: Any,
+    passes: tuple[str, ...] = DEFAULT_PASSES,
+    goal: str = "speed",
 ) -> dict[str, Any]:
     """The ORT target of one checked QDQ file: build, check (identical top-1 and |Δlogit| within
     `logit_limit` on `pixels`), write `out` + its record; nothing is written if a check fails."""
@@ -1090,7 +1251,7 @@ def build_ort_model(
         raise ConversionError(
             f"{src.name}: no ORT-target pass applies ({'; '.join(e['not_applied'] for e in log)})"
         )
-    final = _describe(compact_names(final), src_rec)
+    final = _describe(compact_names(final, node_names=False), src_rec)
     onnx.checker.check_model(final)
     data = final.SerializeToString()
     try:
@@ -1118,6 +1279,7 @@ def build_ort_model(
             "source": src.name,
             "source_sha256": src_rec["onnx_sha256"],
             "method": "onnxruntime level-3 graph without NCHWc, then lenet-edge passes",
+            "goal": goal,
             "passes": log,
             "nodes": dict(sorted(Counter(n.op_type for n in final.graph.node).items())),
             "nodes_per_call": dict(sorted(Counter(per_call_ops(final)).items())),
@@ -1141,17 +1303,21 @@ def build_ort_model(
 
 
 def make_ort_model(
-    onnx_dir: str | Path, model: str, variant: str = "s2d", data_dir: str | Path | None = None
+    onnx_dir: str | Path,
+    model: str,
+    variant: str = "s2d",
+    data_dir: str | Path | None = None,
+    goal: str = "speed",
 ) -> dict[str, Any]:
     """`make quantize-ort` for one model: <model>.int8.<variant>.qdq.onnx (checked, fresh) -> its
-    ORT target, checked on all test images."""
+    ORT target (GOALS[goal]'s passes), checked on all test images."""
     from lenet_edge.runtime.contract import to_pixels
     from lenet_edge.runtime.mnist import load_split
 
     onnx_dir = Path(onnx_dir)
     src, src_rec = _source(onnx_dir, model, variant)
     pixels = to_pixels(load_split("test", data_dir).images)
-    return build_ort_model(src, src_rec, ort_path(onnx_dir, model, variant), pixels)
+    return build_ort_model(src, src_rec, ort_path(onnx_dir, model, variant), pixels, GOALS[goal], goal)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1165,20 +1331,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"), help="default build/onnx")
     p.add_argument("--variant", default="s2d", help="which <model>.int8.<variant>.qdq.onnx (default s2d)")
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument(
+        "--goal",
+        choices=sorted(GOALS),
+        default="speed",
+        help="speed: every pass (default); size: leave out those that store bytes for speed "
+        f"({', '.join(BYTES_FOR_SPEED)})",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = p.parse_args(argv)
     for name in selected(args.model, args.workflow):
         out = ort_path(args.onnx_dir, name, args.variant)
-        if not args.force and is_up_to_date(args.onnx_dir, name, args.variant):
+        if not args.force and is_up_to_date(args.onnx_dir, name, args.variant, args.goal):
             print(f"{out}: up to date (--force rebuilds)")
             continue
-        rec = make_ort_model(args.onnx_dir, name, args.variant, args.data_dir or data_source(name))
+        rec = make_ort_model(args.onnx_dir, name, args.variant, args.data_dir or data_source(name), args.goal)
         t = rec["ort_target"]
         did = ", ".join(e["pass"] for e in t["passes"] if e["applied"])
         skip = "; ".join(f"{e['pass']}: {e['not_applied']}" for e in t["passes"] if not e["applied"])
         print(
             f"{name}: {out.name} ({sum(t['nodes'].values())} nodes, {sum(t['nodes_per_call'].values())} run "
-            f"per call, {t['input_dtype']} input, {rec['onnx_bytes']:,} B) applied {did}"
+            f"per call, {t['input_dtype']} input, {rec['onnx_bytes']:,} B, {rec['bytes_per_param']} B/param) "
+            f"applied {did}"
             + (f"; not applied: {skip}" if skip else "")
             + f"; max |Δlogit| vs {t['source']} {t['check']['max_abs_logit_diff_vs_source']:.1e}, "
             f"top-1 identical {t['check']['top1_identical']}/{t['check']['images']}"

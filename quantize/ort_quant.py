@@ -446,6 +446,18 @@ def _weight_only_file(path: Path, nodes: list[str], what: str) -> None:
     onnx.save(m, str(path))
 
 
+def _half_scales_file(path: Path) -> dict[str, Any]:
+    import onnx
+
+    from lenet_edge.quantize.scales import half_weight_scales
+
+    m = onnx.load(str(path))
+    done = half_weight_scales(m)
+    if done["tensors"]:
+        onnx.save(m, str(path))
+    return done
+
+
 def weight_only_int8(model: Any, nodes: list[str]) -> list[str]:
     """Weight-only INT8 for FP32 nodes: each named Conv/Gemm/MatMul's float weight initializer
     becomes int8 (symmetric, zero point 0, one scale per output channel, 127 levels: the compute
@@ -522,6 +534,7 @@ class _Int8:
     excluded: list[str]  # nodes kept in FP32 (by the recipe or the drop fallback)
     options: dict[str, Any]  # what was passed to ORT
     sqnr: dict[str, Any] | None
+    scales: dict[str, Any]  # per-channel weight scales rounded to float16 (quantize.scales)
 
 
 def quantize_model(
@@ -589,6 +602,7 @@ def _make_int8(prep: Prepared, job: QuantJob) -> _Int8:
             options = _quantize(pre_path, q_tmp, recipe, cache, excluded)
             if recipe.weight_only:
                 _weight_only_file(q_tmp, fixed, f"{name} {recipe.name}")
+            scales = _half_scales_file(q_tmp)
             try:
                 int8_logits = OnnxRunner(q_tmp).predict_batched(test_pixels)
             except ContractError as e:
@@ -622,7 +636,7 @@ def _make_int8(prep: Prepared, job: QuantJob) -> _Int8:
         ):
             raise QuantizeError(f"{name}: renaming tensors changed the INT8 outputs")
 
-    return _Int8(int8, int8_logits, excluded, options, sqnr_rec)
+    return _Int8(int8, int8_logits, excluded, options, sqnr_rec, scales)
 
 
 def _int8_record(
@@ -703,6 +717,7 @@ def _int8_record(
             "int8_total": len(int8.graph.node),
         },
         "nodes_excluded": excluded,
+        "weight_scales": q.scales,
         "test_top1": int8_acc.top1,
         "test_top2": int8_acc.top2,
         "accuracy_drop_pp": round(100 * (fp32_acc.top1 - int8_acc.top1), 4),

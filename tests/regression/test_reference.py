@@ -392,6 +392,9 @@ def test_int8_from_the_optimized_graph_meets_the_tolerances(exported, tolerances
 
     meta = {p.key: p.value for p in onnx.load(str(d / f"{name}.int8.s2d.ort.onnx")).metadata_props}
     assert meta["input_contract"].startswith("input 'pixels': uint8 [N,1,28,28], raw pixel values 0..255")
+    # provenance as one link: the QDQ source by sha256 (its metadata and record carry the rest)
+    assert meta["source"] == f"{name}.int8.s2d.qdq.onnx sha256:{ort_rec['ort_target']['source_sha256']}"
+    assert "checkpoint_sha256" not in meta and meta["model"] == name
     assert t["nodes_per_call"].get("Transpose", 0) <= 1  # the input reorder only
     assert not {"Pad", "Expand"} & set(t["nodes_per_call"])  # stored compactly, folded at load
     qdq = d / f"{name}.int8.s2d.qdq.onnx"
@@ -505,3 +508,34 @@ def test_a_dynamic_range_recipe_quantizes(exported, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads((tmp_path / "s.json").read_text())["rows"]
     assert row["status"] == "ok", row["status"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_smallest_int8_file_meets_the_size_goal(exported, tolerances, name, tmp_path):
+    """make quantize-ort's small artifact from the committed checkpoints: the folded graph, INT8
+    with float16-exact weight scales, ORT target with --goal size: <= 1.05 bytes per parameter
+    (issue 12's goal), the same logits as its QDQ source on every test image, the INT8 tolerances."""
+    import shutil
+
+    from lenet_edge.quantize.checks import int8_failures
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    for f in (f"{name}.fp32.onnx", f"{name}.fp32.export.json"):
+        shutil.copy(exported / f, d / f)
+    for args in (
+        ("-m", "lenet_edge.optimize", "--variant", "fold"),
+        ("-m", "lenet_edge.quantize", "--variant", "fold", "--no-progress"),
+        ("-m", "optimize.ort_int8", "--variant", "fold", "--goal", "size"),
+    ):
+        proc = run_cli(*args, "--model", name, "--onnx-dir", str(d))
+        assert proc.returncode == 0, proc.stderr[-1500:]
+    qdq = json.loads((d / f"{name}.int8.fold.qdq.quantize.json").read_text())
+    assert qdq["weight_scales"]["tensors"] == {"lenet_pool": 5, "lenet_stride": 7}[name]
+    assert qdq["weight_scales"]["max_relative_change"] <= 2.0**-11
+    rec = json.loads((d / f"{name}.int8.fold.ort.quantize.json").read_text())
+    t = rec["ort_target"]
+    assert t["goal"] == "size" and t["check"]["max_abs_logit_diff_vs_source"] == 0.0
+    assert t["check"]["top1_identical"] == 10000 and int8_failures(rec, tolerances) == []
+    assert rec["onnx_bytes"] == (d / f"{name}.int8.fold.ort.onnx").stat().st_size
+    assert rec["bytes_per_param"] <= 1.05, rec["bytes_per_param"]

@@ -144,7 +144,8 @@ def _const(model, name):
         return np.broadcast_to(a, rest[0]).copy()
     if p.op_type == "Transpose":
         return a.transpose(helper.get_attribute_value(p.attribute[0]))
-    assert p.op_type == "Pad" and helper.get_attribute_value(p.attribute[0]) == b"constant"
+    mode = {a.name: helper.get_attribute_value(a) for a in p.attribute}.get("mode", b"constant")
+    assert p.op_type == "Pad" and mode == b"constant"  # strip-defaults drops mode="constant"
     pads = rest[0].reshape(2, -1).T
     return np.pad(a, pads, constant_values=rest[1])
 
@@ -585,7 +586,7 @@ def _conv_gemm_model(rng, bias_hi, zp_cols):
 
 
 def test_narrow_constants_stores_biases_and_zero_points_smaller_and_onnxruntime_folds_them(tmp_path):
-    """int32 biases that fit int16 go behind a Cast, a per-channel zero point of equal values becomes
+    """int32 biases that fit int16 go behind a Cast where that saves bytes, a per-channel zero point of equal values becomes
     a scalar (QLinearConv) or an Expand of one (QGemm, which wants one per column), copies merge:
     smaller, identical outputs (batch 3), and onnxruntime's load-time graph is the bare kernels."""
     from onnx import numpy_helper
@@ -602,8 +603,10 @@ def test_narrow_constants_stores_biases_and_zero_points_smaller_and_onnxruntime_
     stored = {t.name: numpy_helper.to_array(t) for t in new.graph.initializer}
     made_by = {o: n for n in new.graph.node for o in n.output}
     conv, gemm = (n for n in new.graph.node if n.op_type in ("QLinearConv", "QGemm"))
-    for bias in (conv.input[8], gemm.input[6]):
-        assert made_by[bias].op_type == "Cast" and stored[made_by[bias].input[0]].dtype == np.int16
+    bias = gemm.input[6]
+    assert made_by[bias].op_type == "Cast" and stored[made_by[bias].input[0]].dtype == np.int16
+    # 16 values: int16 saves 32 B, less than a Cast node costs; each change is kept only if it pays
+    assert stored[conv.input[8]].dtype == np.int32
     assert made_by[gemm.input[5]].op_type == "Expand"
     assert stored[conv.input[5]].shape == ()  # one zero point for every channel
     for node, k, name in ((conv, 8, "b"), (gemm, 6, "gb"), (gemm, 5, "gz")):
@@ -664,7 +667,8 @@ def test_size_profile_names_each_tensor_by_the_slot_it_reaches(tmp_path):
         assert p["bias_entries"] == inits["b"].size + inits["gb"].size
         assert p["rows"]["weights"]["tensor_bytes"] == p["weight_entries"]  # int8
         assert p["bytes_per_param"] == round(p["bytes"] / 1000, 4)
-    assert p["rows"]["biases"]["tensor_bytes"] == 2 * p["bias_entries"]  # stored as int16
+    # the QGemm's 64 as int16, the QLinearConv's 16 as int32 (a Cast would cost more than it saves)
+    assert p["rows"]["biases"]["tensor_bytes"] == 2 * inits["gb"].size + 4 * inits["b"].size
     assert p["rows"]["zero points"]["tensor_bytes"] < 64
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
@@ -672,3 +676,91 @@ def test_size_profile_names_each_tensor_by_the_slot_it_reaches(tmp_path):
 
     with pytest.raises(ConfigError, match="bad.onnx: not a readable ONNX model"):
         size_profile(bad)
+
+
+def test_narrow_constants_stores_float16_exact_scales_in_half_the_bytes(tmp_path):
+    """A per-column scale whose every value float16 holds exactly (what quantize.scales makes) is
+    stored as float16 behind a Cast to float: smaller, identical outputs, folded at load. A scale
+    that float16 does not hold exactly, or holds only as NaN/inf, stays float32."""
+    from onnx import numpy_helper
+
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+
+    rng = np.random.default_rng(5)
+    m, inits = _conv_gemm_model(rng, 2**20, np.arange(64) % 3)  # nothing else to narrow
+    exact = inits["gs"].astype(np.float16).astype(np.float32)
+    for t in m.graph.initializer:
+        if t.name == "gs":
+            t.CopyFrom(numpy_helper.from_array(exact, "gs"))
+    x = rng.integers(0, 256, size=(3, 4, 4, 2)).astype(np.uint8)
+    new, log = apply_ort_passes(m, ("narrow-constants",), x[:1].astype(np.float32))
+    assert log[0]["applied"], log
+    assert new.ByteSize() < m.ByteSize()
+    assert np.array_equal(_run(m, x), _run(new, x))
+    stored = {t.name: numpy_helper.to_array(t) for t in new.graph.initializer}
+    made_by = {o: n for n in new.graph.node for o in n.output}
+    conv, gemm = (n for n in new.graph.node if n.op_type in ("QLinearConv", "QGemm"))
+    cast = made_by[gemm.input[4]]
+    assert cast.op_type == "Cast" and stored[cast.input[0]].dtype == np.float16
+    assert (
+        np.array_equal(_const(new, gemm.input[4]), exact) and _const(new, gemm.input[4]).dtype == np.float32
+    )
+    assert stored[conv.input[4]].dtype == np.float32  # random float32 scales: not exact in float16
+    assert _loaded_ops(new, tmp_path) == ["QLinearConv", "Reshape", "QGemm"]
+    for bad in (np.inf, np.nan):
+        worse = exact.copy()
+        worse[0] = bad
+        for t in m.graph.initializer:
+            if t.name == "gs":
+                t.CopyFrom(numpy_helper.from_array(worse, "gs"))
+        other, _ = apply_ort_passes(m, ("narrow-constants",), x[:1].astype(np.float32))
+        gemm = next(n for n in other.graph.node if n.op_type == "QGemm")
+        assert gemm.input[4] == "gs" and not any(n.op_type == "Cast" for n in other.graph.node)
+
+
+def test_strip_defaults_drops_default_attributes_and_unused_opset_imports():
+    """Attributes spelled out at their default (schema defaults, the documented all-ones strides and
+    dilations, all-zero pads, a kernel_shape equal to W's) and opset imports no node uses go; what
+    differs from the default stays; onnxruntime gives identical outputs (batch 3). A graph with
+    nothing to strip is refused and left as it was."""
+    from onnx import helper
+
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+
+    rng = np.random.default_rng(6)
+    m, _ = _conv_gemm_model(rng, 3000, np.zeros(64))
+    conv, gemm = (n for n in m.graph.node if n.op_type in ("QLinearConv", "QGemm"))
+    conv.attribute.extend(
+        [
+            helper.make_attribute("strides", [1, 1]),
+            helper.make_attribute("dilations", [1, 1]),
+            helper.make_attribute("pads", [0, 0, 0, 0]),
+            helper.make_attribute("group", 1),
+            helper.make_attribute("auto_pad", "NOTSET"),
+            helper.make_attribute("kernel_shape", [3, 3]),
+        ]
+    )
+    gemm.attribute.extend(
+        [
+            helper.make_attribute("alpha", 1.0),
+            helper.make_attribute("transA", 0),
+            helper.make_attribute("transB", 0),
+        ]
+    )
+    m.opset_import.extend(
+        [helper.make_opsetid("ai.onnx.ml", 3), helper.make_opsetid("com.microsoft.nchwc", 1)]
+    )
+    x = rng.integers(0, 256, size=(3, 4, 4, 2)).astype(np.uint8)
+    new, log = apply_ort_passes(m, ("strip-defaults",), x[:1].astype(np.float32))
+    assert log[0]["applied"], log
+    conv, gemm = (n for n in new.graph.node if n.op_type in ("QLinearConv", "QGemm"))
+    assert [a.name for a in conv.attribute] == ["channels_last"] and not gemm.attribute
+    assert sorted(o.domain for o in new.opset_import) == ["", "com.microsoft"]
+    assert np.array_equal(_run(m, x), _run(new, x))
+    assert new.ByteSize() < m.ByteSize()
+    # not defaults: stride 2 and padding 1 (a 4x4 input still gives 2x2 outputs) stay
+    conv.attribute.extend(
+        [helper.make_attribute("strides", [2, 2]), helper.make_attribute("pads", [1, 1, 1, 1])]
+    )
+    kept, log = apply_ort_passes(new, ("strip-defaults",), x[:1].astype(np.float32))
+    assert not log[0]["applied"] and "no attribute at its default" in log[0]["not_applied"] and kept == new

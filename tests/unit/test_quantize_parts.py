@@ -634,3 +634,131 @@ def test_select_skips_a_row_whose_file_was_republished_since_the_bench(tmp_path)
     assert c["choice"]["file"] == "m.fp32.opt.onnx"
     assert [x["file"] for x in c["candidates"]] == ["m.fp32.opt.onnx"]
     assert list(res["changed_since_bench"]) == ["m.fp32.b1.onnx"] and "m.fp32.b1.onnx" in said[0]
+
+
+def _qdq_conv_gemm(tmp_path, seed=0, per_channel=True):
+    """A float Conv(bias) -> Relu -> Flatten -> Gemm(bias) quantized by onnxruntime (static QDQ,
+    u8 activations, s8 weights, reduce-range), batch 16 calibration; returns (path, inputs)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w": rng.normal(size=(12, 3, 3, 3)).astype(np.float32) * 0.3,
+        "b": rng.normal(size=12).astype(np.float32) * 0.2,
+        "fw": rng.normal(size=(12 * 5 * 4, 9)).astype(np.float32) * 0.1,
+        "fb": rng.normal(size=9).astype(np.float32) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 7, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 9])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    src, out = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(m, src)
+    x = rng.normal(size=(64, 3, 7, 6)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": x[i : i + 16]} for i in range(0, len(x), 16)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(
+        str(src),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return out, x
+
+
+def _ort_run(model, x, fused=True):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if not fused:  # the QDQ graph as written: float math on dequantized tensors
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
+
+
+def test_half_weight_scales_are_float16_exact_and_keep_the_int32_bias_consistent(tmp_path):
+    """Per-channel weight scales move to the nearest float16 value (<= 2^-11 of themselves), the int8
+    weights stay bit for bit, each int32 bias gets scale x_scale * new w_scale: the fused integer
+    kernels and the QDQ graph as written still agree, and the outputs barely move."""
+    import onnx
+    from onnx import numpy_helper
+
+    from lenet_edge.quantize.scales import half_weight_scales
+
+    path, x = _qdq_conv_gemm(tmp_path)
+    before = onnx.load(str(path))
+    after = onnx.load(str(path))
+    rec = half_weight_scales(after)
+    assert rec["tensors"] == 2 and rec["biases_requantized"] == 2 and rec["channels"] == 12 + 9
+    assert 0 < rec["max_relative_change"] <= 2.0**-11
+    a = {t.name: numpy_helper.to_array(t) for t in before.graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in after.graph.initializer}
+    dq = {n.output[0]: n for n in after.graph.node if n.op_type == "DequantizeLinear"}
+    for node in (n for n in after.graph.node if n.op_type in ("Conv", "Gemm")):
+        xs = b[dq[node.input[0]].input[1]]
+        wq, ws = (b[i] for i in dq[node.input[1]].input[:2])
+        bq, bs = (b[i] for i in dq[node.input[2]].input[:2])
+        assert ws.size > 1 and np.array_equal(ws.astype(np.float16).astype(np.float32), ws)
+        assert np.array_equal(wq, a[dq[node.input[1]].input[0]])  # the int8 weights: untouched
+        assert bq.dtype == np.int32 and np.array_equal(bs, (xs * ws).astype(np.float32))
+        old_bias = a[dq[node.input[2]].input[0]] * a[dq[node.input[2]].input[1]].astype(np.float64)
+        assert np.abs(bq * bs.astype(np.float64) - old_bias).max() <= bs.max()  # one step at most
+    y0, y1 = _ort_run(before, x), _ort_run(after, x)
+    assert np.isfinite(y1).all() and np.abs(y1 - y0).max() <= 1e-2 * np.abs(y0).max()
+    fused, written = _ort_run(after, x), _ort_run(after, x, fused=False)
+    assert np.abs(fused - written).max() <= 0.5 * np.abs(fused - y0).max() + 0.05
+
+
+def test_half_weight_scales_leave_per_tensor_and_unrepresentable_scales_alone(tmp_path):
+    """One scale per tensor gains nothing from float16 storage: untouched. A per-channel scale
+    float16 cannot hold (above 65504) keeps every scale of its tensor and its bias as they were."""
+    import onnx
+    from onnx import numpy_helper
+
+    from lenet_edge.quantize.scales import half_weight_scales
+
+    path, _ = _qdq_conv_gemm(tmp_path, per_channel=False)
+    m = onnx.load(str(path))
+    copy = m.SerializeToString()
+    assert half_weight_scales(m)["tensors"] == 0 and m.SerializeToString() == copy
+    path, _ = _qdq_conv_gemm(tmp_path, seed=1)
+    m = onnx.load(str(path))
+    inits = {t.name: t for t in m.graph.initializer}
+    conv_w = next(
+        n
+        for n in m.graph.node
+        if n.op_type == "DequantizeLinear" and len(inits.get(n.input[0], onnx.TensorProto()).dims) == 4
+    )
+    big = inits[conv_w.input[1]]  # the conv's 12 weight scales
+    v = numpy_helper.to_array(big).copy()
+    v[0] = 1e6
+    big.CopyFrom(numpy_helper.from_array(v, big.name))
+    rec = half_weight_scales(m)
+    assert rec["tensors"] == 1 and np.array_equal(
+        numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == big.name)), v
+    )
