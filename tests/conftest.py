@@ -43,6 +43,36 @@ def bench_row(file: str, fmt: str, us: float, runtime: str, stock: bool = False,
     }
 
 
+def ort_static_qdq(model, x: np.ndarray, tmp_path: Path, per_channel: bool = True) -> Path:
+    """`model` quantized by onnxruntime as lenet-edge's default does (static QDQ, u8 activations,
+    s8 weights, reduce-range), calibrated on `x` in batches of 16 -> tmp_path/int8.qdq.onnx."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    src, out = tmp_path / "fp32.onnx", tmp_path / "int8.qdq.onnx"
+    onnx.save(model, src)
+    name = model.graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{name: x[i : i + 16]} for i in range(0, len(x), 16)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(
+        str(src),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return out
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """A user mistake: non-zero exit, one 'error:' line on stderr naming the problem, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])

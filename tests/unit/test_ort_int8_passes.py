@@ -67,33 +67,12 @@ def _fp32_model(h, w, k, pad, cin=1, norm=True, seed=0, pool=True):
 
 def _qdq(model, x, tmp_path, passes, per_channel=True):
     """FP32 lenet-edge passes, then ORT static QDQ quantization (u8 activations, s8 weights)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     from lenet_edge.optimize.stage import apply_passes
+    from tests.conftest import ort_static_qdq
 
     if passes:
         model, _ = apply_passes(model, passes)
-    src, out = tmp_path / "fp32.onnx", tmp_path / "int8.qdq.onnx"
-    onnx.save(model, src)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"x": x[i : i + 16]} for i in range(0, len(x), 16)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(
-        str(src),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
-        reduce_range=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return out
+    return ort_static_qdq(model, x, tmp_path, per_channel)
 
 
 def _run(model_or_path, x):

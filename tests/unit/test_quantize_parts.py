@@ -8,7 +8,7 @@ from lenet_edge.quantize.checks import int8_failures, load_tolerances
 from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
 from lenet_edge.quantize.stats import binom_tail_ge, mcnemar_exact
 from lenet_edge.runtime.errors import ConfigError
-from tests.conftest import assert_one_line_error, bench_row, run_cli
+from tests.conftest import assert_one_line_error, bench_row, ort_static_qdq, run_cli
 
 pytestmark = pytest.mark.unit
 
@@ -638,10 +638,8 @@ def test_select_skips_a_row_whose_file_was_republished_since_the_bench(tmp_path)
 
 def _qdq_conv_gemm(tmp_path, seed=0, per_channel=True):
     """A float Conv(bias) -> Relu -> Flatten -> Gemm(bias) quantized by onnxruntime (static QDQ,
-    u8 activations, s8 weights, reduce-range), batch 16 calibration; returns (path, inputs)."""
-    import onnx
+    u8 activations, s8 weights, reduce-range), batch 16 calibration; returns the file."""
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     rng = np.random.default_rng(seed)
     inits = {
@@ -665,28 +663,7 @@ def _qdq_conv_gemm(tmp_path, seed=0, per_channel=True):
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
-    src, out = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    onnx.save(m, src)
-    x = rng.normal(size=(64, 3, 7, 6)).astype(np.float32)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"x": x[i : i + 16]} for i in range(0, len(x), 16)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(
-        str(src),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
-        reduce_range=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return out, x
+    return ort_static_qdq(m, rng.normal(size=(64, 3, 7, 6)).astype(np.float32), tmp_path, per_channel)
 
 
 def _ort_run(model, x, fused=True):
@@ -710,7 +687,8 @@ def test_half_weight_scales_are_float16_exact_and_keep_the_int32_bias_consistent
 
     from lenet_edge.quantize.scales import half_weight_scales
 
-    path, x = _qdq_conv_gemm(tmp_path)
+    path = _qdq_conv_gemm(tmp_path)
+    x = np.random.default_rng(1).normal(size=(32, 3, 7, 6)).astype(np.float32)
     before = onnx.load(str(path))
     after = onnx.load(str(path))
     rec = half_weight_scales(after)
@@ -742,11 +720,11 @@ def test_half_weight_scales_leave_per_tensor_and_unrepresentable_scales_alone(tm
 
     from lenet_edge.quantize.scales import half_weight_scales
 
-    path, _ = _qdq_conv_gemm(tmp_path, per_channel=False)
+    path = _qdq_conv_gemm(tmp_path, per_channel=False)
     m = onnx.load(str(path))
     copy = m.SerializeToString()
     assert half_weight_scales(m)["tensors"] == 0 and m.SerializeToString() == copy
-    path, _ = _qdq_conv_gemm(tmp_path, seed=1)
+    path = _qdq_conv_gemm(tmp_path, seed=1)
     m = onnx.load(str(path))
     inits = {t.name: t for t in m.graph.initializer}
     conv_w = next(
