@@ -43,6 +43,7 @@ rewrite is exact in integers.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -877,7 +878,7 @@ def narrow_constants(g: Graph) -> str:
     per-channel weight scales quantize.scales rounds) as float16; a per-channel zero point whose channels are all equal
     becomes one value (a scalar where the op takes one, QLinearConv's weight zero point; else an
     Expand of it); identical initializers are merged. Applied only where it saves bytes overall."""
-    before = len(g.model.SerializeToString())
+    before = _final_size(g.model)
     hits = 0
     for name in [t.name for t in g.g.initializer]:  # each kept only if the file shrinks (a Cast ~35 B)
         undo, size = g.model.SerializeToString(), _final_size(g.model)
@@ -890,7 +891,7 @@ def narrow_constants(g: Graph) -> str:
     hits += _merge_equal_initializers(g)
     if not hits:
         return "no initializer that fits a narrower type, repeats one value, or is a copy"
-    if len(g.model.SerializeToString()) >= before:
+    if _final_size(g.model) >= before:
         return "storing the constants narrower would not make the file smaller"
     return ""
 
@@ -910,6 +911,7 @@ IMPLICIT_OPS = {
 }
 
 
+@functools.cache
 def _schemas() -> dict[tuple[str, str], list[Any]]:
     """Every operator schema onnxruntime registers (ai.onnx and its contrib domains), by op."""
     from onnxruntime.capi import onnxruntime_pybind11_state as ortc
@@ -1113,7 +1115,10 @@ def _source(onnx_dir: Path, model: str, variant: str) -> tuple[Path, dict[str, A
     src = Path(onnx_dir) / f"{model}.int8.{variant}.qdq.onnx"
     rec_path = quantize_record_path(src)
     if not src.is_file() or not rec_path.is_file():
-        raise ConfigError(f"{src}: missing (or its record is); run `make quantize-s2d` first")
+        raise ConfigError(
+            f"{src}: missing (or its record is); run `lenet-edge optimize --variant {variant}` and "
+            f"`lenet-edge quantize --variant {variant}` first (`make quantize-s2d` / `make quantize-fold`)"
+        )
     rec = read_json(rec_path)
     if not isinstance(rec, dict) or rec.get("onnx_sha256") != sha256_file(src):
         raise ConfigError(f"{rec_path}: does not describe {src.name} (re-run the quantize stage)")

@@ -66,15 +66,11 @@ def half_weight_scales(model: Any) -> dict[str, Any]:
         return numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
 
     plans = []
-    for dq in g.node:
-        w = (
-            const_dq(dq.output[0], (TensorProto.INT8, TensorProto.UINT8))
-            if dq.op_type == "DequantizeLinear"
-            else None
-        )
+    for node in g.node:  # const_dq takes only a DequantizeLinear of a weight
+        w = const_dq(node.output[0], (TensorProto.INT8, TensorProto.UINT8)) if node.output else None
         if w is None:
             continue
-        _, _, s = w
+        dq, _, s = w
         old = numpy_helper.to_array(s).astype(np.float32)
         new = _half(old) if old.size > 1 else None
         if new is None or np.array_equal(new, old):
