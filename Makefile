@@ -134,16 +134,20 @@ ISA ?=
 ISA_FLAG := $(if $(ISA),--isa $(ISA))
 DEV_LE := .venv-device/bin/lenet-edge $(ISA_FLAG)
 
-# the fresh published search choices (<model>.int8.search[.<cpu>].onnx), listed when the recipe runs
+# the fresh published search choices (<model>.int8.search[.<cpu>].onnx, <model>.int8.search.tflite),
+# listed when the recipe runs; the bundle takes the ONNX ones (tflite-runtime 2.14, which a bundle
+# also serves, cannot load dynamic-range files)
 PUBLISHED = $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR))
+PUBLISHED_ONNX = $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR) --suffix .onnx)
 # BENCH_FLAGS="--amx off": refuse Intel AMX to the runtimes (runtime/amx.py)
 BENCH_FLAGS ?=
 BENCH_TRAIN_FLAGS ?=
 bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/ (ISA=avx2, BENCH_FLAGS="--amx off")
 	$(DEV_LE) bench $(OURS) $(STOCK) $(PUBLISHED) --json build/bench/bench.json $(BENCH_FLAGS)
 
-search: optimize ## INT8 by measurement: recipe variants x source graphs (+ ORT target), then FP32 layer sets by timing; every candidate checked -> build/bench/search.{json,md} + the choice as <model>.int8.search.onnx, which `make bench` then times (SEARCH_FLAGS=--no-timing for the documented default)
+search: optimize tflite ## INT8 by measurement: ORT (recipe variants x source graphs (+ ORT target), then FP32 layer sets) and LiteRT (which layers keep int8 weights); every candidate checked -> build/bench/search{,.litert}.{json,md} + the choices as <model>.int8.search.{onnx,tflite}, which `make bench` then times (SEARCH_FLAGS=--no-timing for the documented defaults)
 	$(LE) $(ISA_FLAG) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --json build/bench/search.json $(SEARCH_FLAGS)
+	$(DEV_LE) search-litert --model $(MODELS) --onnx-dir $(ONNX_DIR) --json build/bench/search.litert.json $(SEARCH_FLAGS)
 
 search-arm: optimize ## INT8 per Arm core (cortex-a72, cortex-a76) by aarch64 instruction counts under qemu-user -> build/bench/search.<cpu>.{json,md} + <model>.int8.search.<cpu>.onnx, which `make bundle arm-check` then carry and count
 	for c in cortex-a72 cortex-a76; do $(LE) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --target $$c --json build/bench/search.$$c.json $(SEARCH_FLAGS) || exit 1; done
@@ -152,7 +156,7 @@ select: $(DEVICE_STAMP) ## per model and runtime, the artifact to deploy from th
 	$(DEV_LE) select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.json $(SELECT_FLAGS)
 
 bundle: variants optimize quantize-ort tflite ## device tarball: runtime/, models (with a fresh `make search` choice), fixed inputs + expected outputs -> build/
-	$(DEV_LE) bundle build $(DEPLOY_MODELS) $(PUBLISHED) --out-dir build
+	$(DEV_LE) bundle build $(DEPLOY_MODELS) $(PUBLISHED_ONNX) --out-dir build
 	rm -rf build/bundle-check && mkdir -p build/bundle-check && tar xzf build/lenet-edge-bundle.tar.gz -C build/bundle-check
 	cd build/bundle-check/lenet-edge-bundle && ../../../$(DEV_PY) -m runtime.bundle check .
 

@@ -70,6 +70,12 @@ COMMANDS: dict[str, Command] = {
     "search": Command(
         "lenet_edge.quantize.search", "INT8 recipe and mixed precision chosen by measurement", group="study"
     ),
+    "search-litert": Command(
+        "lenet_edge.quantize.litert_search",
+        "LiteRT: which layers keep int8 weights, chosen by measurement",
+        "setup-device",
+        group="study",
+    ),
     "select": Command(
         "lenet_edge.quantize.select", "per model and runtime, the artifact to deploy", group="study"
     ),

@@ -31,7 +31,7 @@ from lenet_edge.runtime.env import MASK_PROFILES, cpuinfo_fields, isa_mask
 SOURCE = Path(__file__).resolve().with_name("cpuid_mask.c")
 BUILD = Path(__file__).resolve().parent.parent / "build" / "isa"
 # Paddle and TensorFlow install their own SIGSEGV handlers (the mask's CPUID trap): inference only.
-COMMANDS = ("bench", "evaluate", "profile", "search", "select", "bundle")
+COMMANDS = ("bench", "evaluate", "profile", "search", "search-litert", "select", "bundle")
 ENV = "LENET_EDGE_ISA_MASK"
 
 

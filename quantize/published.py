@@ -1,16 +1,20 @@
 """The search's choice as an artifact: <model>.int8.search[.<cpu>].onnx + its record, beside the others.
 
-`make search` measures which INT8 candidate is fastest on this machine (quantize.search) and
-publishes it here, so the benchmark times it next to the default recipe's files and `select` can
-deploy it. Its record is the candidate's quantize record (checks, accuracy, size) plus a `search`
-entry: the choice, its timing and CPU, and the sha256 of the FP32 file it was quantized from. A
-published file whose FP32 source has changed since (retrained, re-exported) is stale: the
-benchmark leaves it out and `select` never picks it.
+`make search` measures which INT8 candidate is fastest on this machine (quantize.search for ONNX
+Runtime, quantize.litert_search for LiteRT: <model>.int8.search.tflite) and publishes it here, so
+the benchmark times it next to the default recipe's files and `select` can deploy it. An ONNX
+choice's record is the candidate's quantize record (checks, accuracy, size) plus a `search` entry:
+the choice, its timing and CPU, and the sha256 of the FP32 file it was quantized from; a .tflite
+choice's record (<file>.quantize.json) holds its checks and a `search` entry naming the
+dynamic-range file it was edited from. A published file whose source has changed since
+(retrained, re-exported, re-converted) is stale: the benchmark leaves it out and `select` never
+picks it.
 
-    python -m lenet_edge.quantize.published [--onnx-dir build/onnx]
+    python -m lenet_edge.quantize.published [--onnx-dir build/onnx] [--suffix .onnx]
 
-prints the fresh published files, one per line (what `make bench` adds to its list), and one note
-on stderr per stale one.
+prints the fresh published files, one per line (what `make bench` adds to its list; the bundle
+takes the .onnx ones: tflite-runtime 2.14 cannot load dynamic-range files), and one note on
+stderr per stale one.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lenet_edge.runtime.files import quantize_record_path, read_json, sha256_file
+from lenet_edge.runtime.errors import LenetEdgeError
+from lenet_edge.runtime.files import quantize_record_path, read_json, sha256_bytes, sha256_file
 
-PATTERN = "*.int8.search*.onnx"
+PATTERNS = {".onnx": "*.int8.search*.onnx", ".tflite": "*.int8.search*.tflite"}
 
 
 def published_path(onnx_dir: Path, model: str, target: str = "host") -> Path:
@@ -45,13 +50,15 @@ def stale_reason(path: Path) -> str:
     search = rec.get("search") if isinstance(rec, dict) else None
     if not isinstance(search, dict):
         return f"{rec_path.name}: not a published search choice"
-    if rec.get("onnx_sha256") != sha256_file(path):
+    tflite = path.suffix == ".tflite"
+    if rec.get("sha256" if tflite else "onnx_sha256") != sha256_file(path):
         return f"{path.name}: does not match its record"
-    name = str(search.get("fp32_source", ""))
+    key = "source" if tflite else "fp32_source"
+    name = str(search.get(key, ""))
     src = path.parent / name
     if Path(name).name != name or name in ("", ".", "..") or not src.is_file():  # stays in the folder
-        return f"{path.name}: its FP32 source {name!r} is missing"
-    if search.get("fp32_source_sha256") != sha256_file(src):
+        return f"{path.name}: its source {name!r} is missing"
+    if search.get(f"{key}_sha256") != sha256_file(src):
         return f"{path.name}: {src.name} changed since the search (run `make search`)"
     return ""
 
@@ -91,14 +98,65 @@ def publish(
     return out
 
 
+def publish_tflite(onnx_dir: Path, name: str, work: Path, model_result: dict[str, Any], cpu: str) -> Path:
+    """Copy the LiteRT search's choice (checked there) to <model>.int8.search.tflite and write its
+    record: checks, the choice and its evidence, the dynamic-range file it was edited from. Model
+    first, record last."""
+    from lenet_edge.runtime.files import write_bytes_atomic, write_json_atomic
+
+    choice = model_result["choice"]
+    row = next(r for r in model_result["candidates"] if r["file"] == choice["file"])
+    out = Path(onnx_dir) / f"{name}.int8.search.tflite"
+    src = Path(onnx_dir) / model_result["source"]["file"]
+    data = (work / choice["file"]).read_bytes()
+    checks = (
+        "test_top1",
+        "accuracy_drop_pp",
+        "agreement_with_fp32",
+        "mcnemar",
+        "size_ratio_vs_fp32",
+        "bytes",
+    )
+    rec = {
+        "model": name,
+        "file": out.name,
+        "sha256": sha256_bytes(data),
+        "runtime": "ai-edge-litert",
+        "checks": {k: row[k] for k in checks} | {"against": model_result["fp32"]["file"]},
+        "int8_layers": choice["int8_layers"],
+        "search": {
+            "choice": choice["label"],
+            "target": "host",
+            "p50_us": choice["p50_us"],
+            "fp32_p50_us": model_result["fp32_p50_us"],
+            "method": model_result["method"],
+            "cpu": cpu,
+            "source": src.name,
+            "source_sha256": sha256_file(src),
+        },
+    }
+    if rec["search"]["source_sha256"] != model_result["source"]["sha256"]:
+        raise LenetEdgeError(f"{src}: changed while the search ran; run `make search` again")
+    write_bytes_atomic(out, data)
+    write_json_atomic(quantize_record_path(out), rec)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m lenet_edge.quantize.published",
         description="List the fresh published search choices (<model>.int8.search.onnx) in a folder.",
     )
     p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"), help="default build/onnx")
+    p.add_argument(
+        "--suffix",
+        choices=sorted(PATTERNS),
+        default=None,
+        help="only .onnx or .tflite choices (default: both)",
+    )
     args = p.parse_args(argv)
-    for path in sorted(args.onnx_dir.glob(PATTERN)):
+    pats = [PATTERNS[args.suffix]] if args.suffix else list(PATTERNS.values())
+    for path in sorted(f for pat in pats for f in args.onnx_dir.glob(pat)):
         why = stale_reason(path)
         if why:
             print(f"note: left out: {why}", file=sys.stderr)

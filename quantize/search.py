@@ -55,13 +55,14 @@ WEIGHTED = ("Conv", "MatMul", "Gemm")
 # benchmark checks its goal sides by the same rule (runtime.bench).
 
 
-def _time(files: list[Path], runs: int, rounds: int) -> dict[str, float]:
-    """p50 µs per file, batch 1, one thread, IO binding, all in one interleaved child process."""
+def time_files(files: list[Path], runs: int, rounds: int, call: str = "iobinding") -> dict[str, float]:
+    """p50 µs per file, batch 1, one thread, all in one interleaved child process (IO binding for
+    ONNX Runtime; `run` for TFLite, its only call path)."""
     import numpy as np
 
     from lenet_edge.runtime.bench import _child
 
-    configs = [[str(f), "iobinding"] for f in files]
+    configs = [[str(f), call] for f in files]
     samples = _child(
         ["--latency", json.dumps(configs), "--batch", "1", "--threads", "1"]
         + ["--runs", str(runs), "--warmup", "200", "--rounds", str(rounds)]
@@ -69,11 +70,13 @@ def _time(files: list[Path], runs: int, rounds: int) -> dict[str, float]:
     return {Path(k.split("|")[0]).name: float(np.percentile(v, 50)) / 1e3 for k, v in samples.items()}
 
 
-def _pair(files: list[Path], ref: Path, rounds: int) -> dict[str, dict[str, Any]]:
-    """Each file paired with `ref` (batch 1, one thread, IO binding), one child process for all."""
+def pair_files(
+    files: list[Path], ref: Path, rounds: int, call: str = "iobinding"
+) -> dict[str, dict[str, Any]]:
+    """Each file paired with `ref` (batch 1, one thread, `call`), one child process for all."""
     from lenet_edge.runtime.bench import _child, paired_ratio
 
-    spec = [[[str(f), "iobinding"], [str(ref), "iobinding"]] for f in files]
+    spec = [[[str(f), call], [str(ref), call]] for f in files]
     meds = _child(
         ["--paired", json.dumps(spec), "--batch", "1", "--threads", "1"]
         + ["--rounds", str(rounds), "--warmup", "200"]
@@ -122,7 +125,9 @@ class Measure:
         return KEEP_IF_PAIRED_BELOW if self.target == "host" else 0.995
 
     def __call__(self, files: list[Path]) -> dict[str, float]:
-        return _time(files, self.runs, self.rounds) if self.target == "host" else _count(files, self.target)
+        return (
+            time_files(files, self.runs, self.rounds) if self.target == "host" else _count(files, self.target)
+        )
 
     def versus(self, files: list[Path], ref: Path, measured: dict[str, float]) -> dict[str, dict[str, Any]]:
         """Each file against `ref`: on the host a paired timing of the two alone (runtime.bench.
@@ -130,7 +135,7 @@ class Measure:
         if self.target != "host":
             r = {f.name: measured[f.name] / measured[ref.name] for f in files}
             return {k: {"ratio": v, "ci95": [v, v]} for k, v in r.items()}
-        return _pair(files, ref, max(20, self.runs // 10))
+        return pair_files(files, ref, max(20, self.runs // 10))
 
     def clearly_better(self, vs: dict[str, Any] | None) -> bool:
         return vs is not None and vs["ci95"][1] < self.keep_below

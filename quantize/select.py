@@ -3,7 +3,7 @@ writes, per model and runtime, the artifact to deploy and the evidence for it.
 
 A candidate is one of lenet-edge's own artifacts (never a stock one) that passed its checks: an
 INT8 ONNX model whose quantize record meets results/tolerances.json, a .tflite file published by
-`make tflite` (published means checked), or an FP32 file (each is checked against the export when
+`make tflite` (published means checked) or by the LiteRT search while its source is unchanged, or an FP32 file (each is checked against the export when
 made). The choice is the fastest p50 at batch 1, one thread, in that one interleaved run, checked
 by pairs: the candidates within 1.15x of it are timed alone with it in alternating blocks, and one
 clearly faster takes its place (the benchmark's and `make search`'s rule; a round-robin on a shared
@@ -68,6 +68,10 @@ def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
             if stale_reason(f):
                 return False
         return isinstance(rec, dict) and not rec.get("stock") and not int8_failures(rec, tol)
+    if row["file"].endswith(".tflite") and ".int8.search" in row["file"]:
+        from lenet_edge.quantize.published import stale_reason  # the LiteRT search's choice, checked there
+
+        return not stale_reason(f)
     return True
 
 

@@ -306,6 +306,81 @@ def test_interpreter_rejecting_a_file_is_one_line(tmp_path):
         assert_one_line_error(proc, "model.tflite", "cannot load the model")
 
 
+@needs_tflite_envs
+def test_litert_search_edits_layers_checks_times_and_publishes(tflite, exported, tmp_path):
+    """quantize.litert_search on lenet_pool (few timed runs): a layer taken to float keeps exactly its
+    int8 weights' values, one taken to int8 is within half a step of its floats; every candidate has a
+    check verdict, only passing ones are timed; the choice is published with a record that goes stale
+    when its source changes; a damaged source is one line."""
+    import shutil
+
+    from lenet_edge.quantize.published import main as published_main
+    from lenet_edge.quantize.published import stale_reason
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    for f in ("lenet_pool.fp32.tflite", "lenet_pool.int8.dynamic.tflite"):
+        shutil.copy(exported / f, d / f)
+    py = str(DEVICE_VENV / "bin" / "python")
+    code = (
+        "import sys, numpy as np; from ai_edge_litert.tools import flatbuffer_utils as fbu; "
+        "from lenet_edge.quantize.litert_search import layers, with_int8_layers; "
+        "data = open(sys.argv[1], 'rb').read(); m = fbu.read_model_from_bytearray(bytearray(data)); "
+        "ls = layers(m); src = {x.label for x in ls if x.int8}; "
+        "assert src == {'CONV_2D:1', 'FULLY_CONNECTED:0', 'FULLY_CONNECTED:1'}, src; "
+        "g = lambda mm, x: mm.subgraphs[0].tensors[mm.subgraphs[0].operators[x.op].inputs[1]]; "
+        "new = fbu.read_model_from_bytearray(bytearray(with_int8_layers(data, frozenset(src - {'FULLY_CONNECTED:0'} | {'CONV_2D:0'})))); "
+        "fc, t = ls[2], g(m, ls[2]); q = np.frombuffer(bytes(m.buffers[t.buffer].data), np.int8).reshape(t.shape); "
+        "w = np.frombuffer(bytes(new.buffers[g(new, fc).buffer].data), np.float32).reshape(t.shape); "
+        "assert g(new, fc).quantization is None and np.array_equal(w, q * np.asarray(t.quantization.scale, np.float32)[:, None]); "
+        "c, t0 = ls[0], g(m, ls[0]); f = np.frombuffer(bytes(m.buffers[t0.buffer].data), np.float32).reshape(t0.shape); "
+        "t1 = g(new, c); s = np.asarray(t1.quantization.scale, np.float32).reshape(-1, 1, 1, 1); "
+        "q1 = np.frombuffer(bytes(new.buffers[t1.buffer].data), np.int8).reshape(t0.shape); "
+        "assert t1.quantization.quantizedDimension == 0 and np.all(np.abs(q1 * s - f) <= s / 2 + 1e-7); "
+        "assert with_int8_layers(data, frozenset(src)) is not None; print('ok')"
+    )
+    proc = subprocess.run(
+        [py, "-c", code, str(d / "lenet_pool.int8.dynamic.tflite")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.stdout.strip().endswith("ok"), proc.stderr[-1500:]
+    out = tmp_path / "litert.json"
+    args = ["-m", "lenet_edge.quantize.litert_search", "--model", "lenet_pool", "--onnx-dir", str(d)]
+    proc = subprocess.run(
+        [py, *args, "--json", str(out), "--runs", "60", "--rounds", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    (m,) = json.loads(out.read_text())["models"]
+    assert [x["layer"] for x in m["layers"]][:2] == ["CONV_2D:0", "CONV_2D:1"]
+    assert m["candidates"][0]["origin"] == "converter" and m["candidates"][0]["passed"]
+    for r in m["candidates"]:
+        assert r["passed"] == (r.get("p50_us") is not None), r  # checked first, only survivors timed
+        assert r["passed"] or r["why"], r
+    # a file whose big FC layer went back to float is not INT8: the size check refuses it
+    big = [r for r in m["candidates"] if "FULLY_CONNECTED0" in r["label"]]
+    assert big and all(not r["passed"] and "x FP32" in r["why"] for r in big)
+    choice = next(r for r in m["candidates"] if r["label"] == m["choice"]["label"])
+    assert choice["passed"] and choice["agreement_with_fp32"] >= tolerances_min_agreement()
+    pub = d / "lenet_pool.int8.search.tflite"
+    rec = json.loads((d / "lenet_pool.int8.search.tflite.quantize.json").read_text())
+    assert stale_reason(pub) == "" and rec["search"]["choice"] == m["choice"]["label"]
+    assert published_main(["--onnx-dir", str(d), "--suffix", ".onnx"]) == 0  # the bundle's list: none
+    (d / "lenet_pool.int8.dynamic.tflite").write_bytes(b"TFL3" + bytes(60))
+    assert "changed since the search" in stale_reason(pub)
+    proc = subprocess.run(
+        [py, *args, "--no-timing", "--json", str(out)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert_one_line_error(proc, "lenet_pool.int8.dynamic.tflite", "not a readable .tflite")
+
+
+def tolerances_min_agreement() -> float:
+    from lenet_edge.quantize.checks import load_tolerances
+
+    return load_tolerances()["int8_agreement_min"]
+
+
 def test_failed_conversion_is_one_line_and_writes_nothing(exported, tmp_path):
     from tests.conftest import assert_one_line_error
 

@@ -427,6 +427,37 @@ def test_published_search_choice_is_used_only_while_its_fp32_source_is_unchanged
     assert "missing" in stale_reason(out)  # a path from the record never leaves the folder
 
 
+def test_published_litert_choice_is_listed_by_suffix_and_goes_stale_with_its_source(tmp_path, capsys):
+    """<model>.int8.search.tflite counts only while it matches its record (sha256) and the
+    dynamic-range file it was edited from; --suffix .onnx (the bundle's list) leaves it out."""
+    import hashlib
+
+    from lenet_edge.quantize.published import main, stale_reason
+    from lenet_edge.quantize.select import _passes
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    src, out = d / "m.int8.dynamic.tflite", d / "m.int8.search.tflite"
+    src.write_bytes(b"dyn")
+    out.write_bytes(b"choice")
+    sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+    rec = {
+        "model": "m",
+        "sha256": sha(b"choice"),
+        "search": {"source": src.name, "source_sha256": sha(b"dyn")},
+    }
+    (d / "m.int8.search.tflite.quantize.json").write_text(json.dumps(rec))
+    row = {"file": out.name, "format": "int8.search.tflite"}
+    assert stale_reason(out) == "" and _passes(d, row, load_tolerances())
+    assert main(["--onnx-dir", str(d)]) == 0 and capsys.readouterr().out.split() == [str(out)]
+    assert main(["--onnx-dir", str(d), "--suffix", ".onnx"]) == 0 and capsys.readouterr().out == ""
+    src.write_bytes(b"re-converted")
+    assert "changed since the search" in stale_reason(out) and not _passes(d, row, load_tolerances())
+    src.write_bytes(b"dyn")
+    out.write_bytes(b"edited by hand")
+    assert "does not match its record" in stale_reason(out)
+
+
 def _fake_record(recipe):
     return {
         "model": "lenet_pool",
