@@ -41,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from lenet_edge.quantize.search import add_search_flags, check_search_flags, refuse_amx_if_asked, write_result
 from lenet_edge.runtime.bench import CLOSE_TO_FASTEST, KEEP_IF_PAIRED_BELOW
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import parser, run
 from lenet_edge.runtime.env import describe_cpu
 from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
 from lenet_edge.workflow import add_model_flags, data_source, selected
@@ -415,29 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("quantize.litert_search", __doc__)
     add_model_flags(p)
     p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"), help="where the .tflite files are")
-    add_common(
+    add_search_flags(
         p,
-        "json",
-        json={
-            "default": Path("build/bench/search.litert.json"),
-            "help": "writes PATH and PATH.md (default build/bench/search.litert.json)",
-        },
-    )
-    p.add_argument("--runs", type=int, default=2000, help="timed runs per candidate (default 2000)")
-    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument(
-        "--timing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="--no-timing: check the converter's file and record it as the documented default (CI)",
-    )
-    p.add_argument(
-        "--amx",
-        choices=("on", "off"),
-        default="on",
-        help="off: refuse Intel AMX to LiteRT (runtime/amx.py), as `bench --amx off` does; on (default): "
-        "as XNNPACK chooses",
+        "build/bench/search.litert.json",
+        "--no-timing: check the converter's file and record it as the documented default (CI)",
+        "LiteRT (XNNPACK)",
     )
     p.add_argument(
         "--publish",
@@ -447,12 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         "bench and select (default: yes)",
     )
     args = p.parse_args(argv)
-    if args.runs < args.rounds or args.rounds < 1:
-        raise LenetEdgeError(f"--runs ({args.runs}) must be >= --rounds ({args.rounds}) >= 1")
-    if args.amx == "off":  # before any interpreter; the timing children inherit it
-        from lenet_edge.runtime.amx import deny_amx
-
-        deny_amx()
+    check_search_flags(args)
+    refuse_amx_if_asked(args)
     try:
         import ai_edge_litert
     except ImportError as e:
@@ -461,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         ) from e
 
     from lenet_edge.runtime.env import environment
-    from lenet_edge.runtime.files import owned_temp_dir, write_bytes_atomic, write_json_atomic
+    from lenet_edge.runtime.files import owned_temp_dir
 
     names = selected(args.model, args.workflow)
     version = getattr(ai_edge_litert, "__version__", "?")
@@ -499,9 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 out = publish_tflite(args.onnx_dir, name, work, m, describe_cpu(env["cpu"]))
                 print(f"{name}: published {out}")
-    write_json_atomic(args.json, res)
-    write_bytes_atomic(args.json.with_suffix(".md"), to_markdown(res).encode())
-    print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    write_result(args.json, res, to_markdown(res))
     return 0
 
 

@@ -449,26 +449,56 @@ def _versus(vs: dict[str, Any] | None) -> str:
     return f"{vs['ratio']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if hi > lo else "")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser("quantize.search", __doc__)
-    add_model_flags(p)
-    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
+def add_search_flags(p: argparse.ArgumentParser, json_default: str, timing_help: str, runtime: str) -> None:
+    """The flags both searches (ONNX Runtime, LiteRT) share, spelled the same."""
     add_common(
         p,
         "json",
-        json={
-            "default": Path("build/bench/search.json"),
-            "help": "writes PATH and PATH.md (default build/bench/search.json)",
-        },
+        json={"default": Path(json_default), "help": f"writes PATH and PATH.md (default {json_default})"},
     )
     p.add_argument("--runs", type=int, default=2000, help="timed runs per candidate (default 2000)")
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True, help=timing_help)
     p.add_argument(
-        "--timing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="--no-timing: build and check every candidate, record the documented default (CI)",
+        "--amx",
+        choices=("on", "off"),
+        default="on",
+        help=f"off: refuse Intel AMX to {runtime} (runtime/amx.py), as `bench --amx off` does, so the "
+        f"choice is the fastest with AVX-512 VNNI kernels; on (default): as {runtime} chooses",
+    )
+
+
+def write_result(path: Path, res: dict[str, Any], markdown: str) -> None:
+    """The search record as PATH (JSON) and PATH.md, each written atomically."""
+    from lenet_edge.runtime.files import write_bytes_atomic, write_json_atomic
+
+    write_json_atomic(path, res)
+    write_bytes_atomic(path.with_suffix(".md"), markdown.encode())
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+def check_search_flags(args: argparse.Namespace) -> None:
+    if args.runs < args.rounds or args.rounds < 1:
+        raise LenetEdgeError(f"--runs ({args.runs}) must be >= --rounds ({args.rounds}) >= 1")
+
+
+def refuse_amx_if_asked(args: argparse.Namespace) -> None:
+    if args.amx == "off":  # before any runtime starts; the timing children inherit it
+        from lenet_edge.runtime.amx import deny_amx
+
+        deny_amx()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("quantize.search", __doc__)
+    add_model_flags(p)
+    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
+    add_search_flags(
+        p,
+        "build/bench/search.json",
+        "--no-timing: build and check every candidate, record the documented default (CI)",
+        "onnxruntime",
     )
     p.add_argument(
         "--target",
@@ -479,13 +509,6 @@ def main(argv: list[str] | None = None) -> int:
         "`lenet-edge arm-check` does) and publish <model>.int8.search.<cpu>.onnx",
     )
     p.add_argument(
-        "--amx",
-        choices=("on", "off"),
-        default="on",
-        help="off: refuse Intel AMX to onnxruntime (runtime/amx.py), as `bench --amx off` does, so the "
-        "choice is the fastest with AVX-512 VNNI kernels; on (default): as onnxruntime chooses",
-    )
-    p.add_argument(
         "--publish",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -493,22 +516,17 @@ def main(argv: list[str] | None = None) -> int:
         "<model>.int8.search.<cpu>.onnx) + its record, for bench, bundle and select (default: yes)",
     )
     args = p.parse_args(argv)
-    if args.runs < args.rounds or args.rounds < 1:
-        raise LenetEdgeError(f"--runs ({args.runs}) must be >= --rounds ({args.rounds}) >= 1")
-
+    check_search_flags(args)
     if args.target != "host" and args.timing:
         from lenet_edge.cli import arm_setup
 
         if arm_setup() != 0:
             raise LenetEdgeError(f"--target {args.target}: the aarch64 sysroot could not be set up")
-    if args.amx == "off":  # before any onnxruntime session; the timing children inherit it
-        from lenet_edge.runtime.amx import deny_amx
-
-        deny_amx()
+    refuse_amx_if_asked(args)
     import onnxruntime
 
     from lenet_edge.runtime.env import environment
-    from lenet_edge.runtime.files import owned_temp_dir, write_bytes_atomic, write_json_atomic
+    from lenet_edge.runtime.files import owned_temp_dir
 
     names = selected(args.model, args.workflow)
     env = environment({"onnxruntime": onnxruntime.__version__})
@@ -545,9 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = describe_cpu(env["cpu"]) if args.target == "host" else f"{args.target} (qemu-user)"
                 out = publish(args.onnx_dir, name, work, m, src, cpu, args.target)
                 print(f"{name}: published {out}")
-    write_json_atomic(args.json, res)
-    write_bytes_atomic(args.json.with_suffix(".md"), to_markdown(res).encode())
-    print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    write_result(args.json, res, to_markdown(res))
     return 0
 
 
