@@ -6,16 +6,18 @@ ONNX Runtime gets its per-target recipe from `lenet-edge search`; this is the sa
    checked (int8 weights, float activations quantized on the fly; the converter leaves weight
    tensors under 1,024 elements in float);
 2. a candidate is the set of weighted layers (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, named by
-   kind and order, never by tensor name) that keep int8 weights. A layer taken to float gets its
-   int8 weights dequantized (the same weights, float compute); a float layer taken to int8 gets
-   symmetric per-output-channel int8 weights, as the converter writes them. Only the weight tensor
-   changes, edited with LiteRT's own flatbuffer tools; a layer whose weights are shared, not finite,
-   or of an op kind the file has no int8 layer of (its op version may not cover hybrid kernels) is
-   left as it is, and the record says why;
+   kind and order, never by tensor name) that compute on int8 weights (XNNPACK's hybrid kernels);
+   the others compute in float. A layer whose weights are int8 in the source computes in float from
+   those same int8 weights through a DEQUANTIZE op, which XNNPACK folds when it prepares the model
+   (the file keeps INT8 size; logits identical to float-stored weights, measured); a float layer
+   taken to int8 gets symmetric per-output-channel int8 weights, as the converter writes them. Only
+   the weight path changes, edited with LiteRT's own flatbuffer tools; a layer whose weights are
+   shared, not finite, or of an op kind the file has no int8 layer of (its op version may not cover
+   hybrid kernels) is left as it is, and the record says why;
 3. every candidate is checked on all 10,000 test images in LiteRT against results/tolerances.json
    (top-1 drop and agreement against the FP32 .tflite, McNemar, and the file at most
-   int8_dynamic_size_ratio_max of the FP32 file: a file whose big layers went back to float is not
-   INT8); one that fails is recorded with the reason and never timed;
+   int8_dynamic_size_ratio_max of the FP32 file); one that fails is recorded with the reason and
+   never timed;
 4. coordinate descent: from the faster of the converter's file and the all-int8 one, each round
    toggles one layer at a time, times the checked toggles in one interleaved child process with the
    current best and then each as a pair with it (runtime.bench, alternating blocks); a toggle is kept
@@ -141,16 +143,37 @@ def _axis_shape(ndim: int, axis: int) -> list[int]:
     return [-1 if d == axis else 1 for d in range(ndim)]
 
 
-def _to_float(model: Any, t: Any, kind: str) -> None:
-    """int8 weights -> their float values (scale x q): the same weights, float compute."""
-    schema, _ = _schema()
-    q = np.frombuffer(bytes(model.buffers[t.buffer].data), dtype=np.int8).reshape(t.shape)
-    scale = np.asarray(t.quantization.scale, dtype=np.float32)
-    if scale.size > 1:
-        scale = scale.reshape(_axis_shape(q.ndim, WEIGHTED[kind]))
-    w = (q.astype(np.float32) * scale).astype(np.float32)
-    model.buffers[t.buffer].data = np.frombuffer(w.tobytes(), dtype=np.uint8)
-    t.type, t.quantization = schema.TensorType.FLOAT32, None
+# TFLite's DEQUANTIZE with int8 per-channel input; LiteRT 2.3 loads it, and XNNPACK computes the
+# float weights once when it prepares the model (measured: the same time as float-stored weights)
+DEQUANTIZE_VERSION = 4
+
+
+def _float_from_int8(model: Any, op: Any) -> Any:
+    """The layer computes in float from its int8 weights (`weight_only`, as ORT targets do): the int8
+    tensor stays, a DEQUANTIZE op feeds its float values (scale x q) to the layer. XNNPACK folds
+    it when it prepares the model, so the file keeps INT8 size. Returns the DEQUANTIZE op (the
+    caller puts it before every other op)."""
+    schema, fbu = _schema()
+    g = model.subgraphs[0]
+    w = g.tensors[op.inputs[1]]
+    q = schema.TensorT()
+    q.shape, q.type, q.buffer, q.quantization = list(w.shape), w.type, w.buffer, w.quantization
+    q.name = (w.name or b"w") + b"/int8"
+    g.tensors.append(q)
+    empty = schema.BufferT()
+    model.buffers.append(empty)
+    w.type, w.quantization, w.buffer = schema.TensorType.FLOAT32, None, len(model.buffers) - 1
+    codes = [fbu.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
+    if schema.BuiltinOperator.DEQUANTIZE not in codes:
+        c = schema.OperatorCodeT()
+        c.builtinCode = c.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+        c.version = DEQUANTIZE_VERSION
+        model.operatorCodes.append(c)
+        codes.append(schema.BuiltinOperator.DEQUANTIZE)
+    d = schema.OperatorT()
+    d.opcodeIndex = codes.index(schema.BuiltinOperator.DEQUANTIZE)
+    d.inputs, d.outputs = [len(g.tensors) - 1], [op.inputs[1]]
+    return d
 
 
 def _to_int8(model: Any, t: Any, kind: str) -> None:
@@ -169,19 +192,25 @@ def _to_int8(model: Any, t: Any, kind: str) -> None:
 
 
 def with_int8_layers(data: bytes, int8: frozenset[str]) -> bytes:
-    """The file with exactly the toggleable layers named in `int8` on int8 weights (the others on
-    float weights); a fixed layer stays as it is. Raises ConfigError for a fixed layer asked to change."""
+    """The file with exactly the toggleable layers named in `int8` computing on int8 weights
+    (hybrid kernels), the others in float: from their int8 weights through DEQUANTIZE where the
+    source has them in int8, else from their float weights; a fixed layer stays as it is. Raises
+    ConfigError for a fixed layer asked to change."""
     _, fbu = _schema()
     model = fbu.read_model_from_bytearray(bytearray(data))
     g = model.subgraphs[0]
+    dequantize = []
     for layer in layers(model):
         if (layer.label in int8) == layer.int8:
             continue
         if layer.why_fixed:
             raise ConfigError(f"{layer.label}: cannot change: {layer.why_fixed}")
-        t = g.tensors[g.operators[layer.op].inputs[1]]
-        kind = layer.label.split(":")[0]
-        (_to_float if layer.int8 else _to_int8)(model, t, kind)
+        op = g.operators[layer.op]
+        if layer.int8:
+            dequantize.append(_float_from_int8(model, op))
+        else:
+            _to_int8(model, g.tensors[op.inputs[1]], layer.label.split(":")[0])
+    g.operators = dequantize + list(g.operators)  # constants in, so first is in order
     return bytes(fbu.convert_object_to_bytearray(model))
 
 
