@@ -43,8 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.quantize.search import add_search_flags, check_search_flags, refuse_amx_if_asked, write_result
-from lenet_edge.runtime.bench import CLOSE_TO_FASTEST, KEEP_IF_PAIRED_BELOW
+from lenet_edge.quantize.search import (
+    Measure,
+    _confirm_fastest,
+    add_search_flags,
+    check_search_flags,
+    refuse_amx_if_asked,
+    write_result,
+)
+from lenet_edge.runtime.bench import KEEP_IF_PAIRED_BELOW
 from lenet_edge.runtime.cli import parser, run
 from lenet_edge.runtime.env import describe_cpu
 from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
@@ -255,22 +262,6 @@ def _check(name: str, f: Path, ref: Reference, tol: dict[str, Any], data_dir: Pa
     return {**rec, "passed": not fails, **({"why": "; ".join(fails)} if fails else {})}
 
 
-def _time(files: list[Path], runs: int, rounds: int) -> dict[str, float]:
-    from lenet_edge.quantize.search import time_files
-
-    return time_files(files, runs, rounds, CALL)
-
-
-def _pair(files: list[Path], ref: Path, rounds: int) -> dict[str, dict[str, Any]]:
-    from lenet_edge.quantize.search import pair_files
-
-    return pair_files(files, ref, rounds, CALL)
-
-
-def _clearly_better(vs: dict[str, Any] | None) -> bool:
-    return vs is not None and vs["ci95"][1] < KEEP_IF_PAIRED_BELOW
-
-
 def search_model(
     name: str,
     onnx_dir: Path,
@@ -294,8 +285,6 @@ def search_model(
     data = src.read_bytes()
     try:
         all_layers = layers(fbu.read_model_from_bytearray(bytearray(data)))
-    except LenetEdgeError:
-        raise
     except Exception as e:  # the flatbuffer reader's own exceptions on a damaged file
         raise LenetEdgeError(f"{src}: not a readable .tflite file ({type(e).__name__})") from e
     if not all_layers:
@@ -352,18 +341,11 @@ def search_model(
     passing = [r for r in first if r["passed"]]
     if not passing:
         raise LenetEdgeError(f"{name}: no candidate passed its checks: {first[0]['why']}")
-    t = _time([fp32] + [work / r["file"] for r in passing], runs, rounds)
+    measure = Measure(runs=runs, rounds=rounds, call=CALL)
+    t = measure([fp32] + [work / r["file"] for r in passing])
     for r in passing:
         r["p50_us"] = t[r["file"]]
-    best = min(passing, key=lambda r: r["p50_us"])
-    close = [r for r in passing if r is not best and r["p50_us"] <= CLOSE_TO_FASTEST * best["p50_us"]]
-    if close:
-        vs = _pair([work / r["file"] for r in close], work / best["file"], max(20, runs // 10))
-        for r in close:
-            r["vs_fastest_first_run"] = vs[r["file"]]
-        better = [r for r in close if _clearly_better(r["vs_fastest_first_run"])]
-        if better:
-            best = min(better, key=lambda r: r["vs_fastest_first_run"]["ratio"])
+    best = _confirm_fastest(passing, work, measure)
     say(f"{name}: start {best['label']} {best['p50_us']:.1f} µs (FP32 {t[fp32.name]:.1f} µs)")
     for step in range(len(toggleable)):
         cur = frozenset(best["int8_layers"])
@@ -373,11 +355,11 @@ def search_model(
         timed = [r for r in trials if r["passed"]]
         if not timed:
             break
-        t2 = _time([work / best["file"]] + [work / r["file"] for r in timed], runs, rounds)
-        vs = _pair([work / r["file"] for r in timed], work / best["file"], max(20, runs // 10))
+        t2 = measure([work / best["file"]] + [work / r["file"] for r in timed])
+        vs = measure.versus([work / r["file"] for r in timed], work / best["file"], t2)
         for r in timed:
             r["p50_us"], r["vs_current_best"] = t2[r["file"]], vs[r["file"]]
-        ok = [r for r in timed if _clearly_better(r["vs_current_best"])]
+        ok = [r for r in timed if measure.clearly_better(r["vs_current_best"])]
         if not ok:
             break
         best = min(ok, key=lambda r: r["vs_current_best"]["ratio"])

@@ -113,6 +113,7 @@ class Measure:
     target: str = "host"
     runs: int = 2000
     rounds: int = 20
+    call: str = "iobinding"  # the call path timed: IO binding for ONNX Runtime, `run` for TFLite
 
     @property
     def key(self) -> str:
@@ -135,7 +136,7 @@ class Measure:
         if self.target != "host":
             r = {f.name: measured[f.name] / measured[ref.name] for f in files}
             return {k: {"ratio": v, "ci95": [v, v]} for k, v in r.items()}
-        return pair_files(files, ref, max(20, self.runs // 10))
+        return pair_files(files, ref, max(20, self.runs // 10), self.call)
 
     def clearly_better(self, vs: dict[str, Any] | None) -> bool:
         return vs is not None and vs["ci95"][1] < self.keep_below
