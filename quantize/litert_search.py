@@ -26,6 +26,14 @@ ONNX Runtime gets its per-target recipe from `lenet-edge search`; this is the sa
 Measured on the Xeon (bench, batch 1, one thread): AVX2 kernels run the hybrid conv slower than
 float, AVX-512 VNNI kernels run every layer faster in int8, AMX kernels none: one file cannot be
 fastest everywhere, so the choice is made where the file runs.
+5. AMX (`--amx auto`, the default, on a CPU that has it): XNNPACK takes AMX tile kernels for its
+   int8 GEMMs whenever Linux grants them, and for nets this small the tile set-up costs more than
+   it saves; refusing AMX is a process-wide setting (runtime/amx.py), so it is part of the recipe.
+   The same search runs again in a child process with AMX refused; the two choices are then timed
+   as a pair, each in its own process, driven in lockstep (runtime.bench.pair_lockstep), and the
+   AMX-refused one is kept only if its paired interval lies below AMX_OFF_BELOW (two processes
+   differ by up to ~1 % on the same file, measured). The record then says `amx: off`, which bench
+   and select honour and a deployment must repeat (`--amx off`).
 
 Writes the record (every candidate, its checks and p50, the CPU from the environment capture, never
 a machine name) as JSON and Markdown; publishes each model's choice as <model>.int8.search.tflite
@@ -61,6 +69,9 @@ WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}  # op ki
 SOURCE = "int8.dynamic.tflite"  # <model>.<SOURCE>: what `make tflite` converted and checked
 FP32 = "fp32.tflite"
 CALL = "run"  # the TFLite runner's only call path
+# Refusing AMX is kept only if the cross-process pair's 95 % interval lies below this: the same
+# file in two processes measured 0.997-1.014 (A/A, 100 rounds, Xeon), so 0.995 is not enough margin.
+AMX_OFF_BELOW = 0.98
 
 
 def _schema() -> tuple[Any, Any]:
@@ -274,7 +285,7 @@ def search_model(
 ) -> dict[str, Any]:
     from lenet_edge.quantize.checks import tolerances_for
     from lenet_edge.runtime.evaluate import evaluate_onnx
-    from lenet_edge.runtime.files import inside, sha256_file
+    from lenet_edge.runtime.files import inside, sha256_bytes, sha256_file
     from lenet_edge.runtime.mnist import load_split
 
     src, fp32 = onnx_dir / f"{name}.{SOURCE}", onnx_dir / f"{name}.{FP32}"
@@ -303,8 +314,9 @@ def search_model(
         out = inside(work, work / f"{name}.int8.{label}.tflite")
         row: dict[str, Any] = {"label": label, "int8_layers": sorted(int8), "origin": origin}
         try:
-            out.write_bytes(data if int8 == converter else with_int8_layers(data, int8))
-            row |= {"file": out.name, **_check(name, out, ref, tol, data_dir)}
+            edited = data if int8 == converter else with_int8_layers(data, int8)
+            out.write_bytes(edited)
+            row |= {"file": out.name, "sha256": sha256_bytes(edited), **_check(name, out, ref, tol, data_dir)}
         except LenetEdgeError as e:
             row |= {"file": None, "passed": False, "why": str(e)[:300]}
         rows[int8] = row
@@ -376,12 +388,84 @@ def search_model(
     }
 
 
+def choose_amx(m: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Module step 5: the same search for model m["model"] with AMX refused, in a child process;
+    its choice against m's as a cross-process pair; m with `amx` ("on"/"off") and `amx_choice`
+    (the child's search, the pair), and if AMX refused wins, that choice (rebuilt here from the same
+    source: the same bytes, checked by sha256) as m's choice."""
+    import json
+    import subprocess
+
+    from lenet_edge.runtime.bench import pair_lockstep, paired_ratio
+    from lenet_edge.runtime.files import ROOT, inside, sha256_bytes
+
+    name = m["model"]
+    out = inside(work, work / f"{name}.amx-off.json").resolve()
+    cmd = [sys.executable, "-m", "lenet_edge.quantize.litert_search", "--model", name]
+    cmd += ["--onnx-dir", str(args.onnx_dir.resolve()), "--amx", "off", "--no-publish", "--json", str(out)]
+    cmd += ["--runs", str(args.runs), "--rounds", str(args.rounds)]
+    cmd += ["--data-dir", str(args.data_dir.resolve())] if args.data_dir else []
+    cmd += ["--workflow", str(Path(args.workflow).resolve())] if args.workflow else []
+    print(f"{name}: the same search with AMX refused (a child process)", flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
+        raise LenetEdgeError(f"{name}: the search with AMX refused failed: {last}")
+    off = json.loads(out.read_text())["models"][0]
+    if off["source"]["sha256"] != m["source"]["sha256"]:
+        raise LenetEdgeError(f"{m['source']['file']}: changed while the search ran; run `make search` again")
+    pick = next(r for r in off["candidates"] if r["file"] == off["choice"]["file"])
+    data = (args.onnx_dir / m["source"]["file"]).read_bytes()
+    converter = frozenset(x["layer"] for x in m["layers"] if x["int8_in_source"])
+    chosen = frozenset(pick["int8_layers"])
+    edited = data if chosen == converter else with_int8_layers(data, chosen)
+    if sha256_bytes(edited) != pick["sha256"]:
+        raise LenetEdgeError(f"{name}: the AMX-refused choice rebuilt here differs from the file it checked")
+    f_off = inside(work, work / f"{name}.int8.{pick['label']}.amx-off.tflite")
+    f_off.write_bytes(edited)
+    f_on = work / m["choice"]["file"]
+    rounds = max(20, args.runs // 10)
+    meds = pair_lockstep((f_off, CALL, "off"), (f_on, CALL, "on"), 1, 1, rounds, 200)
+    v = paired_ratio(meds["a"], meds["b"])
+    v = v | {"processes": 2} if v else None
+    keep_off = v is not None and v["ci95"][1] < AMX_OFF_BELOW
+    m = m | {
+        "amx": "off" if keep_off else "on",
+        "amx_choice": {
+            "on": {"choice": m["choice"], "fp32_p50_us": m["fp32_p50_us"]},  # this process's search
+            "search": off,
+            "off_over_on": v,
+            "rule": f"AMX refused only if the cross-process paired 95 % interval lies below {AMX_OFF_BELOW}",
+        },
+    }
+    said = f"{v['ratio']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v else "no valid pair"
+    print(f"{name}: AMX refused {pick['label']} / AMX on {m['choice']['label']}: {said} -> AMX {m['amx']}")
+    if not keep_off:
+        return m
+    row = pick | {"file": f_off.name, "origin": "search with AMX refused", "amx": "off"}
+    return m | {
+        "candidates": m["candidates"] + [row],
+        "fp32_p50_us": off["fp32_p50_us"],  # the p50s of that choice's own run
+        "choice": {k: row[k] for k in ("label", "file", "int8_layers", "p50_us")},
+        "choice_over_fp32_first_run": off["choice_over_fp32_first_run"],
+        "method": m["method"] + "; AMX refused and on searched alike, compared as a cross-process pair",
+    }
+
+
+def amx_to_choose(args: argparse.Namespace, cpu: dict[str, Any]) -> bool:
+    """`--amx auto` with timing on a CPU (as this process sees it: --isa may hide AMX) whose int8
+    AMX the runtime would take."""
+    from lenet_edge.runtime.amx import applies
+
+    return args.amx == "auto" and args.timing and applies() and "amx_int8" in cpu.get("isa_flags", [])
+
+
 def to_markdown(res: dict[str, Any]) -> str:
     from lenet_edge.quantize.search import _versus
 
     lines = [
         f"# LiteRT INT8 search ({describe_cpu(res['cpu'])}; ai-edge-litert {res['ai_edge_litert']}"
-        + ("; AMX refused" if res.get("amx") == "off" else "")
+        + {"off": "; AMX refused", "auto": "; with AMX and without, chosen per model"}.get(res.get("amx"), "")
         + ")",
         "",
         f"Command: `{res['command']}`. p50 µs, batch 1, one thread, XNNPACK (LiteRT's default); the "
@@ -391,36 +475,53 @@ def to_markdown(res: dict[str, Any]) -> str:
         "",
     ]
     for m in res["models"]:
-        fixed = [f"{x['layer']} ({x['fixed']})" for x in m["layers"] if x.get("fixed")]
-        lines += [
-            f"## {m['model']}",
-            "",
-            f"Source `{m['source']['file']}`; layers {', '.join(x['layer'] for x in m['layers'])}"
-            + (f"; left as converted: {'; '.join(fixed)}" if fixed else "")
-            + ".",
-            "",
-            "| candidate | from | checks | top-1 % | agreement % | bytes | p50 µs | × current best |",
-            "|---|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in m["candidates"]:
-            ok = r["passed"]
-            checks = "pass" if ok else "fail: " + r["why"].replace("|", "/")[:100]
-            top1 = f"{100 * r['test_top1']:.2f}" if "test_top1" in r else ""
-            agree = f"{100 * r['agreement_with_fp32']:.2f}" if "agreement_with_fp32" in r else ""
-            size = f"{r['bytes']:,}" if "bytes" in r else ""
-            p50 = f"{r['p50_us']:.1f}" if r.get("p50_us") else ""
-            vs = _versus(r.get("vs_current_best") or r.get("vs_fastest_first_run"))
-            lines.append(
-                f"| `{r['label']}` | {r['origin']} | {checks} | {top1} | {agree} | {size} | {p50} | {vs} |"
-            )
-        fp = f"{m['fp32_p50_us']:.1f} µs" if m.get("fp32_p50_us") else "not measured"
-        took = f" ({m['choice']['p50_us']:.1f} µs)" if m["choice"]["p50_us"] else f" ({m['method']})"
-        lines += [
-            "",
-            f"FP32 `{m['fp32']['file']}` in the same run: {fp}. **Choice: `{m['choice']['label']}`**{took}.",
-            "",
-        ]
+        off = m.get("amx_choice")
+        lines += [f"## {m['model']}", ""] + _model_md(m | off["on"] if off else m)
+        if off:
+            v = off["off_over_on"] or {"ratio": float("nan"), "ci95": [0, 0], "p50_us": [float("nan")] * 2}
+            lines += [
+                f"### {m['model']} with AMX refused (the same search in a child process)",
+                "",
+                *_model_md(off["search"]),
+                f"The two choices as a pair, each in its own process (lockstep): AMX refused / AMX on "
+                f"{_versus(v)} ({v['p50_us'][0]:.1f} vs {v['p50_us'][1]:.1f} µs); AMX refused is kept if the "
+                f"interval lies below {AMX_OFF_BELOW}. **Published: `{m['choice']['label']}` with AMX {m['amx']}**.",
+                "",
+            ]
     return "\n".join(lines)
+
+
+def _model_md(m: dict[str, Any]) -> list[str]:
+    from lenet_edge.quantize.search import _versus
+
+    fixed = [f"{x['layer']} ({x['fixed']})" for x in m["layers"] if x.get("fixed")]
+    lines = [
+        f"Source `{m['source']['file']}`; layers {', '.join(x['layer'] for x in m['layers'])}"
+        + (f"; left as converted: {'; '.join(fixed)}" if fixed else "")
+        + ".",
+        "",
+        "| candidate | from | checks | top-1 % | agreement % | bytes | p50 µs | × current best |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in m["candidates"]:
+        if r.get("amx") == "off":
+            continue  # the AMX-refused choice: listed with its own search
+        checks = "pass" if r["passed"] else "fail: " + r["why"].replace("|", "/")[:100]
+        top1 = f"{100 * r['test_top1']:.2f}" if "test_top1" in r else ""
+        agree = f"{100 * r['agreement_with_fp32']:.2f}" if "agreement_with_fp32" in r else ""
+        size = f"{r['bytes']:,}" if "bytes" in r else ""
+        p50 = f"{r['p50_us']:.1f}" if r.get("p50_us") else ""
+        vs = _versus(r.get("vs_current_best") or r.get("vs_fastest_first_run"))
+        lines.append(
+            f"| `{r['label']}` | {r['origin']} | {checks} | {top1} | {agree} | {size} | {p50} | {vs} |"
+        )
+    fp = f"{m['fp32_p50_us']:.1f} µs" if m.get("fp32_p50_us") else "not measured"
+    took = f" ({m['choice']['p50_us']:.1f} µs)" if m["choice"]["p50_us"] else f" ({m['method']})"
+    return lines + [
+        "",
+        f"FP32 `{m['fp32']['file']}` in the same run: {fp}. **Choice: `{m['choice']['label']}`**{took}.",
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         "build/bench/search.litert.json",
         "--no-timing: check the converter's file and record it as the documented default (CI)",
         "LiteRT (XNNPACK)",
+        amx_auto=True,
     )
     p.add_argument(
         "--publish",
@@ -476,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.runs,
                 args.rounds,
             )
+            if amx_to_choose(args, env["cpu"]):
+                m = choose_amx(m, args, work)
             res["models"].append(m)
             c = m["choice"]
             took = (

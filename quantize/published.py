@@ -133,6 +133,9 @@ def publish_tflite(onnx_dir: Path, name: str, work: Path, model_result: dict[str
             "cpu": cpu,
             "source": src.name,
             "source_sha256": sha256_file(src),
+            # a process-wide runtime setting (runtime/amx.py) the choice was measured with: bench and
+            # select time the file with it, a deployment must repeat it
+            "amx": model_result.get("amx", "on"),
         },
     }
     if rec["search"]["source_sha256"] != model_result["source"]["sha256"]:

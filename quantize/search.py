@@ -450,8 +450,11 @@ def _versus(vs: dict[str, Any] | None) -> str:
     return f"{vs['ratio']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if hi > lo else "")
 
 
-def add_search_flags(p: argparse.ArgumentParser, json_default: str, timing_help: str, runtime: str) -> None:
-    """The flags both searches (ONNX Runtime, LiteRT) share, spelled the same."""
+def add_search_flags(
+    p: argparse.ArgumentParser, json_default: str, timing_help: str, runtime: str, amx_auto: bool = False
+) -> None:
+    """The flags both searches (ONNX Runtime, LiteRT) share, spelled the same; `amx_auto`: the
+    search can also choose AMX on/off per model (--amx auto, its default)."""
     add_common(
         p,
         "json",
@@ -461,12 +464,19 @@ def add_search_flags(p: argparse.ArgumentParser, json_default: str, timing_help:
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True, help=timing_help)
+    auto = (
+        "; auto (default): where the CPU has AMX, search both ways and keep the faster by a "
+        "cross-process pair (the record says `amx: off` when refusing wins; elsewhere as on)"
+        if amx_auto
+        else ""
+    )
     p.add_argument(
         "--amx",
-        choices=("on", "off"),
-        default="on",
+        choices=("on", "off", "auto") if amx_auto else ("on", "off"),
+        default="auto" if amx_auto else "on",
         help=f"off: refuse Intel AMX to {runtime} (runtime/amx.py), as `bench --amx off` does, so the "
-        f"choice is the fastest with AVX-512 VNNI kernels; on (default): as {runtime} chooses",
+        f"choice is the fastest with AVX-512 VNNI kernels; on{'' if amx_auto else ' (default)'}: as "
+        f"{runtime} chooses{auto}",
     )
 
 

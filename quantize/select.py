@@ -193,7 +193,8 @@ def _same_cpu_as(bench: dict[str, Any], source: str) -> None:
 
 
 def _said(side: dict[str, Any]) -> str:
-    text = f"{side['file']} ({side['call']}, {1e3 * side['latency_ms_p50']:.1f} µs)"
+    amx = ", AMX off" if side.get("amx") == "off" else ""
+    text = f"{side['file']} ({side['call']}{amx}, {1e3 * side['latency_ms_p50']:.1f} µs)"
     rr = side.get("round_robin_best")
     if rr:
         v = rr["vs_chosen"]

@@ -31,6 +31,14 @@ def applies() -> bool:
     return platform.system() == "Linux" and platform.machine() == "x86_64"
 
 
+_REFUSED_HERE = False  # set by deny_amx: this process (and its children) run without AMX
+
+
+def refused_here() -> bool:
+    """Whether deny_amx ran in this process."""
+    return _REFUSED_HERE
+
+
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
@@ -91,3 +99,5 @@ def deny_amx() -> None:
         or ctypes.get_errno() != errno.EPERM
     ):
         raise ConfigError("--amx off: the seccomp filter does not refuse the AMX request")
+    global _REFUSED_HERE
+    _REFUSED_HERE = True

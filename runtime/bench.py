@@ -31,7 +31,7 @@ from .cli import add_common, parser
 from .contract import IMAGE_SHAPE, check_pixels
 from .env import describe_cpu
 from .errors import ConfigError, LenetEdgeError
-from .files import sha256_file, write_bytes_atomic, write_json_atomic
+from .files import quantize_record_path, sha256_file, write_bytes_atomic, write_json_atomic
 from .runner import check_scores
 
 SCHEMA = "lenet-edge/bench/v1"
@@ -74,8 +74,10 @@ def _fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def row_cell(r: dict[str, Any], with_runtime: bool = False) -> dict[str, Any]:
-    """What a summary or a choice keeps of a result row: file, call, p50 (and the runtime)."""
+    """What a summary or a choice keeps of a result row: file, call, p50 (and the runtime; and
+    `amx: off` for a file timed without AMX, a process-wide setting a deployment must repeat)."""
     c = {"file": r["file"], "call": r["call"], "latency_ms_p50": r["latency_ms_p50"]}
+    c |= {"amx": "off"} if r.get("amx") == "off" else {}
     return c | {"runtime": r["runtime"]} if with_runtime else c
 
 
@@ -134,6 +136,35 @@ def model_label(path: Path) -> tuple[str, str]:
     stem = path.name.removesuffix(".onnx")
     model, _, fmt = stem.partition(".")
     return model, fmt or model  # lenet_pool.fp32.tflite -> ('lenet_pool', 'fp32.tflite')
+
+
+def recipe_amx(model: Path) -> str:
+    """The AMX setting a file's recipe asks for: "off" if its record (<file>.quantize.json) says a
+    search measured it faster with AMX refused to its runtime (runtime/amx.py), else "on"."""
+    rec = quantize_record_path(model)
+    if not rec.is_file():
+        return "on"
+    try:
+        data = json.loads(rec.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{rec}: not a readable JSON record ({type(e).__name__})") from e
+    search = data.get("search") if isinstance(data, dict) else None
+    amx = search.get("amx", "on") if isinstance(search, dict) else "on"
+    if amx not in ("on", "off"):
+        raise ConfigError(f"{rec}: search.amx must be 'on' or 'off', got {amx!r}")
+    return amx
+
+
+def effective_amx(model: Path) -> str:
+    """What the file runs with in this benchmark: off everywhere if this process refused AMX
+    (`--amx off`), else what its recipe asks for."""
+    from .amx import refused_here
+
+    return "off" if refused_here() else recipe_amx(model)
+
+
+def _amx_args(amx: str) -> list[str]:
+    return ["--amx", "off"] if amx == "off" else []
 
 
 def _load(model: Path, threads: int, call: str) -> Any:
@@ -221,25 +252,102 @@ def measure_paired(
     on the Xeon, `lenet_pool`'s INT8 file against its FP32 one measured 0.995 after 10 untimed
     calls per block and 0.95-0.96 after 100 (about 2.5 ms), the figure long blocks also give."""
     sessions = _warm_sessions(list({c for pair in pairs for c in pair}), batch, threads, warmup)
-    clock = time.perf_counter_ns
     out = []
     for a, b in pairs:
         meds: dict[str, list[int]] = {"a": [], "b": []}
         for r in range(rounds):
             for side in ("a", "b") if r % 2 == 0 else ("b", "a"):
-                run, x = sessions[a if side == "a" else b]
-                start, n = clock(), 0
-                while n < 10 or clock() - start < PAIRED_WARM_NS:
-                    run(x)
-                    n += 1
-                ts = []
-                for _ in range(PAIRED_BLOCK):
-                    t = clock()
-                    run(x)
-                    ts.append(clock() - t)
-                meds[side].append(int(np.median(ts)))
+                meds[side].append(_block(*sessions[a if side == "a" else b]))
         out.append(meds)
     return out
+
+
+def _block(run: Any, x: np.ndarray) -> int:
+    """One block of a paired comparison: untimed calls for at least 10 calls and PAIRED_WARM_NS,
+    then PAIRED_BLOCK timed ones; their median (ns)."""
+    clock = time.perf_counter_ns
+    start, n = clock(), 0
+    while n < 10 or clock() - start < PAIRED_WARM_NS:
+        run(x)
+        n += 1
+    ts = []
+    for _ in range(PAIRED_BLOCK):
+        t = clock()
+        run(x)
+        ts.append(clock() - t)
+    return int(np.median(ts))
+
+
+def serve_blocks(config: tuple[Path, str], batch: int, threads: int, warmup: int) -> int:
+    """Child process of pair_lockstep: one session, warmed; prints `ready`, then for each `block`
+    line on stdin one block's median (ns) on stdout; stops at end of input or any other line. The
+    `ready` line says whether this process refused AMX (--amx off)."""
+    from .amx import refused_here
+
+    run, x = _warm_sessions([config], batch, threads, warmup)[config]
+    print("ready", "refused" if refused_here() else "as-the-runtime-chooses", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "block":
+            break
+        print(_block(run, x), flush=True)
+    return 0
+
+
+Side = tuple[Path, str, str]  # (model, call, amx)
+
+
+def pair_lockstep(
+    a: Side, b: Side, batch: int, threads: int, rounds: int, warmup: int
+) -> dict[str, list[int]]:
+    """measure_paired for two sessions that need different process-wide settings (AMX on for one,
+    refused for the other): each in a child of its own (serve_blocks), driven in lockstep from here,
+    one block at a time (A B, then B A), so only one of them computes at any moment. Returns
+    {"a": block medians, "b": block medians}."""
+    import contextlib
+    import tempfile
+
+    procs: dict[str, Any] = {}
+    logs: dict[str, Any] = {}
+
+    def reply(side: str) -> str:
+        line = procs[side].stdout.readline()
+        if line:
+            return line.strip()
+        procs[side].wait()
+        logs[side].seek(0)
+        last = (logs[side].read().strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
+        raise LenetEdgeError(last)
+
+    def stop() -> None:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(stop)  # runs before the logs close
+        for side, (model, call, amx) in (("a", a), ("b", b)):
+            logs[side] = stack.enter_context(tempfile.TemporaryFile("w+"))
+            procs[side] = subprocess.Popen(
+                [sys.executable, "-m", f"{__package__}.bench", "--serve", json.dumps([str(model), call])]
+                + ["--batch", str(batch), "--threads", str(threads), "--warmup", str(warmup)]
+                + _amx_args(amx),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=logs[side],
+                text=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        for side in procs:
+            if not reply(side).startswith("ready"):
+                raise LenetEdgeError(f"{(a if side == 'a' else b)[0]}: its timing process did not start")
+        meds: dict[str, list[int]] = {"a": [], "b": []}
+        for r in range(rounds):
+            for side in ("a", "b") if r % 2 == 0 else ("b", "a"):
+                procs[side].stdin.write("block\n")
+                procs[side].stdin.flush()
+                meds[side].append(int(reply(side)))
+        return meds
 
 
 def paired_ratio(num: list[int], den: list[int]) -> dict[str, Any] | None:
@@ -403,10 +511,12 @@ def run_bench(
             "warmup": warmup,
             "rounds": rounds,
             "input": "seeded uniform 0..255 pixels (runtime.bench.fixed_input)",
-            "timing": "one process per (batch, threads) holding every session; each round times every "
-            "(model, call) for runs/rounds calls after 10 untimed ones",
+            "timing": "one process per (batch, threads) holding every session (two where some files' recipes "
+            "refuse AMX, a process-wide setting: one per setting); each round times every (model, call) for "
+            "runs/rounds calls after 10 untimed ones",
             "paired_rounds": paired_rounds,
-            "paired_timing": f"each goal ratio again as a pair in one process: {paired_rounds} rounds of one "
+            "paired_timing": f"each goal ratio again as a pair in one process (two driven in lockstep where "
+            f"one side runs with AMX and the other without; `processes: 2`): {paired_rounds} rounds of one "
             f"block per side (order A B, then B A), untimed calls for >= 10 calls and "
             f"{PAIRED_WARM_NS / 1e6:.0f} ms, then {PAIRED_BLOCK} timed; the median of the per-round ratios of "
             "block medians, distribution-free 95 % interval",
@@ -447,12 +557,26 @@ def _run_pairs(
 ) -> dict[tuple[Config, Config], dict[str, Any] | None]:
     """Each distinct pair (A, B) timed in one child (measure_paired) -> paired_ratio of A / B."""
     todo = list(dict.fromkeys(pairs))
-    spec = [[[str(by_name[f]), c] for f, c in pair] for pair in todo]
-    meds = _child(
-        ["--paired", json.dumps(spec), "--batch", str(b), "--threads", str(t)]
-        + ["--rounds", str(rounds), "--warmup", str(warmup)]
-    )
-    return {pair: paired_ratio(m["a"], m["b"]) for pair, m in zip(todo, meds, strict=True)}
+    amx = {f: effective_amx(by_name[f]) for pair in todo for f, _ in pair}
+    out: dict[tuple[Config, Config], dict[str, Any] | None] = {}
+    for state in ("on", "off"):  # pairs whose files share the AMX setting: one child for all
+        same = [p for p in todo if amx[p[0][0]] == amx[p[1][0]] == state]
+        if not same:
+            continue
+        spec = [[[str(by_name[f]), c] for f, c in pair] for pair in same]
+        meds = _child(
+            ["--paired", json.dumps(spec), "--batch", str(b), "--threads", str(t)]
+            + ["--rounds", str(rounds), "--warmup", str(warmup)]
+            + _amx_args(state)
+        )
+        out |= {pair: paired_ratio(m["a"], m["b"]) for pair, m in zip(same, meds, strict=True)}
+    for pair in todo:  # one file with AMX, one without: two processes in lockstep
+        if amx[pair[0][0]] != amx[pair[1][0]]:
+            (fa, ca), (fb, cb) = pair
+            m = pair_lockstep((by_name[fa], ca, amx[fa]), (by_name[fb], cb, amx[fb]), b, t, rounds, warmup)
+            ratio = paired_ratio(m["a"], m["b"])
+            out[pair] = ratio | {"processes": 2} if ratio else None
+    return {pair: out[pair] for pair in todo}
 
 
 def check_sides_by_pairs(
@@ -548,12 +672,16 @@ def _measure_all(
 ) -> list[dict[str, Any]]:
     results = []
     settings = [(b, t) for b in batches for t in threads]
+    amx = {m: effective_amx(m) for m in models}
     for i, (b, t) in enumerate(settings):
         startup = {}
         for m in models:
             for c in calls:
                 say(f"bench {i + 1}/{len(settings)} batch {b} threads {t}: start-up {m.name} {c}")
-                part = _child(["--startup", str(m), "--batch", str(b), "--threads", str(t), "--calls", c])
+                part = _child(
+                    ["--startup", str(m), "--batch", str(b), "--threads", str(t), "--calls", c]
+                    + _amx_args(amx[m])
+                )
                 if "skipped" not in part:
                     startup[(m, c)] = part
         if not startup:
@@ -561,23 +689,15 @@ def _measure_all(
         say(
             f"bench {i + 1}/{len(settings)} batch {b} threads {t}: {len(startup)} sessions, {rounds} interleaved rounds"
         )
-        spec = json.dumps([[str(m), c] for m, c in startup])
-        lat = _child(
-            [
-                "--latency",
-                spec,
-                "--batch",
-                str(b),
-                "--threads",
-                str(t),
-                "--runs",
-                str(runs),
-                "--warmup",
-                str(warmup),
-                "--rounds",
-                str(rounds),
-            ]
-        )
+        lat: dict[str, list[int]] = {}
+        for state in ("on", "off"):  # AMX is a process-wide setting: one child per setting
+            group = [[str(m), c] for m, c in startup if amx[m] == state]
+            if group:
+                lat |= _child(
+                    ["--latency", json.dumps(group), "--batch", str(b), "--threads", str(t)]
+                    + ["--runs", str(runs), "--warmup", str(warmup), "--rounds", str(rounds)]
+                    + _amx_args(state)
+                )
         for (m, c), st in startup.items():
             samples = np.asarray(lat[f"{m}|{c}"], dtype=np.int64)
             model, fmt = model_label(m)
@@ -591,6 +711,7 @@ def _measure_all(
                     "runtime": st["runner"]["backend"],
                     "runtime_version": st["runner"]["version"],
                     "call": c,
+                    "amx": amx[m],
                     "batch": b,
                     "threads": t,
                     "runs": int(samples.size),
@@ -632,7 +753,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     ):
         ratio = f"{r['ratio_p50_vs_fp32']:.2f}" if r["ratio_p50_vs_fp32"] is not None else "–"
         lines.append(
-            f"| {r['model']} | {r['format']} | {'stock' if r.get('stock') else 'lenet-edge'} | {r['runtime']} "
+            f"| {r['model']} | {r['format']}{' (AMX off)' if r.get('amx') == 'off' else ''} | {'stock' if r.get('stock') else 'lenet-edge'} | {r['runtime']} "
             f"| {r['call']} | {r['batch']} | {r['threads']} "
             f"| {1e3 * r['latency_ms_p50']:.1f} | {1e3 * r['latency_ms_p90']:.1f} | {1e3 * r['latency_ms_p99']:.1f} "
             f"| {1e3 * r['latency_ms_min']:.1f} | {ratio} | {r['throughput_images_per_s']:,.0f} "
@@ -658,7 +779,16 @@ def to_markdown(report: dict[str, Any]) -> str:
             "Goals, as ratios within this run: best INT8 / best FP32 per runtime, and the fastest lenet-edge "
             "artifact / the fastest stock artifact (any runtime). The p50 ratio is from the round-robin "
             "table above; *paired* times the same two files again alone, alternating short blocks, and gives "
-            "the median of the per-round ratios with its 95 % interval (the figure to trust on a shared host):",
+            "the median of the per-round ratios with its 95 % interval (the figure to trust on a shared host)"
+            + (
+                ". *AMX off*: the file's recipe refuses AMX (a process-wide setting its search measured "
+                "faster; runtime/amx.py), so it is timed in a process of its own, and a pair with a file run "
+                "with AMX is timed in two processes driven in lockstep (*2 processes*; one file against "
+                "itself that way: 0.997-1.014 on the Xeon, against 0.995-1.005 in one process):"
+                if any(r.get("amx") == "off" for r in report["results"])
+                and report.get("settings", {}).get("amx") != "off"
+                else ":"
+            ),
             "",
             "| model | batch | threads | runtime | best INT8 | best FP32 | INT8 / FP32 (p50) | paired [95 %] |",
             "|---|---:|---:|---|---|---|---:|---:|",
@@ -700,7 +830,10 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def _cell(b: dict[str, Any] | None) -> str:
-    return f"{b['file']} ({b['call']}) {1e3 * b['latency_ms_p50']:.1f} µs" if b else "–"
+    if not b:
+        return "–"
+    how = b["call"] + (", AMX off" if b.get("amx") == "off" else "")
+    return f"{b['file']} ({how}) {1e3 * b['latency_ms_p50']:.1f} µs"
 
 
 def _ratio(x: float | None) -> str:
@@ -711,7 +844,8 @@ def _paired(p: dict[str, Any] | None) -> str:
     if not p:
         return "–"
     lo, hi = p["ci95"]
-    return f"{p['ratio']:.3f} [{lo:.3f}, {hi:.3f}] at {_us(p['p50_us'][0])} / {_us(p['p50_us'][1])} µs"
+    two = " (2 processes)" if p.get("processes") == 2 else ""
+    return f"{p['ratio']:.3f} [{lo:.3f}, {hi:.3f}] at {_us(p['p50_us'][0])} / {_us(p['p50_us'][1])} µs{two}"
 
 
 def _us(x: float) -> str:
@@ -766,6 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup", type=Path, default=None, help=argparse.SUPPRESS)  # child modes
     p.add_argument("--latency", default=None, help=argparse.SUPPRESS)
     p.add_argument("--paired", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -809,6 +944,9 @@ def run_args(args: argparse.Namespace) -> int:
             json.dumps(measure_latency(configs, batches[0], threads[0], args.runs, args.warmup, args.rounds))
         )
         return 0
+    if args.serve is not None:
+        m, c = json.loads(args.serve)
+        return serve_blocks((Path(m), c), batches[0], threads[0], args.warmup)
     if args.paired is not None:
         pairs = [tuple((Path(m), c) for m, c in pair) for pair in json.loads(args.paired)]
         print(json.dumps(measure_paired(pairs, batches[0], threads[0], args.rounds, args.warmup)))

@@ -351,7 +351,7 @@ def test_litert_search_edits_layers_checks_times_and_publishes(tflite, exported,
     out = tmp_path / "litert.json"
     args = ["-m", "lenet_edge.quantize.litert_search", "--model", "lenet_pool", "--onnx-dir", str(d)]
     proc = subprocess.run(
-        [py, *args, "--json", str(out), "--runs", "60", "--rounds", "3"],
+        [py, *args, "--json", str(out), "--runs", "60", "--rounds", "3", "--amx", "on"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -379,6 +379,48 @@ def test_litert_search_edits_layers_checks_times_and_publishes(tflite, exported,
         [py, *args, "--no-timing", "--json", str(out)], cwd=ROOT, capture_output=True, text=True
     )
     assert_one_line_error(proc, "lenet_pool.int8.dynamic.tflite", "not a readable .tflite")
+
+
+@needs_tflite_envs
+def test_litert_search_chooses_amx_by_a_cross_process_pair_and_the_record_carries_it(
+    tflite, exported, tmp_path
+):
+    """litert_search.choose_amx (what --amx auto does on a CPU with AMX; called directly so it runs
+    on any x86): the same search in a child with AMX refused, the two choices paired across two
+    processes, the rule applied as stated; if refusing wins, the published file is that search's
+    choice byte for byte and its record says amx off, which the benchmark then honours."""
+    import shutil
+
+    from lenet_edge.runtime.amx import applies
+
+    if not applies():
+        pytest.skip("AMX refusal is Linux x86_64 only")
+    d = tmp_path / "onnx"
+    d.mkdir()
+    for f in ("lenet_pool.fp32.tflite", "lenet_pool.int8.dynamic.tflite"):
+        shutil.copy(exported / f, d / f)
+    code = (
+        "import argparse, json, sys; from pathlib import Path; "
+        "from lenet_edge.quantize.litert_search import AMX_OFF_BELOW, choose_amx, search_model; "
+        "from lenet_edge.quantize.published import publish_tflite; "
+        "from lenet_edge.runtime.bench import recipe_amx; from lenet_edge.runtime.files import owned_temp_dir, sha256_file; "
+        "from lenet_edge.workflow import data_source; d = Path(sys.argv[1]); "
+        "a = argparse.Namespace(onnx_dir=d, runs=60, rounds=3, data_dir=None, workflow=None)\n"
+        "with owned_temp_dir('t') as work:\n"
+        "    m = search_model('lenet_pool', d, work, data_source('lenet_pool'), True, 60, 3, say=lambda *x: None)\n"
+        "    m = choose_amx(m, a, work)\n"
+        "    v = m['amx_choice']['off_over_on']; assert v['processes'] == 2 and v['rounds'] == 20, v\n"
+        "    assert m['amx'] == ('off' if v['ci95'][1] < AMX_OFF_BELOW else 'on'), v\n"
+        "    off = m['amx_choice']['search']; pick = next(r for r in off['candidates'] if r['file'] == off['choice']['file'])\n"
+        "    out = publish_tflite(d, 'lenet_pool', work, m, 'cpu')\n"
+        "    if m['amx'] == 'off': assert sha256_file(out) == pick['sha256'] and m['choice']['label'] == pick['label']\n"
+        "    assert recipe_amx(out) == m['amx']; print('ok', m['amx'])"
+    )
+    proc = subprocess.run(
+        [str(DEVICE_VENV / "bin" / "python"), "-c", code, str(d)], cwd=ROOT, capture_output=True, text=True
+    )
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
+    assert last.split()[:1] == ["ok"], (proc.stdout[-800:], proc.stderr[-1500:])
 
 
 def tolerances_min_agreement() -> float:

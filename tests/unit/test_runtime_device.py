@@ -229,6 +229,51 @@ def test_bench_pairs_each_goal_ratio(tmp_path, identity):
     assert rep["settings"]["paired_rounds"] == 20 and "] at " in to_markdown(rep)
 
 
+def test_a_recipe_that_refuses_amx_is_timed_in_its_own_process_and_paired_across_two(tmp_path, identity):
+    """A file whose record says `search.amx: off` gets its own latency process and row `amx: off`;
+    its goal pairs run in two processes in lockstep; a server child with --amx off has refused AMX;
+    a broken record is one clear error."""
+    import shutil
+    import subprocess
+    import sys
+
+    from lenet_edge.runtime import amx
+    from lenet_edge.runtime.bench import recipe_amx, run_bench, to_markdown
+    from lenet_edge.runtime.errors import ConfigError
+    from lenet_edge.runtime.files import quantize_record_path
+
+    fp32, int8 = tmp_path / "m.fp32.onnx", tmp_path / "m.int8.search.onnx"
+    shutil.copyfile(identity, fp32)
+    shutil.copyfile(identity, int8)
+    rec = quantize_record_path(int8)
+    assert recipe_amx(int8) == "on"  # no record: as the runtime chooses
+    rec.write_text(json.dumps({"search": {"amx": "off"}}))
+    assert recipe_amx(int8) == "off" and recipe_amx(fp32) == "on"
+    rep = run_bench([fp32, int8], [1], [1], ["iobinding"], runs=40, warmup=5, rounds=4, progress=False)
+    assert {r["file"]: r["amx"] for r in rep["results"]} == {fp32.name: "on", int8.name: "off"}
+    (s,) = rep["summary"]
+    p = s["per_runtime"]["onnxruntime"]["int8_over_fp32_paired"]
+    assert p["processes"] == 2 and p["rounds"] == 20 and p["ci95"][0] <= p["ratio"] <= p["ci95"][1], p
+    assert s["per_runtime"]["onnxruntime"]["best_int8"]["amx"] == "off"
+    md = to_markdown(rep)
+    assert "search (AMX off)" in md and "(2 processes)" in md and "iobinding, AMX off" in md
+    if amx.applies():  # the server child of the AMX-off side: refused, and says so
+        proc = subprocess.run(
+            [sys.executable, "-m", "lenet_edge.runtime.bench", "--serve", json.dumps([str(int8), "run"])]
+            + ["--batch", "1", "--threads", "1", "--warmup", "1", "--amx", "off"],
+            input="block\n",
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        lines = proc.stdout.split()
+        assert proc.returncode == 0 and lines[:2] == ["ready", "refused"] and int(lines[2]) > 0, proc
+    for bad in ("{", json.dumps({"search": {"amx": "maybe"}})):
+        rec.write_text(bad)
+        with pytest.raises(ConfigError, match="m.int8.search.quantize.json"):
+            recipe_amx(int8)
+
+
 def test_env_parses_arm_cpuinfo():
     from lenet_edge.runtime.env import cpu_info
 
