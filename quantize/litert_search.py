@@ -31,9 +31,10 @@ fastest everywhere, so the choice is made where the file runs.
    it saves; refusing AMX is a process-wide setting (runtime/amx.py), so it is part of the recipe.
    The same search runs again in a child process with AMX refused; the two choices are then timed
    as a pair, each in its own process, driven in lockstep (runtime.bench.pair_lockstep), and the
-   AMX-refused one is kept only if its paired interval lies below AMX_OFF_BELOW (two processes
-   differ by up to ~1 % on the same file, measured). The record then says `amx: off`, which bench
-   and select honour and a deployment must repeat (`--amx off`).
+   AMX-refused one is kept only if its paired interval lies below quantize.search.AMX_OFF_BELOW
+   (two processes differ by up to ~1.4 % on the same file, measured). The record then says
+   `amx: off`, which bench and select honour and a deployment must repeat (`--amx off`); the ONNX
+   Runtime search (`lenet-edge search`) does the same.
 
 Writes the record (every candidate, its checks and p50, the CPU from the environment capture, never
 a machine name) as JSON and Markdown; publishes each model's choice as <model>.int8.search.tflite
@@ -55,8 +56,13 @@ from lenet_edge.quantize.search import (
     Measure,
     _confirm_fastest,
     add_search_flags,
+    amx_lines,
+    amx_record,
+    amx_to_choose,
     check_search_flags,
+    pair_amx,
     refuse_amx_if_asked,
+    search_with_amx_refused,
     write_result,
 )
 from lenet_edge.runtime.bench import KEEP_IF_PAIRED_BELOW
@@ -69,9 +75,6 @@ WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}  # op ki
 SOURCE = "int8.dynamic.tflite"  # <model>.<SOURCE>: what `make tflite` converted and checked
 FP32 = "fp32.tflite"
 CALL = "run"  # the TFLite runner's only call path
-# Refusing AMX is kept only if the cross-process pair's 95 % interval lies below this: the same
-# file in two processes measured 0.997-1.014 (A/A, 100 rounds, Xeon), so 0.995 is not enough margin.
-AMX_OFF_BELOW = 0.98
 
 
 def _schema() -> tuple[Any, Any]:
@@ -389,29 +392,13 @@ def search_model(
 
 
 def choose_amx(m: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Module step 5: the same search for model m["model"] with AMX refused, in a child process;
-    its choice against m's as a cross-process pair; m with `amx` ("on"/"off") and `amx_choice`
-    (the child's search, the pair), and if AMX refused wins, that choice (rebuilt here from the same
-    source: the same bytes, checked by sha256) as m's choice."""
-    import json
-    import subprocess
-
-    from lenet_edge.runtime.bench import pair_lockstep, paired_ratio
-    from lenet_edge.runtime.files import ROOT, inside, sha256_bytes
+    """Module step 5: the same search for m["model"] with AMX refused, in a child process; its choice
+    against m's as a cross-process pair; m with `amx` and `amx_choice`, and if refusing wins, that
+    choice (rebuilt here from the same source: the same bytes, checked by sha256) as m's choice."""
+    from lenet_edge.runtime.files import inside, sha256_bytes
 
     name = m["model"]
-    out = inside(work, work / f"{name}.amx-off.json").resolve()
-    cmd = [sys.executable, "-m", "lenet_edge.quantize.litert_search", "--model", name]
-    cmd += ["--onnx-dir", str(args.onnx_dir.resolve()), "--amx", "off", "--no-publish", "--json", str(out)]
-    cmd += ["--runs", str(args.runs), "--rounds", str(args.rounds)]
-    cmd += ["--data-dir", str(args.data_dir.resolve())] if args.data_dir else []
-    cmd += ["--workflow", str(Path(args.workflow).resolve())] if args.workflow else []
-    print(f"{name}: the same search with AMX refused (a child process)", flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
-        raise LenetEdgeError(f"{name}: the search with AMX refused failed: {last}")
-    off = json.loads(out.read_text())["models"][0]
+    off = search_with_amx_refused("lenet_edge.quantize.litert_search", name, args, work, [])
     if off["source"]["sha256"] != m["source"]["sha256"]:
         raise LenetEdgeError(f"{m['source']['file']}: changed while the search ran; run `make search` again")
     pick = next(r for r in off["candidates"] if r["file"] == off["choice"]["file"])
@@ -423,23 +410,9 @@ def choose_amx(m: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[
         raise LenetEdgeError(f"{name}: the AMX-refused choice rebuilt here differs from the file it checked")
     f_off = inside(work, work / f"{name}.int8.{pick['label']}.amx-off.tflite")
     f_off.write_bytes(edited)
-    f_on = work / m["choice"]["file"]
-    rounds = max(20, args.runs // 10)
-    meds = pair_lockstep((f_off, CALL, "off"), (f_on, CALL, "on"), 1, 1, rounds, 200)
-    v = paired_ratio(meds["a"], meds["b"])
-    v = v | {"processes": 2} if v else None
-    keep_off = v is not None and v["ci95"][1] < AMX_OFF_BELOW
-    m = m | {
-        "amx": "off" if keep_off else "on",
-        "amx_choice": {
-            "on": {"choice": m["choice"], "fp32_p50_us": m["fp32_p50_us"]},  # this process's search
-            "search": off,
-            "off_over_on": v,
-            "rule": f"AMX refused only if the cross-process paired 95 % interval lies below {AMX_OFF_BELOW}",
-        },
-    }
-    said = f"{v['ratio']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v else "no valid pair"
-    print(f"{name}: AMX refused {pick['label']} / AMX on {m['choice']['label']}: {said} -> AMX {m['amx']}")
+    on = m["choice"]
+    v, keep_off = pair_amx(name, (f_off, pick["label"]), (work / on["file"], on["label"]), CALL, args.runs)
+    m = amx_record(m, off, v, keep_off)
     if not keep_off:
         return m
     row = pick | {"file": f_off.name, "origin": "search with AMX refused", "amx": "off"}
@@ -452,16 +425,7 @@ def choose_amx(m: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[
     }
 
 
-def amx_to_choose(args: argparse.Namespace, cpu: dict[str, Any]) -> bool:
-    """`--amx auto` with timing on a CPU (as this process sees it: --isa may hide AMX) whose int8
-    AMX the runtime would take."""
-    from lenet_edge.runtime.amx import applies
-
-    return args.amx == "auto" and args.timing and applies() and "amx_int8" in cpu.get("isa_flags", [])
-
-
 def to_markdown(res: dict[str, Any]) -> str:
-    from lenet_edge.quantize.search import _versus
 
     lines = [
         f"# LiteRT INT8 search ({describe_cpu(res['cpu'])}; ai-edge-litert {res['ai_edge_litert']}"
@@ -478,16 +442,8 @@ def to_markdown(res: dict[str, Any]) -> str:
         off = m.get("amx_choice")
         lines += [f"## {m['model']}", ""] + _model_md(m | off["on"] if off else m)
         if off:
-            v = off["off_over_on"] or {"ratio": float("nan"), "ci95": [0, 0], "p50_us": [float("nan")] * 2}
-            lines += [
-                f"### {m['model']} with AMX refused (the same search in a child process)",
-                "",
-                *_model_md(off["search"]),
-                f"The two choices as a pair, each in its own process (lockstep): AMX refused / AMX on "
-                f"{_versus(v)} ({v['p50_us'][0]:.1f} vs {v['p50_us'][1]:.1f} µs); AMX refused is kept if the "
-                f"interval lies below {AMX_OFF_BELOW}. **Published: `{m['choice']['label']}` with AMX {m['amx']}**.",
-                "",
-            ]
+            lines += [f"### {m['model']} with AMX refused (the same search in a child process)", ""]
+            lines += _model_md(off["search"]) + amx_lines(m)
     return "\n".join(lines)
 
 
@@ -533,7 +489,6 @@ def main(argv: list[str] | None = None) -> int:
         "build/bench/search.litert.json",
         "--no-timing: check the converter's file and record it as the documented default (CI)",
         "LiteRT (XNNPACK)",
-        amx_auto=True,
     )
     p.add_argument(
         "--publish",

@@ -92,6 +92,7 @@ def publish(
         "cpu": cpu,
         "fp32_source": fp32_source.name,
         "fp32_source_sha256": sha256_file(fp32_source),
+        "amx": model_result.get("amx", "on"),  # as publish_tflite: bench and select time it so
     }
     write_bytes_atomic(out, data)
     write_json_atomic(quantize_record_path(out), rec)

@@ -14,7 +14,11 @@ For each model, on the machine it runs on (ONNX Runtime, batch 1, one thread, IO
    stay int8 (`weight_only`: FP32 compute at INT8 size). The fastest checked INT8 candidate is
    the choice;
 5. passes that pay with one thread only (a uint8 input Transpose: optimize.ort_int8
-   ONE_THREAD_PASSES) are tried on the choice's ORT target the same way and kept if faster.
+   ONE_THREAD_PASSES) are tried on the choice's ORT target the same way and kept if faster;
+6. AMX (`--amx auto`, the default, on a CPU that has it): onnxruntime's int8 GEMMs take AMX tile
+   kernels when Linux grants them, a process-wide setting (runtime/amx.py); the same search runs
+   again in a child with AMX refused and the two choices are timed as a cross-process pair
+   (choose_amx; kept below AMX_OFF_BELOW); the published record says `amx: off` if refusing won.
 Writes the record (every candidate, its checks and p50, the CPU from the environment capture,
 never a machine name) as JSON and Markdown; the candidates are built in a temp folder. Each
 model's choice is published to --onnx-dir as <model>.int8.search.onnx with its record
@@ -411,13 +415,18 @@ def to_markdown(res: dict[str, Any]) -> str:
     )
     lines = [
         f"# INT8 search ({describe_cpu(res['cpu']) if host else measure.target + ', emulated'}; "
-        f"onnxruntime {res['onnxruntime']}" + ("; AMX refused" if res.get("amx") == "off" else "") + ")",
+        f"onnxruntime {res['onnxruntime']}"
+        + {"off": "; AMX refused", "auto": "; with AMX and without, chosen per model"}.get(res.get("amx"), "")
+        + ")",
         "",
         f"Command: `{res['command']}`. {how}",
         "",
     ]
     col = "p50 µs" if host else "instructions"
-    for m in res["models"]:
+    for chosen in res["models"]:
+        m = (
+            chosen | chosen["amx_choice"]["on"] if chosen.get("amx_choice") else chosen
+        )  # this process's search
         lines += [
             f"## {m['model']}",
             "",
@@ -439,6 +448,7 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"**Choice: `{m['choice']['label']}`**{took}.",
             "",
         ]
+        lines += amx_lines(chosen) if chosen.get("amx_choice") else []
     return "\n".join(lines)
 
 
@@ -450,11 +460,8 @@ def _versus(vs: dict[str, Any] | None) -> str:
     return f"{vs['ratio']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if hi > lo else "")
 
 
-def add_search_flags(
-    p: argparse.ArgumentParser, json_default: str, timing_help: str, runtime: str, amx_auto: bool = False
-) -> None:
-    """The flags both searches (ONNX Runtime, LiteRT) share, spelled the same; `amx_auto`: the
-    search can also choose AMX on/off per model (--amx auto, its default)."""
+def add_search_flags(p: argparse.ArgumentParser, json_default: str, timing_help: str, runtime: str) -> None:
+    """The flags both searches (ONNX Runtime, LiteRT) share, spelled the same."""
     add_common(
         p,
         "json",
@@ -464,20 +471,132 @@ def add_search_flags(
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True, help=timing_help)
-    auto = (
-        "; auto (default): where the CPU has AMX, search both ways and keep the faster by a "
-        "cross-process pair (the record says `amx: off` when refusing wins; elsewhere as on)"
-        if amx_auto
-        else ""
-    )
     p.add_argument(
         "--amx",
-        choices=("on", "off", "auto") if amx_auto else ("on", "off"),
-        default="auto" if amx_auto else "on",
-        help=f"off: refuse Intel AMX to {runtime} (runtime/amx.py), as `bench --amx off` does, so the "
-        f"choice is the fastest with AVX-512 VNNI kernels; on{'' if amx_auto else ' (default)'}: as "
-        f"{runtime} chooses{auto}",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help=f"auto (default): where the CPU has AMX (and the search is timed on this host), search "
+        f"again with AMX refused and keep the faster choice by a cross-process pair (the record then "
+        f"says `amx: off`; bench, select and a deployment repeat it); elsewhere as on. on: as {runtime} "
+        f"chooses. off: refuse Intel AMX to {runtime} (runtime/amx.py), as `bench --amx off` does, so "
+        "the choice is the fastest with AVX-512 VNNI kernels",
     )
+
+
+# Refusing AMX is kept only if the cross-process pair's 95 % interval lies below this: the same
+# file in two processes measured 0.997-1.014 (A/A, 100 rounds, Xeon), so 0.995 is not margin enough.
+AMX_OFF_BELOW = 0.98
+
+
+def amx_to_choose(args: argparse.Namespace, cpu: dict[str, Any]) -> bool:
+    """`--amx auto`, timed on this host, on a CPU (as this process sees it: --isa may hide AMX)
+    whose int8 AMX the runtime would take: then the search also runs with AMX refused."""
+    from lenet_edge.runtime.amx import applies
+
+    return (
+        args.amx == "auto"
+        and args.timing
+        and getattr(args, "target", "host") == "host"
+        and applies()
+        and "amx_int8" in cpu.get("isa_flags", [])
+    )
+
+
+def search_with_amx_refused(
+    module: str, name: str, args: argparse.Namespace, work: Path, extra: list[str]
+) -> dict[str, Any]:
+    """The same search for one model in a child process with AMX refused (`--amx off`, nothing
+    published): its record's entry for the model."""
+    from lenet_edge.runtime.files import ROOT, inside
+
+    out = inside(work, work / f"{name}.amx-off.json").resolve()
+    cmd = [sys.executable, "-m", module, "--model", name, "--onnx-dir", str(args.onnx_dir.resolve())]
+    cmd += ["--amx", "off", "--no-publish", "--json", str(out)]
+    cmd += ["--runs", str(args.runs), "--rounds", str(args.rounds)]
+    cmd += ["--data-dir", str(args.data_dir.resolve())] if args.data_dir else []
+    cmd += ["--workflow", str(Path(args.workflow).resolve())] if args.workflow else []
+    print(f"{name}: the same search with AMX refused (a child process)", flush=True)
+    proc = subprocess.run(cmd + extra, cwd=ROOT, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
+        raise LenetEdgeError(f"{name}: the search with AMX refused failed: {last}")
+    return json.loads(out.read_text())["models"][0]
+
+
+def pair_amx(
+    name: str, off: tuple[Path, str], on: tuple[Path, str], call: str, runs: int
+) -> tuple[dict[str, Any] | None, bool]:
+    """The AMX-refused choice against the AMX one, each in a process of its own in lockstep
+    (runtime.bench.pair_lockstep): the paired ratio (`processes: 2`) and whether refusing is kept
+    (interval below AMX_OFF_BELOW). `off` / `on`: (file, label)."""
+    from lenet_edge.runtime.bench import pair_lockstep, paired_ratio
+
+    meds = pair_lockstep((off[0], call, "off"), (on[0], call, "on"), 1, 1, max(20, runs // 10), 200)
+    v = paired_ratio(meds["a"], meds["b"])
+    v = v | {"processes": 2} if v else None
+    keep_off = v is not None and v["ci95"][1] < AMX_OFF_BELOW
+    said = f"{v['ratio']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v else "no valid pair"
+    print(f"{name}: AMX refused {off[1]} / AMX on {on[1]}: {said} -> AMX {'off' if keep_off else 'on'}")
+    return v, keep_off
+
+
+def amx_record(
+    m: dict[str, Any], off: dict[str, Any], v: dict[str, Any] | None, keep_off: bool
+) -> dict[str, Any]:
+    """m with `amx` and `amx_choice` (this process's choice, the child's search, the pair, the rule)."""
+    return m | {
+        "amx": "off" if keep_off else "on",
+        "amx_choice": {
+            "on": {"choice": m["choice"], "fp32_p50_us": m["fp32_p50_us"]},
+            "search": off,
+            "off_over_on": v,
+            "rule": f"AMX refused only if the cross-process paired 95 % interval lies below {AMX_OFF_BELOW}",
+        },
+    }
+
+
+def amx_lines(m: dict[str, Any]) -> list[str]:
+    """The Markdown sentence for a model whose search chose AMX by a cross-process pair."""
+    v = m["amx_choice"]["off_over_on"]
+    off = m["amx_choice"]["search"]
+    pair = f"{_versus(v)} ({v['p50_us'][0]:.1f} vs {v['p50_us'][1]:.1f} µs)" if v else "no valid pair"
+    return [
+        f"With AMX refused (the same search in a child process) the choice was `{off['choice']['label']}`. The "
+        f"two choices as a pair, each in its own process (lockstep): AMX refused / AMX on {pair}; refusing "
+        f"is kept if the interval lies below {AMX_OFF_BELOW}. **Published: `{m['choice']['label']}` with AMX "
+        f"{m['amx']}**.",
+        "",
+    ]
+
+
+def choose_amx(m: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """m["model"]'s search again with AMX refused (a child, which leaves its choice and record in
+    a folder here), the two choices as a cross-process pair; if refusing wins, that choice (copied
+    into `work` with its record) becomes m's, for `publish`."""
+    from lenet_edge.runtime.files import inside, quantize_record_path
+
+    name = m["model"]
+    keep = inside(work, work / f"{name}.amx-off")
+    keep.mkdir()
+    off = search_with_amx_refused(
+        "lenet_edge.quantize.search", name, args, work, ["--choice-dir", str(keep.resolve())]
+    )
+    f_off = inside(work, work / f"amx-off.{off['choice']['file']}")
+    shutil.copyfile(keep / off["choice"]["file"], f_off)
+    shutil.copyfile(quantize_record_path(keep / off["choice"]["file"]), quantize_record_path(f_off))
+    on = m["choice"]
+    v, keep_off = pair_amx(
+        name, (f_off, off["choice"]["label"]), (work / on["file"], on["label"]), "iobinding", args.runs
+    )
+    m = amx_record(m, off, v, keep_off)
+    if not keep_off:
+        return m
+    return m | {
+        "choice": off["choice"] | {"file": f_off.name},
+        "fp32_p50_us": off["fp32_p50_us"],  # the p50s of that choice's own run
+        "choice_over_best_fp32_first_run": off["choice_over_best_fp32_first_run"],
+        "method": m["method"] + "; AMX refused and on searched alike, compared as a cross-process pair",
+    }
 
 
 def write_result(path: Path, res: dict[str, Any], markdown: str) -> None:
@@ -526,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         help="write each model's choice to --onnx-dir as <model>.int8.search.onnx (--target cortex-*: "
         "<model>.int8.search.<cpu>.onnx) + its record, for bench, bundle and select (default: yes)",
     )
+    p.add_argument("--choice-dir", type=Path, default=None, help=argparse.SUPPRESS)  # choose_amx's child
     args = p.parse_args(argv)
     check_search_flags(args)
     if args.target != "host" and args.timing:
@@ -557,6 +677,14 @@ def main(argv: list[str] | None = None) -> int:
             m = search_model(
                 name, args.onnx_dir, work, measure, args.data_dir or data_source(name), args.timing
             )
+            if args.choice_dir is not None:  # for the parent of choose_amx: the choice and its record
+                from lenet_edge.runtime.files import quantize_record_path
+
+                f = work / m["choice"]["file"]
+                shutil.copyfile(f, args.choice_dir / f.name)
+                shutil.copyfile(quantize_record_path(f), quantize_record_path(args.choice_dir / f.name))
+            if amx_to_choose(args, env["cpu"]):
+                m = choose_amx(m, args, work)
             res["models"].append(m)
             c = m["choice"]
             took = (

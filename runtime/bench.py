@@ -139,19 +139,28 @@ def model_label(path: Path) -> tuple[str, str]:
 
 
 def recipe_amx(model: Path) -> str:
-    """The AMX setting a file's recipe asks for: "off" if its record (<file>.quantize.json) says a
-    search measured it faster with AMX refused to its runtime (runtime/amx.py), else "on"."""
+    """The AMX setting a file's recipe asks for: "off" if its record (<file>.quantize.json, or in a
+    device bundle its manifest.json entry) says a search measured it faster with AMX refused to its
+    runtime (runtime/amx.py), else "on"."""
     rec = quantize_record_path(model)
-    if not rec.is_file():
+    manifest = model.parent.parent / "manifest.json"
+    if rec.is_file():
+        src, key = rec, "search"
+    elif model.parent.name == "models" and manifest.is_file():
+        src, key = manifest, f"models/{model.name}"
+    else:
         return "on"
     try:
-        data = json.loads(rec.read_text())
+        data = json.loads(src.read_text())
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{rec}: not a readable JSON record ({type(e).__name__})") from e
-    search = data.get("search") if isinstance(data, dict) else None
-    amx = search.get("amx", "on") if isinstance(search, dict) else "on"
+        raise ConfigError(f"{src}: not a readable JSON record ({type(e).__name__})") from e
+    if src is manifest:  # the entry of this model, if the manifest lists it
+        models = data.get("models") if isinstance(data, dict) else None
+        data = {key: next((m for m in models or [] if isinstance(m, dict) and m.get("file") == key), None)}
+    entry = data.get(key) if isinstance(data, dict) else None
+    amx = entry.get("amx", "on") if isinstance(entry, dict) else "on"
     if amx not in ("on", "off"):
-        raise ConfigError(f"{rec}: search.amx must be 'on' or 'off', got {amx!r}")
+        raise ConfigError(f"{src}: {key}: amx must be 'on' or 'off', got {amx!r}")
     return amx
 
 

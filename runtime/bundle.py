@@ -87,6 +87,8 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
         expected[key] = logits
         rec_path = quantize_record_path(m)
         rr = read_json(rec_path)["recipe"]["reduce_range"] if rec_path.is_file() else None
+        from .bench import recipe_amx  # (bench imports this module's self_check)
+
         ref_key = None
         if _precision(m.name) == "int8" and m.suffix == ".onnx":
             ref_key = f"{key}.reference_kernels"
@@ -103,6 +105,8 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
                 "expected_key": key,
                 "expected_key_reference_kernels": ref_key,
                 "static_batch": runner.static_batch,
+                # a process-wide setting its search chose (runtime/amx.py): the device bench repeats it
+                "amx": recipe_amx(m),
                 "top1_on_inputs": float((logits.argmax(1) == labels).mean()),
             }
         )
@@ -194,6 +198,8 @@ def validate_manifest(manifest: Any, source: Path) -> None:
             raise bad(f"models[{i}].expected_key_reference_kernels must be a string or null")
         if m.get("reduce_range") not in (None, True, False):
             raise bad(f"models[{i}].reduce_range must be true, false or null")
+        if m.get("amx", "on") not in ("on", "off"):  # absent in bundles made before it was recorded
+            raise bad(f"models[{i}].amx must be 'on' or 'off'")
 
 
 def _load_data(bundle: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:

@@ -401,7 +401,7 @@ def test_litert_search_chooses_amx_by_a_cross_process_pair_and_the_record_carrie
         shutil.copy(exported / f, d / f)
     code = (
         "import argparse, json, sys; from pathlib import Path; "
-        "from lenet_edge.quantize.litert_search import AMX_OFF_BELOW, choose_amx, search_model; "
+        "from lenet_edge.quantize.litert_search import choose_amx, search_model; from lenet_edge.quantize.search import AMX_OFF_BELOW; "
         "from lenet_edge.quantize.published import publish_tflite; "
         "from lenet_edge.runtime.bench import recipe_amx; from lenet_edge.runtime.files import owned_temp_dir, sha256_file; "
         "from lenet_edge.workflow import data_source; d = Path(sys.argv[1]); "
@@ -554,9 +554,14 @@ def test_search_builds_checks_and_times_every_candidate(exported, tolerances, tm
         "--json",
         str(out),
     ]
-    proc = run_cli(*args, "--runs", "60", "--rounds", "3")
+    keep = tmp_path / "keep"  # what a choose_amx child leaves for its parent: the choice and its record
+    keep.mkdir()
+    proc = run_cli(*args, "--runs", "60", "--rounds", "3", "--amx", "on", "--choice-dir", str(keep))
     assert proc.returncode == 0, proc.stderr[-1500:]
     (m,) = json.loads(out.read_text())["models"]
+    assert sorted(f.name for f in keep.iterdir()) == sorted(
+        [m["choice"]["file"], m["choice"]["file"].removesuffix(".onnx") + ".quantize.json"]
+    )
     rows = m["candidates"] + m["mixed_precision"]["trials"] + m["one_thread_passes"]
     assert len(m["candidates"]) >= 15 and m["mixed_precision"]["layers"][:2] == ["Conv:0", "Conv:1"]
     for r in rows:
@@ -600,6 +605,57 @@ def test_search_builds_checks_and_times_every_candidate(exported, tolerances, tm
     assert (
         json.loads(out.read_text())["models"][0]["choice"]["label"] == "s2d.static-qdq-u8s8-pc-rr-minmax.ort"
     )
+    _choose_amx_publishes_the_refused_choice_with_its_setting(m, d, keep, tmp_path, out)
+
+
+def _choose_amx_publishes_the_refused_choice_with_its_setting(m, d, keep, tmp_path, out):
+    """quantize.search.choose_amx's plumbing, with the child search (its `--choice-dir` output is
+    `keep`, checked above) and the verdict stubbed: the pair is timed across two processes; when
+    refusing wins, the refused choice and its record are what `publish` writes, with `amx: off`,
+    which the benchmark then reads back."""
+    import argparse
+    import shutil
+    from pathlib import Path
+
+    from lenet_edge.quantize import search
+    from lenet_edge.quantize.published import publish, stale_reason
+    from lenet_edge.runtime.bench import recipe_amx
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for f in keep.iterdir():
+        shutil.copy(f, work / f.name)  # this process's choice: the same file
+
+    def child(module, name, args, w, extra):
+        assert module == "lenet_edge.quantize.search" and extra[0] == "--choice-dir"
+        for f in keep.iterdir():
+            shutil.copy(f, Path(extra[1]) / f.name)
+        return json.loads(json.dumps(m))
+
+    verdicts = []
+
+    def pair(name, off, on, call, runs):
+        v, _ = real_pair(name, off, on, call, runs)
+        verdicts.append(v)
+        return v, True  # as if refusing had won
+
+    real_pair = search.pair_amx
+    a = argparse.Namespace(onnx_dir=d, runs=60, rounds=3, data_dir=None, workflow=None)
+    old = search.search_with_amx_refused, search.pair_amx
+    search.search_with_amx_refused, search.pair_amx = child, pair
+    try:
+        got = search.choose_amx(m, a, work)
+    finally:
+        search.search_with_amx_refused, search.pair_amx = old
+    (v,) = verdicts
+    assert v["processes"] == 2 and v["rounds"] == 20 and v["ci95"][0] <= v["ratio"] <= v["ci95"][1], v
+    assert got["amx"] == "off" and got["choice"]["file"] == "amx-off." + m["choice"]["file"]
+    assert got["amx_choice"]["on"]["choice"] == m["choice"] and got["amx_choice"]["off_over_on"] is v
+    src = d / (m["choice"]["source"] == "s2d" and "lenet_pool.fp32.s2d.onnx" or "lenet_pool.fp32.onnx")
+    pub = publish(d, "lenet_pool", work, got, src, "cpu")
+    rec = json.loads((d / "lenet_pool.int8.search.quantize.json").read_text())
+    assert rec["search"]["amx"] == "off" and recipe_amx(pub) == "off" and stale_reason(pub) == ""
+    assert "with AMX off**" in search.to_markdown(json.loads(out.read_text()) | {"models": [got]})
 
 
 def test_stock_quantize_static_is_recorded_not_checked(exported, tmp_path):

@@ -272,6 +272,17 @@ def test_a_recipe_that_refuses_amx_is_timed_in_its_own_process_and_paired_across
         rec.write_text(bad)
         with pytest.raises(ConfigError, match="m.int8.search.quantize.json"):
             recipe_amx(int8)
+    # in a device bundle the recipe travels in manifest.json, and a bad value there is one line
+    b = tmp_path / "bundle"
+    (b / "models").mkdir(parents=True)
+    shutil.copyfile(identity, b / "models" / "m.onnx")
+    (b / "manifest.json").write_text(json.dumps({"models": [{"file": "models/m.onnx", "amx": "off"}]}))
+    assert recipe_amx(b / "models" / "m.onnx") == "off"
+    (b / "manifest.json").write_text(json.dumps({"models": [{"file": "models/other.onnx", "amx": "off"}]}))
+    assert recipe_amx(b / "models" / "m.onnx") == "on"
+    (b / "manifest.json").write_text(json.dumps({"models": [{"file": "models/m.onnx", "amx": 1}]}))
+    with pytest.raises(ConfigError, match="manifest.json: models/m.onnx: amx must be"):
+        recipe_amx(b / "models" / "m.onnx")
 
 
 def test_env_parses_arm_cpuinfo():
@@ -308,6 +319,7 @@ def test_bundle_self_check_passes_and_runtime_is_complete(bundle):
     assert (
         manifest["inputs"]["images"] == 200 and "requirements/device-linux-aarch64.txt" in manifest["files"]
     )
+    assert [m["amx"] for m in manifest["models"]] == ["on"]  # no record refuses AMX for it
 
 
 def test_bundle_detects_tampering(bundle, tmp_path):
