@@ -32,7 +32,7 @@ fastest everywhere, so the choice is made where the file runs.
    The same search runs again in a child process with AMX refused; the two choices are then timed
    as a pair, each in its own process, driven in lockstep (runtime.bench.pair_lockstep), and the
    AMX-refused one is kept only if its paired interval lies below quantize.search.AMX_OFF_BELOW
-   (two processes differ by up to ~1.4 % on the same file, measured). The record then says
+   (the same file in two processes, spread over four launches, measured 0.998-1.008). The record then says
    `amx: off`, which bench and select honour and a deployment must repeat (`--amx off`); the ONNX
    Runtime search (`lenet-edge search`) does the same.
 

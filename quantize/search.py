@@ -483,8 +483,9 @@ def add_search_flags(p: argparse.ArgumentParser, json_default: str, timing_help:
     )
 
 
-# Refusing AMX is kept only if the cross-process pair's 95 % interval lies below this: the same
-# file in two processes measured 0.997-1.014 (A/A, 100 rounds, Xeon), so 0.995 is not margin enough.
+# Refusing AMX is kept only if the cross-process pair's 95 % interval lies below this: the same file
+# in two processes measured 0.998-1.008 over four launches (runtime.bench.LOCKSTEP_LAUNCHES; up to
+# ±5 % in a single launch), so the in-process 0.995 is not margin enough.
 AMX_OFF_BELOW = 0.98
 
 

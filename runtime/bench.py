@@ -305,13 +305,36 @@ def serve_blocks(config: tuple[Path, str], batch: int, threads: int, warmup: int
 Side = tuple[Path, str, str]  # (model, call, amx)
 
 
+# A process runs the same file at its own speed, a little off another's (memory placement): one
+# file against itself in one launch of two processes measured 0.985-1.007 (LiteRT FP32), 0.988-1.010
+# (ORT INT8) and 0.953-1.033 (ORT FP32; once 0.953 [0.873, 0.986]) over six launches each (100
+# rounds, the Xeon). Spread over four launches of 50 rounds, the same A/A pairs measured 0.998-1.008
+# (twelve pairs, intervals within 0.994-1.025). So a cross-process pair uses several launches.
+LOCKSTEP_LAUNCHES = 4
+
+
 def pair_lockstep(
-    a: Side, b: Side, batch: int, threads: int, rounds: int, warmup: int
+    a: Side, b: Side, batch: int, threads: int, rounds: int, warmup: int, launches: int = LOCKSTEP_LAUNCHES
 ) -> dict[str, list[int]]:
     """measure_paired for two sessions that need different process-wide settings (AMX on for one,
     refused for the other): each in a child of its own (serve_blocks), driven in lockstep from here,
-    one block at a time (A B, then B A), so only one of them computes at any moment. Returns
+    one block at a time (A B, then B A), so only one of them computes at any moment; the rounds are
+    shared out over `launches` pairs of fresh children, so no one process's offset decides. Returns
     {"a": block medians, "b": block medians}."""
+    meds: dict[str, list[int]] = {"a": [], "b": []}
+    launches = max(1, min(launches, rounds))
+    done = 0
+    for i in range(launches):
+        n = rounds // launches + (1 if i < rounds % launches else 0)
+        _lockstep_once(a, b, batch, threads, range(done, done + n), warmup, meds)
+        done += n
+    return meds
+
+
+def _lockstep_once(
+    a: Side, b: Side, batch: int, threads: int, rounds: range, warmup: int, meds: dict[str, list[int]]
+) -> None:
+    """One launch of pair_lockstep: two fresh children, the given rounds (their parity sets the order)."""
     import contextlib
     import tempfile
 
@@ -350,13 +373,11 @@ def pair_lockstep(
         for side in procs:
             if not reply(side).startswith("ready"):
                 raise LenetEdgeError(f"{(a if side == 'a' else b)[0]}: its timing process did not start")
-        meds: dict[str, list[int]] = {"a": [], "b": []}
-        for r in range(rounds):
+        for r in rounds:
             for side in ("a", "b") if r % 2 == 0 else ("b", "a"):
                 procs[side].stdin.write("block\n")
                 procs[side].stdin.flush()
                 meds[side].append(int(reply(side)))
-        return meds
 
 
 def paired_ratio(num: list[int], den: list[int]) -> dict[str, Any] | None:
@@ -793,7 +814,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                 ". *AMX off*: the file's recipe refuses AMX (a process-wide setting its search measured "
                 "faster; runtime/amx.py), so it is timed in a process of its own, and a pair with a file run "
                 "with AMX is timed in two processes driven in lockstep (*2 processes*; one file against "
-                "itself that way: 0.997-1.014 on the Xeon, against 0.995-1.005 in one process):"
+                "itself that way, four launches: 0.998-1.008 on the Xeon, against 0.995-1.005 in one process):"
                 if any(r.get("amx") == "off" for r in report["results"])
                 and report.get("settings", {}).get("amx") != "off"
                 else ":"

@@ -257,6 +257,10 @@ def test_a_recipe_that_refuses_amx_is_timed_in_its_own_process_and_paired_across
     assert s["per_runtime"]["onnxruntime"]["best_int8"]["amx"] == "off"
     md = to_markdown(rep)
     assert "search (AMX off)" in md and "(2 processes)" in md and "iobinding, AMX off" in md
+    from lenet_edge.runtime.bench import pair_lockstep
+
+    m = pair_lockstep((int8, "run", "off"), (fp32, "run", "on"), 1, 1, rounds=6, warmup=1, launches=4)
+    assert len(m["a"]) == len(m["b"]) == 6 and min(m["a"] + m["b"]) > 0  # rounds shared over launches
     if amx.applies():  # the server child of the AMX-off side: refused, and says so
         proc = subprocess.run(
             [sys.executable, "-m", "lenet_edge.runtime.bench", "--serve", json.dumps([str(int8), "run"])]
