@@ -519,8 +519,9 @@ def search_with_amx_refused(
     print(f"{name}: the same search with AMX refused (a child process)", flush=True)
     proc = subprocess.run(cmd + extra, cwd=ROOT, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
-        raise LenetEdgeError(f"{name}: the search with AMX refused failed: {last}")
+        from lenet_edge.runtime.bench import child_error
+
+        raise LenetEdgeError(f"{name}: the search with AMX refused failed: {child_error(proc.stderr)}")
     return json.loads(out.read_text())["models"][0]
 
 

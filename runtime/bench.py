@@ -347,8 +347,7 @@ def _lockstep_once(
             return line.strip()
         procs[side].wait()
         logs[side].seek(0)
-        last = (logs[side].read().strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
-        raise LenetEdgeError(last)
+        raise LenetEdgeError(child_error(logs[side].read()))
 
     def stop() -> None:
         for proc in procs.values():
@@ -402,13 +401,17 @@ def paired_ratio(num: list[int], den: list[int]) -> dict[str, Any] | None:
     }
 
 
+def child_error(stderr: str) -> str:
+    """A failed child's one-line reason: the last line of its stderr, without `error: `."""
+    return (stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
+
+
 def _child(args: list[str]) -> Any:
     # this module's own name (runtime.bench in a bundle, lenet_edge.runtime.bench when installed)
     cmd = [sys.executable, "-m", f"{__package__}.bench", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
-        raise LenetEdgeError(last)
+        raise LenetEdgeError(child_error(proc.stderr))
     return json.loads(proc.stdout)
 
 
