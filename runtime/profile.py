@@ -10,6 +10,7 @@ from typing import Any
 
 from .cli import add_common, parser
 from .contract import INPUT_NAME
+from .errors import ConfigError
 from .files import owned_temp_dir
 
 
@@ -46,6 +47,7 @@ def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1)
     return {
         "model": model.name,
         "batch": batch,
+        "threads": threads,
         "runs": runs,
         "model_run_us": model_us / runs,
         "kernel_us": total_kernel / runs,
@@ -59,11 +61,13 @@ def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1)
 def main(argv: list[str] | None = None) -> int:
     p = parser("runtime.profile", __doc__)
     p.add_argument("models", nargs="+", type=Path)
-    add_common(p, "batch")
+    add_common(p, "batch", "threads")
     p.add_argument("--runs", type=int, default=2000)
     args = p.parse_args(argv)
+    if min(args.batch, args.threads, args.runs) < 1:
+        raise ConfigError("--batch, --threads and --runs must be >= 1")
     for m in args.models:
-        r = profile_ops(m, args.batch, args.runs)
+        r = profile_ops(m, args.batch, args.runs, args.threads)
         ops = ", ".join(f"{op} {v['us']:.1f} ({v['nodes']})" for op, v in r["ops"].items())
         print(f"{m.name}: session run {r['model_run_us']:.1f} µs, kernels {r['kernel_us']:.1f} µs: {ops}")
     return 0

@@ -142,6 +142,17 @@ def test_bench_cli_bad_model_is_one_line(tmp_path):
     )
 
 
+def test_profile_counts_each_op_per_inference_at_the_threads_asked_and_refuses_zero(identity):
+    from lenet_edge.runtime.profile import profile_ops
+
+    r = profile_ops(identity, batch=3, runs=20, threads=2)
+    assert (r["batch"], r["threads"], r["runs"]) == (3, 2, 20)
+    assert r["ops"] and all(v["nodes"] >= 1 and v["us"] >= 0 for v in r["ops"].values())
+    assert abs(sum(v["share"] for v in r["ops"].values()) - 1) < 1e-9
+    for flag in ("--threads", "--batch", "--runs"):
+        assert_one_line_error(run_cli("-m", "runtime.profile", str(identity), flag, "0"), "must be >= 1")
+
+
 def test_bench_schema_and_ratios(tmp_path, identity):
     from lenet_edge.runtime.bench import SCHEMA, run_bench, to_markdown
 
