@@ -56,6 +56,7 @@ from lenet_edge.quantize.search import (
     Measure,
     _confirm_fastest,
     add_search_flags,
+    amx_header,
     amx_lines,
     amx_record,
     amx_to_choose,
@@ -429,7 +430,7 @@ def to_markdown(res: dict[str, Any]) -> str:
 
     lines = [
         f"# LiteRT INT8 search ({describe_cpu(res['cpu'])}; ai-edge-litert {res['ai_edge_litert']}"
-        + {"off": "; AMX refused", "auto": "; with AMX and without, chosen per model"}.get(res.get("amx"), "")
+        + amx_header(res)
         + ")",
         "",
         f"Command: `{res['command']}`. p50 µs, batch 1, one thread, XNNPACK (LiteRT's default); the "

@@ -415,9 +415,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     )
     lines = [
         f"# INT8 search ({describe_cpu(res['cpu']) if host else measure.target + ', emulated'}; "
-        f"onnxruntime {res['onnxruntime']}"
-        + {"off": "; AMX refused", "auto": "; with AMX and without, chosen per model"}.get(res.get("amx"), "")
-        + ")",
+        f"onnxruntime {res['onnxruntime']}" + amx_header(res) + ")",
         "",
         f"Command: `{res['command']}`. {how}",
         "",
@@ -487,6 +485,18 @@ def add_search_flags(p: argparse.ArgumentParser, json_default: str, timing_help:
 # in two processes measured 0.998-1.008 over four launches (runtime.bench.LOCKSTEP_LAUNCHES; up to
 # ±5 % in a single launch), so the in-process 0.995 is not margin enough.
 AMX_OFF_BELOW = 0.98
+
+
+def amx_header(res: dict[str, Any]) -> str:
+    """The record title's AMX part: refused, chosen per model, or (`auto` with no AMX to decide on:
+    a CPU without it, or hidden by --isa) nothing chosen."""
+    amx = res.get("amx")
+    if amx == "off":
+        return "; AMX refused"
+    if amx == "auto":
+        chosen = any(m.get("amx_choice") for m in res.get("models", []))
+        return "; with AMX and without, chosen per model" if chosen else "; no AMX to decide on"
+    return ""
 
 
 def amx_to_choose(args: argparse.Namespace, cpu: dict[str, Any]) -> bool:

@@ -771,3 +771,14 @@ def test_half_weight_scales_leave_per_tensor_and_unrepresentable_scales_alone(tm
     assert rec["tensors"] == 1 and np.array_equal(
         numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == big.name)), v
     )
+
+
+def test_a_search_record_says_amx_was_chosen_only_where_a_model_chose_it():
+    from lenet_edge.quantize.search import amx_header
+
+    chose = {"amx": "auto", "models": [{"model": "a"}, {"model": "b", "amx_choice": {"on": {}}}]}
+    hidden = {"amx": "auto", "models": [{"model": "a"}, {"model": "b"}]}  # no AMX, or --isa hid it
+    assert amx_header(chose) == "; with AMX and without, chosen per model"
+    assert amx_header(hidden) == "; no AMX to decide on"
+    assert amx_header({"amx": "off", "models": []}) == "; AMX refused"
+    assert amx_header({"amx": "on", "models": []}) == amx_header({}) == ""
