@@ -268,6 +268,8 @@ def _evaluate_in_device_env(
     if not py.is_file():
         raise ConversionError(f"{py}: device environment missing (run `make setup-device`)")
     env = {**os.environ, "LENET_EDGE_TFLITE": interpreter, "PYTHONPATH": str(ROOT)}
+    # the child runs in the repository: absolute paths for it, its rows keyed back by our paths
+    given = {os.path.abspath(m): str(m) for m in models}
     proc = subprocess.run(
         [
             str(py),
@@ -276,9 +278,9 @@ def _evaluate_in_device_env(
             "--json",
             "-",
             "--against",
-            str(against),
-            *map(str, models),
-            *(["--data-dir", str(data)] if data is not None else []),
+            os.path.abspath(against),
+            *given,
+            *(["--data-dir", os.path.abspath(data)] if data is not None else []),
         ],
         cwd=ROOT,
         env=env,
@@ -289,7 +291,8 @@ def _evaluate_in_device_env(
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ConversionError(f"{interpreter}: evaluation failed: {last}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {given.get(k, k): v for k, v in rows.items()}
 
 
 def _int8_entry(fp: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:

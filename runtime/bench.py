@@ -360,7 +360,13 @@ def _lockstep_once(
         for side, (model, call, amx) in (("a", a), ("b", b)):
             logs[side] = stack.enter_context(tempfile.TemporaryFile("w+"))
             procs[side] = subprocess.Popen(
-                [sys.executable, "-m", f"{__package__}.bench", "--serve", json.dumps([str(model), call])]
+                [
+                    sys.executable,
+                    "-m",
+                    f"{__package__}.bench",
+                    "--serve",
+                    json.dumps([child_path(model), call]),
+                ]
                 + ["--batch", str(batch), "--threads", str(threads), "--warmup", str(warmup)]
                 + _amx_args(amx),
                 stdin=subprocess.PIPE,
@@ -404,6 +410,12 @@ def paired_ratio(num: list[int], den: list[int]) -> dict[str, Any] | None:
 def child_error(stderr: str) -> str:
     """A failed child's one-line reason: the last line of its stderr, without `error: `."""
     return (stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
+
+
+def child_path(path: Path | str) -> str:
+    """A model path for a timing child: absolute, since the child runs in the package's parent
+    folder (`-m` finds the package there) and a path relative to the user's would name another."""
+    return os.path.abspath(path)
 
 
 def _child(args: list[str]) -> Any:
@@ -490,6 +502,7 @@ def run_bench(
     for m in models:
         if not m.is_file():
             raise ConfigError(f"{m}: model file not found")
+    models = [Path(child_path(m)) for m in models]  # the children's keys name these paths
     names = [m.name for m in models]
     dup = next((m for m in models if names.count(m.name) > 1), None)
     if dup:  # rows, pairs and `select` name a file by its name alone
@@ -596,7 +609,7 @@ def _run_pairs(
         same = [p for p in todo if amx[p[0][0]] == amx[p[1][0]] == state]
         if not same:
             continue
-        spec = [[[str(by_name[f]), c] for f, c in pair] for pair in same]
+        spec = [[[child_path(by_name[f]), c] for f, c in pair] for pair in same]
         meds = _child(
             ["--paired", json.dumps(spec), "--batch", str(b), "--threads", str(t)]
             + ["--rounds", str(rounds), "--warmup", str(warmup)]

@@ -2,6 +2,7 @@
 
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,6 +179,17 @@ def test_bench_schema_and_ratios(tmp_path, identity):
         assert r["ratio_p50_vs_fp32"] is None  # the floor has no FP32 sibling
     assert "| floor | floor | lenet-edge | onnxruntime | iobinding | 1 | 1 |" in to_markdown(rep)
     assert {r["file_sha256"] for r in rep["results"]} == {sha256_file(identity)}  # the bytes timed
+
+
+def test_bench_times_a_model_named_relative_to_the_users_folder(tmp_path, identity, monkeypatch):
+    # the timing children run in the package's parent folder: a relative path must still mean
+    # the user's file (it was "model file not found" from any other folder)
+    from lenet_edge.runtime.bench import run_bench
+
+    (tmp_path / "m.onnx").write_bytes(identity.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    rep = run_bench([Path("m.onnx")], [1], [1], ["run"], runs=10, warmup=2, rounds=2, progress=False)
+    assert [(r["file"], r["file_sha256"]) for r in rep["results"]] == [("m.onnx", sha256_file(identity))]
 
 
 def test_bench_refuses_two_models_with_one_name_and_a_model_changed_while_timed(
