@@ -21,10 +21,17 @@ def write_idx(path: Path, arr: np.ndarray) -> Path:
     return path
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "GLOG_minloglevel": "2", **(env or {})}
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=timeout
+        [sys.executable, *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
     )
 
 

@@ -28,14 +28,15 @@ def _in_parallel(names: list[str], argv: list[str], jobs: int) -> int:
         elif not a.startswith(("--model=", "--jobs=")):
             rest.append(a)
     env = {**os.environ, "LENET_EDGE_PROGRESS": "lines"}
-    root = Path(__file__).resolve().parent.parent
     queue, running, failed = list(names), {}, []
     try:
         while queue or running:
             while queue and len(running) < jobs:
                 name = queue.pop(0)
                 cmd = [sys.executable, "-m", "lenet_edge.train", "--model", name, "--jobs", "1", *rest]
-                running[name] = subprocess.Popen(cmd, env=env, cwd=root)
+                # in the user's folder, as with --jobs 1: relative --out-dir/--data-dir/--workflow
+                # and the default build/train mean the same folders for every model
+                running[name] = subprocess.Popen(cmd, env=env)
             for name, proc in list(running.items()):
                 if proc.poll() is not None:
                     del running[name]

@@ -21,7 +21,8 @@ SHORT = ["--epochs", "1", "--train-limit", "1280", "--test-limit", "500", "--no-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, mnist_dir):
     """Two runs with seed 0 (a: both models at once, one process each; b: one after the other)
-    and one with seed 1, both models, in separate folders."""
+    and one with seed 1, both models, in separate folders (c names its folder relative to where
+    it runs, outside the repository: each model's process must write there too)."""
     out = {}
     for tag, seed, jobs in [("a", 0, "2"), ("b", 0, "1"), ("c", 1, "2")]:
         d = tmp_path_factory.mktemp(f"train_{tag}")
@@ -33,10 +34,11 @@ def runs(tmp_path_factory, mnist_dir):
             "--seed",
             str(seed),
             "--out-dir",
-            str(d),
+            d.name if tag == "c" else str(d),
             "--jobs",
             jobs,
             *SHORT,
+            cwd=d.parent if tag == "c" else None,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         out[tag] = d
