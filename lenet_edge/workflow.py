@@ -122,7 +122,8 @@ _REQUIRED_SECTIONS = ("model", "input", "data")  # [train]: for source "paddle"
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
-    return {list: "array", dict: "table", str: "string", int: "integer", float: "number"}.get(t, str(t))
+    names = {list: "an array", dict: "a table", str: "a string", int: "an integer", float: "a number"}
+    return names.get(t, str(t))
 
 
 def _check_types(path: Path, doc: dict[str, Any]) -> None:
@@ -154,7 +155,7 @@ def _check_types(path: Path, doc: dict[str, Any]) -> None:
                 ok = True  # 1 is a fine learning rate
             if not ok:
                 raise WorkflowError(
-                    f"{path}: [{section}] {key} must be a {_type_name(typ)}, got {type(value).__name__} {value!r}"
+                    f"{path}: [{section}] {key} must be {_type_name(typ)}, got {type(value).__name__} {value!r}"
                 )
             if typ is float and not math.isfinite(value):
                 raise WorkflowError(f"{path}: [{section}] {key} must be finite, got {value!r}")

@@ -53,8 +53,8 @@ def _set(key: str, value: str):
 BAD = {
     "missing key": (_set("params", None), ["[model]", "missing key 'params'"]),
     "missing section": (lambda t: t.replace("[train]", "[trainn]"), ["unknown section [trainn]"]),
-    "wrong type": (_set("epochs", '"ten"'), ["[train] epochs", "must be a integer", "'ten'"]),
-    "bool for an int": (_set("batch", "true"), ["[train] batch", "must be a integer"]),
+    "wrong type": (_set("epochs", '"ten"'), ["[train] epochs", "must be an integer", "'ten'"]),
+    "bool for an int": (_set("batch", "true"), ["[train] batch", "must be an integer"]),
     "nan": (_set("lr", "nan"), ["[train] lr", "finite"]),
     "not positive": (_set("epochs", "0"), ["[train] epochs", "> 0"]),
     "unknown key": (
