@@ -170,7 +170,11 @@ def start_cluster(root: Path, second_resources: str = '{"rpi4": 1}') -> Cluster:
         "RAY_health_check_timeout_ms": "500",
         "RAY_health_check_failure_threshold": "3",
         "LENET_EDGE_INPUT_CACHE": str(root / "inputs"),
+        # job work folders (tempfile) under this test's folder: a worker the tests kill leaves
+        # its empty folder there, not in the machine's /tmp
+        "TMPDIR": str(root / "tmp"),
     }
+    (root / "tmp").mkdir(exist_ok=True)
     c = Cluster(root, free_port(), env)
     try:
         c.start_node("head", head=True)
