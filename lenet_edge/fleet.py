@@ -99,6 +99,7 @@ def fleet_jobs(models: list[Path], kinds: list[str], st: dict[str, Any]) -> list
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv
     if args.backend == "local":
         if args.on:
             raise ConfigError("--on names device kinds of a Ray cluster: use it with --backend ray")

@@ -68,7 +68,7 @@ from lenet_edge.quantize.search import (
 )
 from lenet_edge.runtime.bench import KEEP_IF_PAIRED_BELOW
 from lenet_edge.runtime.cli import parser, run
-from lenet_edge.runtime.env import describe_cpu
+from lenet_edge.runtime.env import command_line, describe_cpu, provenance_text
 from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
 from lenet_edge.workflow import add_model_flags, data_source, selected
 
@@ -433,7 +433,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         + amx_header(res)
         + ")",
         "",
-        f"Command: `{res['command']}`. p50 µs, batch 1, one thread, XNNPACK (LiteRT's default); the "
+        f"{provenance_text(res)} p50 µs, batch 1, one thread, XNNPACK (LiteRT's default); the "
         "candidates of each step timed in one interleaved run, then each as a pair with the current best "
         f"(alternating blocks; median ratio and 95 % interval in the last column); a toggle is kept only if "
         f"the interval lies below {KEEP_IF_PAIRED_BELOW}. Labels name the layers on float weights.",
@@ -514,9 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     names = selected(args.model, args.workflow)
     version = getattr(ai_edge_litert, "__version__", "?")
     env = environment({"ai-edge-litert": version})
-    isa = f"--isa {env['cpu']['isa_mask']} " if env["cpu"].get("isa_mask") else ""
     res: dict[str, Any] = {
-        "command": f"lenet-edge {isa}search-litert " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("search-litert", argv),
         "cpu": env["cpu"],
         "ai_edge_litert": version,
         "amx": args.amx,

@@ -39,7 +39,7 @@ from typing import Any
 
 from lenet_edge.runtime.bench import CLOSE_TO_FASTEST, KEEP_IF_PAIRED_BELOW
 from lenet_edge.runtime.cli import add_common, parser, run
-from lenet_edge.runtime.env import describe_cpu
+from lenet_edge.runtime.env import command_line, describe_cpu, provenance_text
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.workflow import add_model_flags, data_source, selected
 
@@ -417,7 +417,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"# INT8 search ({describe_cpu(res['cpu']) if host else measure.target + ', emulated'}; "
         f"onnxruntime {res['onnxruntime']}" + amx_header(res) + ")",
         "",
-        f"Command: `{res['command']}`. {how}",
+        f"{provenance_text(res)} {how}",
         "",
     ]
     col = "p50 µs" if host else "instructions"
@@ -673,9 +673,8 @@ def main(argv: list[str] | None = None) -> int:
 
     names = selected(args.model, args.workflow)
     env = environment({"onnxruntime": onnxruntime.__version__})
-    isa = f"--isa {env['cpu']['isa_mask']} " if env["cpu"].get("isa_mask") else ""
     res: dict[str, Any] = {
-        "command": f"lenet-edge {isa}search " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("search", argv),
         "cpu": env["cpu"],
         "onnxruntime": onnxruntime.__version__,
         "amx": args.amx,

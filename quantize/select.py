@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         source=str(args.bench),
         say=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
+    from lenet_edge.runtime.env import code_version, command_line
+
+    code = code_version()
+    res = {"command": command_line("select", argv), **res, **({"lenet_edge_code": code} if code else {})}
     write_json_atomic(args.json, res)
     for c in res["choices"]:
         i8 = c["fastest_int8"]

@@ -29,7 +29,7 @@ import numpy as np
 
 from .cli import add_common, parser
 from .contract import IMAGE_SHAPE, check_pixels
-from .env import describe_cpu
+from .env import command_line, describe_cpu, provenance_text
 from .errors import ConfigError, LenetEdgeError
 from .files import quantize_record_path, sha256_file, write_bytes_atomic, write_json_atomic
 from .runner import check_scores
@@ -789,6 +789,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         )
         + f", {env['cpu']['logical_cpus']} logical "
         f"CPUs; {env['os']}; Python {env['python']}, numpy {env['numpy']}, onnxruntime {env.get('onnxruntime', '?')}.",
+        *([provenance_text(report)] if provenance_text(report) else []),
         "",
         "| model | format | stock | runtime | call | batch | threads | p50 µs | p90 µs | p99 µs | min µs "
         "| × FP32 (p50) | images/s | init ms | first ms | peak RSS MB |",
@@ -971,7 +972,9 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_args(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return run_args(args)
 
 
 def run_args(args: argparse.Namespace) -> int:
@@ -1008,6 +1011,11 @@ def run_args(args: argparse.Namespace) -> int:
     if not models:
         raise ConfigError("no models given (pass model files or --bundle DIR)")
     report = run_bench(models, batches, threads, calls, args.runs, args.warmup, args.rounds)
+    report = {
+        "schema": report["schema"],
+        "command": command_line("bench", getattr(args, "argv", None)),
+        **report,
+    }
     report["settings"]["amx"] = st["amx"]
     if check is not None:
         report["bundle_check"] = check

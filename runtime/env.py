@@ -117,9 +117,59 @@ def describe_cpu(cpu: dict[str, Any]) -> str:
     return text
 
 
+def code_version(root: Path | None = None) -> dict[str, Any] | None:
+    """The lenet-edge commit this code runs from, and whether tracked files differ from it, when
+    the code is a git checkout of its own (`root` holds .git); None otherwise (a device bundle, an
+    installed copy, no git): a results file then says nothing rather than guess."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent if root is None else root
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def command_line(command: str, argv: list[str] | None) -> str:
+    """How a results file was made, as a user would type it: `lenet-edge [--isa P] <command> <args>`."""
+    import shlex
+    import sys
+
+    mask = isa_mask()
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["lenet-edge", *(["--isa", mask] if mask else []), command, *args])
+
+
+def provenance_text(report: dict[str, Any]) -> str:
+    """One Markdown line: the command that made a results file, and the code it ran (from
+    `environment()`'s lenet_edge_code); empty if the report records neither."""
+    code = (report.get("environment") or {}).get("lenet_edge_code") or {}
+    parts = []
+    if report.get("command"):
+        parts.append(f"Command: `{report['command']}`")
+    if code.get("git_commit"):
+        dirty = " with uncommitted changes" if code.get("dirty") else ""
+        parts.append(f"code: lenet-edge {code['git_commit'][:12]}{dirty}")
+    return "; ".join(parts) + "." if parts else ""
+
+
 def environment(runtime_versions: dict[str, str] | None = None) -> dict[str, Any]:
     import numpy as np
 
+    code = code_version()
     return {
         "cpu": cpu_info(),
         "machine": platform.machine(),
@@ -128,4 +178,5 @@ def environment(runtime_versions: dict[str, str] | None = None) -> dict[str, Any
         "python": platform.python_version(),
         "numpy": np.__version__,
         **(runtime_versions or {}),
+        **({"lenet_edge_code": code} if code else {}),
     }

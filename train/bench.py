@@ -145,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             f"({r['conv_kernel']}; with Paddle's conv kernel {r['ours_paddle_conv_s_per_epoch']:.1f} s/epoch, "
             f"{r['speedup_paddle_conv']:.2f}x)"
         )
-    from lenet_edge.runtime.env import environment
+    from lenet_edge.runtime.env import command_line, environment
 
     report = {
         "schema": "lenet-edge/bench-train/v1",
+        "command": command_line("bench-train", argv),
         "environment": environment({"paddle": import_paddle().__version__}),
         "settings": {"rounds": args.rounds, "steps": args.steps, "batch": 64, "threads": 1},
         "models": res,

@@ -115,8 +115,12 @@ def test_evaluate_bench_and_bundle(third):
         "--json",
         bench,
     )
-    rows = _json(bench)["results"]
+    report = _json(bench)
+    rows = report["results"]
     assert {r["model"] for r in rows} == {NAME} and len(rows) == len(models)
+    assert report["command"].startswith("lenet-edge bench ") and report["command"].endswith(f"--json {bench}")
+    if (ROOT / ".git").exists():  # the code the figures were measured on
+        assert len(report["environment"]["lenet_edge_code"]["git_commit"]) == 40
     _run(DEVICE_BIN / "lenet-edge", "bundle", "build", *models, "--data-dir", data, "--out-dir", d / "bundle")
     _run("tar", "xzf", d / "bundle" / "lenet-edge-bundle.tar.gz", "-C", d / "bundle")
     out = _run(

@@ -467,3 +467,38 @@ def test_goal_sides_are_checked_by_pairs_before_the_goal(monkeypatch):
 
     md = bench.to_markdown({"environment": environment(), "results": [], "summary": summary})
     assert "best_int8: m.int8.a.onnx (run) 30.0 µs → m.int8.b.onnx (run)" in md
+
+
+def test_results_name_the_code_and_command_they_were_made_with(tmp_path, monkeypatch):
+    import subprocess
+
+    from lenet_edge.runtime.env import code_version, command_line, provenance_text
+
+    assert code_version(tmp_path) is None  # not a git checkout (a device bundle): nothing guessed
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f.txt").write_text("a")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert code_version(tmp_path) == {"git_commit": head, "dirty": False}
+    (tmp_path / "new.txt").write_text("untracked files do not count")
+    assert code_version(tmp_path)["dirty"] is False
+    (tmp_path / "f.txt").write_text("b")
+    assert code_version(tmp_path) == {"git_commit": head, "dirty": True}
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    assert code_version(tmp_path) is None  # no git on the machine
+    monkeypatch.undo()
+
+    assert (
+        command_line("bench", ["a model.onnx", "--batch", "1,64"])
+        == "lenet-edge bench 'a model.onnx' --batch 1,64"
+    )
+    env = {"lenet_edge_code": {"git_commit": head, "dirty": True}}
+    text = provenance_text({"command": "lenet-edge bench m.onnx", "environment": env})
+    assert (
+        text == f"Command: `lenet-edge bench m.onnx`; code: lenet-edge {head[:12]} with uncommitted changes."
+    )
+    assert provenance_text({"environment": {}}) == ""
