@@ -64,9 +64,9 @@ def time_files(files: list[Path], runs: int, rounds: int, call: str = "iobinding
     ONNX Runtime; `run` for TFLite, its only call path)."""
     import numpy as np
 
-    from lenet_edge.runtime.bench import _child, child_path
+    from lenet_edge.runtime.bench import _child
 
-    configs = [[child_path(f), call] for f in files]
+    configs = [[str(f), call] for f in files]
     samples = _child(
         ["--latency", json.dumps(configs), "--batch", "1", "--threads", "1"]
         + ["--runs", str(runs), "--warmup", "200", "--rounds", str(rounds)]
@@ -78,9 +78,9 @@ def pair_files(
     files: list[Path], ref: Path, rounds: int, call: str = "iobinding"
 ) -> dict[str, dict[str, Any]]:
     """Each file paired with `ref` (batch 1, one thread, `call`), one child process for all."""
-    from lenet_edge.runtime.bench import _child, child_path, paired_ratio
+    from lenet_edge.runtime.bench import _child, paired_ratio
 
-    spec = [[[child_path(f), call], [child_path(ref), call]] for f in files]
+    spec = [[[str(f), call], [str(ref), call]] for f in files]
     meds = _child(
         ["--paired", json.dumps(spec), "--batch", "1", "--threads", "1"]
         + ["--rounds", str(rounds), "--warmup", "200"]

@@ -267,22 +267,12 @@ def _evaluate_in_device_env(
     py = venv / "bin" / "python"
     if not py.is_file():
         raise ConversionError(f"{py}: device environment missing (run `make setup-device`)")
-    env = {**os.environ, "LENET_EDGE_TFLITE": interpreter, "PYTHONPATH": str(ROOT)}
-    # the child runs in the repository: absolute paths for it, its rows keyed back by our paths
-    given = {os.path.abspath(m): str(m) for m in models}
+    # the child runs in the user's folder (paths given stay as they are), the package found by
+    # PYTHONPATH; PYTHONSAFEPATH keeps a `runtime/` in that folder from shadowing ours
+    env = {**os.environ, "LENET_EDGE_TFLITE": interpreter, "PYTHONPATH": str(ROOT), "PYTHONSAFEPATH": "1"}
     proc = subprocess.run(
-        [
-            str(py),
-            "-m",
-            "runtime.evaluate",
-            "--json",
-            "-",
-            "--against",
-            os.path.abspath(against),
-            *given,
-            *(["--data-dir", os.path.abspath(data)] if data is not None else []),
-        ],
-        cwd=ROOT,
+        [str(py), "-m", "runtime.evaluate", "--json", "-", "--against", str(against), *map(str, models)]
+        + (["--data-dir", str(data)] if data is not None else []),
         env=env,
         capture_output=True,
         text=True,
@@ -291,8 +281,7 @@ def _evaluate_in_device_env(
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ConversionError(f"{interpreter}: evaluation failed: {last}")
-    rows = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {given.get(k, k): v for k, v in rows.items()}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _int8_entry(fp: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:

@@ -365,7 +365,7 @@ def _lockstep_once(
                     "-m",
                     f"{__package__}.bench",
                     "--serve",
-                    json.dumps([child_path(model), call]),
+                    json.dumps([str(model), call]),
                 ]
                 + ["--batch", str(batch), "--threads", str(threads), "--warmup", str(warmup)]
                 + _amx_args(amx),
@@ -373,7 +373,7 @@ def _lockstep_once(
                 stdout=subprocess.PIPE,
                 stderr=logs[side],
                 text=True,
-                cwd=Path(__file__).resolve().parent.parent,
+                env=child_env(),
             )
         for side in procs:
             if not reply(side).startswith("ready"):
@@ -412,16 +412,21 @@ def child_error(stderr: str) -> str:
     return (stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
 
 
-def child_path(path: Path | str) -> str:
-    """A model path for a timing child: absolute, since the child runs in the package's parent
-    folder (`-m` finds the package there) and a path relative to the user's would name another."""
-    return os.path.abspath(path)
+def child_env() -> dict[str, str]:
+    """A timing child's environment: the user's, with this package's parent folder first on
+    PYTHONPATH so `-m` finds the package (a bundle's `runtime`, or `lenet_edge`) from the user's
+    folder, where every model path the user gave still names the same file."""
+    env = dict(os.environ)
+    parent = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([parent, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else parent
+    env["PYTHONSAFEPATH"] = "1"  # Python >= 3.11: a `runtime/` in the user's folder does not shadow ours
+    return env
 
 
 def _child(args: list[str]) -> Any:
     # this module's own name (runtime.bench in a bundle, lenet_edge.runtime.bench when installed)
     cmd = [sys.executable, "-m", f"{__package__}.bench", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
         raise LenetEdgeError(child_error(proc.stderr))
     return json.loads(proc.stdout)
@@ -502,7 +507,6 @@ def run_bench(
     for m in models:
         if not m.is_file():
             raise ConfigError(f"{m}: model file not found")
-    models = [Path(child_path(m)) for m in models]  # the children's keys name these paths
     names = [m.name for m in models]
     dup = next((m for m in models if names.count(m.name) > 1), None)
     if dup:  # rows, pairs and `select` name a file by its name alone
@@ -609,7 +613,7 @@ def _run_pairs(
         same = [p for p in todo if amx[p[0][0]] == amx[p[1][0]] == state]
         if not same:
             continue
-        spec = [[[child_path(by_name[f]), c] for f, c in pair] for pair in same]
+        spec = [[[str(by_name[f]), c] for f, c in pair] for pair in same]
         meds = _child(
             ["--paired", json.dumps(spec), "--batch", str(b), "--threads", str(t)]
             + ["--rounds", str(rounds), "--warmup", str(warmup)]

@@ -182,14 +182,23 @@ def test_bench_schema_and_ratios(tmp_path, identity):
 
 
 def test_bench_times_a_model_named_relative_to_the_users_folder(tmp_path, identity, monkeypatch):
-    # the timing children run in the package's parent folder: a relative path must still mean
-    # the user's file (it was "model file not found" from any other folder)
-    from lenet_edge.runtime.bench import run_bench
+    # every timing child (round-robin, paired in one process, two in lockstep, search's) runs in the
+    # user's folder: a relative path means the user's file (it was "model file not found" from any
+    # folder but the package's parent), and a package of the same name there does not shadow ours
+    from lenet_edge.quantize.search import pair_files, time_files
+    from lenet_edge.runtime.bench import pair_lockstep, paired_ratio, run_bench
 
     (tmp_path / "m.onnx").write_bytes(identity.read_bytes())
+    for decoy in ("lenet_edge", "runtime"):
+        (tmp_path / decoy).mkdir()
+        (tmp_path / decoy / "__init__.py").write_text("raise SystemExit('decoy imported')\n")
     monkeypatch.chdir(tmp_path)
     rep = run_bench([Path("m.onnx")], [1], [1], ["run"], runs=10, warmup=2, rounds=2, progress=False)
     assert [(r["file"], r["file_sha256"]) for r in rep["results"]] == [("m.onnx", sha256_file(identity))]
+    m = pair_lockstep((Path("m.onnx"), "run", "on"), (Path("m.onnx"), "run", "off"), 1, 1, 2, 2, launches=1)
+    assert paired_ratio(m["a"], m["b"]) is not None
+    assert set(time_files([Path("m.onnx")], runs=10, rounds=2, call="run")) == {"m.onnx"}
+    assert pair_files([Path("m.onnx")], Path("m.onnx"), rounds=2, call="run")["m.onnx"] is not None
 
 
 def test_bench_refuses_two_models_with_one_name_and_a_model_changed_while_timed(
