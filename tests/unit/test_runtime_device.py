@@ -261,6 +261,42 @@ def test_bench_pairs_each_goal_ratio(tmp_path, identity):
     assert rep["settings"]["paired_rounds"] == 20 and "] at " in to_markdown(rep)
 
 
+def test_a_goal_ratio_whose_two_measurements_disagree_is_marked_not_settled(tmp_path, identity):
+    """`settled`: the pair within 10 % of the round-robin and an interval narrower than 10 % of it;
+    missing sides say nothing, NaN/inf never pass; the table marks an unsettled figure and says why."""
+    import shutil
+
+    from lenet_edge.runtime.bench import run_bench, settled, to_markdown
+
+    def pair(ratio, lo, hi):
+        return {"ratio": ratio, "ci95": [lo, hi], "rounds": 20, "p50_us": [1.0, 1.0]}
+
+    assert settled(0.86, pair(0.855, 0.849, 0.862)) is True
+    assert settled(0.76, pair(1.173, 1.146, 1.200)) is False  # the batch-1 two-thread case
+    assert settled(1.02, pair(1.055, 0.976, 1.187)) is False  # agrees, but too wide an interval
+    assert settled(None, pair(1.0, 0.99, 1.01)) is None and settled(1.0, None) is None
+    for bad in (float("nan"), float("inf"), 0.0):
+        assert settled(bad, pair(1.0, 0.99, 1.01)) is False and settled(1.0, pair(bad, 0.99, 1.01)) is False
+        assert settled(1.0, pair(1.0, 0.99, bad)) is False
+    fp32, int8 = tmp_path / "m.fp32.onnx", tmp_path / "m.int8.qdq.onnx"
+    shutil.copyfile(identity, fp32)
+    shutil.copyfile(identity, int8)
+    rep = run_bench([fp32, int8], [1], [1], ["iobinding"], runs=40, warmup=5, rounds=4, progress=False)
+    (s,) = rep["summary"]
+    v = s["per_runtime"]["onnxruntime"]
+    assert v["int8_over_fp32_settled"] == settled(v["int8_over_fp32"], v["int8_over_fp32_paired"])
+    v["int8_over_fp32_paired"] = pair(1.5, 1.4, 1.6)  # as if the pair had found otherwise
+    v["int8_over_fp32_settled"] = False
+    md = to_markdown(rep)
+    assert (
+        "1.500 [1.400, 1.600] at 1.0 / 1.0 µs ‡ |" in md
+        and "‡ not settled" in md
+        and "batch 1 threads 1)" in md
+    )
+    v["int8_over_fp32_settled"] = s["lenet_edge_over_stock_settled"] = True
+    assert "‡" not in to_markdown(rep)
+
+
 def test_a_recipe_that_refuses_amx_is_timed_in_its_own_process_and_paired_across_two(tmp_path, identity):
     """A file whose record says `search.amx: off` gets its own latency process and row `amx: off`;
     its goal pairs run in two processes in lockstep; a server child with --amx off has refused AMX;
