@@ -895,10 +895,10 @@ def to_markdown(report: dict[str, Any]) -> str:
             where = ", ".join(f"batch {b} threads {t}" for b, t in unsettled)
             lines += [
                 "",
-                f"‡ not settled: the pair and the round-robin disagree by more than {SETTLED_WITHIN:.0%}, or "
-                f"the pair's interval is wider than {SETTLED_WITHIN:.0%} of it; the figure depends on how it "
-                f"is measured, so do not quote it ({where}). Batch 1 with several threads on a host with few "
-                "CPUs has no steady state (docs/performance.md, Traps).",
+                f"‡ not settled: the pair and the round-robin disagree by more than {SETTLED_WITHIN * 100:.0f} %, "
+                f"or the pair's interval is wider than {SETTLED_WITHIN * 100:.0f} % of it ({where}): the figure "
+                "depends on how it was measured, so read the two as a range, not as one figure. Batch 1 with "
+                "several threads on a host with few CPUs has no steady state (docs/performance.md, Traps).",
             ]
         swaps = [(e, h, k) for e in report["summary"] for h, k in _sides(e) if h[k].get("round_robin_best")]
         if swaps:

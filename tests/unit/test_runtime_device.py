@@ -291,7 +291,7 @@ def test_a_goal_ratio_whose_two_measurements_disagree_is_marked_not_settled(tmp_
     assert (
         "1.500 [1.400, 1.600] at 1.0 / 1.0 µs ‡ |" in md
         and "‡ not settled" in md
-        and "batch 1 threads 1)" in md
+        and "(batch 1 threads 1): the figure" in md
     )
     v["int8_over_fp32_settled"] = s["lenet_edge_over_stock_settled"] = True
     assert "‡" not in to_markdown(rep)
