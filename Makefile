@@ -135,9 +135,10 @@ ISA_FLAG := $(if $(ISA),--isa $(ISA))
 DEV_LE := .venv-device/bin/lenet-edge $(ISA_FLAG)
 
 # the fresh published search choices (<model>.int8.search[.<cpu>].onnx, <model>.int8.search.tflite),
-# listed when the recipe runs; the bundle takes the ONNX ones (tflite-runtime 2.14, which a bundle
-# also serves, cannot load dynamic-range files)
-PUBLISHED = $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR))
+# listed when the recipe runs: the benchmark times this machine's (an Arm core's choice would
+# stand as "best INT8" on x86); the bundle takes every ONNX one (tflite-runtime 2.14, which a
+# bundle also serves, cannot load dynamic-range files)
+PUBLISHED = $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR) --target host)
 PUBLISHED_ONNX = $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX_DIR) --suffix .onnx)
 # BENCH_FLAGS="--amx off": refuse Intel AMX to the runtimes (runtime/amx.py)
 BENCH_FLAGS ?=

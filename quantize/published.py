@@ -10,11 +10,13 @@ dynamic-range file it was edited from. A published file whose source has changed
 (retrained, re-exported, re-converted) is stale: the benchmark leaves it out and `select` never
 picks it.
 
-    python -m lenet_edge.quantize.published [--onnx-dir build/onnx] [--suffix .onnx]
+    python -m lenet_edge.quantize.published [--onnx-dir build/onnx] [--suffix .onnx] [--target host]
 
-prints the fresh published files, one per line (what `make bench` adds to its list; the bundle
-takes the .onnx ones: tflite-runtime 2.14 cannot load dynamic-range files), and one note on
-stderr per stale one.
+prints the fresh published files, one per line, and one note on stderr per stale one. `make
+bench` adds `--target host`: this machine's choices only, since an Arm core's (chosen by its
+instruction counts; on the cortex-a72 every layer in FP32 from int8 weights) timed on x86 would
+stand as "best INT8" for a choice the host's own search did not make. The bundle takes every .onnx
+choice (tflite-runtime 2.14 cannot load dynamic-range files; the Arm ones are for the boards).
 """
 
 from __future__ import annotations
@@ -158,15 +160,28 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="only .onnx or .tflite choices (default: both)",
     )
+    p.add_argument(
+        "--target",
+        default=None,
+        help="only the choices made for this target: host (this machine's, by timing) or an Arm core "
+        "(cortex-a72, cortex-a76: by instruction counts); default every target",
+    )
     args = p.parse_args(argv)
     pats = [PATTERNS[args.suffix]] if args.suffix else list(PATTERNS.values())
     for path in sorted(f for pat in pats for f in args.onnx_dir.glob(pat)):
         why = stale_reason(path)
         if why:
             print(f"note: left out: {why}", file=sys.stderr)
-        else:
+        elif args.target is None or target_of(path) == args.target:
             print(path)
     return 0
+
+
+def target_of(path: Path) -> str:
+    """The target a fresh published choice was made for (its record's `search.target`; records
+    from before targets were recorded, and every LiteRT choice, are the host's)."""
+    target = read_json(quantize_record_path(path))["search"].get("target", "host")
+    return str(target)
 
 
 if __name__ == "__main__":

@@ -425,6 +425,21 @@ def test_published_search_choice_is_used_only_while_its_fp32_source_is_unchanged
     rec["search"]["fp32_source"] = "../outside.onnx"
     rp.write_text(json.dumps(rec))
     assert "missing" in stale_reason(out)  # a path from the record never leaves the folder
+    # --target: a record without one is the host's; an Arm core's choice is left out of the host's list
+    rec["search"]["fp32_source"] = src.name
+    rp.write_text(json.dumps(rec))
+    arm = d / "m.int8.search.cortex-a72.onnx"
+    arm.write_bytes(b"int8")
+    (d / "m.int8.search.cortex-a72.quantize.json").write_text(
+        json.dumps(rec | {"search": rec["search"] | {"target": "cortex-a72"}})
+    )
+    capsys.readouterr()
+    assert main(["--onnx-dir", str(d)]) == 0 and capsys.readouterr().out.split() == [str(arm), str(out)]
+    assert main(["--onnx-dir", str(d), "--target", "host"]) == 0 and capsys.readouterr().out.split() == [
+        str(out)
+    ]
+    assert main(["--onnx-dir", str(d), "--target", "cortex-a72"]) == 0
+    assert capsys.readouterr().out.split() == [str(arm)]
 
 
 def test_published_litert_choice_is_listed_by_suffix_and_goes_stale_with_its_source(tmp_path, capsys):
