@@ -267,9 +267,10 @@ def _evaluate_in_device_env(
     py = venv / "bin" / "python"
     if not py.is_file():
         raise ConversionError(f"{py}: device environment missing (run `make setup-device`)")
-    # the child runs in the user's folder (paths given stay as they are), the package found by
-    # PYTHONPATH; PYTHONSAFEPATH keeps a `runtime/` in that folder from shadowing ours
-    env = {**os.environ, "LENET_EDGE_TFLITE": interpreter, "PYTHONPATH": str(ROOT), "PYTHONSAFEPATH": "1"}
+    from lenet_edge.runtime.bench import child_env
+
+    # in the user's folder (paths stay as given), the package found as the timing children find it
+    env = {**child_env(), "LENET_EDGE_TFLITE": interpreter}
     proc = subprocess.run(
         [str(py), "-m", "runtime.evaluate", "--json", "-", "--against", str(against), *map(str, models)]
         + (["--data-dir", str(data)] if data is not None else []),
