@@ -271,9 +271,10 @@ def _evaluate_in_device_env(
 
     # in the user's folder (paths stay as given), the package found as the timing children find it
     env = {**child_env(), "LENET_EDGE_TFLITE": interpreter}
+    # options as --opt=value and the models after "--": a path beginning with "-" stays a path
+    opts = ["--json=-", f"--against={against}"] + ([f"--data-dir={data}"] if data is not None else [])
     proc = subprocess.run(
-        [str(py), "-m", "runtime.evaluate", "--json", "-", "--against", str(against), *map(str, models)]
-        + (["--data-dir", str(data)] if data is not None else []),
+        [str(py), "-m", "runtime.evaluate", *opts, "--", *map(str, models)],
         env=env,
         capture_output=True,
         text=True,

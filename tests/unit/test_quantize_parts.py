@@ -797,3 +797,36 @@ def test_a_search_record_says_amx_was_chosen_only_where_a_model_chose_it():
     assert amx_header(hidden) == "; no AMX to decide on"
     assert amx_header({"amx": "off", "models": []}) == "; AMX refused"
     assert amx_header({"amx": "on", "models": []}) == amx_header({}) == ""
+
+
+def test_device_evaluation_takes_a_model_path_that_begins_with_a_dash(tmp_path, monkeypatch, mnist_dir):
+    # the TFLite check evaluates in the device environment's own process, paths as the user gave
+    # them: a file named "-m.onnx" is a model, not an option of that process
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lenet_edge.quantize.tflite import _evaluate_in_device_env
+
+    w = np.random.default_rng(0).standard_normal((784, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["pixels"], ["x"], to=TensorProto.FLOAT),
+            helper.make_node("Flatten", ["x"], ["f"]),
+            helper.make_node("MatMul", ["f", "w"], ["scores"]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "-m.onnx")
+    monkeypatch.chdir(tmp_path)
+    res = _evaluate_in_device_env(
+        [Path("-m.onnx")], Path("-m.onnx"), "ai-edge-litert", Path(sys.prefix), mnist_dir
+    )
+    assert (
+        set(res) == {"-m.onnx"} and res["-m.onnx"]["agreement"] == 1.0 and res["-m.onnx"]["max_abs_diff"] == 0
+    )
+    assert 0.0 < res["-m.onnx"]["top1"] < 1.0 and len(res["-m.onnx"]["correct"]) == 10000
