@@ -143,8 +143,13 @@ PUBLISHED_ONNX = $$($(DEV_PY) -m lenet_edge.quantize.published --onnx-dir $(ONNX
 # BENCH_FLAGS="--amx off": refuse Intel AMX to the runtimes (runtime/amx.py)
 BENCH_FLAGS ?=
 BENCH_TRAIN_FLAGS ?=
-bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/ (ISA=avx2, BENCH_FLAGS="--amx off")
+# tflite-runtime 2.14 (the interpreter of older boards) in a run of its own: the .tflite files it
+# can load (not TF 2.19's dynamic-range ones, nor the LiteRT search choice made from them)
+TFLITE_RUNTIME_MODELS = $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite \
+  $(foreach t,fp32 fp16 int8.full,$(ONNX_DIR)/$(m).stock.$(t).tflite))
+bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/ (ISA=avx2, BENCH_FLAGS="--amx off"); then the .tflite files in tflite-runtime -> build/bench/bench.tflite-runtime.{json,md}
 	$(DEV_LE) bench $(OURS) $(STOCK) $(PUBLISHED) --json build/bench/bench.json $(BENCH_FLAGS)
+	LENET_EDGE_TFLITE=tflite-runtime $(DEV_LE) bench $(TFLITE_RUNTIME_MODELS) --batch 1 --json build/bench/bench.tflite-runtime.json $(BENCH_FLAGS)
 
 search: optimize tflite ## INT8 by measurement: ORT (recipe variants x source graphs (+ ORT target), then FP32 layer sets) and LiteRT (which layers keep int8 weights); every candidate checked -> build/bench/search{,.litert}.{json,md} + the choices as <model>.int8.search.{onnx,tflite}, which `make bench` then times (SEARCH_FLAGS=--no-timing for the documented defaults)
 	$(LE) $(ISA_FLAG) search --model $(MODELS) --onnx-dir $(ONNX_DIR) --json build/bench/search.json $(SEARCH_FLAGS)
@@ -155,6 +160,7 @@ search-arm: optimize ## INT8 per Arm core (cortex-a72, cortex-a76) by aarch64 in
 
 select: $(DEVICE_STAMP) ## per model and runtime, the artifact to deploy from the benchmark, its fastest candidates checked by pairs in the benchmark's environment (make bench first; SELECT_FLAGS=--no-timing for the documented default) -> build/bench/targets.json
 	$(DEV_LE) select --bench build/bench/bench.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.json $(SELECT_FLAGS)
+	LENET_EDGE_TFLITE=tflite-runtime $(DEV_LE) select --bench build/bench/bench.tflite-runtime.json --onnx-dir $(ONNX_DIR) --json build/bench/targets.tflite-runtime.json $(SELECT_FLAGS)
 
 bundle: variants optimize quantize-ort tflite ## device tarball: runtime/, models (with a fresh `make search` choice), fixed inputs + expected outputs -> build/
 	$(DEV_LE) bundle build $(DEPLOY_MODELS) $(PUBLISHED_ONNX) --out-dir build

@@ -51,6 +51,12 @@ TFLITE_VENV = ROOT / ".venv-tflite"
 # zero padding + a per-position bias map) is mis-converted by onnx2tf 1.29.24 (the constant Add
 # confuses its NCHW->NHWC tracking: "Depth of input (14) is not a multiple of ... (6)").
 NHWC_PASSES = ("s2d-conv-pool-d2s", "s2d-conv-stride2", "flatten-nhwc", "matmul-add-to-gemm")
+# onnx2tf's quantization granularity per target. Full-int8 is per-tensor: tflite-runtime 2.14's
+# XNNPACK takes no FULLY_CONNECTED with per-channel weights, which then run on its built-in
+# kernels (lenet_pool 41 -> 34 us on the Xeon, 251 -> 36 us with AVX2 kernels; LiteRT 22.3 vs
+# 22.5 us either way; docs/tflite.md). The float target's dynamic-range file and the stock
+# conversions keep the converter's default (per-channel).
+QUANT_TYPE = {"float": "per-channel", "int8": "per-tensor", "stock": "per-channel"}
 PASSES = {
     "float": ("fold-normalisation", "drop-redundant-relu", *NHWC_PASSES),
     "int8": ("drop-redundant-relu", *NHWC_PASSES),
@@ -138,7 +144,12 @@ STOCK_OUTPUTS = {
 
 @contextmanager
 def _onnx2tf(
-    source: bytes, calibration: Calibration, data_dir: Path | None, venv: Path, label: str
+    source: bytes,
+    calibration: Calibration,
+    data_dir: Path | None,
+    venv: Path,
+    label: str,
+    quant_type: str = "per-channel",
 ) -> Iterator[tuple[Path, list[str]]]:
     """Run onnx2tf once on `source` in an owned temp folder; yield (its output folder, command)."""
     onnx2tf = venv / "bin" / "onnx2tf"
@@ -166,6 +177,8 @@ def _onnx2tf(
             "-b",
             "1",
             "-oiqt",
+            "-qt",
+            quant_type,
             "-cind",
             INPUT_NAME,
             "calib.npy",
@@ -208,7 +221,8 @@ def convert_tflite(
     for target, passes in PASSES.items():
         source = tflite_source(fp32, data_dir, target=target)
         wanted = {tag: f for tag, (t, f) in every.items() if t == target}
-        with _onnx2tf(source, calibration, data_dir, venv, f"{fp32} ({target} source)") as (made, cmd):
+        label = f"{fp32} ({target} source)"
+        with _onnx2tf(source, calibration, data_dir, venv, label, QUANT_TYPE[target]) as (made, cmd):
             missing = [f for f in wanted.values() if not (made / f).is_file()]
             if missing:
                 raise ConversionError(f"{fp32}: onnx2tf wrote no {', '.join(missing)}")
@@ -228,6 +242,7 @@ def convert_tflite(
             if any(p.startswith("fold-normalisation") for p in passes)
             else "a 1x1 Conv",
             "sha256": sha256_bytes(source),
+            "quantization": QUANT_TYPE[target],
             "command": " ".join(cmd),
         }
     return {

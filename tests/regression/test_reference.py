@@ -290,6 +290,35 @@ def test_tflite_int8_takes_uint8_camera_bytes(tflite, exported):
 
 
 @needs_tflite_envs
+def test_tflite_runtime_runs_int8_graphs_on_its_xnnpack_int8_kernels(tflite, exported):
+    # tflite-runtime 2.14's default XNNPACK delegate has its int8 kernels off: the runner creates
+    # the wheel's own delegate with them on (runtime.runner.xnnpack_int8_delegate); off again with
+    # LENET_EDGE_XNNPACK_INT8=0, which leaves no delegated partition in an int8 graph
+    code = (
+        "import sys; sys.path.insert(0, '.'); from runtime.runner import TfliteRunner; "
+        f"r = TfliteRunner('{exported}/lenet_pool.int8.full.tflite'); "
+        "print(r.backend, r.info()['delegate'].split(' (')[0], "
+        "sum(o['op_name'] == 'DELEGATE' for o in r.it._get_ops_details()))"
+    )
+    seen = {}
+    for flag in ("1", "0"):
+        env = {**os.environ, "LENET_EDGE_TFLITE": "tflite-runtime", "LENET_EDGE_XNNPACK_INT8": flag}
+        proc = subprocess.run(
+            [str(DEVICE_VENV / "bin" / "python"), "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr[-1000:]
+        seen[flag] = proc.stdout.split()
+    assert (
+        seen["1"][:5] == ["tflite-runtime", "XNNPACK", "with", "int8", "kernels"] and int(seen["1"][-1]) >= 1
+    )
+    assert seen["0"][:2] == ["tflite-runtime", "default"] and seen["0"][-1] == "0"
+
+
+@needs_tflite_envs
 def test_interpreter_rejecting_a_file_is_one_line(tmp_path):
     from tests.conftest import assert_one_line_error
 

@@ -547,3 +547,21 @@ def test_results_name_the_code_and_command_they_were_made_with(tmp_path, monkeyp
         text == f"Command: `lenet-edge bench m.onnx`; code: lenet-edge {head[:12]} with uncommitted changes."
     )
     assert provenance_text({"environment": {}}) == ""
+
+
+def test_xnnpack_int8_delegate_is_made_only_for_tflite_runtime_2_14(monkeypatch, tmp_path):
+    # LiteRT's default delegate already runs int8; another tflite-runtime release may lay out the
+    # options differently; without the wheel's library there is nothing to call: None, the default
+    import types
+
+    from lenet_edge.runtime.runner import xnnpack_int8_delegate
+
+    mod = types.SimpleNamespace(__file__=str(tmp_path / "interpreter.py"))  # no _pywrap_*.so beside it
+    monkeypatch.delenv("LENET_EDGE_XNNPACK_INT8", raising=False)
+    assert xnnpack_int8_delegate(mod, "ai-edge-litert", "2.14.0", 1) is None
+    assert xnnpack_int8_delegate(mod, "tflite-runtime", "2.13.0", 1) is None
+    assert xnnpack_int8_delegate(mod, "tflite-runtime", "2.14.0", 1) is None  # no library
+    (tmp_path / "_pywrap_tensorflow_interpreter_wrapper.so").write_bytes(b"not an ELF file")
+    assert xnnpack_int8_delegate(mod, "tflite-runtime", "2.14.0", 1) is None  # OSError, not a crash
+    monkeypatch.setenv("LENET_EDGE_XNNPACK_INT8", "0")
+    assert xnnpack_int8_delegate(mod, "tflite-runtime", "2.14.0", 1) is None
