@@ -830,3 +830,63 @@ def test_device_evaluation_takes_a_model_path_that_begins_with_a_dash(tmp_path, 
         set(res) == {"-m.onnx"} and res["-m.onnx"]["agreement"] == 1.0 and res["-m.onnx"]["max_abs_diff"] == 0
     )
     assert 0.0 < res["-m.onnx"]["top1"] < 1.0 and len(res["-m.onnx"]["correct"]) == 10000
+
+
+@pytest.mark.parametrize(
+    "folded, conv, expect",
+    [
+        (0.9995, 0.9992, "int8.full"),  # the fold passes every check: it is published
+        (0.9987, 0.9992, "int8.full.conv"),  # within tolerances, under the rewrite's 99.9 % bar
+        (0.9970, 0.9992, "int8.full.conv"),  # outside tolerances
+        (0.9987, 0.9970, "int8.full"),  # under the bar, but the other form fails: the fold, and why
+        (0.9970, 0.9970, None),  # both fail: nothing is published
+    ],
+)
+def test_full_int8_is_the_folded_file_unless_only_the_1x1_conv_form_passes(
+    tmp_path, monkeypatch, folded, conv, expect
+):
+    from lenet_edge.quantize import tflite
+
+    staged = tmp_path / "stage"
+    staged.mkdir()
+    agreement = {"int8.full": folded, "int8.full.conv": conv}
+    for tag in (*tflite.OUTPUTS, *tflite.STOCK_OUTPUTS, tflite.FALLBACK):
+        (staged / f"m.{tag}.tflite").write_bytes(bytes(300 if tag.endswith("fp32") else 70))
+    right = [True] * 9900 + [False] * 100
+
+    def evaluate(files, against, interp, venv, data):
+        out = {}
+        for f in files:
+            tag = Path(f).name[2:-7]
+            a = agreement.get(tag, 1.0)
+            wrong = round((1 - a) * 10000)
+            out[str(f)] = {
+                "top1": 0.99 - wrong / 10000 / 2,
+                "top2": 0.999,
+                "agreement": a,
+                "max_abs_diff": 1e-5,
+                "correct": right[: 9900 - wrong // 2] + [False] * (100 + wrong // 2) if wrong else right,
+            }
+        return out
+
+    monkeypatch.setattr(tflite, "_evaluate_in_device_env", evaluate)
+    res = tflite.check_tflite("m", tmp_path, load_tolerances(), tflite_dir=staged)
+    if expect is None:
+        assert any("int8.full" in f for f in res["failures"])
+        return
+    assert res["failures"] == [] and res["int8_full_form"]["file"] == expect
+    assert ("why" in res["int8_full_form"]) == (folded < 0.999)
+    for c in res["checks"].values():
+        assert c["int8_full"]["agreement_with_fp32"] == agreement[expect]
+    rec = {
+        "outputs": {t: {"file": f"m.{t}.tflite", "source": t} for t in ("int8.full", tflite.FALLBACK)},
+        **res,
+    }
+    conv_bytes = (staged / "m.int8.full.conv.tflite").read_bytes()
+    tflite._settle_int8_full(staged, "m", rec)
+    assert (
+        set(rec["outputs"]) == {"int8.full"} and rec["outputs"]["int8.full"]["file"] == "m.int8.full.tflite"
+    )
+    assert rec["outputs"]["int8.full"]["source"] == expect
+    if expect == tflite.FALLBACK:
+        assert (staged / "m.int8.full.tflite").read_bytes() == conv_bytes
