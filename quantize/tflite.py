@@ -282,33 +282,10 @@ def publish(staged: Path, out_dir: Path, name: str, record: dict[str, Any]) -> N
 INTERPRETERS = ("ai-edge-litert", "tflite-runtime")
 
 
-def _fc_per_tensor_in_device_env(path: Path, venv: Path) -> list[dict[str, Any]]:
-    """quantize.tflite_edit on `path` in the device environment (LiteRT's flatbuffer tools)."""
-    import json
-
-    py = venv / "bin" / "python"
-    if not py.is_file():
-        raise ConversionError(f"{py}: device environment missing (run `make setup-device`)")
-    from lenet_edge.quantize import tflite_edit
-    from lenet_edge.runtime.bench import child_env
-
-    proc = subprocess.run(
-        [str(py), "-m", tflite_edit.__name__, "--", str(path)],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConversionError(f"{path.name}: per-tensor FULLY_CONNECTED weights failed: {last}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _evaluate_in_device_env(
-    models: list[Path], against: Path, interpreter: str, venv: Path, data: Path | None = None
-) -> dict[str, Any]:
-    """Run runtime.evaluate in the device-like environment (numpy 1.26, both interpreters)."""
+def _json_from_device_env(module: str, args: list[str], venv: Path, what: str, **env: str) -> Any:
+    """`python -m module args` in the device-like environment (numpy 1.26, both interpreters,
+    LiteRT's flatbuffer tools), in the user's folder with the package found as the timing
+    children find it; its last stdout line, as JSON. A failure is one ConversionError naming `what`."""
     import json
 
     py = venv / "bin" / "python"
@@ -316,21 +293,36 @@ def _evaluate_in_device_env(
         raise ConversionError(f"{py}: device environment missing (run `make setup-device`)")
     from lenet_edge.runtime.bench import child_env
 
-    # in the user's folder (paths stay as given), the package found as the timing children find it
-    env = {**child_env(), "LENET_EDGE_TFLITE": interpreter}
-    # options as --opt=value and the models after "--": a path beginning with "-" stays a path
-    opts = ["--json=-", f"--against={against}"] + ([f"--data-dir={data}"] if data is not None else [])
     proc = subprocess.run(
-        [str(py), "-m", "runtime.evaluate", *opts, "--", *map(str, models)],
-        env=env,
+        [str(py), "-m", module, *args],
+        env={**child_env(), **env},
         capture_output=True,
         text=True,
         timeout=1800,
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConversionError(f"{interpreter}: evaluation failed: {last}")
+        raise ConversionError(f"{what} failed: {last}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fc_per_tensor_in_device_env(path: Path, venv: Path) -> list[dict[str, Any]]:
+    """quantize.tflite_edit on `path` (rewritten in place) in the device environment."""
+    from lenet_edge.quantize import tflite_edit
+
+    what = f"{path.name}: per-tensor FULLY_CONNECTED weights"
+    return _json_from_device_env(tflite_edit.__name__, ["--", str(path)], venv, what)
+
+
+def _evaluate_in_device_env(
+    models: list[Path], against: Path, interpreter: str, venv: Path, data: Path | None = None
+) -> dict[str, Any]:
+    """runtime.evaluate in the device-like environment, in `interpreter`; paths stay as given."""
+    # options as --opt=value and the models after "--": a path beginning with "-" stays a path
+    opts = ["--json=-", f"--against={against}"] + ([f"--data-dir={data}"] if data is not None else [])
+    args = [*opts, "--", *map(str, models)]
+    what = f"{interpreter}: evaluation"
+    return _json_from_device_env("runtime.evaluate", args, venv, what, LENET_EDGE_TFLITE=interpreter)
 
 
 def _int8_entry(fp: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
