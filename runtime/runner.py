@@ -266,10 +266,11 @@ def _tflite_interpreter() -> tuple[Any, str, str]:
 # tflite-runtime 2.14 applies its default XNNPACK delegate with the int8 kernels switched off
 # (its options' flags are 0): an int8 graph then runs on the built-in kernels (lenet_pool
 # full-int8 46 us against 19 us FP32 on a Xeon). The delegate the wheel exports, created with
-# TFLITE_XNNPACK_DELEGATE_FLAG_QS8 | _QU8, takes every int8 op but the uint8 QUANTIZE in front
-# (docs/tflite.md). Only for the release whose options struct this was checked against: it
-# begins int32 num_threads, uint32 flags; the rest is passed back as TfLiteXNNPackDelegateOptionsDefault
-# filled it.
+# TFLITE_XNNPACK_DELEGATE_FLAG_QS8 | _QU8, takes the int8 ops 2.14's XNNPACK supports: in
+# lenet-edge's full-int8 files (per-tensor FC weights) all but the uint8 QUANTIZE in front, and
+# the 1x1 normalisation conv where the fold was refused (docs/tflite.md). Only for the release
+# whose options struct this was checked against: it begins int32 num_threads, uint32 flags; the
+# rest is passed back as TfLiteXNNPackDelegateOptionsDefault filled it.
 XNNPACK_QS8, XNNPACK_QU8 = 0x1, 0x2
 XNNPACK_INT8_RELEASES = ("2.14.",)
 
