@@ -302,6 +302,8 @@ def _json_from_device_env(module: str, args: list[str], venv: Path, what: str, *
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if proc.returncode < 0:
+            last = f"killed by signal {-proc.returncode} ({last})"
         raise ConversionError(f"{what} failed: {last}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

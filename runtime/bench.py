@@ -427,6 +427,7 @@ def child_env() -> dict[str, str]:
     parent = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([parent, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else parent
     env["PYTHONSAFEPATH"] = "1"  # Python >= 3.11: a `runtime/` in the user's folder does not shadow ours
+    env.pop("LENET_EDGE_KILL_AT", None)  # a fault point names a moment of this process, not a child's
     return env
 
 
