@@ -145,8 +145,7 @@ BENCH_FLAGS ?=
 BENCH_TRAIN_FLAGS ?=
 # tflite-runtime 2.14 (the interpreter of older boards) in a run of its own: the .tflite files it
 # can load (not TF 2.19's dynamic-range ones, nor the LiteRT search choice made from them)
-TFLITE_RUNTIME_MODELS = $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite \
-  $(foreach t,fp32 fp16 int8.full,$(ONNX_DIR)/$(m).stock.$(t).tflite))
+TFLITE_RUNTIME_MODELS = $(filter-out %.int8.dynamic.tflite,$(filter %.tflite,$(OURS) $(STOCK)))
 bench: variants optimize quantize-ort quantize-stock tflite ## latency of every artifact, lenet-edge's and stock, x runtime x call path, batch 1/64, 1/all threads -> build/bench/ (ISA=avx2, BENCH_FLAGS="--amx off"); then the .tflite files in tflite-runtime -> build/bench/bench.tflite-runtime.{json,md}
 	$(DEV_LE) bench $(OURS) $(STOCK) $(PUBLISHED) --json build/bench/bench.json $(BENCH_FLAGS)
 	LENET_EDGE_TFLITE=tflite-runtime $(DEV_LE) bench $(TFLITE_RUNTIME_MODELS) --batch 1 --json build/bench/bench.tflite-runtime.json $(BENCH_FLAGS)

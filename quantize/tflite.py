@@ -423,8 +423,8 @@ def check_tflite(
             + "; ".join(conv or ["not made"])
             + ")"
         )
-    for c in checks.values():  # "int8_full" is what is published; the other form stays as evidence
-        if form["file"] == FALLBACK:
+    if form["file"] == FALLBACK:  # "int8_full" is what is published; the other form stays as evidence
+        for c in checks.values():
             c["int8_full"], c["int8_full_folded"] = c.pop(_key(FALLBACK)), c["int8_full"]
             c[_cross_key("int8.full")] = c.pop(_cross_key(FALLBACK), None)
     return {"checks": checks, "failures": failures, "int8_full_form": form}

@@ -93,7 +93,8 @@ def rewrite(path: Path) -> list[dict[str, Any]]:
     try:
         model = fbu.read_model(str(path))
     except Exception as e:  # the flatbuffer reader raises whatever the bytes make it raise
-        raise ConversionError(f"{path}: not a readable .tflite file ({type(e).__name__})") from e
+        why = f"{type(e).__module__}.{type(e).__name__}: {str(e)[:120]}".removeprefix("builtins.")
+        raise ConversionError(f"{path}: not a readable .tflite file ({why})") from e
     done = fc_weights_per_tensor(model)
     if any(d["changed"] for d in done):
         write_bytes_atomic(path, bytes(fbu.convert_object_to_bytearray(model)))
