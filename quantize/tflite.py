@@ -141,6 +141,13 @@ FOLD_AGREEMENT_MIN = 0.999
 FALLBACK_OUTPUTS = {FALLBACK: ("int8", "model_full_integer_quant.tflite")}
 # full-int8 files whose FULLY_CONNECTED weights become per-tensor (quantize/tflite_edit.py)
 FC_PER_TENSOR = ("int8.full", FALLBACK)
+# Each full-int8 form gets a float-front twin (quantize/tflite_front.py: the input through the
+# first spatial conv in float, the rest int8); the twin of the published form is published as
+# <model>.int8.mixed.tflite, checked like the full-int8 file (tolerances and the rewrite's 99.9 %
+# agreement); which one a target runs is `select`'s measurement. lenet-edge's FP32 file gets the
+# pad moved into its first conv (pad-into-conv), checked against ONNX like any FP32 file.
+MIXED = {"int8.full": "int8.mixed", FALLBACK: "int8.mixed.conv"}
+PAD_INTO_CONV = ("fp32",)
 STOCK_OUTPUTS = {
     "stock.fp32": ("stock", "model_float32.tflite"),
     "stock.fp16": ("stock", "model_float16.tflite"),
@@ -230,15 +237,18 @@ def convert_tflite(
             for tag, f in wanted.items():
                 dest = out_dir / f"{name}.{tag}.tflite"
                 shutil.copyfile(made / f, dest)
-                edits = _fc_per_tensor_in_device_env(dest, device_venv) if tag in FC_PER_TENSOR else None
-                outputs[tag] = {
-                    "file": dest.name,
-                    "sha256": sha256_file(dest),
-                    "bytes": dest.stat().st_size,
-                    "stock": target == "stock",
-                    "source": target,
-                    **({"fc_weights_per_tensor": edits} if edits is not None else {}),
-                }
+                extra: dict[str, Any] = {}
+                if tag in FC_PER_TENSOR:
+                    extra["fc_weights_per_tensor"] = _fc_per_tensor_in_device_env(dest, device_venv)
+                if tag in PAD_INTO_CONV:
+                    extra["pad_into_conv"] = _front_in_device_env("pad-into-conv", [dest], device_venv)
+                outputs[tag] = _output(dest, target, extra)
+                if tag in MIXED:
+                    mixed = out_dir / f"{name}.{MIXED[tag]}.tflite"
+                    done = _front_in_device_env("float-front", [dest, mixed], device_venv)
+                    if not done["changed"]:
+                        raise ConversionError(f"{dest.name}: no float front ({done['why']})")
+                    outputs[MIXED[tag]] = _output(mixed, target, {"float_front": done, "from": tag})
         sources[target] = {
             "passes": list(passes),
             "normalisation": "folded into the first conv"
@@ -263,12 +273,27 @@ def convert_tflite(
     }
 
 
+def _output(path: Path, target: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "stock": target == "stock",
+        "source": target,
+        **extra,
+    }
+
+
 def _settle_int8_full(staged: Path, name: str, rec: dict[str, Any]) -> None:
-    """The checked full-int8 form becomes <name>.int8.full.tflite; the other is not published."""
-    fallback = rec["outputs"].pop(FALLBACK, None)
-    if fallback is not None and rec.get("int8_full_form", {}).get("file") == FALLBACK:
-        os.replace(staged / fallback["file"], staged / f"{name}.int8.full.tflite")
-        rec["outputs"]["int8.full"] = {**fallback, "file": f"{name}.int8.full.tflite"}
+    """The checked full-int8 form becomes <name>.int8.full.tflite and its float-front twin
+    <name>.int8.mixed.tflite; the other form's files are not published."""
+    chosen = rec.get("int8_full_form", {}).get("file") == FALLBACK
+    for tag in (FALLBACK, MIXED[FALLBACK]):
+        out = rec["outputs"].pop(tag, None)
+        if out is not None and chosen:
+            dest = "int8.full" if tag == FALLBACK else MIXED["int8.full"]
+            os.replace(staged / out["file"], staged / f"{name}.{dest}.tflite")
+            rec["outputs"][dest] = {**out, "file": f"{name}.{dest}.tflite"}
 
 
 def publish(staged: Path, out_dir: Path, name: str, record: dict[str, Any]) -> None:
@@ -316,6 +341,14 @@ def _fc_per_tensor_in_device_env(path: Path, venv: Path) -> list[dict[str, Any]]
     return _json_from_device_env(tflite_edit.__name__, ["--", str(path)], venv, what)
 
 
+def _front_in_device_env(which: str, paths: list[Path], venv: Path) -> dict[str, Any]:
+    """quantize.tflite_front `which` on `paths` in the device environment."""
+    from lenet_edge.quantize import tflite_front
+
+    what = f"{paths[0].name}: {which}"
+    return _json_from_device_env(tflite_front.__name__, [which, "--", *map(str, paths)], venv, what)
+
+
 def _evaluate_in_device_env(
     models: list[Path], against: Path, interpreter: str, venv: Path, data: Path | None = None
 ) -> dict[str, Any]:
@@ -356,8 +389,10 @@ def check_tflite(
     The .tflite files are read from `tflite_dir` (the staging folder, before they are published)."""
     tflite_dir = tflite_dir or onnx_dir
     fp32_onnx = onnx_dir / f"{name}.fp32.onnx"
-    f = {tag: tflite_dir / f"{name}.{tag}.tflite" for tag in (*OUTPUTS, *STOCK_OUTPUTS, FALLBACK)}
-    int8_tags = ["int8.full"] + ([FALLBACK] if f[FALLBACK].is_file() else [])
+    every = (*OUTPUTS, *STOCK_OUTPUTS, FALLBACK, *MIXED.values())
+    f = {tag: tflite_dir / f"{name}.{tag}.tflite" for tag in every}
+    forms = ["int8.full"] + ([FALLBACK] if f[FALLBACK].is_file() else [])
+    int8_tags = forms + [MIXED[t] for t in forms if f[MIXED[t]].is_file()]
     ort_int8 = onnx_dir / f"{name}.int8.qdq.onnx"
     checks: dict[str, Any] = {}
     failures: list[str] = []
@@ -423,10 +458,22 @@ def check_tflite(
             + "; ".join(conv or ["not made"])
             + ")"
         )
+    # the published form's float-front twin must pass as its form did: tolerances, and the
+    # rewrite's bar unless the form itself was published under it (its "why" says so)
+    mixed, waived = MIXED[form["file"]], form["file"] == "int8.full" and "why" in form
+    if mixed in int8_failed:
+        failures += int8_failed[mixed] + [
+            f"{name} ({interp} {mixed}): agreement with FP32 {100 * c[_key(mixed)]['agreement_with_fp32']:.2f} % "
+            f"< {100 * FOLD_AGREEMENT_MIN:.1f} % (a rewrite's bar)"
+            for interp, c in checks.items()
+            if not waived and falls_below(c[_key(mixed)]["agreement_with_fp32"], FOLD_AGREEMENT_MIN)
+        ]
     if form["file"] == FALLBACK:  # "int8_full" is what is published; the other form stays as evidence
         for c in checks.values():
-            c["int8_full"], c["int8_full_folded"] = c.pop(_key(FALLBACK)), c["int8_full"]
-            c[_cross_key("int8.full")] = c.pop(_cross_key(FALLBACK), None)
+            for tag, folded in ((FALLBACK, "int8.full"), (MIXED[FALLBACK], MIXED["int8.full"])):
+                if _key(tag) in c:
+                    c[_key(folded)], c[_key(folded) + "_folded"] = c.pop(_key(tag)), c.get(_key(folded))
+                    c[_cross_key(folded)] = c.pop(_cross_key(tag), None)
     return {"checks": checks, "failures": failures, "int8_full_form": form}
 
 

@@ -849,8 +849,9 @@ def test_full_int8_is_the_folded_file_unless_only_the_1x1_conv_form_passes(
 
     staged = tmp_path / "stage"
     staged.mkdir()
-    agreement = {"int8.full": folded, "int8.full.conv": conv}
-    for tag in (*tflite.OUTPUTS, *tflite.STOCK_OUTPUTS, tflite.FALLBACK):
+    # each form's float-front twin agrees as its form does
+    agreement = {"int8.full": folded, "int8.full.conv": conv, "int8.mixed": folded, "int8.mixed.conv": conv}
+    for tag in (*tflite.OUTPUTS, *tflite.STOCK_OUTPUTS, tflite.FALLBACK, *tflite.MIXED.values()):
         (staged / f"m.{tag}.tflite").write_bytes(bytes(300 if tag.endswith("fp32") else 70))
     right = [True] * 9900 + [False] * 100
 
@@ -878,15 +879,39 @@ def test_full_int8_is_the_folded_file_unless_only_the_1x1_conv_form_passes(
     assert ("why" in res["int8_full_form"]) == (folded < 0.999)
     for c in res["checks"].values():
         assert c["int8_full"]["agreement_with_fp32"] == agreement[expect]
-    rec = {
-        "outputs": {t: {"file": f"m.{t}.tflite", "source": t} for t in ("int8.full", tflite.FALLBACK)},
-        **res,
-    }
-    conv_bytes = (staged / "m.int8.full.conv.tflite").read_bytes()
+        assert c["int8_mixed"]["agreement_with_fp32"] == agreement[tflite.MIXED[expect]]
+    tags = ("int8.full", tflite.FALLBACK, *tflite.MIXED.values())
+    rec = {"outputs": {t: {"file": f"m.{t}.tflite", "source": t} for t in tags}, **res}
+    (staged / "m.int8.full.conv.tflite").write_bytes(b"conv form")
+    (staged / "m.int8.mixed.conv.tflite").write_bytes(b"conv form, float front")
     tflite._settle_int8_full(staged, "m", rec)
-    assert (
-        set(rec["outputs"]) == {"int8.full"} and rec["outputs"]["int8.full"]["file"] == "m.int8.full.tflite"
-    )
+    assert set(rec["outputs"]) == {"int8.full", "int8.mixed"}
+    assert rec["outputs"]["int8.full"]["file"] == "m.int8.full.tflite"
+    assert rec["outputs"]["int8.mixed"]["file"] == "m.int8.mixed.tflite"
     assert rec["outputs"]["int8.full"]["source"] == expect
+    assert rec["outputs"]["int8.mixed"]["source"] == tflite.MIXED[expect]
     if expect == tflite.FALLBACK:
-        assert (staged / "m.int8.full.tflite").read_bytes() == conv_bytes
+        assert (staged / "m.int8.full.tflite").read_bytes() == b"conv form"
+        assert (staged / "m.int8.mixed.tflite").read_bytes() == b"conv form, float front"
+
+
+def test_a_float_front_twin_that_fails_its_checks_fails_the_stage(tmp_path, monkeypatch):
+    from lenet_edge.quantize import tflite
+
+    staged = tmp_path / "stage"
+    staged.mkdir()
+    for tag in (*tflite.OUTPUTS, *tflite.STOCK_OUTPUTS, "int8.mixed"):
+        (staged / f"m.{tag}.tflite").write_bytes(bytes(300 if tag.endswith("fp32") else 70))
+
+    def evaluate(files, against, interp, venv, data):
+        a = {str(f): 0.9985 if "mixed" in str(f) else 1.0 for f in files}  # under the rewrite's bar
+        right = [True] * 9900 + [False] * 100
+        return {
+            f: {"top1": 0.99, "top2": 0.999, "agreement": v, "max_abs_diff": 1e-5, "correct": right}
+            for f, v in a.items()
+        }
+
+    monkeypatch.setattr(tflite, "_evaluate_in_device_env", evaluate)
+    res = tflite.check_tflite("m", tmp_path, load_tolerances(), tflite_dir=staged)
+    assert res["int8_full_form"]["file"] == "int8.full"
+    assert res["failures"] and all("int8.mixed" in f and "99.85 %" in f for f in res["failures"])

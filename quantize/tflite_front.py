@@ -1,0 +1,359 @@
+"""Two pattern passes over a .tflite file: the first conv's pad moved into the conv, and a float front
+for a full-int8 file. Both edit the flatbuffer with LiteRT's own tools (device environment).
+
+pad-into-conv (FP32 files, and the float front below): a float PAD / PADV2 of constant c, padding
+  only height and width, p on every side, feeding a SPACE_TO_DEPTH of block b (or the conv itself,
+  b = 1), feeding a CONV_2D with VALID padding, stride 1, no dilation and a k x k kernel, k odd and
+  p = b (k - 1) / 2, every tensor between them read by that one op  ->  ADD(-c) (nothing when
+  c = 0) -> SPACE_TO_DEPTH -> CONV_2D with SAME padding, its bias + c * sum(weights). Exact: SAME
+  pads (k - 1) / 2 cells of b x b pixels, which is p pixels, with 0, which is c before the shift.
+  Why: tflite-runtime 2.14's XNNPACK takes no PADV2, so the pad ran on the built-in kernels between
+  two delegate partitions (lenet_stride FP32 on the Xeon: 26.1 -> 22.6 us without it, docs/tflite.md).
+float-front (full-int8 files whose input is QUANTIZEd): the ops from the input to the first CONV_2D
+  with a kernel larger than 1 x 1 (pads, SPACE_TO_DEPTH, the 1 x 1 normalisation conv; nothing
+  else) compute in float on float input pixels, each weight dequantized from the file's own int8
+  ((q - zero point) x scale, so the front computes what the int8 file's front computes, without its
+  roundings), and one QUANTIZE to that conv's int8 output follows; the rest stays int8. Then
+  pad-into-conv. Why: that conv, after space-to-depth, has 4 input channels, and XNNPACK's int8
+  kernels took 6.7 us for it against 3.4 us in float (Xeon, tflite-runtime 2.14); the uint8 input
+  QUANTIZE also ran outside XNNPACK, a float -> int8 QUANTIZE runs inside.
+A graph that does not match is left as it is, and the result says why. The files are checked
+afterwards like any other (quantize.tflite: FP32 against ONNX, INT8 against tolerances).
+
+`python -m lenet_edge.quantize.tflite_front pad-into-conv FILE` rewrites FILE;
+`... float-front SRC DEST` writes DEST; each prints what it did as JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lenet_edge.quantize.litert_search import _kind, _schema
+from lenet_edge.runtime.cli import parser, run
+from lenet_edge.runtime.errors import ConversionError
+from lenet_edge.runtime.files import write_bytes_atomic
+
+LAYOUT = ("PAD", "PADV2", "SPACE_TO_DEPTH")  # ops a float front may hold besides its convs
+
+
+def _data(model: Any, t: Any) -> bytes | None:
+    d = model.buffers[t.buffer].data
+    return None if d is None or len(d) == 0 else bytes(d)
+
+
+def _set_data(model: Any, t: Any, a: np.ndarray) -> None:
+    model.buffers[t.buffer].data = np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
+
+
+def _readers(g: Any) -> dict[int, int]:
+    n: dict[int, int] = {}
+    for op in g.operators:
+        for i in op.inputs:
+            if i >= 0:
+                n[i] = n.get(i, 0) + 1
+    for i in g.outputs:
+        n[i] = n.get(i, 0) + 1
+    return n
+
+
+def _buffer_uses(g: Any) -> dict[int, int]:
+    n: dict[int, int] = {}
+    for t in g.tensors:
+        n[t.buffer] = n.get(t.buffer, 0) + 1
+    return n
+
+
+def _opcode(model: Any, kind: str) -> int:
+    """The operator-code index of builtin `kind`, added if the file has none."""
+    schema, fbu = _schema()
+    code = getattr(schema.BuiltinOperator, kind)
+    for i, oc in enumerate(model.operatorCodes):
+        if fbu.get_builtin_code_from_operator_code(oc) == code:
+            return i
+    oc = schema.OperatorCodeT()
+    oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), 1
+    model.operatorCodes.append(oc)
+    return len(model.operatorCodes) - 1
+
+
+def _const(model: Any, g: Any, a: np.ndarray, name: str) -> int:
+    """A new float32 constant tensor holding `a`; its index."""
+    schema, _ = _schema()
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(a.astype(np.float32).tobytes(), np.uint8)
+    model.buffers.append(buf)
+    t = schema.TensorT()
+    t.shape, t.type, t.buffer, t.name = (
+        np.array(a.shape, np.int32),
+        schema.TensorType.FLOAT32,
+        len(model.buffers) - 1,
+        name.encode(),
+    )
+    g.tensors.append(t)
+    return len(g.tensors) - 1
+
+
+def _paddings(model: Any, t: Any) -> np.ndarray | None:
+    schema, _ = _schema()
+    raw = _data(model, t)
+    dtype = {schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}.get(t.type)
+    if raw is None or dtype is None:
+        return None
+    return np.frombuffer(raw, dtype).reshape(-1, 2)
+
+
+def _why_not_pad(model: Any, g: Any, j: int, readers: dict[int, int]) -> tuple[str, dict[str, Any]]:
+    """'' and the match if operator j starts PAD -> [SPACE_TO_DEPTH] -> CONV_2D as the docstring says."""
+    schema, _ = _schema()
+    T = schema.TensorType
+    ops = g.operators
+    pad = ops[j]
+    x = g.tensors[pad.inputs[0]]
+    if x.type != T.FLOAT32 or len(x.shape) != 4:
+        return "input not a float 4-D tensor", {}
+    pads = _paddings(model, g.tensors[pad.inputs[1]])
+    if pads is None or pads.shape != (4, 2):
+        return "paddings not a constant 4 x 2", {}
+    p = int(pads[1, 0])
+    if pads[0].any() or pads[3].any() or not (pads[1:3] == p).all() or p < 1:
+        return f"not the same pad on every side of height and width ({pads.tolist()})", {}
+    c = 0.0
+    if _kind(model, pad) == "PADV2":
+        raw = _data(model, g.tensors[pad.inputs[2]])
+        if raw is None or g.tensors[pad.inputs[2]].type != T.FLOAT32 or len(raw) != 4:
+            return "pad value not one float constant", {}
+        c = float(np.frombuffer(raw, np.float32)[0])
+    chain, k = [pad], j + 1
+    while k < len(ops) and _kind(model, ops[k]) == "SPACE_TO_DEPTH" and len(chain) == 1:
+        chain.append(ops[k])
+        k += 1
+    if k >= len(ops) or _kind(model, ops[k]) != "CONV_2D":
+        return "no CONV_2D after the pad", {}
+    conv = ops[k]
+    chain.append(conv)
+    for a, b in zip(chain, chain[1:], strict=False):
+        if b.inputs[0] != a.outputs[0] or readers.get(a.outputs[0], 0) != 1:
+            return "the pad's output is read by more than the next op", {}
+    block = chain[1].builtinOptions.blockSize if len(chain) == 3 else 1
+    o = conv.builtinOptions
+    if len(conv.inputs) < 3 or conv.inputs[2] < 0:
+        return "conv without a bias", {}
+    w, bias = g.tensors[conv.inputs[1]], g.tensors[conv.inputs[2]]
+    if w.type != T.FLOAT32 or bias.type != T.FLOAT32 or _data(model, w) is None or _data(model, bias) is None:
+        return "conv weights or bias not float constants", {}
+    if _buffer_uses(g).get(bias.buffer, 0) != 1:
+        return "conv bias shared", {}
+    kh, kw = int(w.shape[1]), int(w.shape[2])
+    if o.padding != schema.Padding.VALID or (o.strideH, o.strideW) != (1, 1):
+        return "conv not VALID with stride 1", {}
+    if (o.dilationHFactor, o.dilationWFactor) not in ((1, 1), (0, 0)) or kh != kw or kh % 2 == 0:
+        return "conv kernel not square and odd, or dilated", {}
+    if p != block * (kh - 1) // 2 or block * (kh - 1) % 2:
+        return f"pad {p} is not block {block} x (kernel {kh} - 1) / 2", {}
+    if any(s % block for s in x.shape[1:3]):
+        return "height or width not a multiple of the block", {}
+    return "", {"c": c, "pad": p, "block": block, "kernel": kh, "conv": conv, "chain": chain}
+
+
+def pad_into_conv(model: Any) -> dict[str, Any]:
+    """The first match in subgraph 0, rewritten in place; what was done (or why not)."""
+    g = model.subgraphs[0]
+    readers = _readers(g)
+    why = "no PAD or PADV2"
+    for j, op in enumerate(g.operators):
+        if _kind(model, op) not in ("PAD", "PADV2"):
+            continue
+        why, m = _why_not_pad(model, g, j, readers)
+        if why:
+            continue
+        schema, _ = _schema()
+        conv, chain, c = m["conv"], m["chain"], m["c"]
+        x_index = op.inputs[0]
+        x = g.tensors[x_index]
+        w, bias = g.tensors[conv.inputs[1]], g.tensors[conv.inputs[2]]
+        weights = np.frombuffer(_data(model, w), np.float32).reshape(w.shape).astype(np.float64)
+        b = np.frombuffer(_data(model, bias), np.float32).astype(np.float64)
+        _set_data(model, bias, (b + c * weights.sum(axis=(1, 2, 3))).astype(np.float32))
+        conv.builtinOptions.padding = schema.Padding.SAME
+        if c != 0.0:  # ADD(-c) writes the pad's output tensor, now of the input's shape
+            add = schema.OperatorT()
+            add.opcodeIndex = _opcode(model, "ADD")
+            add.inputs = [x_index, _const(model, g, np.array([-c], np.float32), "pad_value_shift")]
+            add.outputs = list(op.outputs)
+            add.builtinOptionsType, add.builtinOptions = (
+                schema.BuiltinOptions.AddOptions,
+                schema.AddOptionsT(),
+            )
+            g.tensors[op.outputs[0]].shape = np.array(x.shape, np.int32)
+            g.tensors[op.outputs[0]].shapeSignature = None
+            g.operators[j] = add
+        else:  # nothing to shift: the next op reads the input itself
+            chain[1].inputs = [x_index, *list(chain[1].inputs)[1:]]
+            del g.operators[j]
+        if m["block"] > 1:
+            s2d_out = g.tensors[chain[1].outputs[0]]
+            n, h, wd, ch = (int(v) for v in x.shape)
+            bl = m["block"]
+            s2d_out.shape, s2d_out.shapeSignature = (
+                np.array([n, h // bl, wd // bl, ch * bl * bl], np.int32),
+                None,
+            )
+        return {
+            "pass": "pad-into-conv",
+            "changed": True,
+            "pad": m["pad"],
+            "pad_value": c,
+            "block": m["block"],
+            "kernel": m["kernel"],
+            "op": "ADD" if c != 0.0 else "none",
+        }
+    return {"pass": "pad-into-conv", "changed": False, "why": why}
+
+
+def _dequantized(model: Any, t: Any) -> np.ndarray:
+    """(q - zero point) x scale of an int8/int32 constant, per its quantized dimension."""
+    schema, _ = _schema()
+    dtype = {schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}[t.type]
+    q = np.frombuffer(_data(model, t), dtype).astype(np.float64).reshape([int(s) for s in t.shape] or [1])
+    scale = np.asarray(t.quantization.scale, np.float64)
+    zero = np.asarray(t.quantization.zeroPoint if t.quantization.zeroPoint is not None else [0], np.float64)
+    if scale.size > 1:
+        shape = [1] * q.ndim
+        shape[t.quantization.quantizedDimension] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.size > 1 else zero
+    return ((q - zero) * scale).astype(np.float32)
+
+
+def _as_float(t: Any) -> None:
+    schema, _ = _schema()
+    t.type, t.quantization = schema.TensorType.FLOAT32, None
+
+
+def _why_not_front(model: Any, g: Any) -> tuple[str, int]:
+    """'' and the index of the last front op (the spatial conv), or why the file has no float front."""
+    schema, _ = _schema()
+    T = schema.TensorType
+    ops = g.operators
+    if len(g.inputs) != 1 or not ops or _kind(model, ops[0]) != "QUANTIZE" or ops[0].inputs[0] != g.inputs[0]:
+        return "the input is not QUANTIZEd by the first op", -1
+    q_out = g.tensors[ops[0].outputs[0]]
+    if q_out.type != T.INT8:
+        return "the input QUANTIZE does not write int8", -1
+    readers = _readers(g)
+    prev = ops[0].outputs[0]
+    for k in range(1, len(ops)):
+        op, kind = ops[k], _kind(model, ops[k])
+        if op.inputs[0] != prev or readers.get(prev, 0) != 1:
+            return f"op {k} ({kind}) is not the next link of one chain from the input", -1
+        if kind not in (*LAYOUT, "CONV_2D"):
+            return f"op {k} ({kind}) comes before any spatial conv", -1
+        if kind == "CONV_2D":
+            w, b = (
+                g.tensors[op.inputs[1]],
+                g.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None,
+            )
+            if (
+                w.type != T.INT8
+                or b is None
+                or b.type != T.INT32
+                or _data(model, w) is None
+                or _data(model, b) is None
+            ):
+                return f"op {k} (CONV_2D) has no int8 weights with an int32 bias", -1
+            uses = _buffer_uses(g)
+            if uses.get(w.buffer, 0) != 1 or uses.get(b.buffer, 0) != 1:
+                return f"op {k} (CONV_2D) shares its weights or bias", -1
+            if int(w.shape[1]) * int(w.shape[2]) > 1:
+                return "", k
+        if kind == "PADV2" and _data(model, g.tensors[op.inputs[2]]) is None:
+            return f"op {k} (PADV2) has no constant pad value", -1
+        prev = op.outputs[0]
+    return "no spatial CONV_2D", -1
+
+
+def float_front(model: Any) -> dict[str, Any]:
+    """The float front of a full-int8 model, in place; what was done (or why not)."""
+    schema, _ = _schema()
+    g = model.subgraphs[0]
+    why, last = _why_not_front(model, g)
+    if why:
+        return {"pass": "float-front", "changed": False, "why": why}
+    quantize, front = g.operators[0], g.operators[1 : last + 1]
+    x = g.inputs[0]
+    front[0].inputs = [x, *list(front[0].inputs)[1:]]
+    _as_float(g.tensors[x])
+    kinds = []
+    for op in front:
+        kind = _kind(model, op)
+        kinds.append(kind)
+        if kind == "PADV2":  # int8 PADV2 writes its constant's raw value on its output's grid
+            out, cv = g.tensors[op.outputs[0]], g.tensors[op.inputs[2]]
+            raw = float(np.frombuffer(_data(model, cv), np.int8)[0])
+            real = (raw - float(out.quantization.zeroPoint[0])) * float(out.quantization.scale[0])
+            _set_data(model, cv, np.array([real], np.float32).reshape([int(s) for s in cv.shape] or [1]))
+            _as_float(cv)
+        if kind == "CONV_2D":
+            for i in op.inputs[1:3]:
+                t = g.tensors[i]
+                real = _dequantized(model, t)
+                _set_data(model, t, real)
+                _as_float(t)
+        if op is not front[-1]:
+            _as_float(g.tensors[op.outputs[0]])
+    conv = front[-1]
+    int8_out = conv.outputs[0]
+    f = copy.deepcopy(g.tensors[int8_out])
+    f.name = (f.name or b"") + b"_float"
+    f.buffer = 0
+    _as_float(f)
+    g.tensors.append(f)
+    conv.outputs = [len(g.tensors) - 1]
+    quantize.inputs, quantize.outputs = [len(g.tensors) - 1], [int8_out]
+    g.operators = [*front, quantize, *g.operators[last + 1 :]]
+    pad = pad_into_conv(model)
+    return {"pass": "float-front", "changed": True, "front": kinds, "then": pad}
+
+
+def _read(path: Path) -> Any:
+    _, fbu = _schema()
+    try:
+        return fbu.read_model(str(path))
+    except Exception as e:  # the flatbuffer reader raises whatever the bytes make it raise
+        why = f"{type(e).__module__}.{type(e).__name__}: {str(e)[:120]}".removeprefix("builtins.")
+        raise ConversionError(f"{path}: not a readable .tflite file ({why})") from e
+
+
+def rewrite(src: Path, dest: Path, which: str) -> dict[str, Any]:
+    """Pass `which` on `src`, written to `dest` atomically when it changed something."""
+    _, fbu = _schema()
+    model = _read(src)
+    done = pad_into_conv(model) if which == "pad-into-conv" else float_front(model)
+    if done["changed"]:
+        write_bytes_atomic(dest, bytes(fbu.convert_object_to_bytearray(model)))
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("quantize.tflite_front", __doc__)
+    sub = p.add_subparsers(dest="which", required=True)
+    a = sub.add_parser("pad-into-conv", help="move the first conv's pad into the conv (FILE rewritten)")
+    a.add_argument("tflite", type=Path)
+    b = sub.add_parser("float-front", help="full-int8 SRC -> DEST with its front in float")
+    b.add_argument("tflite", type=Path)
+    b.add_argument("dest", type=Path)
+    args = p.parse_args(argv)
+    if not args.tflite.is_file():
+        raise ConversionError(f"{args.tflite}: file not found")
+    dest = args.tflite if args.which == "pad-into-conv" else args.dest
+    print(json.dumps(rewrite(args.tflite, dest, args.which)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
