@@ -575,6 +575,12 @@ def main(argv: list[str] | None = None) -> int:
                         else ""
                     )
                     + (
+                        f"; float-front twin top-1 {100 * c['int8_mixed']['top1']:.2f} % "
+                        f"(agreement {100 * c['int8_mixed']['agreement_with_fp32']:.2f} %)"
+                        if "int8_mixed" in c
+                        else ""
+                    )
+                    + (
                         f"; dynamic-range top-1 {100 * c['int8_dynamic']['top1']:.2f} % "
                         f"(drop {c['int8_dynamic']['accuracy_drop_pp']:+.2f} pp)"
                         if isinstance(c.get("int8_dynamic"), dict)
