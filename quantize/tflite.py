@@ -46,7 +46,7 @@ DEVICE_VENV = ROOT / ".venv-device"
 # form onnx2tf converted, became seven); the flatten stated in NHWC order and MatMul + Add as
 # Gemm, so onnx2tf emits no TRANSPOSE before the flatten and fuses each bias and ReLU into its
 # FULLY_CONNECTED (docs/tflite.md has the measurements). The normalisation is folded into that
-# conv, for full-int8 too: its Pad value 127.5 then lands on the int8 input grid as 128 (a border
+# conv, for full-int8 too: its Pad value 127.5 then lands on the int8 input grid as 127 (a border
 # half a grey level off), and the 1x1 normalisation conv it replaces ran outside XNNPACK in
 # tflite-runtime and was the slowest int8 op in LiteRT (lenet_pool full-int8 in LiteRT 21.0 ->
 # 11.3 us on the Xeon). Its checks decide: once (another training) the folded file failed them
@@ -144,10 +144,11 @@ FC_PER_TENSOR = ("int8.full", FALLBACK)
 # Each full-int8 form gets a float-front twin (quantize/tflite_front.py: the input through the
 # first spatial conv in float, the rest int8); the twin of the published form is published as
 # <model>.int8.mixed.tflite, checked like the full-int8 file (tolerances and the rewrite's 99.9 %
-# agreement); which one a target runs is `select`'s measurement. lenet-edge's FP32 file gets the
-# pad moved into its first conv (pad-into-conv), checked against ONNX like any FP32 file.
+# agreement); which one a target runs is `select`'s measurement. lenet-edge's FP32 and
+# dynamic-range files (float activations) get the pad moved into their first conv
+# (pad-into-conv), checked as before (FP32 against ONNX, dynamic-range against tolerances).
 MIXED = {"int8.full": "int8.mixed", FALLBACK: "int8.mixed.conv"}
-PAD_INTO_CONV = ("fp32",)
+PAD_INTO_CONV = ("fp32", "int8.dynamic")
 STOCK_OUTPUTS = {
     "stock.fp32": ("stock", "model_float32.tflite"),
     "stock.fp16": ("stock", "model_float16.tflite"),

@@ -45,6 +45,13 @@ save(lambda x: body(x, sym, 127.5), "padv2", [N, H, W, C])
 save(lambda x: body(x, sym, 0.0), "pad0", [N, H, W, C])
 save(lambda x: body(x, [[0, 0], [1, 3], [2, 2], [0, 0]], 127.5), "asymmetric", [N, H, W, C])
 save(lambda x: body(x, sym, 127.5), "int8", [1, H, W, C], full_int8=True)
+# the normalisation as a 1 x 1 conv (one channel) before a zero pad: the 1 x 1-conv form
+a = np.full((1, 1, 1, 1), 1 / 127.5, np.float32)
+def conv_form(x):
+    y = tf.nn.conv2d(x, a, 1, "VALID") - 1.0
+    y = tf.nn.space_to_depth(tf.pad(y, sym), 2)
+    return tf.nn.conv2d(tf.nn.relu(tf.nn.conv2d(y, w[:, :, :4], 1, "VALID") + b), w2, 1, "VALID")
+save(conv_form, "int8conv", [1, H, W, 1], full_int8=True)
 """
 
 RUN = r"""
@@ -77,13 +84,15 @@ for name in ("padv2", "pad0", "asymmetric"):
         a, _ = run(src, x); b, _ = run(dst, x)
         entry.update(max_abs_diff=float(np.abs(a - b).max()), kinds=kinds(dst), scale=float(np.abs(a).max()))
     res[name] = entry
-src, dst = f"{d}/int8.tflite", f"{d}/int8.mixed.tflite"
-done = rewrite(__import__("pathlib").Path(src), __import__("pathlib").Path(dst), "float-front")
-xs = rng.integers(0, 256, (20, 1, 10, 14, 2))
-a = np.stack([run(src, x)[0] for x in xs]); b = np.stack([run(dst, x)[0] for x in xs])
-_, in_dtype = run(dst, xs[0])
-step = float(np.abs(a).max()) / 127
-res["int8"] = {"done": done, "kinds": kinds(dst), "input": in_dtype, "max_abs_diff_steps": float(np.abs(a - b).max()) / step}
+for name, c in (("int8", 2), ("int8conv", 1)):
+    src, dst = f"{d}/{name}.tflite", f"{d}/{name}.mixed.tflite"
+    done = rewrite(__import__("pathlib").Path(src), __import__("pathlib").Path(dst), "float-front")
+    xs = rng.integers(0, 256, (20, 1, 10, 14, c))
+    a = np.stack([run(src, x)[0] for x in xs]); b = np.stack([run(dst, x)[0] for x in xs])
+    _, in_dtype = run(dst, xs[0])
+    step = float(np.abs(a).max()) / 127
+    res[name] = {"done": done, "kinds": kinds(dst), "source_kinds": kinds(src), "input": in_dtype,
+                 "max_abs_diff_steps": float(np.abs(a - b).max()) / step}
 print(json.dumps(res))
 """
 
@@ -108,7 +117,13 @@ def test_tflite_front_passes_on_synthetic_graphs(tmp_path):
     asym = res["asymmetric"]  # refused, and says why; the source is untouched, nothing written
     assert not asym["done"]["changed"] and "same pad" in asym["done"]["why"]
     assert asym["source_untouched"] and not asym["written"]
-    i8 = res["int8"]
-    assert i8["done"]["changed"] and i8["done"]["then"]["changed"] and i8["input"] == "float32"
-    assert i8["kinds"][:4] == ["ADD", "SPACE_TO_DEPTH", "CONV_2D", "QUANTIZE"], i8["kinds"]
-    assert i8["max_abs_diff_steps"] <= 3, i8  # the front's roundings gone, the rest unchanged
+    for name in ("int8", "int8conv"):
+        i8 = res[name]
+        assert i8["done"]["changed"] and i8["done"]["then"][0]["changed"] and i8["input"] == "float32"
+        assert i8["kinds"][:4] == ["ADD", "SPACE_TO_DEPTH", "CONV_2D", "QUANTIZE"], i8
+        assert i8["max_abs_diff_steps"] <= 3, i8  # the front's roundings gone, the rest unchanged
+    # the 1 x 1 conv form: its conv folded into an ADD after its zero pad was dropped
+    conv = res["int8conv"]
+    assert conv["source_kinds"][:3] == ["QUANTIZE", "CONV_2D", "PAD"], conv["source_kinds"]
+    assert conv["done"]["then"][0]["op"] == "none" and conv["done"]["then"][1]["changed"]
+    assert len(conv["kinds"]) == len(conv["source_kinds"]) - 1
