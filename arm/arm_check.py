@@ -33,6 +33,7 @@ ESTIMATED = (
     "int8.s2d.ort.onnx",
     "fp32.tflite",
     "int8.full.tflite",
+    "int8.mixed.tflite",
 )
 
 
