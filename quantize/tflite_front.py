@@ -276,8 +276,10 @@ def _why_not_front(model: Any, g: Any) -> tuple[str, int]:
                 return f"op {k} (CONV_2D) shares its weights or bias", -1
             if int(w.shape[1]) * int(w.shape[2]) > 1:
                 return "", k
-        if kind == "PADV2" and _data(model, g.tensors[op.inputs[2]]) is None:
-            return f"op {k} (PADV2) has no constant pad value", -1
+        if kind == "PADV2":
+            cv, out = g.tensors[op.inputs[2]], g.tensors[op.outputs[0]]
+            if cv.type != T.INT8 or _data(model, cv) is None or out.quantization is None:
+                return f"op {k} (PADV2) has no int8 constant pad value", -1
         prev = op.outputs[0]
     return "no spatial CONV_2D", -1
 
