@@ -84,6 +84,8 @@ for name in ("padv2", "pad0", "asymmetric"):
         a, _ = run(src, x); b, _ = run(dst, x)
         entry.update(max_abs_diff=float(np.abs(a - b).max()), kinds=kinds(dst), scale=float(np.abs(a).max()))
     res[name] = entry
+refused = rewrite(__import__("pathlib").Path(f"{d}/padv2.tflite"), __import__("pathlib").Path(f"{d}/no.tflite"), "float-front")
+res["float_front_on_float"] = {"done": refused, "written": __import__("os").path.exists(f"{d}/no.tflite")}
 for name, c in (("int8", 2), ("int8conv", 1)):
     src, dst = f"{d}/{name}.tflite", f"{d}/{name}.mixed.tflite"
     done = rewrite(__import__("pathlib").Path(src), __import__("pathlib").Path(dst), "float-front")
@@ -117,6 +119,8 @@ def test_tflite_front_passes_on_synthetic_graphs(tmp_path):
     asym = res["asymmetric"]  # refused, and says why; the source is untouched, nothing written
     assert not asym["done"]["changed"] and "same pad" in asym["done"]["why"]
     assert asym["source_untouched"] and not asym["written"]
+    ff = res["float_front_on_float"]  # a float graph has no int8 front: refused, nothing written
+    assert not ff["done"]["changed"] and "not QUANTIZEd" in ff["done"]["why"] and not ff["written"]
     for name in ("int8", "int8conv"):
         i8 = res[name]
         assert i8["done"]["changed"] and i8["done"]["then"][0]["changed"] and i8["input"] == "float32"
