@@ -170,12 +170,13 @@ def pad_into_conv(model: Any) -> dict[str, Any]:
     """The first match in subgraph 0, rewritten in place; what was done (or why not)."""
     g = model.subgraphs[0]
     readers = _readers(g)
-    why = "no PAD or PADV2"
+    whys = []
     for j, op in enumerate(g.operators):
         if _kind(model, op) not in ("PAD", "PADV2"):
             continue
         why, m = _why_not_pad(model, g, j, readers)
         if why:
+            whys.append(f"op {j}: {why}")
             continue
         schema, _ = _schema()
         conv, chain, c = m["conv"], m["chain"], m["c"]
@@ -218,7 +219,7 @@ def pad_into_conv(model: Any) -> dict[str, Any]:
             "kernel": m["kernel"],
             "op": "ADD" if c != 0.0 else "none",
         }
-    return {"pass": "pad-into-conv", "changed": False, "why": why}
+    return {"pass": "pad-into-conv", "changed": False, "why": "; ".join(whys) or "no PAD or PADV2"}
 
 
 def _dequantized(model: Any, t: Any) -> np.ndarray:

@@ -81,6 +81,14 @@ def test_int8_meets_the_tolerances(third, monkeypatch):
     assert ort["ort_target"]["check"]["max_abs_logit_diff_vs_source"] == 0.0
     tfl = _json(onnx_dir / f"{NAME}.tflite.json")
     assert tfl["failures"] == [] and set(tfl["checks"]) == {"ai-edge-litert", "tflite-runtime"}
+    # the float-front twin: made and checked where the pass matches its published form (the folded
+    # one: pad + 3x3 conv); the 1x1-conv form, a depthwise conv next, gets none (it used to fail the stage)
+    if "int8.mixed" in tfl["outputs"]:
+        assert (onnx_dir / f"{NAME}.int8.mixed.tflite").is_file()
+        assert all("int8_mixed" in c for c in tfl["checks"].values())
+    else:
+        assert not (onnx_dir / f"{NAME}.int8.mixed.tflite").exists()
+        assert tfl["outputs"]["int8.full"]["float_front"]["why"]
 
 
 def test_evaluate_bench_and_bundle(third):
