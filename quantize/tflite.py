@@ -290,6 +290,8 @@ def _settle_int8_full(staged: Path, name: str, rec: dict[str, Any]) -> None:
     """The checked full-int8 form becomes <name>.int8.full.tflite and its float-front twin
     <name>.int8.mixed.tflite; the other form's files are not published."""
     chosen = rec.get("int8_full_form", {}).get("file") == FALLBACK
+    if chosen:  # the folded form's twin goes with its form (the conv form's, if made, takes its name)
+        rec["outputs"].pop(MIXED["int8.full"], None)
     for tag in (FALLBACK, MIXED[FALLBACK]):
         out = rec["outputs"].pop(tag, None)
         if out is not None and chosen:
@@ -476,6 +478,9 @@ def check_tflite(
                 if _key(tag) in c:
                     c[_key(folded)], c[_key(folded) + "_folded"] = c.pop(_key(tag)), c.get(_key(folded))
                     c[_cross_key(folded)] = c.pop(_cross_key(tag), None)
+                elif _key(folded) in c:  # no twin of the conv form: the folded one's is evidence only
+                    c[_key(folded) + "_folded"] = c.pop(_key(folded))
+                    c.pop(_cross_key(folded), None)
     return {"checks": checks, "failures": failures, "int8_full_form": form}
 
 

@@ -895,6 +895,21 @@ def test_full_int8_is_the_folded_file_unless_only_the_1x1_conv_form_passes(
         assert (staged / "m.int8.mixed.tflite").read_bytes() == b"conv form, float front"
 
 
+def test_the_folded_forms_twin_is_not_published_beside_the_1x1_conv_form(tmp_path):
+    # the pass matched the folded form only: the conv form is published, with no twin
+    from lenet_edge.quantize import tflite
+
+    for tag in ("int8.full", tflite.FALLBACK, "int8.mixed"):
+        (tmp_path / f"m.{tag}.tflite").write_bytes(tag.encode())
+    rec = {
+        "outputs": {t: {"file": f"m.{t}.tflite"} for t in ("int8.full", tflite.FALLBACK, "int8.mixed")},
+        "int8_full_form": {"file": tflite.FALLBACK},
+    }
+    tflite._settle_int8_full(tmp_path, "m", rec)
+    assert set(rec["outputs"]) == {"int8.full"}
+    assert (tmp_path / "m.int8.full.tflite").read_bytes() == tflite.FALLBACK.encode()
+
+
 def test_a_float_front_twin_that_fails_its_checks_fails_the_stage(tmp_path, monkeypatch):
     from lenet_edge.quantize import tflite
 
