@@ -53,12 +53,28 @@ def _why_not(model: Any, op: Any, buffer_uses: dict[int, int]) -> str:
     return ""
 
 
+def buffer_uses(g: Any) -> dict[int, int]:
+    """How many tensors of subgraph `g` name each buffer (a shared buffer must not be edited)."""
+    n: dict[int, int] = {}
+    for t in g.tensors:
+        n[t.buffer] = n.get(t.buffer, 0) + 1
+    return n
+
+
+def read_tflite(path: Path) -> Any:
+    """The flatbuffer object model of `path`; unreadable bytes are one ConversionError."""
+    _, fbu = _schema()
+    try:
+        return fbu.read_model(str(path))
+    except Exception as e:  # the flatbuffer reader raises whatever the bytes make it raise
+        why = f"{type(e).__module__}.{type(e).__name__}: {str(e)[:120]}".removeprefix("builtins.")
+        raise ConversionError(f"{path}: not a readable .tflite file ({why})") from e
+
+
 def fc_weights_per_tensor(model: Any) -> list[dict[str, Any]]:
     """Rewrite each eligible FULLY_CONNECTED of subgraph 0 in place; one entry per such layer."""
     g = model.subgraphs[0]
-    buffer_uses: dict[int, int] = {}
-    for t in g.tensors:
-        buffer_uses[t.buffer] = buffer_uses.get(t.buffer, 0) + 1
+    uses = buffer_uses(g)
     done = []
     k = 0
     for op in g.operators:
@@ -66,7 +82,7 @@ def fc_weights_per_tensor(model: Any) -> list[dict[str, Any]]:
             continue
         label = f"FULLY_CONNECTED:{k}"
         k += 1
-        why = _why_not(model, op, buffer_uses)
+        why = _why_not(model, op, uses)
         if why:
             done.append({"layer": label, "changed": False, "why": why})
             continue
@@ -90,11 +106,7 @@ def fc_weights_per_tensor(model: Any) -> list[dict[str, Any]]:
 def rewrite(path: Path) -> list[dict[str, Any]]:
     """Per-tensor FC weights in the .tflite at `path`, written back atomically."""
     _, fbu = _schema()
-    try:
-        model = fbu.read_model(str(path))
-    except Exception as e:  # the flatbuffer reader raises whatever the bytes make it raise
-        why = f"{type(e).__module__}.{type(e).__name__}: {str(e)[:120]}".removeprefix("builtins.")
-        raise ConversionError(f"{path}: not a readable .tflite file ({why})") from e
+    model = read_tflite(path)
     done = fc_weights_per_tensor(model)
     if any(d["changed"] for d in done):
         write_bytes_atomic(path, bytes(fbu.convert_object_to_bytearray(model)))

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from lenet_edge.quantize.litert_search import _kind, _schema
+from lenet_edge.quantize.tflite_edit import buffer_uses, read_tflite
 from lenet_edge.runtime.cli import parser, run
 from lenet_edge.runtime.errors import ConversionError
 from lenet_edge.runtime.files import write_bytes_atomic
@@ -64,13 +65,6 @@ def _readers(g: Any) -> dict[int, int]:
                 n[i] = n.get(i, 0) + 1
     for i in g.outputs:
         n[i] = n.get(i, 0) + 1
-    return n
-
-
-def _buffer_uses(g: Any) -> dict[int, int]:
-    n: dict[int, int] = {}
-    for t in g.tensors:
-        n[t.buffer] = n.get(t.buffer, 0) + 1
     return n
 
 
@@ -152,7 +146,7 @@ def _why_not_pad(model: Any, g: Any, j: int, readers: dict[int, int]) -> tuple[s
     w, bias = g.tensors[conv.inputs[1]], g.tensors[conv.inputs[2]]
     if w.type != T.FLOAT32 or bias.type != T.FLOAT32 or _data(model, w) is None or _data(model, bias) is None:
         return "conv weights or bias not float constants", {}
-    if _buffer_uses(g).get(bias.buffer, 0) != 1:
+    if buffer_uses(g).get(bias.buffer, 0) != 1:
         return "conv bias shared", {}
     kh, kw = int(w.shape[1]), int(w.shape[2])
     if o.padding != schema.Padding.VALID or (o.strideH, o.strideW) != (1, 1):
@@ -272,7 +266,7 @@ def _why_not_front(model: Any, g: Any) -> tuple[str, int]:
                 or _data(model, b) is None
             ):
                 return f"op {k} (CONV_2D) has no int8 weights with an int32 bias", -1
-            uses = _buffer_uses(g)
+            uses = buffer_uses(g)
             if uses.get(w.buffer, 0) != 1 or uses.get(b.buffer, 0) != 1:
                 return f"op {k} (CONV_2D) shares its weights or bias", -1
             if int(w.shape[1]) * int(w.shape[2]) > 1:
@@ -359,7 +353,7 @@ def _why_not_affine(model: Any, g: Any, j: int, readers: dict[int, int]) -> tupl
     ):
         return "not read by one CONV_2D (through at most a SPACE_TO_DEPTH)", None
     cw = g.tensors[ops[k].inputs[1]]
-    if cw.type != T.FLOAT32 or _data(model, cw) is None or _buffer_uses(g).get(cw.buffer, 0) != 1:
+    if cw.type != T.FLOAT32 or _data(model, cw) is None or buffer_uses(g).get(cw.buffer, 0) != 1:
         return "the next conv's weights are not float constants of its own", None
     return "", ops[k]
 
@@ -395,19 +389,10 @@ def fold_affine_1x1(model: Any) -> dict[str, Any]:
     return {"pass": "fold-affine-1x1", "changed": False, "why": why}
 
 
-def _read(path: Path) -> Any:
-    _, fbu = _schema()
-    try:
-        return fbu.read_model(str(path))
-    except Exception as e:  # the flatbuffer reader raises whatever the bytes make it raise
-        why = f"{type(e).__module__}.{type(e).__name__}: {str(e)[:120]}".removeprefix("builtins.")
-        raise ConversionError(f"{path}: not a readable .tflite file ({why})") from e
-
-
 def rewrite(src: Path, dest: Path, which: str) -> dict[str, Any]:
     """Pass `which` on `src`, written to `dest` atomically when it changed something."""
     _, fbu = _schema()
-    model = _read(src)
+    model = read_tflite(src)
     done = pad_into_conv(model) if which == "pad-into-conv" else float_front(model)
     if done["changed"]:
         write_bytes_atomic(dest, bytes(fbu.convert_object_to_bytearray(model)))
