@@ -118,6 +118,7 @@ OURS = $(ONNX_DIR)/floor.onnx $(foreach m,$(MODEL_NAMES),\
   $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.ort.onnx \
   $(ONNX_DIR)/$(m).int8.fold.ort.onnx \
   $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite $(ONNX_DIR)/$(m).int8.mixed.tflite \
+  $(ONNX_DIR)/$(m).int8.fc.tflite \
   $(ONNX_DIR)/$(m).int8.dynamic.tflite)
 STOCK = $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).stock.int8.qdq.onnx \
   $(foreach t,fp32 fp16 int8.dynamic int8.full,$(ONNX_DIR)/$(m).stock.$(t).tflite))
@@ -125,7 +126,8 @@ DEPLOY_MODELS = $(ONNX_DIR)/floor.onnx $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(
   $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).fp32.s2d.onnx \
   $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.ort.onnx \
   $(ONNX_DIR)/$(m).int8.fold.ort.onnx \
-  $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite $(ONNX_DIR)/$(m).int8.mixed.tflite)
+  $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite $(ONNX_DIR)/$(m).int8.mixed.tflite \
+  $(ONNX_DIR)/$(m).int8.fc.tflite)
 # The benchmark and the bundle run in the device-like environment: numpy 1.26, onnxruntime and
 # both TFLite interpreters, so ORT and TFLite are measured side by side in one run.
 DEV_PY := .venv-device/bin/python

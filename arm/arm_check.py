@@ -34,6 +34,7 @@ ESTIMATED = (
     "fp32.tflite",
     "int8.full.tflite",
     "int8.mixed.tflite",
+    "int8.fc.tflite",
 )
 
 

@@ -141,13 +141,26 @@ FOLD_AGREEMENT_MIN = 0.999
 FALLBACK_OUTPUTS = {FALLBACK: ("int8", "model_full_integer_quant.tflite")}
 # full-int8 files whose FULLY_CONNECTED weights become per-tensor (quantize/tflite_edit.py)
 FC_PER_TENSOR = ("int8.full", FALLBACK)
-# Each full-int8 form gets a float-front twin (quantize/tflite_front.py: the input through the
-# first spatial conv in float, the rest int8); the twin of the published form is published as
-# <model>.int8.mixed.tflite, checked like the full-int8 file (tolerances and the rewrite's 99.9 %
-# agreement); which one a target runs is `select`'s measurement. lenet-edge's FP32 and
-# dynamic-range files (float activations) get the pad moved into their first conv
-# (pad-into-conv), checked as before (FP32 against ONNX, dynamic-range against tolerances).
-MIXED = {"int8.full": "int8.mixed", FALLBACK: "int8.mixed.conv"}
+# Each full-int8 form gets two float-front twins (quantize/tflite_front.py), one per reach: the
+# input through the first spatial conv in float, the rest int8 (<model>.int8.mixed.tflite), and
+# through the last conv of the leading conv/pool chain, only the layers after it (the fully
+# connected ones) int8 (<model>.int8.fc.tflite; made only where that reaches past the first
+# conv). The twins of the published form are published, each checked like the full-int8 file
+# (tolerances and the rewrite's 99.9 % agreement); which one a target runs is `select`'s
+# measurement (XNNPACK 2.14: AVX2 kernels favour the first, AVX-512 ones the second).
+# lenet-edge's FP32 and dynamic-range files (float activations) get the pad moved into their first
+# conv (pad-into-conv), checked as before (FP32 against ONNX, dynamic-range against tolerances).
+FRONTS = {"int8.mixed": "first", "int8.fc": "convs"}  # the folded form's twin -> its front's reach
+
+
+def twin(form: str, tag: str) -> str:
+    """The tag of full-int8 `form`'s twin `tag` (a FRONTS key): the 1x1-conv form's end in .conv."""
+    return tag if form == "int8.full" else f"{tag}.conv"
+
+
+TWINS = {form: [twin(form, t) for t in FRONTS] for form in ("int8.full", FALLBACK)}
+# what each file of the 1x1-conv form is published as when that form is chosen
+AS_FOLDED = {FALLBACK: "int8.full", **{twin(FALLBACK, t): t for t in FRONTS}}
 PAD_INTO_CONV = ("fp32", "int8.dynamic")
 STOCK_OUTPUTS = {
     "stock.fp32": ("stock", "model_float32.tflite"),
@@ -244,13 +257,14 @@ def convert_tflite(
                 if tag in PAD_INTO_CONV:
                     extra["pad_into_conv"] = _front_in_device_env("pad-into-conv", [dest], device_venv)
                 outputs[tag] = _output(dest, target, extra)
-                if tag in MIXED:
-                    mixed = out_dir / f"{name}.{MIXED[tag]}.tflite"
-                    done = _front_in_device_env("float-front", [dest, mixed], device_venv)
+                for front, reach in FRONTS.items() if tag in TWINS else ():
+                    mixed_tag = twin(tag, front)
+                    mixed = out_dir / f"{name}.{mixed_tag}.tflite"
+                    done = _front_in_device_env("float-front", [dest, mixed], device_venv, ["--reach", reach])
                     if done["changed"]:
-                        outputs[MIXED[tag]] = _output(mixed, target, {"float_front": done, "from": tag})
-                    else:  # a graph the pass does not match (a depthwise first layer): no twin, and why
-                        outputs[tag]["float_front"] = done
+                        outputs[mixed_tag] = _output(mixed, target, {"float_front": done, "from": tag})
+                    else:  # a graph the pass does not match (a depthwise layer next): no twin, and why
+                        outputs[tag].setdefault("float_front", {})[mixed_tag] = done
         sources[target] = {
             "passes": list(passes),
             "normalisation": "folded into the first conv"
@@ -287,15 +301,15 @@ def _output(path: Path, target: str, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _settle_int8_full(staged: Path, name: str, rec: dict[str, Any]) -> None:
-    """The checked full-int8 form becomes <name>.int8.full.tflite and its float-front twin
-    <name>.int8.mixed.tflite; the other form's files are not published."""
+    """The checked full-int8 form becomes <name>.int8.full.tflite and its float-front twins
+    <name>.int8.mixed.tflite and <name>.int8.fc.tflite; the other form's files are not published."""
     chosen = rec.get("int8_full_form", {}).get("file") == FALLBACK
-    if chosen:  # the folded form's twin goes with its form (the conv form's, if made, takes its name)
-        rec["outputs"].pop(MIXED["int8.full"], None)
-    for tag in (FALLBACK, MIXED[FALLBACK]):
+    if chosen:  # the folded form's twins go with their form (the conv form's, if made, take their names)
+        for tag in TWINS["int8.full"]:
+            rec["outputs"].pop(tag, None)
+    for tag, dest in AS_FOLDED.items():
         out = rec["outputs"].pop(tag, None)
         if out is not None and chosen:
-            dest = "int8.full" if tag == FALLBACK else MIXED["int8.full"]
             os.replace(staged / out["file"], staged / f"{name}.{dest}.tflite")
             rec["outputs"][dest] = {**out, "file": f"{name}.{dest}.tflite"}
 
@@ -345,12 +359,15 @@ def _fc_per_tensor_in_device_env(path: Path, venv: Path) -> list[dict[str, Any]]
     return _json_from_device_env(tflite_edit.__name__, ["--", str(path)], venv, what)
 
 
-def _front_in_device_env(which: str, paths: list[Path], venv: Path) -> dict[str, Any]:
-    """quantize.tflite_front `which` on `paths` in the device environment."""
+def _front_in_device_env(
+    which: str, paths: list[Path], venv: Path, flags: list[str] | None = None
+) -> dict[str, Any]:
+    """quantize.tflite_front `which` (with `flags`) on `paths` in the device environment."""
     from lenet_edge.quantize import tflite_front
 
     what = f"{paths[0].name}: {which}"
-    return _json_from_device_env(tflite_front.__name__, [which, "--", *map(str, paths)], venv, what)
+    args = [which, *(flags or []), "--", *map(str, paths)]
+    return _json_from_device_env(tflite_front.__name__, args, venv, what)
 
 
 def _evaluate_in_device_env(
@@ -393,10 +410,10 @@ def check_tflite(
     The .tflite files are read from `tflite_dir` (the staging folder, before they are published)."""
     tflite_dir = tflite_dir or onnx_dir
     fp32_onnx = onnx_dir / f"{name}.fp32.onnx"
-    every = (*OUTPUTS, *STOCK_OUTPUTS, FALLBACK, *MIXED.values())
+    every = (*OUTPUTS, *STOCK_OUTPUTS, FALLBACK, *TWINS["int8.full"], *TWINS[FALLBACK])
     f = {tag: tflite_dir / f"{name}.{tag}.tflite" for tag in every}
     forms = ["int8.full"] + ([FALLBACK] if f[FALLBACK].is_file() else [])
-    int8_tags = forms + [MIXED[t] for t in forms if f[MIXED[t]].is_file()]
+    int8_tags = forms + [m for t in forms for m in TWINS[t] if f[m].is_file()]
     ort_int8 = onnx_dir / f"{name}.int8.qdq.onnx"
     checks: dict[str, Any] = {}
     failures: list[str] = []
@@ -462,10 +479,10 @@ def check_tflite(
             + "; ".join(conv or ["not made"])
             + ")"
         )
-    # the published form's float-front twin must pass as its form did: tolerances, and the
+    # the published form's float-front twins must pass as its form did: tolerances, and the
     # rewrite's bar unless the form itself was published under it (its "why" says so)
-    mixed, waived = MIXED[form["file"]], form["file"] == "int8.full" and "why" in form
-    if mixed in int8_failed:
+    waived = form["file"] == "int8.full" and "why" in form
+    for mixed in (m for m in TWINS[form["file"]] if m in int8_failed):
         failures += int8_failed[mixed] + [
             f"{name} ({interp} {mixed}): agreement with FP32 {100 * c[_key(mixed)]['agreement_with_fp32']:.2f} % "
             f"< {100 * FOLD_AGREEMENT_MIN:.1f} % (a rewrite's bar)"
@@ -474,7 +491,7 @@ def check_tflite(
         ]
     if form["file"] == FALLBACK:  # "int8_full" is what is published; the other form stays as evidence
         for c in checks.values():
-            for tag, folded in ((FALLBACK, "int8.full"), (MIXED[FALLBACK], MIXED["int8.full"])):
+            for tag, folded in AS_FOLDED.items():
                 if _key(tag) in c:
                     c[_key(folded)], c[_key(folded) + "_folded"] = c.pop(_key(tag)), c.get(_key(folded))
                     c[_cross_key(folded)] = c.pop(_cross_key(tag), None)
@@ -581,11 +598,11 @@ def main(argv: list[str] | None = None) -> int:
                         if cross
                         else ""
                     )
-                    + (
-                        f"; float-front twin top-1 {100 * c['int8_mixed']['top1']:.2f} % "
-                        f"(agreement {100 * c['int8_mixed']['agreement_with_fp32']:.2f} %)"
-                        if "int8_mixed" in c
-                        else ""
+                    + "".join(
+                        f"; float-front twin {t} top-1 {100 * c[_key(t)]['top1']:.2f} % "
+                        f"(agreement {100 * c[_key(t)]['agreement_with_fp32']:.2f} %)"
+                        for t in FRONTS
+                        if _key(t) in c
                     )
                     + (
                         f"; dynamic-range top-1 {100 * c['int8_dynamic']['top1']:.2f} % "

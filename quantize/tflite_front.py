@@ -18,6 +18,16 @@ float-front (full-int8 files whose input is QUANTIZEd): the ops from the input t
   pad-into-conv and fold-affine-1x1. Why: that conv, after space-to-depth, has 4 input channels,
   and XNNPACK's int8 kernels took 6.7 us for it against 3.4 us in float (Xeon, tflite-runtime
   2.14); the uint8 input QUANTIZE also ran outside XNNPACK, a float -> int8 QUANTIZE runs inside.
+  With --reach convs the front goes on through the last spatial conv of the chain of convs, pads,
+  space/depth reorders and max pools that starts at the input (each conv's weights dequantized the
+  same way; a max pool and a reorder are exact in float), so only the layers after it (the fully
+  connected ones, in LeNet) run int8. Why: XNNPACK 2.14's AVX-512 float convs beat its int8 ones at
+  these shapes, its int8 FULLY_CONNECTED beats float (lenet_stride on the Xeon, probe: 21.3 us with
+  the first conv in float, 19.3 us with every conv, FP32 21.6); with AVX2 kernels the first-conv
+  front wins (25.7 against 36.3 us). Which one a target runs is `select`'s measurement.
+  In either reach each front conv keeps the file's int8 weights behind a DEQUANTIZE op (the
+  interpreter dequantizes a constant once, at load, and XNNPACK takes the result as static
+  weights: the same speed as float weights, probe), so a float front costs no file size.
 fold-affine-1x1 (in the float front): a float 1 x 1 CONV_2D with one input and one output channel
   and no activation (y = a x + c, the normalisation kept as a conv) read only by [SPACE_TO_DEPTH
   ->] CONV_2D -> ADD(c / a), and that conv's weights x a. Exact; one op fewer (lenet_pool's
@@ -26,7 +36,7 @@ A graph that does not match is left as it is, and the result says why. The files
 afterwards like any other (quantize.tflite: FP32 against ONNX, INT8 against tolerances).
 
 `python -m lenet_edge.quantize.tflite_front pad-into-conv FILE` rewrites FILE (pad-into-conv only);
-`... float-front SRC DEST` writes DEST; each prints what it did as JSON.
+`... float-front SRC DEST [--reach first|convs]` writes DEST; each prints what it did as JSON.
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ from lenet_edge.runtime.errors import ConversionError
 from lenet_edge.runtime.files import write_bytes_atomic
 
 LAYOUT = ("PAD", "PADV2", "SPACE_TO_DEPTH")  # ops a float front may hold besides its convs
+POOLS = ("MAX_POOL_2D", "DEPTH_TO_SPACE")  # and, reaching past the first conv, these (exact in float)
+REACH = ("first", "convs")
 
 
 def _data(model: Any, t: Any) -> bytes | None:
@@ -68,15 +80,15 @@ def _readers(g: Any) -> dict[int, int]:
     return n
 
 
-def _opcode(model: Any, kind: str) -> int:
-    """The operator-code index of builtin `kind`, added if the file has none."""
+def _opcode(model: Any, kind: str, version: int = 1) -> int:
+    """The operator-code index of builtin `kind` at `version` or above, added if the file has none."""
     schema, fbu = _schema()
     code = getattr(schema.BuiltinOperator, kind)
     for i, oc in enumerate(model.operatorCodes):
-        if fbu.get_builtin_code_from_operator_code(oc) == code:
+        if fbu.get_builtin_code_from_operator_code(oc) == code and oc.version >= version:
             return i
     oc = schema.OperatorCodeT()
-    oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), 1
+    oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), version
     model.operatorCodes.append(oc)
     return len(model.operatorCodes) - 1
 
@@ -235,62 +247,89 @@ def _as_float(t: Any) -> None:
     t.type, t.quantization = schema.TensorType.FLOAT32, None
 
 
-def _why_not_front(model: Any, g: Any) -> tuple[str, int]:
-    """'' and the index of the last front op (the spatial conv), or why the file has no float front."""
+def _why_not_conv(model: Any, g: Any, k: int) -> str:
+    """'' if CONV_2D k has int8 weights and an int32 bias of its own (a float front can take it)."""
     schema, _ = _schema()
     T = schema.TensorType
+    op = g.operators[k]
+    w = g.tensors[op.inputs[1]]
+    b = g.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    if (
+        w.type != T.INT8
+        or b is None
+        or b.type != T.INT32
+        or _data(model, w) is None
+        or _data(model, b) is None
+    ):
+        return f"op {k} (CONV_2D) has no int8 weights with an int32 bias"
+    uses = buffer_uses(g)
+    if uses.get(w.buffer, 0) != 1 or uses.get(b.buffer, 0) != 1:
+        return f"op {k} (CONV_2D) shares its weights or bias"
+    return ""
+
+
+def _spatial(g: Any, op: Any) -> bool:
+    w = g.tensors[op.inputs[1]]
+    return int(w.shape[1]) * int(w.shape[2]) > 1
+
+
+def _why_not_front(model: Any, g: Any, reach: str = "first") -> tuple[str, int]:
+    """'' and the index of the last front op (a spatial conv), or why the file has no such float front.
+    reach "first": through the first conv with a kernel > 1 x 1 (layout ops and 1 x 1 convs before
+    it); "convs": through the last spatial conv of the chain of convs, layout ops and max pools that
+    starts at the input (refused when that is the first one: the same front as "first")."""
+    schema, _ = _schema()
     ops = g.operators
     if len(g.inputs) != 1 or not ops or _kind(model, ops[0]) != "QUANTIZE" or ops[0].inputs[0] != g.inputs[0]:
         return "the input is not QUANTIZEd by the first op", -1
-    q_out = g.tensors[ops[0].outputs[0]]
-    if q_out.type != T.INT8:
+    if g.tensors[ops[0].outputs[0]].type != schema.TensorType.INT8:
         return "the input QUANTIZE does not write int8", -1
     readers = _readers(g)
-    prev = ops[0].outputs[0]
+    allowed = (*LAYOUT, "CONV_2D") + (POOLS if reach == "convs" else ())
+    prev, spatial, end = ops[0].outputs[0], [], ""
     for k in range(1, len(ops)):
         op, kind = ops[k], _kind(model, ops[k])
         if op.inputs[0] != prev or readers.get(prev, 0) != 1:
-            return f"op {k} ({kind}) is not the next link of one chain from the input", -1
-        if kind not in (*LAYOUT, "CONV_2D"):
-            return f"op {k} ({kind}) comes before any spatial conv", -1
+            end = f"op {k} ({kind}) is not the next link of one chain from the input"
+            break
+        if kind not in allowed:
+            end = f"op {k} ({kind}) comes before any spatial conv" if not spatial else f"op {k} ({kind})"
+            break
         if kind == "CONV_2D":
-            w, b = (
-                g.tensors[op.inputs[1]],
-                g.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None,
-            )
-            if (
-                w.type != T.INT8
-                or b is None
-                or b.type != T.INT32
-                or _data(model, w) is None
-                or _data(model, b) is None
-            ):
-                return f"op {k} (CONV_2D) has no int8 weights with an int32 bias", -1
-            uses = buffer_uses(g)
-            if uses.get(w.buffer, 0) != 1 or uses.get(b.buffer, 0) != 1:
-                return f"op {k} (CONV_2D) shares its weights or bias", -1
-            if int(w.shape[1]) * int(w.shape[2]) > 1:
-                return "", k
+            why = _why_not_conv(model, g, k)
+            if why:
+                end = why
+                break
+            if _spatial(g, op):
+                spatial.append(k)
+                if reach == "first":
+                    return "", k
         if kind == "PADV2":
             cv, out = g.tensors[op.inputs[2]], g.tensors[op.outputs[0]]
-            if cv.type != T.INT8 or _data(model, cv) is None or out.quantization is None:
-                return f"op {k} (PADV2) has no int8 constant pad value", -1
+            if cv.type != schema.TensorType.INT8 or _data(model, cv) is None or out.quantization is None:
+                end = f"op {k} (PADV2) has no int8 constant pad value"
+                break
         prev = op.outputs[0]
-    return "no spatial CONV_2D", -1
+    if not spatial:
+        return end or "no spatial CONV_2D", -1
+    if len(spatial) == 1:  # reach "convs" with one spatial conv in the chain
+        return f"one spatial conv before {end or 'the end'}: the same front as the first conv's", -1
+    return "", spatial[-1]
 
 
-def float_front(model: Any) -> dict[str, Any]:
-    """The float front of a full-int8 model, in place; what was done (or why not)."""
-    schema, _ = _schema()
+def float_front(model: Any, reach: str = "first") -> dict[str, Any]:
+    """The float front of a full-int8 model, in place, through the first spatial conv or (reach
+    "convs") the last of the leading chain; what was done (or why not)."""
     g = model.subgraphs[0]
-    why, last = _why_not_front(model, g)
+    why, last = _why_not_front(model, g, reach)
     if why:
-        return {"pass": "float-front", "changed": False, "why": why}
+        return {"pass": "float-front", "reach": reach, "changed": False, "why": why}
     quantize, front = g.operators[0], g.operators[1 : last + 1]
     x = g.inputs[0]
     front[0].inputs = [x, *list(front[0].inputs)[1:]]
     _as_float(g.tensors[x])
-    kinds = []
+    kinds: list[str] = []
+    kept: dict[int, tuple[np.ndarray, Any]] = {}  # each front conv's int8 weights, as the file had them
     for op in front:
         kind = _kind(model, op)
         kinds.append(kind)
@@ -301,6 +340,8 @@ def float_front(model: Any) -> dict[str, Any]:
             _set_data(model, cv, np.array([real], np.float32).reshape([int(s) for s in cv.shape] or [1]))
             _as_float(cv)
         if kind == "CONV_2D":
+            w = g.tensors[op.inputs[1]]
+            kept[id(op)] = (np.frombuffer(_data(model, w), np.int8).copy(), copy.deepcopy(w.quantization))
             for i in op.inputs[1:3]:
                 t = g.tensors[i]
                 real = _dequantized(model, t)
@@ -319,7 +360,61 @@ def float_front(model: Any) -> dict[str, Any]:
     quantize.inputs, quantize.outputs = [len(g.tensors) - 1], [int8_out]
     g.operators = [*front, quantize, *g.operators[last + 1 :]]
     then = [pad_into_conv(model), fold_affine_1x1(model)]
-    return {"pass": "float-front", "changed": True, "front": kinds, "then": then}
+    weights = _weights_behind_dequantize(model, g, kept)
+    return {
+        "pass": "float-front",
+        "reach": reach,
+        "changed": True,
+        "front": kinds,
+        "then": then,
+        "weights": weights,
+    }
+
+
+def _weights_behind_dequantize(model: Any, g: Any, kept: dict[int, tuple[np.ndarray, Any]]) -> dict[str, Any]:
+    """Each front conv's float weights stored as the file's own int8 again, behind a DEQUANTIZE
+    (run once, at load: the interpreter's kernel dequantizes a constant input in Prepare, and
+    XNNPACK takes the result as static weights), so the float front costs no file size. The scale
+    per output channel is re-derived from the float weights (the 1 x 1 fold multiplied them by a)
+    and used only if q x scale gives them back to float32 rounding; otherwise they stay float."""
+    schema, _ = _schema()
+    done, kept_float = 0, []
+    for op in [op for op in g.operators if id(op) in kept]:
+        q, quant = kept[id(op)]
+        w = g.tensors[op.inputs[1]]
+        real = np.frombuffer(_data(model, w), np.float32).astype(np.float64).reshape(-1)
+        axis = int(quant.quantizedDimension or 0) if len(quant.scale) > 1 else 0
+        shape = [int(v) for v in w.shape]
+        qq = np.moveaxis(q.astype(np.float64).reshape(shape), axis, 0).reshape(
+            shape[axis] if len(quant.scale) > 1 else 1, -1
+        )
+        rr = np.moveaxis(real.reshape(shape), axis, 0).reshape(qq.shape)
+        norm = (qq * qq).sum(axis=1)
+        scale = np.where(
+            norm > 0, (qq * rr).sum(axis=1) / np.where(norm > 0, norm, 1), np.asarray(quant.scale, np.float64)
+        )
+        scale32 = scale.astype(np.float32)
+        back = qq * scale32.astype(np.float64)[:, None]
+        tol = 1e-6 * max(float(np.abs(rr).max()), np.finfo(np.float32).tiny)
+        if not (
+            np.all(np.isfinite(scale32)) and np.all(scale32 > 0) and float(np.abs(back - rr).max()) <= tol
+        ):
+            kept_float.append(_kind(model, op))
+            continue
+        f = copy.deepcopy(w)  # the float weights, now computed by the DEQUANTIZE
+        f.buffer, f.name = 0, (w.name or b"") + b"_dequantized"
+        g.tensors.append(f)
+        w.type, w.quantization = schema.TensorType.INT8, copy.deepcopy(quant)
+        w.quantization.scale = [float(v) for v in scale32]
+        w.quantization.zeroPoint = [0] * len(w.quantization.scale)
+        _set_data(model, w, q)
+        deq = schema.OperatorT()
+        deq.opcodeIndex = _opcode(model, "DEQUANTIZE", version=5 if len(quant.scale) > 1 else 2)
+        deq.inputs, deq.outputs = [op.inputs[1]], [len(g.tensors) - 1]
+        op.inputs = [op.inputs[0], len(g.tensors) - 1, *list(op.inputs)[2:]]
+        g.operators.insert(0, deq)
+        done += 1
+    return {"int8_behind_dequantize": done, "kept_float": kept_float}
 
 
 def _why_not_affine(model: Any, g: Any, j: int, readers: dict[int, int]) -> tuple[str, Any]:
@@ -389,11 +484,11 @@ def fold_affine_1x1(model: Any) -> dict[str, Any]:
     return {"pass": "fold-affine-1x1", "changed": False, "why": why}
 
 
-def rewrite(src: Path, dest: Path, which: str) -> dict[str, Any]:
+def rewrite(src: Path, dest: Path, which: str, reach: str = "first") -> dict[str, Any]:
     """Pass `which` on `src`, written to `dest` atomically when it changed something."""
     _, fbu = _schema()
     model = read_tflite(src)
-    done = pad_into_conv(model) if which == "pad-into-conv" else float_front(model)
+    done = pad_into_conv(model) if which == "pad-into-conv" else float_front(model, reach)
     if done["changed"]:
         write_bytes_atomic(dest, bytes(fbu.convert_object_to_bytearray(model)))
     return done
@@ -407,11 +502,18 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("float-front", help="full-int8 SRC -> DEST with its front in float")
     b.add_argument("tflite", type=Path)
     b.add_argument("dest", type=Path)
+    b.add_argument(
+        "--reach",
+        choices=REACH,
+        default="first",
+        help="first: through the first spatial conv (default); convs: through the last conv of the "
+        "chain of convs, pads, space/depth reorders and max pools from the input (int8 from there)",
+    )
     args = p.parse_args(argv)
     if not args.tflite.is_file():
         raise ConversionError(f"{args.tflite}: file not found")
     dest = args.tflite if args.which == "pad-into-conv" else args.dest
-    print(json.dumps(rewrite(args.tflite, dest, args.which)))
+    print(json.dumps(rewrite(args.tflite, dest, args.which, getattr(args, "reach", "first"))))
     return 0
 
 

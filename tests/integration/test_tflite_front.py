@@ -52,6 +52,20 @@ def conv_form(x):
     y = tf.nn.space_to_depth(tf.pad(y, sym), 2)
     return tf.nn.conv2d(tf.nn.relu(tf.nn.conv2d(y, w[:, :, :4], 1, "VALID") + b), w2, 1, "VALID")
 save(conv_form, "int8conv", [1, H, W, 1], full_int8=True)
+# a chain of convs and a max pool, then dense layers: --reach convs takes it all but the dense ones
+w3 = rng.normal(0, 0.3, (3, 3, O, 4)).astype(np.float32)
+d1 = rng.normal(0, 0.3, (48, 6)).astype(np.float32)
+def chain(x):
+    y = tf.nn.space_to_depth(tf.pad(x, sym, constant_values=127.5), 2)
+    y = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(y, w, 1, "VALID") + b), 2, 2, "VALID")
+    y = tf.nn.relu(tf.nn.conv2d(y, w3, 1, "SAME"))
+    return tf.matmul(tf.reshape(y, [-1, 48]), d1)
+save(chain, "chain", [1, 14, 18, C], full_int8=True)
+save(chain, "chain_float", [1, 14, 18, C])
+def one(x):  # one spatial conv before the dense layer: nothing more for --reach convs to take
+    y = tf.nn.relu(tf.nn.conv2d(tf.nn.space_to_depth(tf.pad(x, sym), 2), w, 1, "VALID") + b)
+    return tf.matmul(tf.reshape(y, [-1, 5 * 7 * O]), rng.normal(0, 0.3, (5 * 7 * O, 3)).astype(np.float32))
+save(one, "one", [1, H, W, C], full_int8=True)
 """
 
 RUN = r"""
@@ -86,15 +100,42 @@ for name in ("padv2", "pad0", "asymmetric"):
     res[name] = entry
 refused = rewrite(__import__("pathlib").Path(f"{d}/padv2.tflite"), __import__("pathlib").Path(f"{d}/no.tflite"), "float-front")
 res["float_front_on_float"] = {"done": refused, "written": __import__("os").path.exists(f"{d}/no.tflite")}
-for name, c in (("int8", 2), ("int8conv", 1)):
-    src, dst = f"{d}/{name}.tflite", f"{d}/{name}.mixed.tflite"
-    done = rewrite(__import__("pathlib").Path(src), __import__("pathlib").Path(dst), "float-front")
-    xs = rng.integers(0, 256, (20, 1, 10, 14, c))
+for name, c, reach, hw in (("int8", 2, "first", (10, 14)), ("int8conv", 1, "first", (10, 14)),
+                           ("chain", 2, "convs", (14, 18)), ("int8", 2, "convs", (10, 14))):
+    src, dst = f"{d}/{name}.tflite", f"{d}/{name}.{reach}.tflite"
+    done = rewrite(__import__("pathlib").Path(src), __import__("pathlib").Path(dst), "float-front", reach)
+    xs = rng.integers(0, 256, (20, 1, *hw, c))
     a = np.stack([run(src, x)[0] for x in xs]); b = np.stack([run(dst, x)[0] for x in xs])
     _, in_dtype = run(dst, xs[0])
     step = float(np.abs(a).max()) / 127
-    res[name] = {"done": done, "kinds": kinds(dst), "source_kinds": kinds(src), "input": in_dtype,
-                 "max_abs_diff_steps": float(np.abs(a - b).max()) / step}
+    res[name if reach == "first" else f"{name}.convs"] = {
+        "done": done, "kinds": kinds(dst), "source_kinds": kinds(src), "input": in_dtype,
+        "max_abs_diff_steps": float(np.abs(a - b).max()) / step,
+        "bytes": __import__("os").path.getsize(dst), "source_bytes": __import__("os").path.getsize(src)}
+    if name == "chain":  # against the float graph: the twin lost roundings, it gained no error
+        f = np.stack([run(f"{d}/chain_float.tflite", x)[0] for x in xs])
+        res["chain.convs"].update(int8_vs_float_steps=float(np.abs(a - f).max()) / step,
+                                  twin_vs_float_steps=float(np.abs(b - f).max()) / step)
+# int8 weights that no longer give the float ones back (a spoiled copy): those stay float
+import lenet_edge.quantize.tflite_front as tfm
+honest = tfm._weights_behind_dequantize
+def spoiled(model, g, kept):
+    return honest(model, g, {k: (((q.astype(np.int16) + 1) % 100).astype(np.int8), qp) for k, (q, qp) in kept.items()})
+tfm._weights_behind_dequantize = spoiled
+src = f"{d}/int8.tflite"
+done = rewrite(__import__("pathlib").Path(src), __import__("pathlib").Path(f"{d}/spoiled.tflite"), "float-front")
+x = rng.integers(0, 256, (1, 10, 14, 2))
+res["spoiled"] = {"done": done, "kinds": kinds(f"{d}/spoiled.tflite"),
+                  "same_as_int8_weights": float(np.abs(run(f"{d}/spoiled.tflite", x)[0] - run(f"{d}/int8.first.tflite", x)[0]).max())}
+tfm._weights_behind_dequantize = honest
+for name in ("one", "chain"):  # one spatial conv; reach first on the chain is not reach convs
+    src, dst = f"{d}/{name}.tflite", f"{d}/{name}.refused.tflite"
+    before = open(src, "rb").read()
+    done = rewrite(__import__("pathlib").Path(src), __import__("pathlib").Path(dst), "float-front",
+                   "convs" if name == "one" else "first")
+    res[f"{name}.refusal"] = {"done": done, "written": __import__("os").path.exists(dst),
+                              "source_untouched": open(src, "rb").read() == before,
+                              "kinds": kinds(dst) if done["changed"] else None}
 print(json.dumps(res))
 """
 
@@ -121,6 +162,12 @@ def test_tflite_front_passes_on_synthetic_graphs(tmp_path):
     assert asym["source_untouched"] and not asym["written"]
     ff = res["float_front_on_float"]  # a float graph has no int8 front: refused, nothing written
     assert not ff["done"]["changed"] and "not QUANTIZEd" in ff["done"]["why"] and not ff["written"]
+    for name in ("int8", "int8conv", "chain.convs", "int8.convs"):
+        i8 = res[name]  # each front conv keeps its int8 weights, behind one DEQUANTIZE (run at load)
+        lead = next(k for k, kind in enumerate(i8["kinds"]) if kind != "DEQUANTIZE")
+        assert lead == i8["done"]["weights"]["int8_behind_dequantize"] >= 1, i8
+        assert i8["done"]["weights"]["kept_float"] == [] and i8["bytes"] <= i8["source_bytes"] + 256, i8
+        i8["kinds"] = i8["kinds"][lead:]
     for name in ("int8", "int8conv"):
         i8 = res[name]
         assert i8["done"]["changed"] and i8["done"]["then"][0]["changed"] and i8["input"] == "float32"
@@ -130,4 +177,23 @@ def test_tflite_front_passes_on_synthetic_graphs(tmp_path):
     conv = res["int8conv"]
     assert conv["source_kinds"][:3] == ["QUANTIZE", "CONV_2D", "PAD"], conv["source_kinds"]
     assert conv["done"]["then"][0]["op"] == "none" and conv["done"]["then"][1]["changed"]
-    assert len(conv["kinds"]) == len(conv["source_kinds"]) - 1
+    assert len(conv["kinds"]) == len(conv["source_kinds"]) - 1  # the leading DEQUANTIZEs aside
+    # --reach convs: every conv of the chain (and its max pool) in float, the dense layer int8
+    ch = res["chain.convs"]
+    assert ch["done"]["changed"] and ch["done"]["reach"] == "convs" and ch["input"] == "float32"
+    assert ch["done"]["front"].count("CONV_2D") == 2 and "MAX_POOL_2D" in ch["done"]["front"], ch
+    q = ch["kinds"].index("QUANTIZE")
+    assert ch["kinds"][q - 1] == "CONV_2D" and "FULLY_CONNECTED" in ch["kinds"][q + 1 :], ch["kinds"]
+    assert ch["kinds"][:q].count("CONV_2D") == 2 and "MAX_POOL_2D" in ch["kinds"][:q]
+    # the roundings of three int8 layers gone: the twin is nearer the float graph than the int8 file
+    assert ch["twin_vs_float_steps"] <= ch["int8_vs_float_steps"] and ch["max_abs_diff_steps"] <= 6, ch
+    assert res["int8.convs"]["done"]["front"].count("CONV_2D") == 2  # both convs of the pad graph
+    assert res["int8.convs"]["done"]["weights"]["int8_behind_dequantize"] == 2
+    one = res["one.refusal"]  # one spatial conv before the dense layer: refused, nothing written
+    assert not one["done"]["changed"] and "same front as the first" in one["done"]["why"], one
+    assert not one["written"] and one["source_untouched"]
+    first = res["chain.refusal"]  # reach first on the chain: its first conv only
+    assert first["done"]["front"].count("CONV_2D") == 1 and "MAX_POOL_2D" not in first["done"]["front"]
+    sp = res["spoiled"]  # the check that keeps float weights when int8 would not give them back
+    assert sp["done"]["weights"] == {"int8_behind_dequantize": 0, "kept_float": ["CONV_2D"]}, sp
+    assert "DEQUANTIZE" not in sp["kinds"][:1] and sp["same_as_int8_weights"] <= 1e-6, sp

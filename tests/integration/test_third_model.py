@@ -88,7 +88,7 @@ def test_int8_meets_the_tolerances(third, monkeypatch):
         assert all("int8_mixed" in c for c in tfl["checks"].values())
     else:
         assert not (onnx_dir / f"{NAME}.int8.mixed.tflite").exists()
-        assert tfl["outputs"]["int8.full"]["float_front"]["why"]
+        assert tfl["outputs"]["int8.full"]["float_front"]["int8.mixed"]["why"]
 
 
 def test_evaluate_bench_and_bundle(third):

@@ -849,9 +849,13 @@ def test_full_int8_is_the_folded_file_unless_only_the_1x1_conv_form_passes(
 
     staged = tmp_path / "stage"
     staged.mkdir()
-    # each form's float-front twin agrees as its form does
-    agreement = {"int8.full": folded, "int8.full.conv": conv, "int8.mixed": folded, "int8.mixed.conv": conv}
-    for tag in (*tflite.OUTPUTS, *tflite.STOCK_OUTPUTS, tflite.FALLBACK, *tflite.MIXED.values()):
+    # each form's float-front twins agree as their form does
+    agreement = {"int8.full": folded, "int8.full.conv": conv}
+    agreement |= {t: folded for t in tflite.TWINS["int8.full"]} | {
+        t: conv for t in tflite.TWINS[tflite.FALLBACK]
+    }
+    twins = (*tflite.TWINS["int8.full"], *tflite.TWINS[tflite.FALLBACK])
+    for tag in (*tflite.OUTPUTS, *tflite.STOCK_OUTPUTS, tflite.FALLBACK, *twins):
         (staged / f"m.{tag}.tflite").write_bytes(bytes(300 if tag.endswith("fp32") else 70))
     right = [True] * 9900 + [False] * 100
 
@@ -879,30 +883,35 @@ def test_full_int8_is_the_folded_file_unless_only_the_1x1_conv_form_passes(
     assert ("why" in res["int8_full_form"]) == (folded < 0.999)
     for c in res["checks"].values():
         assert c["int8_full"]["agreement_with_fp32"] == agreement[expect]
-        assert c["int8_mixed"]["agreement_with_fp32"] == agreement[tflite.MIXED[expect]]
-    tags = ("int8.full", tflite.FALLBACK, *tflite.MIXED.values())
+        for t in tflite.FRONTS:
+            assert c[t.replace(".", "_")]["agreement_with_fp32"] == agreement[tflite.twin(expect, t)]
+    tags = ("int8.full", tflite.FALLBACK, *twins)
     rec = {"outputs": {t: {"file": f"m.{t}.tflite", "source": t} for t in tags}, **res}
     (staged / "m.int8.full.conv.tflite").write_bytes(b"conv form")
-    (staged / "m.int8.mixed.conv.tflite").write_bytes(b"conv form, float front")
+    for t in tflite.FRONTS:
+        (staged / f"m.{t}.conv.tflite").write_bytes(f"conv form, {t}".encode())
     tflite._settle_int8_full(staged, "m", rec)
-    assert set(rec["outputs"]) == {"int8.full", "int8.mixed"}
-    assert rec["outputs"]["int8.full"]["file"] == "m.int8.full.tflite"
-    assert rec["outputs"]["int8.mixed"]["file"] == "m.int8.mixed.tflite"
+    assert set(rec["outputs"]) == {"int8.full", *tflite.FRONTS} == {"int8.full", "int8.mixed", "int8.fc"}
+    for t in ("int8.full", *tflite.FRONTS):
+        assert rec["outputs"][t]["file"] == f"m.{t}.tflite"
     assert rec["outputs"]["int8.full"]["source"] == expect
-    assert rec["outputs"]["int8.mixed"]["source"] == tflite.MIXED[expect]
+    for t in tflite.FRONTS:
+        assert rec["outputs"][t]["source"] == tflite.twin(expect, t)
+        if expect == tflite.FALLBACK:
+            assert (staged / f"m.{t}.tflite").read_bytes() == f"conv form, {t}".encode()
     if expect == tflite.FALLBACK:
         assert (staged / "m.int8.full.tflite").read_bytes() == b"conv form"
-        assert (staged / "m.int8.mixed.tflite").read_bytes() == b"conv form, float front"
 
 
 def test_the_folded_forms_twin_is_not_published_beside_the_1x1_conv_form(tmp_path):
     # the pass matched the folded form only: the conv form is published, with no twin
     from lenet_edge.quantize import tflite
 
-    for tag in ("int8.full", tflite.FALLBACK, "int8.mixed"):
+    tags = ("int8.full", tflite.FALLBACK, "int8.mixed", "int8.fc")
+    for tag in tags:
         (tmp_path / f"m.{tag}.tflite").write_bytes(tag.encode())
     rec = {
-        "outputs": {t: {"file": f"m.{t}.tflite"} for t in ("int8.full", tflite.FALLBACK, "int8.mixed")},
+        "outputs": {t: {"file": f"m.{t}.tflite"} for t in tags},
         "int8_full_form": {"file": tflite.FALLBACK},
     }
     tflite._settle_int8_full(tmp_path, "m", rec)
@@ -910,16 +919,17 @@ def test_the_folded_forms_twin_is_not_published_beside_the_1x1_conv_form(tmp_pat
     assert (tmp_path / "m.int8.full.tflite").read_bytes() == tflite.FALLBACK.encode()
 
 
-def test_a_float_front_twin_that_fails_its_checks_fails_the_stage(tmp_path, monkeypatch):
+@pytest.mark.parametrize("bad", ["int8.mixed", "int8.fc"])
+def test_a_float_front_twin_that_fails_its_checks_fails_the_stage(tmp_path, monkeypatch, bad):
     from lenet_edge.quantize import tflite
 
     staged = tmp_path / "stage"
     staged.mkdir()
-    for tag in (*tflite.OUTPUTS, *tflite.STOCK_OUTPUTS, "int8.mixed"):
+    for tag in (*tflite.OUTPUTS, *tflite.STOCK_OUTPUTS, "int8.mixed", "int8.fc"):
         (staged / f"m.{tag}.tflite").write_bytes(bytes(300 if tag.endswith("fp32") else 70))
 
     def evaluate(files, against, interp, venv, data):
-        a = {str(f): 0.9985 if "mixed" in str(f) else 1.0 for f in files}  # under the rewrite's bar
+        a = {str(f): 0.9985 if f.name == f"m.{bad}.tflite" else 1.0 for f in files}  # under the rewrite's bar
         right = [True] * 9900 + [False] * 100
         return {
             f: {"top1": 0.99, "top2": 0.999, "agreement": v, "max_abs_diff": 1e-5, "correct": right}
@@ -929,4 +939,4 @@ def test_a_float_front_twin_that_fails_its_checks_fails_the_stage(tmp_path, monk
     monkeypatch.setattr(tflite, "_evaluate_in_device_env", evaluate)
     res = tflite.check_tflite("m", tmp_path, load_tolerances(), tflite_dir=staged)
     assert res["int8_full_form"]["file"] == "int8.full"
-    assert res["failures"] and all("int8.mixed" in f and "99.85 %" in f for f in res["failures"])
+    assert res["failures"] and all(f"{bad})" in f and "99.85 %" in f for f in res["failures"])
