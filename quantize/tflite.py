@@ -316,10 +316,15 @@ def _settle_int8_full(staged: Path, name: str, rec: dict[str, Any]) -> None:
 
 def publish(staged: Path, out_dir: Path, name: str, record: dict[str, Any]) -> None:
     """Move checked .tflite files from the staging folder into place (each an atomic rename of
-    a complete copy), then write the record that vouches for them (by sha256)."""
+    a complete copy), then write the record that vouches for them (by sha256). A float-front twin
+    of an earlier run that this record has no twin for (the pass did not match this time) is
+    removed after the record is written: no file stays in the folder that no record vouches for."""
     for o in record["outputs"].values():
         write_bytes_atomic(out_dir / o["file"], (staged / o["file"]).read_bytes())
     write_json_atomic(out_dir / f"{name}.tflite.json", record)
+    for tag in FRONTS:
+        if tag not in record["outputs"]:
+            (out_dir / f"{name}.{tag}.tflite").unlink(missing_ok=True)
 
 
 INTERPRETERS = ("ai-edge-litert", "tflite-runtime")

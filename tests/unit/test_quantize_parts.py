@@ -940,3 +940,20 @@ def test_a_float_front_twin_that_fails_its_checks_fails_the_stage(tmp_path, monk
     res = tflite.check_tflite("m", tmp_path, load_tolerances(), tflite_dir=staged)
     assert res["int8_full_form"]["file"] == "int8.full"
     assert res["failures"] and all(f"{bad})" in f and "99.85 %" in f for f in res["failures"])
+
+
+def test_publish_removes_a_stale_float_front_twin_the_new_record_has_none_for(tmp_path):
+    from lenet_edge.quantize import tflite
+
+    staged, out = tmp_path / "stage", tmp_path / "onnx"
+    staged.mkdir()
+    out.mkdir()
+    for tag in ("int8.mixed", "int8.fc"):  # an earlier run's twins
+        (out / f"m.{tag}.tflite").write_bytes(b"old twin")
+    for tag in ("fp32", "int8.full", "int8.mixed"):  # this run: no int8.fc (the pass refused)
+        (staged / f"m.{tag}.tflite").write_bytes(tag.encode())
+    rec = {"outputs": {t: {"file": f"m.{t}.tflite"} for t in ("fp32", "int8.full", "int8.mixed")}}
+    tflite.publish(staged, out, "m", rec)
+    assert (out / "m.int8.mixed.tflite").read_bytes() == b"int8.mixed"
+    assert not (out / "m.int8.fc.tflite").exists()
+    assert (out / "m.tflite.json").is_file() and (out / "m.int8.full.tflite").read_bytes() == b"int8.full"
