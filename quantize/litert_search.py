@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from lenet_edge.quantize.flatbuffer import litert_schema, op_kind
 from lenet_edge.quantize.search import (
     Measure,
     _confirm_fastest,
@@ -78,13 +79,6 @@ FP32 = "fp32.tflite"
 CALL = "run"  # the TFLite runner's only call path
 
 
-def _schema() -> tuple[Any, Any]:
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils as fbu
-
-    return schema, fbu
-
-
 @dataclass(frozen=True)
 class Layer:
     label: str  # "CONV_2D:0": the k-th op of that kind, in graph order
@@ -93,17 +87,11 @@ class Layer:
     why_fixed: str  # '' if the search may toggle it, else why not
 
 
-def _kind(model: Any, op: Any) -> str:
-    schema, fbu = _schema()
-    code = fbu.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
-    return next((k for k, v in vars(schema.BuiltinOperator).items() if v == code), str(code))
-
-
 def layers(model: Any) -> list[Layer]:
     """The weighted layers of subgraph 0, in order, with whether each may be toggled."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     g = model.subgraphs[0]
-    kinds = [_kind(model, op) for op in g.operators]
+    kinds = [op_kind(model, op) for op in g.operators]
     uses: dict[int, int] = {}
     for op in g.operators:
         for i in op.inputs:
@@ -175,7 +163,7 @@ def _float_from_int8(model: Any, op: Any) -> Any:
     tensor stays, a DEQUANTIZE op feeds its float values (scale x q) to the layer. XNNPACK folds
     it when it prepares the model, so the file keeps INT8 size. Returns the DEQUANTIZE op (the
     caller puts it before every other op)."""
-    schema, fbu = _schema()
+    schema, fbu = litert_schema()
     g = model.subgraphs[0]
     w = g.tensors[op.inputs[1]]
     q = schema.TensorT()
@@ -201,7 +189,7 @@ def _float_from_int8(model: Any, op: Any) -> Any:
 def _to_int8(model: Any, t: Any, kind: str) -> None:
     """float weights -> symmetric int8 per output channel (zero point 0, [-127, 127]), as the
     converter's dynamic-range quantization writes them."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     w = _float_weights(model, t).astype(np.float64)
     axis = WEIGHTED[kind]
     amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
@@ -218,7 +206,7 @@ def with_int8_layers(data: bytes, int8: frozenset[str]) -> bytes:
     (hybrid kernels), the others in float: from their int8 weights through DEQUANTIZE where the
     source has them in int8, else from their float weights; a fixed layer stays as it is. Raises
     ConfigError for a fixed layer asked to change."""
-    _, fbu = _schema()
+    _, fbu = litert_schema()
     model = fbu.read_model_from_bytearray(bytearray(data))
     g = model.subgraphs[0]
     dequantize = []
@@ -296,7 +284,7 @@ def search_model(
     for f in (src, fp32):
         if not f.is_file():
             raise LenetEdgeError(f"{f}: missing; run `make tflite` first")
-    _, fbu = _schema()
+    _, fbu = litert_schema()
     data = src.read_bytes()
     try:
         all_layers = layers(fbu.read_model_from_bytearray(bytearray(data)))

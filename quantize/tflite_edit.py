@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.quantize.litert_search import _kind, _per_channel_symmetric, _schema
+from lenet_edge.quantize.flatbuffer import buffer_uses, litert_schema, op_kind, read_tflite
+from lenet_edge.quantize.litert_search import _per_channel_symmetric
 from lenet_edge.runtime.cli import parser, run
 from lenet_edge.runtime.errors import ConversionError
 from lenet_edge.runtime.files import write_bytes_atomic
@@ -37,7 +38,7 @@ def _empty(model: Any, t: Any) -> bool:
 
 def _why_not(model: Any, op: Any, buffer_uses: dict[int, int]) -> str:
     """'' if this FULLY_CONNECTED can take per-tensor weights here, else why not."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     g = model.subgraphs[0]
     if len(op.inputs) < 3 or op.inputs[2] < 0:
         return "no bias"
@@ -53,24 +54,6 @@ def _why_not(model: Any, op: Any, buffer_uses: dict[int, int]) -> str:
     return ""
 
 
-def buffer_uses(g: Any) -> dict[int, int]:
-    """How many tensors of subgraph `g` name each buffer (a shared buffer must not be edited)."""
-    n: dict[int, int] = {}
-    for t in g.tensors:
-        n[t.buffer] = n.get(t.buffer, 0) + 1
-    return n
-
-
-def read_tflite(path: Path) -> Any:
-    """The flatbuffer object model of `path`; unreadable bytes are one ConversionError."""
-    _, fbu = _schema()
-    try:
-        return fbu.read_model(str(path))
-    except Exception as e:  # the flatbuffer reader raises whatever the bytes make it raise
-        why = f"{type(e).__module__}.{type(e).__name__}: {str(e)[:120]}".removeprefix("builtins.")
-        raise ConversionError(f"{path}: not a readable .tflite file ({why})") from e
-
-
 def fc_weights_per_tensor(model: Any) -> list[dict[str, Any]]:
     """Rewrite each eligible FULLY_CONNECTED of subgraph 0 in place; one entry per such layer."""
     g = model.subgraphs[0]
@@ -78,7 +61,7 @@ def fc_weights_per_tensor(model: Any) -> list[dict[str, Any]]:
     done = []
     k = 0
     for op in g.operators:
-        if _kind(model, op) != "FULLY_CONNECTED":
+        if op_kind(model, op) != "FULLY_CONNECTED":
             continue
         label = f"FULLY_CONNECTED:{k}"
         k += 1
@@ -105,7 +88,7 @@ def fc_weights_per_tensor(model: Any) -> list[dict[str, Any]]:
 
 def rewrite(path: Path) -> list[dict[str, Any]]:
     """Per-tensor FC weights in the .tflite at `path`, written back atomically."""
-    _, fbu = _schema()
+    _, fbu = litert_schema()
     model = read_tflite(path)
     done = fc_weights_per_tensor(model)
     if any(d["changed"] for d in done):

@@ -49,8 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.quantize.litert_search import _kind, _schema
-from lenet_edge.quantize.tflite_edit import buffer_uses, read_tflite
+from lenet_edge.quantize.flatbuffer import buffer_uses, litert_schema, op_kind, read_tflite
 from lenet_edge.runtime.cli import parser, run
 from lenet_edge.runtime.errors import ConversionError
 from lenet_edge.runtime.files import write_bytes_atomic
@@ -82,7 +81,7 @@ def _readers(g: Any) -> dict[int, int]:
 
 def _opcode(model: Any, kind: str, version: int = 1) -> int:
     """The operator-code index of builtin `kind` at `version` or above, added if the file has none."""
-    schema, fbu = _schema()
+    schema, fbu = litert_schema()
     code = getattr(schema.BuiltinOperator, kind)
     for i, oc in enumerate(model.operatorCodes):
         if fbu.get_builtin_code_from_operator_code(oc) == code and oc.version >= version:
@@ -95,7 +94,7 @@ def _opcode(model: Any, kind: str, version: int = 1) -> int:
 
 def _const(model: Any, g: Any, a: np.ndarray, name: str) -> int:
     """A new float32 constant tensor holding `a`; its index."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     buf = schema.BufferT()
     buf.data = np.frombuffer(a.astype(np.float32).tobytes(), np.uint8)
     model.buffers.append(buf)
@@ -111,7 +110,7 @@ def _const(model: Any, g: Any, a: np.ndarray, name: str) -> int:
 
 
 def _paddings(model: Any, t: Any) -> np.ndarray | None:
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     raw = _data(model, t)
     dtype = {schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}.get(t.type)
     if raw is None or dtype is None:
@@ -121,7 +120,7 @@ def _paddings(model: Any, t: Any) -> np.ndarray | None:
 
 def _why_not_pad(model: Any, g: Any, j: int, readers: dict[int, int]) -> tuple[str, dict[str, Any]]:
     """'' and the match if operator j starts PAD -> [SPACE_TO_DEPTH] -> CONV_2D as the docstring says."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     T = schema.TensorType
     ops = g.operators
     pad = ops[j]
@@ -135,16 +134,16 @@ def _why_not_pad(model: Any, g: Any, j: int, readers: dict[int, int]) -> tuple[s
     if pads[0].any() or pads[3].any() or not (pads[1:3] == p).all() or p < 1:
         return f"not the same pad on every side of height and width ({pads.tolist()})", {}
     c = 0.0
-    if _kind(model, pad) == "PADV2":
+    if op_kind(model, pad) == "PADV2":
         raw = _data(model, g.tensors[pad.inputs[2]])
         if raw is None or g.tensors[pad.inputs[2]].type != T.FLOAT32 or len(raw) != 4:
             return "pad value not one float constant", {}
         c = float(np.frombuffer(raw, np.float32)[0])
     chain, k = [pad], j + 1
-    while k < len(ops) and _kind(model, ops[k]) == "SPACE_TO_DEPTH" and len(chain) == 1:
+    while k < len(ops) and op_kind(model, ops[k]) == "SPACE_TO_DEPTH" and len(chain) == 1:
         chain.append(ops[k])
         k += 1
-    if k >= len(ops) or _kind(model, ops[k]) != "CONV_2D":
+    if k >= len(ops) or op_kind(model, ops[k]) != "CONV_2D":
         return "no CONV_2D after the pad", {}
     conv = ops[k]
     chain.append(conv)
@@ -178,13 +177,13 @@ def pad_into_conv(model: Any) -> dict[str, Any]:
     readers = _readers(g)
     whys = []
     for j, op in enumerate(g.operators):
-        if _kind(model, op) not in ("PAD", "PADV2"):
+        if op_kind(model, op) not in ("PAD", "PADV2"):
             continue
         why, m = _why_not_pad(model, g, j, readers)
         if why:
             whys.append(f"op {j}: {why}")
             continue
-        schema, _ = _schema()
+        schema, _ = litert_schema()
         conv, chain, c = m["conv"], m["chain"], m["c"]
         x_index = op.inputs[0]
         x = g.tensors[x_index]
@@ -230,7 +229,7 @@ def pad_into_conv(model: Any) -> dict[str, Any]:
 
 def _dequantized(model: Any, t: Any) -> np.ndarray:
     """(q - zero point) x scale of an int8/int32 constant, per its quantized dimension."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     dtype = {schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}[t.type]
     q = np.frombuffer(_data(model, t), dtype).astype(np.float64).reshape([int(s) for s in t.shape] or [1])
     scale = np.asarray(t.quantization.scale, np.float64)
@@ -243,13 +242,13 @@ def _dequantized(model: Any, t: Any) -> np.ndarray:
 
 
 def _as_float(t: Any) -> None:
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     t.type, t.quantization = schema.TensorType.FLOAT32, None
 
 
 def _why_not_conv(model: Any, g: Any, k: int) -> str:
     """'' if CONV_2D k has int8 weights and an int32 bias of its own (a float front can take it)."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     T = schema.TensorType
     op = g.operators[k]
     w = g.tensors[op.inputs[1]]
@@ -278,9 +277,14 @@ def _why_not_front(model: Any, g: Any, reach: str = "first") -> tuple[str, int]:
     reach "first": through the first conv with a kernel > 1 x 1 (layout ops and 1 x 1 convs before
     it); "convs": through the last spatial conv of the chain of convs, layout ops and max pools that
     starts at the input (refused when that is the first one: the same front as "first")."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     ops = g.operators
-    if len(g.inputs) != 1 or not ops or _kind(model, ops[0]) != "QUANTIZE" or ops[0].inputs[0] != g.inputs[0]:
+    if (
+        len(g.inputs) != 1
+        or not ops
+        or op_kind(model, ops[0]) != "QUANTIZE"
+        or ops[0].inputs[0] != g.inputs[0]
+    ):
         return "the input is not QUANTIZEd by the first op", -1
     if g.tensors[ops[0].outputs[0]].type != schema.TensorType.INT8:
         return "the input QUANTIZE does not write int8", -1
@@ -288,7 +292,7 @@ def _why_not_front(model: Any, g: Any, reach: str = "first") -> tuple[str, int]:
     allowed = (*LAYOUT, "CONV_2D") + (POOLS if reach == "convs" else ())
     prev, spatial, end = ops[0].outputs[0], [], ""
     for k in range(1, len(ops)):
-        op, kind = ops[k], _kind(model, ops[k])
+        op, kind = ops[k], op_kind(model, ops[k])
         if op.inputs[0] != prev or readers.get(prev, 0) != 1:
             end = f"op {k} ({kind}) is not the next link of one chain from the input"
             break
@@ -331,7 +335,7 @@ def float_front(model: Any, reach: str = "first") -> dict[str, Any]:
     kinds: list[str] = []
     kept: dict[int, tuple[np.ndarray, Any]] = {}  # each front conv's int8 weights, as the file had them
     for op in front:
-        kind = _kind(model, op)
+        kind = op_kind(model, op)
         kinds.append(kind)
         if kind == "PADV2":  # int8 PADV2 writes its constant's raw value on its output's grid
             out, cv = g.tensors[op.outputs[0]], g.tensors[op.inputs[2]]
@@ -377,7 +381,7 @@ def _weights_behind_dequantize(model: Any, g: Any, kept: dict[int, tuple[np.ndar
     XNNPACK takes the result as static weights), so the float front costs no file size. The scale
     per output channel is re-derived from the float weights (the 1 x 1 fold multiplied them by a)
     and used only if q x scale gives them back to float32 rounding; otherwise they stay float."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     done, kept_float = 0, []
     for op in [op for op in g.operators if id(op) in kept]:
         q, quant = kept[id(op)]
@@ -399,7 +403,7 @@ def _weights_behind_dequantize(model: Any, g: Any, kept: dict[int, tuple[np.ndar
         if not (
             np.all(np.isfinite(scale32)) and np.all(scale32 > 0) and float(np.abs(back - rr).max()) <= tol
         ):
-            kept_float.append(_kind(model, op))
+            kept_float.append(op_kind(model, op))
             continue
         f = copy.deepcopy(w)  # the float weights, now computed by the DEQUANTIZE
         f.buffer, f.name = 0, (w.name or b"") + b"_dequantized"
@@ -419,7 +423,7 @@ def _weights_behind_dequantize(model: Any, g: Any, kept: dict[int, tuple[np.ndar
 
 def _why_not_affine(model: Any, g: Any, j: int, readers: dict[int, int]) -> tuple[str, Any]:
     """'' and the conv to scale if operator j is a foldable 1 x 1 affine conv (see fold_affine_1x1)."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     T = schema.TensorType
     ops, op = g.operators, g.operators[j]
     if len(op.inputs) < 3 or op.inputs[2] < 0:
@@ -436,13 +440,13 @@ def _why_not_affine(model: Any, g: Any, j: int, readers: dict[int, int]) -> tupl
     if not np.isfinite(a) or a == 0.0:
         return "its weight is 0 or not finite", None
     k, prev = j + 1, op.outputs[0]
-    if k < len(ops) and _kind(model, ops[k]) == "SPACE_TO_DEPTH" and ops[k].inputs[0] == prev:
+    if k < len(ops) and op_kind(model, ops[k]) == "SPACE_TO_DEPTH" and ops[k].inputs[0] == prev:
         if readers.get(prev, 0) != 1:
             return "its output has other readers", None
         prev, k = ops[k].outputs[0], k + 1
     if (
         k >= len(ops)
-        or _kind(model, ops[k]) != "CONV_2D"
+        or op_kind(model, ops[k]) != "CONV_2D"
         or ops[k].inputs[0] != prev
         or readers.get(prev, 0) != 1
     ):
@@ -458,12 +462,12 @@ def fold_affine_1x1(model: Any) -> dict[str, Any]:
     the normalisation as a conv) read only by [SPACE_TO_DEPTH ->] CONV_2D becomes ADD(c / a), and
     that conv's weights are multiplied by a: conv(a (x + c / a)) = conv(a x + c), its padding
     included (0 after the ADD is y = 0). One op fewer; the first in subgraph 0, in place."""
-    schema, _ = _schema()
+    schema, _ = litert_schema()
     g = model.subgraphs[0]
     readers = _readers(g)
     why = "no 1 x 1 CONV_2D"
     for j, op in enumerate(g.operators):
-        if _kind(model, op) != "CONV_2D":
+        if op_kind(model, op) != "CONV_2D":
             continue
         why, conv = _why_not_affine(model, g, j, readers)
         if why:
@@ -486,7 +490,7 @@ def fold_affine_1x1(model: Any) -> dict[str, Any]:
 
 def rewrite(src: Path, dest: Path, which: str, reach: str = "first") -> dict[str, Any]:
     """Pass `which` on `src`, written to `dest` atomically when it changed something."""
-    _, fbu = _schema()
+    _, fbu = litert_schema()
     model = read_tflite(src)
     done = pad_into_conv(model) if which == "pad-into-conv" else float_front(model, reach)
     if done["changed"]:

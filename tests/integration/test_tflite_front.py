@@ -72,7 +72,7 @@ RUN = r"""
 import json, shutil, sys, numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from lenet_edge.quantize.tflite_front import rewrite
-from lenet_edge.quantize.litert_search import _kind, _schema
+from lenet_edge.quantize.flatbuffer import litert_schema, op_kind
 d = sys.argv[1]
 def run(path, x):
     it = Interpreter(model_path=path); it.allocate_tensors()
@@ -83,8 +83,8 @@ def run(path, x):
         s, z = o["quantization"]; y = (y - z) * s
     return y, str(np.dtype(i["dtype"]))
 def kinds(path):
-    _, fbu = _schema(); m = fbu.read_model(path)
-    return [_kind(m, op) for op in m.subgraphs[0].operators]
+    _, fbu = litert_schema(); m = fbu.read_model(path)
+    return [op_kind(m, op) for op in m.subgraphs[0].operators]
 rng = np.random.default_rng(1)
 res = {}
 for name in ("padv2", "pad0", "asymmetric"):
