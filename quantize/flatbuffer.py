@@ -4,6 +4,7 @@ and of the LiteRT layer search (quantize/litert_search.py)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,44 @@ def read_tflite(path: Path) -> Any:
     except Exception as e:  # the flatbuffer reader raises whatever the bytes make it raise
         why = f"{type(e).__module__}.{type(e).__name__}: {str(e)[:120]}".removeprefix("builtins.")
         raise ConversionError(f"{path}: not a readable .tflite file ({why})") from e
+
+
+def opcode(model: Any, kind: str, version: int = 1) -> int:
+    """The operator-code index of builtin `kind` at `version` or above, added if the file has none."""
+    schema, fbu = litert_schema()
+    code = getattr(schema.BuiltinOperator, kind)
+    for i, oc in enumerate(model.operatorCodes):
+        if fbu.get_builtin_code_from_operator_code(oc) == code and oc.version >= version:
+            return i
+    oc = schema.OperatorCodeT()
+    oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), version
+    model.operatorCodes.append(oc)
+    return len(model.operatorCodes) - 1
+
+
+def behind_dequantize(model: Any, op: Any, slot: int = 1) -> Any:
+    """Operator `op` computes in float from its int8 constant input `slot` (weights with their
+    quantization): a DEQUANTIZE op feeds it a new float tensor (scale x q), the int8 tensor stays in
+    the file. The interpreter's kernel dequantizes a constant input once, in Prepare, and XNNPACK
+    takes the result as static weights (measured: the same time as float-stored weights), so the
+    file keeps its int8 size. Returns the DEQUANTIZE op; the caller puts it before every other op.
+    Its version is TFLite's for an int8 input: 5 per channel, 2 per tensor (TF's op_version table)."""
+    schema, _ = litert_schema()
+    g = model.subgraphs[0]
+    w = g.tensors[op.inputs[slot]]
+    q = w.quantization
+    if w.type != schema.TensorType.INT8 or q is None or q.scale is None or len(q.scale) == 0:
+        raise ValueError(f"{w.name!r}: not an int8 tensor with its quantization")
+    if model.buffers[0].data is not None and len(model.buffers[0].data):
+        raise ValueError("buffer 0 is not the empty buffer")  # TFLite's convention, which the converter keeps
+    f = copy.deepcopy(w)  # its shape and rank fields; the values come from the DEQUANTIZE
+    f.type, f.quantization, f.buffer = schema.TensorType.FLOAT32, None, 0
+    f.name = (w.name or b"w") + b"_dequantized"
+    g.tensors.append(f)
+    deq = schema.OperatorT()
+    deq.opcodeIndex = opcode(model, "DEQUANTIZE", version=5 if len(q.scale) > 1 else 2)
+    deq.inputs, deq.outputs = [op.inputs[slot]], [len(g.tensors) - 1]
+    inputs = list(op.inputs)
+    inputs[slot] = len(g.tensors) - 1
+    op.inputs = inputs
+    return deq

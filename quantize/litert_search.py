@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.quantize.flatbuffer import litert_schema, op_kind
+from lenet_edge.quantize.flatbuffer import behind_dequantize, litert_schema, op_kind
 from lenet_edge.quantize.search import (
     Measure,
     _confirm_fastest,
@@ -153,39 +153,6 @@ def _axis_shape(ndim: int, axis: int) -> list[int]:
     return [-1 if d == axis else 1 for d in range(ndim)]
 
 
-# TFLite's DEQUANTIZE with int8 per-channel input; LiteRT 2.3 loads it, and XNNPACK computes the
-# float weights once when it prepares the model (measured: the same time as float-stored weights)
-DEQUANTIZE_VERSION = 4
-
-
-def _float_from_int8(model: Any, op: Any) -> Any:
-    """The layer computes in float from its int8 weights (`weight_only`, as ORT targets do): the int8
-    tensor stays, a DEQUANTIZE op feeds its float values (scale x q) to the layer. XNNPACK folds
-    it when it prepares the model, so the file keeps INT8 size. Returns the DEQUANTIZE op (the
-    caller puts it before every other op)."""
-    schema, fbu = litert_schema()
-    g = model.subgraphs[0]
-    w = g.tensors[op.inputs[1]]
-    q = schema.TensorT()
-    q.shape, q.type, q.buffer, q.quantization = list(w.shape), w.type, w.buffer, w.quantization
-    q.name = (w.name or b"w") + b"/int8"
-    g.tensors.append(q)
-    empty = schema.BufferT()
-    model.buffers.append(empty)
-    w.type, w.quantization, w.buffer = schema.TensorType.FLOAT32, None, len(model.buffers) - 1
-    codes = [fbu.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
-    if schema.BuiltinOperator.DEQUANTIZE not in codes:
-        c = schema.OperatorCodeT()
-        c.builtinCode = c.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
-        c.version = DEQUANTIZE_VERSION
-        model.operatorCodes.append(c)
-        codes.append(schema.BuiltinOperator.DEQUANTIZE)
-    d = schema.OperatorT()
-    d.opcodeIndex = codes.index(schema.BuiltinOperator.DEQUANTIZE)
-    d.inputs, d.outputs = [len(g.tensors) - 1], [op.inputs[1]]
-    return d
-
-
 def _to_int8(model: Any, t: Any, kind: str) -> None:
     """float weights -> symmetric int8 per output channel (zero point 0, [-127, 127]), as the
     converter's dynamic-range quantization writes them."""
@@ -217,7 +184,7 @@ def with_int8_layers(data: bytes, int8: frozenset[str]) -> bytes:
             raise ConfigError(f"{layer.label}: cannot change: {layer.why_fixed}")
         op = g.operators[layer.op]
         if layer.int8:
-            dequantize.append(_float_from_int8(model, op))
+            dequantize.append(behind_dequantize(model, op))
         else:
             _to_int8(model, g.tensors[op.inputs[1]], layer.label.split(":")[0])
     g.operators = dequantize + list(g.operators)  # constants in, so first is in order

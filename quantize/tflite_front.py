@@ -49,7 +49,14 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.quantize.flatbuffer import buffer_uses, litert_schema, op_kind, read_tflite
+from lenet_edge.quantize.flatbuffer import (
+    behind_dequantize,
+    buffer_uses,
+    litert_schema,
+    op_kind,
+    opcode,
+    read_tflite,
+)
 from lenet_edge.runtime.cli import parser, run
 from lenet_edge.runtime.errors import ConversionError
 from lenet_edge.runtime.files import write_bytes_atomic
@@ -77,19 +84,6 @@ def _readers(g: Any) -> dict[int, int]:
     for i in g.outputs:
         n[i] = n.get(i, 0) + 1
     return n
-
-
-def _opcode(model: Any, kind: str, version: int = 1) -> int:
-    """The operator-code index of builtin `kind` at `version` or above, added if the file has none."""
-    schema, fbu = litert_schema()
-    code = getattr(schema.BuiltinOperator, kind)
-    for i, oc in enumerate(model.operatorCodes):
-        if fbu.get_builtin_code_from_operator_code(oc) == code and oc.version >= version:
-            return i
-    oc = schema.OperatorCodeT()
-    oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), version
-    model.operatorCodes.append(oc)
-    return len(model.operatorCodes) - 1
 
 
 def _const(model: Any, g: Any, a: np.ndarray, name: str) -> int:
@@ -194,7 +188,7 @@ def pad_into_conv(model: Any) -> dict[str, Any]:
         conv.builtinOptions.padding = schema.Padding.SAME
         if c != 0.0:  # ADD(-c) writes the pad's output tensor, now of the input's shape
             add = schema.OperatorT()
-            add.opcodeIndex = _opcode(model, "ADD")
+            add.opcodeIndex = opcode(model, "ADD")
             add.inputs = [x_index, _const(model, g, np.array([-c], np.float32), "pad_value_shift")]
             add.outputs = list(op.outputs)
             add.builtinOptionsType, add.builtinOptions = (
@@ -405,18 +399,11 @@ def _weights_behind_dequantize(model: Any, g: Any, kept: dict[int, tuple[np.ndar
         ):
             kept_float.append(op_kind(model, op))
             continue
-        f = copy.deepcopy(w)  # the float weights, now computed by the DEQUANTIZE
-        f.buffer, f.name = 0, (w.name or b"") + b"_dequantized"
-        g.tensors.append(f)
         w.type, w.quantization = schema.TensorType.INT8, copy.deepcopy(quant)
         w.quantization.scale = [float(v) for v in scale32]
         w.quantization.zeroPoint = [0] * len(w.quantization.scale)
         _set_data(model, w, q)
-        deq = schema.OperatorT()
-        deq.opcodeIndex = _opcode(model, "DEQUANTIZE", version=5 if len(quant.scale) > 1 else 2)
-        deq.inputs, deq.outputs = [op.inputs[1]], [len(g.tensors) - 1]
-        op.inputs = [op.inputs[0], len(g.tensors) - 1, *list(op.inputs)[2:]]
-        g.operators.insert(0, deq)
+        g.operators.insert(0, behind_dequantize(model, op))
         done += 1
     return {"int8_behind_dequantize": done, "kept_float": kept_float}
 
@@ -479,7 +466,7 @@ def fold_affine_1x1(model: Any) -> dict[str, Any]:
         scaled = np.frombuffer(_data(model, cw), np.float32).astype(np.float64) * a
         _set_data(model, cw, scaled.astype(np.float32))
         add = schema.OperatorT()
-        add.opcodeIndex = _opcode(model, "ADD")
+        add.opcodeIndex = opcode(model, "ADD")
         add.inputs = [op.inputs[0], _const(model, g, np.array([c / a], np.float32), "affine_shift")]
         add.outputs = list(op.outputs)
         add.builtinOptionsType, add.builtinOptions = schema.BuiltinOptions.AddOptions, schema.AddOptionsT()

@@ -338,7 +338,7 @@ def test_interpreter_rejecting_a_file_is_one_line(tmp_path):
 @needs_tflite_envs
 def test_litert_search_edits_layers_checks_times_and_publishes(tflite, exported, tmp_path):
     """quantize.litert_search on lenet_pool (few timed runs): a layer taken to float computes from its
-    own int8 weights through DEQUANTIZE (same bytes, INT8 size), one taken to int8 is within half a
+    own int8 weights through DEQUANTIZE (same bytes, INT8 size; TFLite's version for its int8 input), one taken to int8 is within half a
     step of its floats; every candidate has a
     check verdict, only passing ones are timed; the choice is published with a record that goes stale
     when its source changes; a damaged source is one line."""
@@ -366,6 +366,7 @@ def test_litert_search_edits_layers_checks_times_and_publishes(tflite, exported,
         "t = m.subgraphs[0].tensors[m.subgraphs[0].operators[ls[2].op].inputs[1]]; q = ts[d.inputs[0]]; "
         "assert bytes(new.buffers[q.buffer].data) == bytes(m.buffers[t.buffer].data) and list(q.quantization.scale) == list(t.quantization.scale); "
         "fc = ops[ls[2].op + 1]; assert fc.inputs[1] == d.outputs[0] and ts[fc.inputs[1]].type == sc.TensorType.FLOAT32; "
+        "assert new.operatorCodes[d.opcodeIndex].version == (5 if len(q.quantization.scale) > 1 else 2); "
         "t0 = m.subgraphs[0].tensors[m.subgraphs[0].operators[ls[0].op].inputs[1]]; "
         "f = np.frombuffer(bytes(m.buffers[t0.buffer].data), np.float32).reshape(t0.shape); "
         "t1 = ts[ops[ls[0].op + 1].inputs[1]]; s = np.asarray(t1.quantization.scale, np.float32).reshape(-1, 1, 1, 1); "
