@@ -29,7 +29,46 @@ while (($#)); do
     esac
 done
 QEMU=$(command -v qemu-aarch64) || { echo "qemu-aarch64 not found (run setup_sysroot.sh)" >&2; exit 1; }
-args=(-L "$DEST" -cpu "$CPU" ${QEMU_SEED:+-seed "$QEMU_SEED"})
+# The guest's /proc/cpuinfo. qemu 7.2 does not emulate it for aarch64, so through -L the guest
+# reads the host's x86 file, which pytorch-cpuinfo (inside onnxruntime and inside LiteRT's
+# XNNPACK) cannot use: DEST's empty possible/present lists make it fail cleanly (setup_sysroot.sh).
+# onnxruntime then takes the ISA from getauxval(AT_HWCAP), which qemu fills in from -cpu; XNNPACK
+# does not, and ran without its dot-product kernels on the emulated cortex-a76 (twentieth session:
+# lenet_pool.int8.full.tflite 566,565 -> 301,080 instructions per inference with this file). So a
+# known core gets a guest root of its own, DEST.root-CPU: DEST's entries as symlinks, plus
+# proc/cpuinfo with the core's MIDR (cpuinfo names the core from it; its ISA still comes from
+# AT_HWCAP) and sys/devices/system/cpu/{possible,present} = 0, one CPU as the runs use. Paths
+# not in the root fall through to the host's, as they do for DEST. Other cores keep DEST.
+ROOT=$DEST
+case $CPU in  # CPU implementer, variant, part, revision (as a Raspberry Pi 4 / 5 reports them)
+    cortex-a72) MIDR=(0x41 0x0 0xd08 3) FEATURES="fp asimd evtstrm crc32 cpuid" ;;
+    cortex-a76) MIDR=(0x41 0x4 0xd0b 1) FEATURES="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp" ;;
+    *) MIDR=() ;;
+esac
+if ((${#MIDR[@]})); then
+    ROOT=${DEST%/}.root-$CPU
+    made="v1 $CPU $(cat "$DEST/.armlab-sysroot-ok" 2>/dev/null || true)"
+    exec 9>"$ROOT.lock"
+    flock 9  # parallel runs of one core build it once
+    if [[ $(cat "$ROOT/.made-from" 2>/dev/null || true) != "$made" ]]; then
+        tmp=$(mktemp -d "$ROOT.XXXXXX")
+        chmod 755 "$tmp"
+        for e in "$DEST"/* "$DEST"/.[!.]*; do
+            [[ -e $e || -L $e ]] || continue
+            case ${e##*/} in proc | sys | .armlab-sysroot-ok) ;; *) ln -s "$(cd "$DEST" && pwd)/${e##*/}" "$tmp/${e##*/}" ;; esac
+        done
+        mkdir -p "$tmp/proc" "$tmp/sys/devices/system/cpu"
+        printf 'processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: %s\nCPU implementer\t: %s\nCPU architecture: 8\nCPU variant\t: %s\nCPU part\t: %s\nCPU revision\t: %s\n\n' \
+            "$FEATURES" "${MIDR[@]}" > "$tmp/proc/cpuinfo"
+        echo 0 > "$tmp/sys/devices/system/cpu/possible"
+        echo 0 > "$tmp/sys/devices/system/cpu/present"
+        echo "$made" > "$tmp/.made-from"
+        rm -rf "$ROOT"
+        mv -T "$tmp" "$ROOT"
+    fi
+    exec 9>&-
+fi
+args=(-L "$ROOT" -cpu "$CPU" ${QEMU_SEED:+-seed "$QEMU_SEED"})
 [[ -n $PLUGIN ]] && args+=(-plugin "$PLUGIN")
 # HOME/XDG_CACHE_HOME: a real directory under armlab. With -L, a guest path that
 # does not exist in DEST falls through to the HOST path, so HOME=/root would let
