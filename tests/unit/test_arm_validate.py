@@ -82,9 +82,21 @@ def test_arm_check_goal_ratio_takes_the_best_of_each_precision_per_core():
         "cortex-a76|floor.onnx": 40.0,  # no INT8 twin: no ratio
         "cortex-a72|m.fp32.s2d.onnx": 400.0,
         "cortex-a72|m.int8.s2d.ort.onnx": 440.0,
+        # LiteRT files are their own runtime: a fewer-instruction .tflite never stands in for ORT
+        "cortex-a76|m.fp32.tflite": 200.0,
+        "cortex-a76|m.int8.full.tflite": 250.0,
+        "cortex-a76|m.int8.mixed.tflite": 180.0,
+        "cortex-a72|m.int8.full.tflite": 100.0,  # no FP32 .tflite on this core: no LiteRT ratio
     }
-    got = {(g["model"], g["cpu"]): g for g in ac.best_ratios(insns)}
-    assert set(got) == {("m", "cortex-a76"), ("m", "cortex-a72")}
-    a76 = got[("m", "cortex-a76")]
+    got = {(g["model"], g["cpu"], g["runtime"]): g for g in ac.best_ratios(insns)}
+    assert set(got) == {
+        ("m", "cortex-a76", "onnxruntime"),
+        ("m", "cortex-a72", "onnxruntime"),
+        ("m", "cortex-a76", "ai-edge-litert"),
+    }
+    a76 = got[("m", "cortex-a76", "onnxruntime")]
     assert a76["best_int8"] == "m.int8.search.cortex-a76.onnx" and a76["best_fp32"] == "m.fp32.s2d.onnx"
-    assert a76["ratio"] == 0.75 and got[("m", "cortex-a72")]["ratio"] == 1.1
+    assert a76["ratio"] == 0.75 and got[("m", "cortex-a72", "onnxruntime")]["ratio"] == 1.1
+    lite = got[("m", "cortex-a76", "ai-edge-litert")]
+    assert lite["best_int8"] == "m.int8.mixed.tflite" and lite["best_fp32"] == "m.fp32.tflite"
+    assert lite["ratio"] == 0.9
