@@ -155,7 +155,10 @@ def _arm_check(args: list[str]) -> int:
         print(f"error: {script}: arm-check needs a source checkout of lenet-edge", file=sys.stderr)
         return 2
     env = {**os.environ, "LENET_EDGE_PROG": "lenet-edge arm-check"}
-    if not {"-h", "--help"} & set(args):
+    # the bundle first: a missing one (or no argument) is arm_check.py's one-line error at once,
+    # not after minutes of sysroot set-up
+    bundle = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "--reps")]
+    if not {"-h", "--help"} & set(args) and bundle and Path(bundle[0]).is_file():
         rc = arm_setup()
         if rc != 0:
             return rc

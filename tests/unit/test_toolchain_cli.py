@@ -162,3 +162,15 @@ def test_pyproject_extras_are_the_environments_direct_requirements():
     dirs = meta["tool"]["setuptools"]["package-dir"]
     for pkg in ("train", "export", "optimize", "quantize", "runtime", "report"):
         assert dirs[f"lenet_edge.{pkg}"] == pkg
+
+
+def test_arm_check_names_a_missing_bundle_before_any_set_up(tmp_path):
+    """A user mistake costs no sysroot set-up: one `error:` line naming the file, non-zero exit."""
+    proc = subprocess.run(
+        [str(SCRIPT), "arm-check", str(tmp_path / "nope.tar.gz")], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope.tar.gz'}: not found (run `make bundle`)"
+    ]
+    assert "setup_sysroot" not in proc.stdout + proc.stderr and not proc.stdout.strip()
