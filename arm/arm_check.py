@@ -355,12 +355,14 @@ def main() -> int:
     lines += [
         "",
         "Goal ratio per model, core and runtime: the fewest-instruction INT8 file / the fewest-instruction "
-        "FP32 file (goal ≤ 0.8 on cortex-a76, ≤ 1.0 on cortex-a72). onnxruntime: the counts above; "
-        "LiteRT (the .tflite files): instructions from the executed-block counts of the estimates below "
-        "(the same quantity: for the .onnx files the two agree to the marker's ~100 instructions)."
-        if tfl
-        else "Goal ratio per model, core and runtime: the fewest-instruction INT8 file / the fewest-instruction "
-        "FP32 file (goal ≤ 0.8 on cortex-a76, ≤ 1.0 on cortex-a72).",
+        "FP32 file (goal ≤ 0.8 on cortex-a76, ≤ 1.0 on cortex-a72)."
+        + (
+            " onnxruntime: the counts above; LiteRT (the .tflite files): instructions from the executed-block "
+            "counts of the estimates below (the same quantity: for the .onnx files the two agree to the "
+            "marker's ~100 instructions)."
+            if tfl
+            else ""
+        ),
         "",
         "| model | CPU | runtime | best INT8 | best FP32 | INT8 / FP32 |",
         "|---|---|---|---|---|---:|",

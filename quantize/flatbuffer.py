@@ -34,6 +34,18 @@ def buffer_uses(g: Any) -> dict[int, int]:
     return n
 
 
+def tensor_readers(g: Any) -> dict[int, int]:
+    """How many times each tensor of subgraph `g` is read: as an op input, or as a graph output."""
+    n: dict[int, int] = {}
+    for op in g.operators:
+        for i in op.inputs:
+            if i >= 0:
+                n[i] = n.get(i, 0) + 1
+    for i in g.outputs:
+        n[i] = n.get(i, 0) + 1
+    return n
+
+
 def read_tflite(path: Path) -> Any:
     """The flatbuffer object model of `path`; unreadable bytes are one ConversionError."""
     _, fbu = litert_schema()

@@ -52,7 +52,13 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.quantize.flatbuffer import behind_dequantize, litert_schema, op_kind
+from lenet_edge.quantize.flatbuffer import (
+    behind_dequantize,
+    buffer_uses,
+    litert_schema,
+    op_kind,
+    tensor_readers,
+)
 from lenet_edge.quantize.search import (
     Measure,
     _confirm_fastest,
@@ -92,13 +98,7 @@ def layers(model: Any) -> list[Layer]:
     schema, _ = litert_schema()
     g = model.subgraphs[0]
     kinds = [op_kind(model, op) for op in g.operators]
-    uses: dict[int, int] = {}
-    for op in g.operators:
-        for i in op.inputs:
-            uses[i] = uses.get(i, 0) + 1
-    buffer_uses: dict[int, int] = {}
-    for t in g.tensors:
-        buffer_uses[t.buffer] = buffer_uses.get(t.buffer, 0) + 1
+    uses, shared = tensor_readers(g), buffer_uses(g)
     int8_kinds = {
         k
         for k, op in zip(kinds, g.operators, strict=True)
@@ -118,7 +118,7 @@ def layers(model: Any) -> list[Layer]:
             why = f"weights of type {t.type}, neither int8 nor float32"
         elif buf is None or len(buf) == 0:
             why = "weights computed in the graph, not a constant"
-        elif uses[op.inputs[1]] != 1 or buffer_uses[t.buffer] != 1:
+        elif uses[op.inputs[1]] != 1 or shared[t.buffer] != 1:
             why = "weights shared with another op or tensor"
         elif t.type == schema.TensorType.FLOAT32 and kind not in int8_kinds:
             why = f"no {kind} in the file has int8 weights (its op version may not cover hybrid kernels)"

@@ -56,6 +56,7 @@ from lenet_edge.quantize.flatbuffer import (
     op_kind,
     opcode,
     read_tflite,
+    tensor_readers,
 )
 from lenet_edge.runtime.cli import parser, run
 from lenet_edge.runtime.errors import ConversionError
@@ -73,17 +74,6 @@ def _data(model: Any, t: Any) -> bytes | None:
 
 def _set_data(model: Any, t: Any, a: np.ndarray) -> None:
     model.buffers[t.buffer].data = np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
-
-
-def _readers(g: Any) -> dict[int, int]:
-    n: dict[int, int] = {}
-    for op in g.operators:
-        for i in op.inputs:
-            if i >= 0:
-                n[i] = n.get(i, 0) + 1
-    for i in g.outputs:
-        n[i] = n.get(i, 0) + 1
-    return n
 
 
 def _const(model: Any, g: Any, a: np.ndarray, name: str) -> int:
@@ -168,7 +158,7 @@ def _why_not_pad(model: Any, g: Any, j: int, readers: dict[int, int]) -> tuple[s
 def pad_into_conv(model: Any) -> dict[str, Any]:
     """The first match in subgraph 0, rewritten in place; what was done (or why not)."""
     g = model.subgraphs[0]
-    readers = _readers(g)
+    readers = tensor_readers(g)
     whys = []
     for j, op in enumerate(g.operators):
         if op_kind(model, op) not in ("PAD", "PADV2"):
@@ -282,7 +272,7 @@ def _why_not_front(model: Any, g: Any, reach: str = "first") -> tuple[str, int]:
         return "the input is not QUANTIZEd by the first op", -1
     if g.tensors[ops[0].outputs[0]].type != schema.TensorType.INT8:
         return "the input QUANTIZE does not write int8", -1
-    readers = _readers(g)
+    readers = tensor_readers(g)
     allowed = (*LAYOUT, "CONV_2D") + (POOLS if reach == "convs" else ())
     prev, spatial, end = ops[0].outputs[0], [], ""
     for k in range(1, len(ops)):
@@ -451,7 +441,7 @@ def fold_affine_1x1(model: Any) -> dict[str, Any]:
     included (0 after the ADD is y = 0). One op fewer; the first in subgraph 0, in place."""
     schema, _ = litert_schema()
     g = model.subgraphs[0]
-    readers = _readers(g)
+    readers = tensor_readers(g)
     why = "no 1 x 1 CONV_2D"
     for j, op in enumerate(g.operators):
         if op_kind(model, op) != "CONV_2D":
