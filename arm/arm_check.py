@@ -18,6 +18,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import arm_setup  # beside this script, in arm/
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ARM_BUILD = Path(os.environ.get("ARM_BUILD", ROOT / "build" / "arm"))
@@ -286,6 +288,10 @@ def main() -> int:
     a = ap.parse_args()
     if not a.bundle.is_file():
         sys.exit(f"error: {a.bundle}: not found (run `make bundle`)")
+    # the set-up after the arguments: a user mistake costs no minutes of sysroot work
+    rc = arm_setup.ensure()
+    if rc != 0:
+        return rc
     site = ARM_BUILD / "sysroot" / "opt" / "armlab" / "site"
     bundle = unpack(a.bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -128,40 +128,23 @@ def usage() -> str:
 
 
 def arm_setup() -> int:
-    """The aarch64 sysroot, its wheels and the counting plugin (each step skips what is already
-    there); 0 when ready, else the failing step's exit code (named on stderr)."""
-    sysroot = ROOT / "build" / "arm" / "sysroot"
-    for step in (
-        ["setup_sysroot.sh", sysroot],
-        ["install_wheels.sh", sysroot, sysroot / "opt" / "armlab" / "site"],
-        ["build_plugin.sh", sysroot],
-    ):
-        script = ROOT / "arm" / str(step[0])
-        if not script.is_file():
-            print(f"error: {script}: needs a source checkout of lenet-edge", file=sys.stderr)
-            return 2
-        rc = subprocess.run(["bash", str(script), *map(str, step[1:])], cwd=ROOT).returncode
-        if rc != 0:
-            print(f"error: arm/{step[0]} failed (exit {rc})", file=sys.stderr)
-            return rc
-    return 0
+    """The aarch64 sysroot, its wheels and the counting plugin (arm/arm_setup.py, which skips what is
+    already there); 0 when ready, else the failing step's exit code (named on stderr)."""
+    script = ROOT / "arm" / "arm_setup.py"
+    if not script.is_file():
+        print(f"error: {script}: needs a source checkout of lenet-edge", file=sys.stderr)
+        return 2
+    return subprocess.run([sys.executable, str(script)], cwd=ROOT).returncode
 
 
 def _arm_check(args: list[str]) -> int:
-    """arm-check runs on the host's own Python (stdlib only): set up the aarch64 sysroot, wheels
-    and counting plugin, then the check itself."""
+    """arm-check runs on the host's own Python (stdlib only); it checks its arguments, then sets
+    up the aarch64 sysroot, wheels and counting plugin itself (arm/arm_setup.py)."""
     script = ROOT / "arm" / "arm_check.py"
     if not script.is_file():
         print(f"error: {script}: arm-check needs a source checkout of lenet-edge", file=sys.stderr)
         return 2
     env = {**os.environ, "LENET_EDGE_PROG": "lenet-edge arm-check"}
-    # the bundle first: a missing one (or no argument) is arm_check.py's one-line error at once,
-    # not after minutes of sysroot set-up
-    bundle = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "--reps")]
-    if not {"-h", "--help"} & set(args) and bundle and Path(bundle[0]).is_file():
-        rc = arm_setup()
-        if rc != 0:
-            return rc
     return subprocess.run([sys.executable, str(script), *args], env=env).returncode
 
 
