@@ -8,7 +8,11 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lenet_edge.runtime.errors import ConversionError
+
+WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}  # op kind -> output-channel axis
 
 
 def litert_schema() -> tuple[Any, Any]:
@@ -44,6 +48,28 @@ def tensor_readers(g: Any) -> dict[int, int]:
     for i in g.outputs:
         n[i] = n.get(i, 0) + 1
     return n
+
+
+def constant_array(model: Any, t: Any, dtype: Any) -> np.ndarray:
+    """The values of constant tensor `t` (its buffer's bytes as `dtype`, in its shape)."""
+    return np.frombuffer(bytes(model.buffers[t.buffer].data), dtype=dtype).reshape(t.shape)
+
+
+def per_channel_symmetric(t: Any, kind: str) -> bool:
+    """Whether the int8 weights `t` of a `kind` op (one of WEIGHTED) are symmetric (zero points 0,
+    finite positive scales), per tensor or per channel on the op's output-channel axis."""
+    q = t.quantization
+    if q is None or q.scale is None or len(q.scale) == 0:
+        return False
+    n = t.shape[WEIGHTED[kind]]
+    zp = np.asarray(q.zeroPoint if q.zeroPoint is not None else [], dtype=np.int64)
+    scale = np.asarray(q.scale, dtype=np.float64)
+    per_axis = len(q.scale) == n and q.quantizedDimension == WEIGHTED[kind]
+    return (
+        (per_axis or len(q.scale) == 1)
+        and not np.any(zp)
+        and bool(np.all(np.isfinite(scale)) and np.all(scale > 0))
+    )
 
 
 def read_tflite(path: Path) -> Any:

@@ -53,10 +53,13 @@ from typing import Any
 import numpy as np
 
 from lenet_edge.quantize.flatbuffer import (
+    WEIGHTED,
     behind_dequantize,
     buffer_uses,
+    constant_array,
     litert_schema,
     op_kind,
+    per_channel_symmetric,
     tensor_readers,
 )
 from lenet_edge.quantize.search import (
@@ -79,7 +82,6 @@ from lenet_edge.runtime.env import command_line, describe_cpu, provenance_text
 from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
 from lenet_edge.workflow import add_model_flags, data_source, selected
 
-WEIGHTED = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}  # op kind -> output-channel axis
 SOURCE = "int8.dynamic.tflite"  # <model>.<SOURCE>: what `make tflite` converted and checked
 FP32 = "fp32.tflite"
 CALL = "run"  # the TFLite runner's only call path
@@ -122,31 +124,14 @@ def layers(model: Any) -> list[Layer]:
             why = "weights shared with another op or tensor"
         elif t.type == schema.TensorType.FLOAT32 and kind not in int8_kinds:
             why = f"no {kind} in the file has int8 weights (its op version may not cover hybrid kernels)"
-        elif t.type == schema.TensorType.FLOAT32 and not np.all(np.isfinite(_float_weights(model, t))):
+        elif t.type == schema.TensorType.FLOAT32 and not np.all(
+            np.isfinite(constant_array(model, t, np.float32))
+        ):
             why = "weights not finite"
-        elif t.type == schema.TensorType.INT8 and not _per_channel_symmetric(t, kind):
+        elif t.type == schema.TensorType.INT8 and not per_channel_symmetric(t, kind):
             why = "int8 weights not symmetric per channel on the output axis"
         out.append(Layer(label, i, t.type == schema.TensorType.INT8, why))
     return out
-
-
-def _float_weights(model: Any, t: Any) -> np.ndarray:
-    return np.frombuffer(bytes(model.buffers[t.buffer].data), dtype=np.float32).reshape(t.shape)
-
-
-def _per_channel_symmetric(t: Any, kind: str) -> bool:
-    q = t.quantization
-    if q is None or q.scale is None or len(q.scale) == 0:
-        return False
-    n = t.shape[WEIGHTED[kind]]
-    zp = np.asarray(q.zeroPoint if q.zeroPoint is not None else [], dtype=np.int64)
-    scale = np.asarray(q.scale, dtype=np.float64)
-    per_axis = len(q.scale) == n and q.quantizedDimension == WEIGHTED[kind]
-    return (
-        (per_axis or len(q.scale) == 1)
-        and not np.any(zp)
-        and bool(np.all(np.isfinite(scale)) and np.all(scale > 0))
-    )
 
 
 def _axis_shape(ndim: int, axis: int) -> list[int]:
@@ -157,7 +142,7 @@ def _to_int8(model: Any, t: Any, kind: str) -> None:
     """float weights -> symmetric int8 per output channel (zero point 0, [-127, 127]), as the
     converter's dynamic-range quantization writes them."""
     schema, _ = litert_schema()
-    w = _float_weights(model, t).astype(np.float64)
+    w = constant_array(model, t, np.float32).astype(np.float64)
     axis = WEIGHTED[kind]
     amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)

@@ -20,15 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.quantize.flatbuffer import buffer_uses, litert_schema, op_kind, read_tflite
-from lenet_edge.quantize.litert_search import _per_channel_symmetric
+from lenet_edge.quantize.flatbuffer import (
+    buffer_uses,
+    constant_array,
+    litert_schema,
+    op_kind,
+    per_channel_symmetric,
+    read_tflite,
+)
 from lenet_edge.runtime.cli import parser, run
 from lenet_edge.runtime.errors import ConversionError
 from lenet_edge.runtime.files import write_bytes_atomic
-
-
-def _array(model: Any, t: Any, dtype: Any) -> np.ndarray:
-    return np.frombuffer(bytes(model.buffers[t.buffer].data), dtype=dtype).reshape(t.shape)
 
 
 def _empty(model: Any, t: Any) -> bool:
@@ -45,7 +47,7 @@ def _why_not(model: Any, op: Any, buffer_uses: dict[int, int]) -> str:
     x, w, b = (g.tensors[i] for i in op.inputs[:3])
     if w.type != schema.TensorType.INT8 or b.type != schema.TensorType.INT32:
         return "not int8 weights with an int32 bias"
-    if not _per_channel_symmetric(w, "FULLY_CONNECTED") or len(w.quantization.scale) < 2:
+    if not per_channel_symmetric(w, "FULLY_CONNECTED") or len(w.quantization.scale) < 2:
         return "weights not symmetric per output channel"
     if x.quantization is None or x.quantization.scale is None or len(x.quantization.scale) != 1:
         return "input not quantized per tensor"
@@ -72,10 +74,10 @@ def fc_weights_per_tensor(model: Any) -> list[dict[str, Any]]:
         x, w, b = (g.tensors[i] for i in op.inputs[:3])
         scales = np.asarray(w.quantization.scale, np.float64)
         scale = float(scales.max())
-        real = _array(model, w, np.int8).astype(np.float64) * scales[:, None]
+        real = constant_array(model, w, np.int8).astype(np.float64) * scales[:, None]
         q = np.clip(np.rint(real / scale), -127, 127).astype(np.int8)
         x_scale = float(x.quantization.scale[0])
-        bias = np.rint(_array(model, b, np.int32) * (scales / scale)).astype(np.int32)
+        bias = np.rint(constant_array(model, b, np.int32) * (scales / scale)).astype(np.int32)
         model.buffers[w.buffer].data = np.frombuffer(q.tobytes(), np.uint8)
         model.buffers[b.buffer].data = np.frombuffer(bias.tobytes(), np.uint8)
         w.quantization.scale, w.quantization.zeroPoint = [scale], [0]
