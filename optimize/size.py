@@ -92,6 +92,8 @@ def size_profile(path: Path, params: int | None = None) -> dict[str, Any]:
         model = onnx.load(str(path))
     except Exception as e:
         raise ConfigError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
+    if not model.graph.node:  # protobuf reads an empty file as an empty model
+        raise ConfigError(f"{path}: not an ONNX model (no graph nodes)")
     total = path.stat().st_size
     consts = _constants(model)
     roles = _roles(model, consts)

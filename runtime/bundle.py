@@ -232,6 +232,8 @@ def self_check(bundle: Path, report: Path | None = None) -> dict[str, Any]:
 
     bundle = Path(bundle)
     manifest_path = bundle / "manifest.json"
+    if not bundle.exists():
+        raise BundleError(f"{bundle}: not found")
     if not manifest_path.is_file():
         raise BundleError(
             f"{bundle}: not a bundle (no manifest.json); unpack the tarball and pass its folder"

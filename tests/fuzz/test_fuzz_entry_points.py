@@ -1245,6 +1245,10 @@ def test_process_bundle_without_manifest(tmp_path):
     _proc_case(["-m", "runtime.bundle", "check", tmp_path], "no manifest.json", inputs=(tmp_path,))
 
 
+def test_process_bundle_that_does_not_exist(tmp_path):
+    _proc_case(["-m", "runtime.bundle", "check", tmp_path / "nope"], "nope: not found", inputs=(tmp_path,))
+
+
 def test_process_ingest_path_in_created_unix(tmp_path):
     src = tmp_path / "result.json"
     src.write_bytes(dumps(mutate(INGEST_TEMPLATE, [(("created_unix",), "1/../../tolerances", False)])))

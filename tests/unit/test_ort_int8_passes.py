@@ -655,6 +655,10 @@ def test_size_profile_names_each_tensor_by_the_slot_it_reaches(tmp_path):
 
     with pytest.raises(ConfigError, match="bad.onnx: not a readable ONNX model"):
         size_profile(bad)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")  # protobuf parses it as an empty ModelProto
+    with pytest.raises(ConfigError, match="empty.onnx: not an ONNX model"):
+        size_profile(empty)
 
 
 def test_narrow_constants_stores_float16_exact_scales_in_half_the_bytes(tmp_path):
