@@ -131,6 +131,11 @@ def select(
                     "candidates": [row_cell(r) for r in sorted(cands, key=_p50)],
                 }
             )
+    if not choices:  # a wrong --onnx-dir (or a bench of other files) must not replace a good targets file
+        raise ConfigError(
+            f"{onnx_dir}: none of the files that {source} timed (batch 1, one thread, lenet-edge's) is there "
+            "with a record that passes its checks: nothing to select"
+        )
     paired = timing and pair_rounds > 0
     if paired:
         _same_cpu_as(bench, source)

@@ -317,6 +317,8 @@ def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
     assert (
         res["method"] == "documented default" and res["choices"][0]["choice"]["file"] == "m.int8.s2d.ort.onnx"
     )
+    with pytest.raises(ConfigError, match="nothing to select"):  # the wrong folder: no targets written
+        select(bench, tmp_path / "elsewhere", timing=False)
 
 
 def test_select_checks_the_round_robin_choice_by_pairs(tmp_path, monkeypatch):
