@@ -13,7 +13,10 @@ is recorded beside it, checked the same way. The pairs load each candidate's run
 capture, never from a machine name. `--no-timing` records the documented default instead.
 A row whose file no longer has the sha256 the benchmark recorded (re-published under the same name
 since, e.g. by a `make search` with other flags) is not a candidate; the choices carry the sha256 of
-the file chosen.
+the file chosen. For each other setting the benchmark ran (batch 1 on two threads, batch 64, ...),
+`choices_other_settings` names the round-robin's fastest candidate there (not paired) and what the
+batch-1 one-thread choice takes there: a deployment with more threads or larger batches reads its
+file from there (a one-thread choice can be much slower with two threads).
 """
 
 from __future__ import annotations
@@ -98,25 +101,32 @@ def select(
     if pair_rounds < 0:
         raise ConfigError("--pair-rounds must be >= 0")
     tol = load_tolerances()
-    rows = [
-        r
-        for r in bench["results"]
-        if r.get("batch") == 1 and r.get("threads") == 1 and not r.get("stock") and r.get("model") != "floor"
-    ]
+    timed = [r for r in bench["results"] if not r.get("stock") and r.get("model") != "floor"]
     # a row whose file was re-published since (same name, other bytes) says nothing about it
-    named = {r["file"]: r for r in rows}
+    named = {r["file"]: r for r in timed}
     changed = {n: why for n, r in named.items() if (why := _changed(onnx_dir, r))}
     for name, why in sorted(changed.items()):
         say(f"not a candidate: {name}: {why}")
-    rows = [r for r in rows if r["file"] not in changed]
-    choices = []
-    for model in sorted({r["model"] for r in rows}):
+    timed = [r for r in timed if r["file"] not in changed]
+    passing: dict[str, bool] = {}
+
+    def candidates(rows: list[dict[str, Any]], model: str, rt: str) -> list[dict[str, Any]]:
         # a model with a workflow is checked against its own tolerances
         mtol = tolerances_for(model) if model in workflows() else tol
+        out = []
+        for r in rows:
+            if r["model"] == model and r["runtime"] == rt:
+                if r["file"] not in passing:
+                    passing[r["file"]] = _passes(onnx_dir, r, mtol)
+                if passing[r["file"]]:
+                    out.append(r)
+        return out
+
+    rows = [r for r in timed if r.get("batch") == 1 and r.get("threads") == 1]
+    choices = []
+    for model in sorted({r["model"] for r in rows}):
         for rt in sorted({r["runtime"] for r in rows if r["model"] == model}):
-            cands = [
-                r for r in rows if r["model"] == model and r["runtime"] == rt and _passes(onnx_dir, r, mtol)
-            ]
+            cands = candidates(rows, model, rt)
             if not cands:
                 continue
             int8 = [r for r in cands if "int8" in r["format"]]
@@ -153,8 +163,38 @@ def select(
             for k in ("choice", "fastest_int8"):
                 if c[k]:
                     c[k].pop("close")
-    for c in choices:  # the bytes chosen, so a deployment can check it ships the file measured
-        for k in ("choice", "fastest_int8"):
+    # The benchmark's other settings (batch, intra-op threads): the round-robin's fastest there (no
+    # pairs: with more threads on a few cores there is no steady state, docs/performance.md). The
+    # batch-1 one-thread choice can lose there, e.g. the search's `uint8-transpose` input reorder,
+    # which onnxruntime 1.32 splits into one thread-pool job per row with 2+ threads.
+    settings = {(r.get("batch"), r.get("threads")) for r in timed} - {(1, 1)}
+    more: dict[str, list[dict[str, Any]]] = {}
+    for b, t in sorted(x for x in settings if all(isinstance(v, int) for v in x)):
+        rows_t = [r for r in timed if (r.get("batch"), r.get("threads")) == (b, t)]
+        for c in choices if timing else []:
+            cands = candidates(rows_t, c["model"], c["runtime"])
+            if not cands:
+                continue
+            best = min(cands, key=_p50)
+            int8 = [r for r in cands if "int8" in r["format"]]
+            more.setdefault(f"batch {b}, {t} thread{'s' if t > 1 else ''}", []).append(
+                {
+                    "model": c["model"],
+                    "runtime": c["runtime"],
+                    "choice": row_cell(best),
+                    "fastest_int8": row_cell(min(int8, key=_p50)) if int8 else None,
+                    "one_thread_choice_here": next(
+                        (
+                            row_cell(r)
+                            for r in cands
+                            if (r["file"], r["call"]) == (c["choice"]["file"], c["choice"]["call"])
+                        ),
+                        None,
+                    ),
+                }
+            )
+    for c in [*choices, *(x for v in more.values() for x in v)]:  # the bytes chosen, so a deployment
+        for k in ("choice", "fastest_int8"):  # can check it ships the file measured
             if c[k]:
                 c[k]["file_sha256"] = sha256_file(onnx_dir / c[k]["file"])
     env = bench.get("environment", {})
@@ -176,6 +216,8 @@ def select(
         "defaults": DEFAULTS,
         "changed_since_bench": changed,
         "choices": choices,
+        # per other (batch, intra-op threads) the benchmark ran: the round-robin's fastest there
+        "choices_other_settings": more,
     }
 
 
@@ -258,6 +300,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{c['model']} on {c['runtime']}: {_said(c['choice'])}"
             + (f"; fastest INT8 {_said(i8)}" if i8 else "")
         )
+    for setting, cs in res["choices_other_settings"].items():
+        for c in cs:
+            one = c["one_thread_choice_here"]
+            than = (
+                ""
+                if one is None or one["file"] == c["choice"]["file"]
+                else f"; the batch-1 one-thread choice {one['file']} takes {1e3 * one['latency_ms_p50']:.1f} µs here"
+            )
+            print(f"{c['model']} on {c['runtime']}, {setting}: {_said(c['choice'])}{than}")
     print(f"wrote {args.json} ({res['method']})")
     return 0
 

@@ -280,6 +280,8 @@ def test_quantize_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
 def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
     """Stock rows are never chosen, an INT8 model whose record breaks the tolerances is no
     candidate, and --no-timing records the documented default (round-robin only: no pairs)."""
+    import hashlib
+
     from lenet_edge.quantize.select import select
 
     d = tmp_path / "onnx"
@@ -319,6 +321,29 @@ def test_select_picks_the_fastest_checked_lenet_edge_artifact(tmp_path):
     )
     with pytest.raises(ConfigError, match="nothing to select"):  # the wrong folder: no targets written
         select(bench, tmp_path / "elsewhere", timing=False)
+    # two threads: the round-robin's fastest there, beside what the one-thread choice takes there
+    rows += [
+        row("m.fp32.opt.onnx", "fp32.opt", "onnxruntime", 31) | {"threads": 2},
+        row("m.int8.s2d.ort.onnx", "int8.s2d.ort", "onnxruntime", 90, call="iobinding") | {"threads": 2},
+        row("m.int8.qdq.onnx", "int8.qdq", "onnxruntime", 5) | {"threads": 2},  # still outside the tolerances
+    ]
+    res = select(bench, d, pair_rounds=0)
+    assert res["choices"][0]["choice"]["file"] == "m.fp32.opt.onnx"  # one thread: as before
+    rows[3]["latency_ms_p50"] = rows[4]["latency_ms_p50"] = 0.025
+    res = select(bench, d, pair_rounds=0)
+    (c,) = res["choices"]
+    (c2,) = res["choices_other_settings"]["batch 1, 2 threads"]
+    assert c["choice"]["file"] == "m.int8.s2d.ort.onnx" and c2["choice"]["file"] == "m.fp32.opt.onnx"
+    assert (
+        c2["fastest_int8"]["file"] == "m.int8.s2d.ort.onnx"
+        and c2["one_thread_choice_here"]["latency_ms_p50"] == 0.09
+    )
+    assert (
+        c2["choice"]["file_sha256"] == hashlib.sha256(b"x").hexdigest()
+    )  # the bytes chosen, as for one thread
+    assert (
+        select(bench, d, timing=False)["choices_other_settings"] == {}
+    )  # the documented default has no timing
 
 
 def test_select_checks_the_round_robin_choice_by_pairs(tmp_path, monkeypatch):
