@@ -34,7 +34,7 @@ QEMU=$(command -v qemu-aarch64) || { echo "qemu-aarch64 not found (run setup_sys
 # XNNPACK) cannot use: DEST's empty possible/present lists make it fail cleanly (setup_sysroot.sh).
 # onnxruntime then takes the ISA from getauxval(AT_HWCAP), which qemu fills in from -cpu; XNNPACK
 # does not, and ran without its dot-product kernels on the emulated cortex-a76 (twentieth session:
-# lenet_pool.int8.full.tflite 566,565 -> 301,080 instructions per inference with this file). So a
+# lenet_pool.int8.full.tflite 566,250 -> 300,785 instructions per inference in arm-check, docs/device.md). So a
 # known core gets a guest root of its own, DEST.root-CPU: DEST's entries as symlinks, plus
 # proc/cpuinfo with the core's MIDR (cpuinfo names the core from it; its ISA still comes from
 # AT_HWCAP) and sys/devices/system/cpu/{possible,present} = 0, one CPU as the runs use. Paths
