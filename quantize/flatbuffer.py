@@ -55,6 +55,11 @@ def constant_array(model: Any, t: Any, dtype: Any) -> np.ndarray:
     return np.frombuffer(bytes(model.buffers[t.buffer].data), dtype=dtype).reshape(t.shape)
 
 
+def set_constant(model: Any, t: Any, a: np.ndarray) -> None:
+    """Store `a`'s bytes (its dtype, C order) as the values of constant tensor `t`."""
+    model.buffers[t.buffer].data = np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
+
+
 def per_channel_symmetric(t: Any, kind: str) -> bool:
     """Whether the int8 weights `t` of a `kind` op (one of WEIGHTED) are symmetric (zero points 0,
     finite positive scales), per tensor or per channel on the op's output-channel axis."""

@@ -60,6 +60,7 @@ from lenet_edge.quantize.flatbuffer import (
     litert_schema,
     op_kind,
     per_channel_symmetric,
+    set_constant,
     tensor_readers,
 )
 from lenet_edge.quantize.search import (
@@ -147,7 +148,7 @@ def _to_int8(model: Any, t: Any, kind: str) -> None:
     amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
     q = np.clip(np.rint(w / scale.reshape(_axis_shape(w.ndim, axis))), -127, 127).astype(np.int8)
-    model.buffers[t.buffer].data = np.frombuffer(q.tobytes(), dtype=np.uint8)
+    set_constant(model, t, q)
     qp = schema.QuantizationParametersT()
     qp.scale, qp.zeroPoint, qp.quantizedDimension = scale.tolist(), [0] * scale.size, axis
     t.type, t.quantization = schema.TensorType.INT8, qp

@@ -27,6 +27,7 @@ from lenet_edge.quantize.flatbuffer import (
     op_kind,
     per_channel_symmetric,
     read_tflite,
+    set_constant,
 )
 from lenet_edge.runtime.cli import parser, run
 from lenet_edge.runtime.errors import ConversionError
@@ -78,8 +79,8 @@ def fc_weights_per_tensor(model: Any) -> list[dict[str, Any]]:
         q = np.clip(np.rint(real / scale), -127, 127).astype(np.int8)
         x_scale = float(x.quantization.scale[0])
         bias = np.rint(constant_array(model, b, np.int32) * (scales / scale)).astype(np.int32)
-        model.buffers[w.buffer].data = np.frombuffer(q.tobytes(), np.uint8)
-        model.buffers[b.buffer].data = np.frombuffer(bias.tobytes(), np.uint8)
+        set_constant(model, w, q)
+        set_constant(model, b, bias)
         w.quantization.scale, w.quantization.zeroPoint = [scale], [0]
         b.quantization.scale, b.quantization.zeroPoint = [x_scale * scale], [0]
         w.quantization.quantizedDimension = b.quantization.quantizedDimension = 0

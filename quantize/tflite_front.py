@@ -52,10 +52,12 @@ import numpy as np
 from lenet_edge.quantize.flatbuffer import (
     behind_dequantize,
     buffer_uses,
+    constant_array,
     litert_schema,
     op_kind,
     opcode,
     read_tflite,
+    set_constant,
     tensor_readers,
 )
 from lenet_edge.runtime.cli import parser, run
@@ -70,10 +72,6 @@ REACH = ("first", "convs")
 def _data(model: Any, t: Any) -> bytes | None:
     d = model.buffers[t.buffer].data
     return None if d is None or len(d) == 0 else bytes(d)
-
-
-def _set_data(model: Any, t: Any, a: np.ndarray) -> None:
-    model.buffers[t.buffer].data = np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
 
 
 def _const(model: Any, g: Any, a: np.ndarray, name: str) -> int:
@@ -172,9 +170,9 @@ def pad_into_conv(model: Any) -> dict[str, Any]:
         x_index = op.inputs[0]
         x = g.tensors[x_index]
         w, bias = g.tensors[conv.inputs[1]], g.tensors[conv.inputs[2]]
-        weights = np.frombuffer(_data(model, w), np.float32).reshape(w.shape).astype(np.float64)
+        weights = constant_array(model, w, np.float32).astype(np.float64)
         b = np.frombuffer(_data(model, bias), np.float32).astype(np.float64)
-        _set_data(model, bias, (b + c * weights.sum(axis=(1, 2, 3))).astype(np.float32))
+        set_constant(model, bias, (b + c * weights.sum(axis=(1, 2, 3))).astype(np.float32))
         conv.builtinOptions.padding = schema.Padding.SAME
         if c != 0.0:  # ADD(-c) writes the pad's output tensor, now of the input's shape
             add = schema.OperatorT()
@@ -325,7 +323,7 @@ def float_front(model: Any, reach: str = "first") -> dict[str, Any]:
             out, cv = g.tensors[op.outputs[0]], g.tensors[op.inputs[2]]
             raw = float(np.frombuffer(_data(model, cv), np.int8)[0])
             real = (raw - float(out.quantization.zeroPoint[0])) * float(out.quantization.scale[0])
-            _set_data(model, cv, np.array([real], np.float32).reshape([int(s) for s in cv.shape] or [1]))
+            set_constant(model, cv, np.array([real], np.float32).reshape([int(s) for s in cv.shape] or [1]))
             _as_float(cv)
         if kind == "CONV_2D":
             w = g.tensors[op.inputs[1]]
@@ -333,7 +331,7 @@ def float_front(model: Any, reach: str = "first") -> dict[str, Any]:
             for i in op.inputs[1:3]:
                 t = g.tensors[i]
                 real = _dequantized(model, t)
-                _set_data(model, t, real)
+                set_constant(model, t, real)
                 _as_float(t)
         if op is not front[-1]:
             _as_float(g.tensors[op.outputs[0]])
@@ -392,7 +390,7 @@ def _weights_behind_dequantize(model: Any, g: Any, kept: dict[int, tuple[np.ndar
         w.type, w.quantization = schema.TensorType.INT8, copy.deepcopy(quant)
         w.quantization.scale = [float(v) for v in scale32]
         w.quantization.zeroPoint = [0] * len(w.quantization.scale)
-        _set_data(model, w, q)
+        set_constant(model, w, q)
         g.operators.insert(0, behind_dequantize(model, op))
         done += 1
     return {"int8_behind_dequantize": done, "kept_float": kept_float}
@@ -454,7 +452,7 @@ def fold_affine_1x1(model: Any) -> dict[str, Any]:
         c = float(np.frombuffer(_data(model, b), np.float32)[0])
         cw = g.tensors[conv.inputs[1]]
         scaled = np.frombuffer(_data(model, cw), np.float32).astype(np.float64) * a
-        _set_data(model, cw, scaled.astype(np.float32))
+        set_constant(model, cw, scaled.astype(np.float32))
         add = schema.OperatorT()
         add.opcodeIndex = opcode(model, "ADD")
         add.inputs = [op.inputs[0], _const(model, g, np.array([c / a], np.float32), "affine_shift")]
