@@ -33,7 +33,9 @@ ops and the com.microsoft integer ops every CPU build has) and remove what is le
 - narrow-constants: int32 biases that fit int16 behind a Cast, equal per-channel zero points as one
   value, identical initializers merged (folded at load as well).
 - uint8-transpose (not a default; ONE_THREAD_PASSES, tried by the search): the input reorder as one
-  uint8 Transpose, cheaper with one thread, much slower with more in onnxruntime 1.32.
+  uint8 Transpose, cheaper with one thread, much slower with more in onnxruntime 1.32. A file built
+  with it says so in its metadata (`tuned_for_threads`), and the runner warns a session that gives
+  it more intra-op threads.
 
 Each pass checks its preconditions on concrete shapes (taken by running the graph once) and leaves
 a graph that does not match untouched, saying why. The result is checked against the QDQ model on
@@ -1242,10 +1244,11 @@ def build_ort_model(
     import onnx
     import onnxruntime
 
+    from lenet_edge.export.onnx_export import set_metadata
     from lenet_edge.runtime.errors import ConversionError
     from lenet_edge.runtime.files import owned_temp_dir, sha256_bytes, write_bytes_atomic, write_json_atomic
     from lenet_edge.runtime.numeric import max_abs_diff
-    from lenet_edge.runtime.runner import OnnxRunner
+    from lenet_edge.runtime.runner import TUNED_FOR_THREADS, OnnxRunner
 
     t0 = time.perf_counter()
     model = src_rec.get("model", src.name)
@@ -1257,6 +1260,9 @@ def build_ort_model(
             f"{src.name}: no ORT-target pass applies ({'; '.join(e['not_applied'] for e in log)})"
         )
     final = _describe(compact_names(final, node_names=False), src_rec)
+    one_thread = [e["pass"] for e in log if e["applied"] and e["pass"] in ONE_THREAD_PASSES]
+    if one_thread:  # the runner says so when a session gives it more intra-op threads
+        set_metadata(final, {TUNED_FOR_THREADS: f"1 ({', '.join(one_thread)})"})
     onnx.checker.check_model(final)
     data = final.SerializeToString()
     try:

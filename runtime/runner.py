@@ -7,6 +7,7 @@ contract, then calls `run`; the benchmark validates its fixed input once and tim
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,6 +98,18 @@ def _check_onnx_io(name: str, inputs: list[Any], outputs: list[Any]) -> None:
         )
 
 
+# Model metadata key: the intra-op thread count a file's passes were chosen for ("1 (pass, ...)");
+# a session with more threads gets one warning (optimize.ort_int8's ONE_THREAD_PASSES).
+TUNED_FOR_THREADS = "tuned_for_threads"
+log = logging.getLogger(__name__)
+
+
+def tuned_for_threads(meta: dict[str, str]) -> int | None:
+    """The thread count a model's metadata says it was tuned for, or None (unsaid or unreadable)."""
+    head = meta.get(TUNED_FOR_THREADS, "").split(" ", 1)[0]
+    return int(head) if head.isdigit() and int(head) > 0 else None
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """onnxruntime session options, all explicit and recorded with every result."""
@@ -155,6 +168,17 @@ class OnnxRunner:
         k = self.session.get_outputs()[0].shape[1]
         self.classes: int | None = k if isinstance(k, int) else None  # None: the model leaves it open
         self.input_dtype = np.dtype(NATIVE[inputs[0].type])  # feed this to `run`: no conversion
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.tuned_for_threads = tuned_for_threads(meta)
+        if self.tuned_for_threads and self.config.threads > self.tuned_for_threads:
+            log.warning(
+                "warning: %s was tuned for %s intra-op thread(s) (%s); with %d it can be several times "
+                "slower: deploy the file chosen for this setting (targets.json choices_other_settings)",
+                Path(name).name,
+                self.tuned_for_threads,
+                meta[TUNED_FOR_THREADS].partition(" ")[2].strip("()") or "its passes",
+                self.config.threads,
+            )
         self._bound_shape: tuple[int, ...] | None = None
         self.run = self._run_bound if self.config.io_binding else self._run_plain
 
@@ -226,6 +250,7 @@ class OnnxRunner:
             "version": self.version,
             "providers": self.session.get_providers(),
             **asdict(self.config),
+            "tuned_for_threads": self.tuned_for_threads,
             "inter_op_threads": 1,
             "execution_mode": "sequential",
         }

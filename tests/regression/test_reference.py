@@ -620,9 +620,14 @@ def test_search_builds_checks_and_times_every_candidate(exported, tolerances, tm
     if one_thread["passed"]:  # timed as a pair with the choice it was built from
         vs = one_thread["vs_current_best"]
         assert vs["rounds"] == 20 and vs["ci95"][0] <= vs["ratio"] <= vs["ci95"][1], vs
+    import onnx
+
+    meta = {q.key: q.value for q in onnx.load(pub).metadata_props}
     if m["choice"]["label"] == one_thread["label"]:
         assert one_thread["vs_current_best"]["ci95"][1] < 0.995
+        assert meta["tuned_for_threads"] == "1 (uint8-transpose)"  # the runner warns more threads
     else:
+        assert "tuned_for_threads" not in meta
         paired_first = [r for r in m["candidates"] if r.get("vs_fastest_first_run")]
         assert (
             m["choice"]["p50_us"] == min(r["p50_us"] for r in m["candidates"] if r["passed"])

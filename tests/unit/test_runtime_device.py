@@ -106,6 +106,37 @@ def test_static_batch_model_runs_in_its_batch_and_refuses_a_remainder(tmp_path, 
         r.predict(x)
 
 
+@pytest.mark.parametrize(
+    ("value", "threads", "warned"),
+    [("1 (uint8-transpose)", 2, True), ("1 (uint8-transpose)", 1, False), ("2", 2, False), ("x", 4, False)],
+)
+def test_a_model_tuned_for_fewer_threads_warns_a_session_with_more(
+    tmp_path, identity, caplog, value, threads, warned
+):
+    """A file whose metadata says it was tuned for one intra-op thread (the search's uint8-transpose
+    form) warns once, naming the file and the pass, when a session gives it more; unreadable metadata
+    is ignored, not an error."""
+    import logging
+
+    from lenet_edge.export.onnx_export import set_metadata
+    from lenet_edge.runtime.runner import TUNED_FOR_THREADS, SessionConfig, load_runner
+
+    m = onnx.load(identity)
+    set_metadata(m, {TUNED_FOR_THREADS: value})
+    f = tmp_path / "tuned.onnx"
+    onnx.save(m, f)
+    with caplog.at_level(logging.WARNING, logger="lenet_edge.runtime.runner"):
+        r = load_runner(f, SessionConfig(threads=threads))
+    said = [rec.getMessage() for rec in caplog.records]
+    assert bool(said) == warned, said
+    if warned:
+        (line,) = said
+        assert "tuned.onnx" in line and "uint8-transpose" in line and f"with {threads}" in line
+    assert r.info()["tuned_for_threads"] == (int(value[0]) if value[0].isdigit() else None)
+    x = np.zeros((2, 1, 28, 28), np.uint8)
+    assert np.array_equal(r.predict(x), first10(x.astype(np.float32)))
+
+
 @pytest.mark.parametrize("content", [b"", b"not onnx at all", None], ids=["empty", "garbage", "truncated"])
 def test_runner_rejects_bad_model_files(tmp_path, identity, content):
     from lenet_edge.runtime.runner import OnnxRunner
