@@ -92,6 +92,11 @@ def cpu_info(cpuinfo: str | None = None, mask: str | None = None) -> dict[str, A
         "isa_flags": isa,
         "logical_cpus": os.cpu_count(),
     }
+    # x86 CPUID family / model / stepping: under a hypervisor the name can be only "AMD EPYC", and
+    # these tell the generations apart (AMD family 25 is Zen 3 and Zen 4, 26 is Zen 5)
+    for key, field in (("family", "cpu family"), ("model_number", "model"), ("stepping", "stepping")):
+        if fields.get(field, "").isdigit() and "Features" not in fields:
+            out[key] = int(fields[field])
     if mask:
         hidden = MASK_PROFILES[mask]
         out["isa_flags"] = [f for f in isa if not hidden(f)]
@@ -108,7 +113,12 @@ def cpu_info(cpuinfo: str | None = None, mask: str | None = None) -> dict[str, A
 
 def describe_cpu(cpu: dict[str, Any]) -> str:
     """One line for a result table: model, flags, and the mask if one was on."""
-    text = f"{cpu['model']} ({', '.join(cpu['isa_flags'])})"
+    cpuid = (
+        f", family {cpu['family']} model {cpu['model_number']}"
+        if isinstance(cpu.get("family"), int) and isinstance(cpu.get("model_number"), int)
+        else ""
+    )
+    text = f"{cpu['model']}{cpuid} ({', '.join(cpu['isa_flags'])})"
     if cpu.get("isa_mask"):
         text += (
             f" [lenet-edge --isa {cpu['isa_mask']}: CPUID hid {', '.join(cpu.get('isa_flags_hidden', []))}; "

@@ -18,9 +18,11 @@ def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1)
     import onnxruntime as ort
 
     from .bench import native_input
-    from .runner import OnnxRunner
+    from .runner import OnnxRunner, SessionConfig
 
-    runner = OnnxRunner(model)  # a readable model that honours the contract, or one clear ContractError
+    # a readable model that honours the contract, or one clear ContractError; and the runner's
+    # warning if the file was tuned for fewer threads than asked
+    runner = OnnxRunner(model, SessionConfig(threads=threads))
     with owned_temp_dir("prof") as tmp:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1

@@ -9,6 +9,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -358,6 +362,34 @@ def xnnpack_int8_delegate(mod: Any, backend: str, version: str, threads: int) ->
         return None
 
 
+@contextmanager
+def native_log(said: list[str]) -> Iterator[None]:
+    """Take what native code writes to fd 2 meanwhile (TFLite logs "INFO: Created TensorFlow Lite
+    XNNPACK delegate for CPU." on every load): its lines go into `said`, and after the block the
+    ones that are not INFO are written to stderr again. -v (LENET_EDGE_VERBOSE=1) leaves fd 2 alone.
+    A caller that fails folds `said` into its one error line instead."""
+    if os.environ.get("LENET_EDGE_VERBOSE") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                tmp.seek(0)
+                said += [ln for ln in tmp.read().decode(errors="replace").splitlines() if ln.strip()]
+    finally:
+        os.close(saved)
+
+
+def _native_lines(said: list[str]) -> list[str]:
+    return [ln for ln in said if not ln.startswith("INFO: ")]
+
+
 class TfliteRunner:
     """A TFLite interpreter behind the same contract: callers pass float32 NCHW raw pixels.
 
@@ -373,19 +405,27 @@ class TfliteRunner:
         self.name = str(model)
         if not Path(model).is_file():
             raise ContractError(f"{self.name}: model file not found")
-        self._delegate = xnnpack_int8_delegate(mod, self.backend, self.version, self.config.threads)
-        extra: dict[str, Any] = {}
-        if self._delegate is not None:  # ours instead of the default one (never both)
-            extra = {
-                "experimental_op_resolver_type": mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                "experimental_delegates": [self._delegate],
-            }
+        said: list[str] = []
         try:
-            self.it = mod.Interpreter(model_path=str(model), num_threads=self.config.threads, **extra)
-            self.it.allocate_tensors()
+            with native_log(said):
+                self._delegate = xnnpack_int8_delegate(mod, self.backend, self.version, self.config.threads)
+                extra: dict[str, Any] = {}
+                if self._delegate is not None:  # ours instead of the default one (never both)
+                    extra = {
+                        "experimental_op_resolver_type": mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                        "experimental_delegates": [self._delegate],
+                    }
+                self.it = mod.Interpreter(model_path=str(model), num_threads=self.config.threads, **extra)
+                self.it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ContractError(f"{self.name}: {self.backend} cannot load the model ({msg})") from e
+            native = "; ".join(_native_lines(said))[:300]
+            raise ContractError(
+                f"{self.name}: {self.backend} cannot load the model ({msg})"
+                + (f" [{native}]" if native else "")
+            ) from e
+        for line in _native_lines(said):  # warnings and errors stay visible; the INFO noise goes
+            print(line, file=sys.stderr)
         (inp,), (out,) = self.it.get_input_details(), self.it.get_output_details()
         ishape, oshape = [int(d) for d in inp["shape"]], [int(d) for d in out["shape"]]
         if len(ishape) != 4 or ishape[0] != 1 or min(ishape) < 1:

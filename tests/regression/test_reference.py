@@ -311,6 +311,7 @@ def test_tflite_runtime_runs_int8_graphs_on_its_xnnpack_int8_kernels(tflite, exp
             env=env,
         )
         assert proc.returncode == 0, proc.stderr[-1000:]
+        assert "INFO: Created TensorFlow Lite" not in proc.stderr  # the runner drops the per-load line
         seen[flag] = proc.stdout.split()
     assert (
         seen["1"][:5] == ["tflite-runtime", "XNNPACK", "with", "int8", "kernels"] and int(seen["1"][-1]) >= 1
@@ -333,6 +334,7 @@ def test_interpreter_rejecting_a_file_is_one_line(tmp_path):
             env={**os.environ, "LENET_EDGE_TFLITE": interp},
         )
         assert_one_line_error(proc, "model.tflite", "cannot load the model")
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # no native INFO line before it
 
 
 @needs_tflite_envs

@@ -58,6 +58,12 @@ def test_cpu_info_under_a_mask_reports_the_flags_the_process_sees():
     line = describe_cpu(masked)
     assert "--isa avx2" in line and "avx512f" in line and "not another CPU" in line
     assert "--isa" not in describe_cpu(plain)
+    assert "family" not in plain  # the fixture has no CPUID numbers: none recorded, none shown
+    epyc = cpu_info("model name\t: AMD EPYC\ncpu family\t: 26\nmodel\t\t: 2\nstepping\t: 1\nflags\t: avx2\n")
+    assert (epyc["family"], epyc["model_number"], epyc["stepping"]) == (26, 2, 1)
+    assert describe_cpu(epyc) == "AMD EPYC, family 26 model 2 (avx2)"
+    arm = cpu_info("processor\t: 0\nFeatures\t: asimd\nCPU part\t: 0xd0b\nCPU implementer\t: 0x41\n")
+    assert "family" not in arm and arm["core"] == "cortex-a76"
     zen4 = cpu_info(XEON, mask="avx512vnni")  # AMX and the VEX VNNI go, AVX-512 VNNI stays
     assert zen4["isa_flags"] == ["avx", "avx2", "avx512_vnni", "avx512bw", "avx512f", "fma", "sse4_1"]
     assert set(zen4["isa_flags_hidden"]) == {"avx_vnni", "amx_int8", "amx_tile"}

@@ -596,3 +596,30 @@ def test_xnnpack_int8_delegate_is_made_only_for_tflite_runtime_2_14(monkeypatch,
     assert xnnpack_int8_delegate(mod, "tflite-runtime", "2.14.0", 1) is None  # OSError, not a crash
     monkeypatch.setenv("LENET_EDGE_XNNPACK_INT8", "0")
     assert xnnpack_int8_delegate(mod, "tflite-runtime", "2.14.0", 1) is None
+
+
+def test_native_log_drops_tflites_info_lines_and_keeps_the_rest(capfd, monkeypatch):
+    """What native code writes to fd 2 inside the block is taken: TFLite's per-load INFO line goes,
+    other lines come back on stderr after it; with -v fd 2 is left alone."""
+    import os
+
+    from lenet_edge.runtime.runner import _native_lines, native_log
+
+    monkeypatch.delenv("LENET_EDGE_VERBOSE", raising=False)
+    said: list[str] = []
+    with native_log(said):
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nWARNING: kept\n")
+    assert said == ["INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", "WARNING: kept"]
+    assert _native_lines(said) == ["WARNING: kept"]
+    assert capfd.readouterr().err == ""  # the caller decides what to print
+    said = []
+    with pytest.raises(RuntimeError), native_log(said):  # fd 2 comes back on an exception too
+        os.write(2, b"ERROR: boom\n")
+        raise RuntimeError
+    os.write(2, b"after\n")
+    assert said == ["ERROR: boom"] and capfd.readouterr().err == "after\n"
+    monkeypatch.setenv("LENET_EDGE_VERBOSE", "1")
+    said = []
+    with native_log(said):
+        os.write(2, b"INFO: shown\n")
+    assert said == [] and capfd.readouterr().err == "INFO: shown\n"
