@@ -366,15 +366,19 @@ def xnnpack_int8_delegate(mod: Any, backend: str, version: str, threads: int) ->
 def native_log(said: list[str]) -> Iterator[None]:
     """Take what native code writes to fd 2 meanwhile (TFLite logs "INFO: Created TensorFlow Lite
     XNNPACK delegate for CPU." on every load): its lines go into `said`, and after the block the
-    ones that are not INFO are written to stderr again. -v (LENET_EDGE_VERBOSE=1) leaves fd 2 alone.
-    A caller that fails folds `said` into its one error line instead."""
-    if os.environ.get("LENET_EDGE_VERBOSE") == "1":
+    ones that are not INFO are written to stderr again. -v (LENET_EDGE_VERBOSE=1), or no writable
+    temp folder, leaves fd 2 alone. A caller that fails folds `said` into its one error line instead."""
+    try:  # a device without a writable temp folder keeps its fd 2 as it is; closed by `with tmp` below
+        tmp = None if os.environ.get("LENET_EDGE_VERBOSE") == "1" else tempfile.TemporaryFile()  # noqa: SIM115
+    except OSError:
+        tmp = None
+    if tmp is None:
         yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     try:
-        with tempfile.TemporaryFile() as tmp:
+        with tmp:
             os.dup2(tmp.fileno(), 2)
             try:
                 yield

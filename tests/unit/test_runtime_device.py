@@ -623,3 +623,8 @@ def test_native_log_drops_tflites_info_lines_and_keeps_the_rest(capfd, monkeypat
     with native_log(said):
         os.write(2, b"INFO: shown\n")
     assert said == [] and capfd.readouterr().err == "INFO: shown\n"
+    monkeypatch.delenv("LENET_EDGE_VERBOSE")
+    monkeypatch.setattr("tempfile.TemporaryFile", lambda: (_ for _ in ()).throw(OSError("read-only")))
+    with native_log(said):  # no temp folder to write to: fd 2 as it was, no error
+        os.write(2, b"INFO: shown too\n")
+    assert said == [] and capfd.readouterr().err == "INFO: shown too\n"
