@@ -2,7 +2,7 @@
 
 Reads results/reference.json (FP32 and ORT INT8 of the committed models), the quantize and TFLite
 records (per-layer SQNR, TFLite accuracy and size) from build/onnx/ or else their committed copies
-in results/records/, the committed x86 benchmark run (results/bench/), the aarch64
+in results/records/, the newest x86 benchmark run on a whole ISA (results/bench/), the aarch64
 check (results/arm/), the multi-seed study (results/study.json) and the invariance study
 (results/invariance.json). A missing input leaves its section saying which command makes it.
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 from lenet_edge.report.stats import binomial_se_pp
 from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.env import describe_cpu
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import atomic_path, read_json, write_bytes_atomic
 from lenet_edge.workflow import comparison, get
@@ -47,17 +48,68 @@ def _record(onnx_dir: Path, results: Path, name: str) -> Any | None:
     return _load(onnx_dir / name) if (onnx_dir / name).is_file() else _load(results / "records" / name)
 
 
+BENCH_SCHEMA = "lenet-edge/bench/v1"
+
+
+def reference_bench(folder: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """The x86 run the report quotes: of the benchmark results in `folder`, the newest (created_unix)
+    taken on a CPU's whole ISA (no `--isa` mask, AMX not refused) that timed onnxruntime and has the
+    goal summary; else the newest benchmark result of any kind; (None, None) if there is none.
+    Search, target and training files in the same folder are not benchmark results."""
+    runs = []
+    for f in sorted(glob.glob(str(folder / "*.json"))):
+        b = _load(Path(f))
+        if (
+            not isinstance(b, dict)
+            or b.get("schema") != BENCH_SCHEMA
+            or not isinstance(b.get("results"), list)
+        ):
+            continue
+        cpu = (b.get("environment") or {}).get("cpu") or {}
+        whole = (
+            not cpu.get("isa_mask")
+            and (b.get("settings") or {}).get("amx") != "off"
+            and "summary" in b
+            and any(r.get("runtime") == "onnxruntime" for r in b["results"] if isinstance(r, dict))
+        )
+        created = b.get("created_unix")
+        runs.append((whole, created if isinstance(created, (int, float)) else 0, f, b))
+    if not runs:
+        return None, None
+    _, _, f, b = max(runs, key=lambda r: (r[0], r[1], r[2]))
+    return f, b
+
+
+def summary_at(
+    bench: dict[str, Any] | None, model: str, batch: int = 1, threads: int = 1
+) -> dict[str, Any] | None:
+    """The benchmark's own goal summary for one model and setting (None for a run without one)."""
+    for s in (bench or {}).get("summary") or []:
+        if s.get("model") == model and s.get("batch") == batch and s.get("threads") == threads:
+            return s
+    return None
+
+
+def _ratio(side: dict[str, Any], key: str) -> tuple[float | None, str]:
+    """A goal ratio as the benchmark settled it: the paired figure where there is one."""
+    paired = side.get(f"{key}_paired")
+    if isinstance(paired, dict) and isinstance(paired.get("ratio"), (int, float)):
+        return paired["ratio"], "paired"
+    value = side.get(key)
+    return (value, "p50") if isinstance(value, (int, float)) else (None, "")
+
+
 def gather(results: Path, onnx_dir: Path) -> dict[str, Any]:
     ref = _load(results / "reference.json")
     if ref is None:
         raise ReportError(f"{results / 'reference.json'}: missing (it is committed; restore it with git)")
-    bench_files = sorted(glob.glob(str(results / "bench" / "*.json")))
+    bench_file, bench = reference_bench(results / "bench")
     return {
         "reference": ref,
         "quantize": {m: _record(onnx_dir, results, f"{m}.int8.qdq.quantize.json") for m in MODELS},
         "tflite": {m: _record(onnx_dir, results, f"{m}.tflite.json") for m in MODELS},
-        "bench": _load(Path(bench_files[0])) if bench_files else None,
-        "bench_file": bench_files[0] if bench_files else None,
+        "bench": bench,
+        "bench_file": bench_file,
         "arm": _load(results / "arm" / "arm-check.json"),
         "devices": {
             Path(f).name: _load(Path(f)) for f in sorted(glob.glob(str(results / "devices" / "*.json")))
@@ -507,10 +559,11 @@ def _artifacts(d: dict[str, Any], out_dir: Path) -> tuple[list[str], list[dict[s
         )
     L += [""]
     if bench:
-        cpu = env.get("model", "?") if isinstance(env, dict) else env
+        cpu = describe_cpu(env) if isinstance(env, dict) and env.get("isa_flags") is not None else env
         L.append(
-            f"Latency: `make bench` reference run `{d['bench_file']}` ({cpu}); the fastest call path per "
-            "artifact (ORT `run` or IO binding). Compare as ratios within the run, not across machines."
+            f"Latency: `make bench` reference run `{d['bench_file']}` ({cpu}; the newest run on a whole "
+            "ISA in results/bench/); the fastest call path per artifact (ORT `run` or IO binding). Compare "
+            "as ratios within the run, not across machines."
         )
     else:
         L.append("Latency: no benchmark result in results/bench/ (`make bench`).")
@@ -775,7 +828,28 @@ def conclusion(
                 )
     by = {(r["model"], r["fmt"]): r for r in rows}
     lat = {k: r["p50_us"] for k, r in by.items() if r["p50_us"]}
-    if lat:
+    summaries = {m: summary_at(d["bench"], m) for m in MODELS}
+    if all(summaries.values()):
+        parts = []
+        for m, sm in summaries.items():
+            best = sm["best_lenet_edge"]
+            per = []
+            for rt, side in sorted(sm["per_runtime"].items()):
+                ratio, how = _ratio(side, "int8_over_fp32")
+                if ratio is not None:
+                    per.append(f"{rt} {ratio:.2f}")
+            stock, _ = _ratio(sm, "lenet_edge_over_stock")
+            parts.append(
+                f"{m}: fastest artifact `{best['file']}` ({best['runtime']}) at "
+                f"{1e3 * best['latency_ms_p50']:.1f} µs; best INT8 / best FP32 per runtime {', '.join(per)}"
+                + (f"; fastest lenet-edge / fastest stock {stock:.2f}" if stock is not None else "")
+            )
+        out.append(
+            "- **Latency (x86, batch 1, one thread; paired ratios where the benchmark settled them):** "
+            + "; ".join(parts)
+            + "."
+        )
+    elif lat:
         fastest = min(lat, key=lat.get)
         ratios = []
         for m in MODELS:
@@ -816,9 +890,12 @@ def pick(d: dict[str, Any], rows: list[dict[str, Any]], t: dict[str, Any] | None
                 f"it executes {ins[STRIDE] / ins[POOL]:.1f}x fewer aarch64 instructions per "
                 "FP32 inference (emulated cortex-a76)"
             )
+    fp, q = by[(model, "fp32")], by.get((model, "int8.qdq"))
+    sm = summary_at(d["bench"], model)
+    if sm and sm.get("best_lenet_edge"):
+        return _pick_from_summary(d, model, why, sm, fp, q)
     cands = [r for r in rows if r["model"] == model and r["p50_us"]]
     r = min(cands, key=lambda x: x["p50_us"]) if cands else by[(model, "fp32")]
-    fp, q = by[(model, "fp32")], by.get((model, "int8.qdq"))
     text = (
         f"**On a Raspberry Pi we would ship `{model}` as {r['format']}**: {'; '.join(why)}"
         + (
@@ -846,6 +923,67 @@ def pick(d: dict[str, Any], rows: list[dict[str, Any]], t: dict[str, Any] | None
         text += (
             f" Its accuracy cost is {drop['mean']:+.3f} pp (95 % CI {drop['ci_low']:+.3f} to {drop['ci_high']:+.3f}) "
             f"over {drop['n']} seeds."
+        )
+    return text
+
+
+def _pick_from_summary(
+    d: dict[str, Any],
+    model: str,
+    why: list[str],
+    sm: dict[str, Any],
+    fp: dict[str, Any],
+    q: dict[str, Any] | None,
+) -> str:
+    """The deployment choice when the reference run has a goal summary: its fastest lenet-edge
+    artifact for the model, with the INT8 / FP32 ratio of that runtime and the aarch64 goal ratio."""
+    best = sm["best_lenet_edge"]
+    name, runtime = best["file"], best["runtime"]
+    size = next(
+        (r.get("file_bytes") for r in d["bench"]["results"] if r.get("file") == name and r.get("file_bytes")),
+        None,
+    )
+    int8 = ".int8." in name
+    ratio, how = _ratio(sm["per_runtime"].get(runtime, {}), "int8_over_fp32")
+    text = (
+        f"**On a Raspberry Pi we would ship `{model}` as `{name}` ({runtime})**: {'; '.join(why)}; it is "
+        f"the fastest lenet-edge artifact in the x86 reference run ({1e3 * best['latency_ms_p50']:.1f} µs p50"
+        + (f", {size:,} bytes" if size else "")
+        + ")."
+    )
+    if int8 and ratio is not None and ratio < 1:
+        text += (
+            f" INT8 is the faster as well as the smaller choice there: best INT8 / best FP32 on {runtime} "
+            f"{ratio:.2f} ({how})"
+        )
+        if size and fp.get("bytes"):
+            text += f", {fp['bytes'] / size:.1f}x smaller than the FP32 ONNX file"
+        text += "; every published INT8 choice is checked against results/tolerances.json."
+    elif q and ratio is not None:
+        text += (
+            f" INT8 ({q['bytes']:,} bytes, {fp['bytes'] / q['bytes']:.1f}x smaller) is the choice only when "
+            f"flash or RAM is the limit: best INT8 / best FP32 on {runtime} {ratio:.2f} ({how})."
+        )
+    arm = [
+        g
+        for g in (d["arm"] or {}).get("best_int8_over_best_fp32") or []
+        if g.get("model") == model and isinstance(g.get("ratio"), (int, float))
+    ]
+    if arm:
+        text += (
+            " Best INT8 / best FP32 aarch64 instructions (emulated): "
+            + "; ".join(
+                f"{cpu} " + ", ".join(f"{g['runtime']} {g['ratio']:.2f}" for g in arm if g.get("cpu") == cpu)
+                for cpu in sorted({str(g.get("cpu")) for g in arm})
+            )
+            + "."
+        )
+    st = d["study"]
+    if st and q:
+        drop = st["models"][model]["int8_drop_pp"]
+        text += (
+            f" Its INT8 accuracy cost (the default recipe) is {drop['mean']:+.3f} pp (95 % CI "
+            f"{drop['ci_low']:+.3f} to {drop['ci_high']:+.3f}) over {drop['n']} seeds."
         )
     return text
 

@@ -345,3 +345,66 @@ def test_real_boards_sit_beside_the_estimate_for_their_core():
     assert "| pi4.json | cortex-a72 | `m.int8.onnx` | 50 | 158 (+216 %) | 55 (+10 %) |" in text
     assert "cortex-a76" not in text and "+10 % .. +10 % over 1 artifact(s)" in text
     assert board_lines(arm, {}) == [] and board_lines(None, {"pi4.json": dev}) == []
+
+
+def _bench(created, *, mask=None, amx="on", summary=True, runtime="onnxruntime"):
+    """A minimal benchmark result: per model, one INT8 row and a goal summary at batch 1, one thread."""
+    rows, sums = [], []
+    for m in ("lenet_pool", "lenet_stride"):
+        best = {"file": f"{m}.int8.search.{created}.onnx", "call": "run", "latency_ms_p50": 0.01}
+        fp32 = {**best, "file": f"{m}.fp32.onnx", "latency_ms_p50": 0.02}
+        rows.append(
+            {"model": m, "format": "int8.search", "file": best["file"], "file_bytes": 70_000}
+            | {"runtime": runtime, "batch": 1, "threads": 1, "latency_ms_p50": 0.01}
+        )
+        side = {"best_int8": best, "best_fp32": fp32, "int8_over_fp32": 0.5}
+        sums.append(
+            {"model": m, "batch": 1, "threads": 1, "best_stock": None, "lenet_edge_over_stock": None}
+            | {"per_runtime": {runtime: side | {"int8_over_fp32_paired": {"ratio": 0.55}}}}
+            | {"best_lenet_edge": best | {"runtime": runtime}}
+        )
+    cpu = {"model": "X", "isa_flags": ["avx2"], **({"isa_mask": mask} if mask else {})}
+    return {
+        "schema": "lenet-edge/bench/v1",
+        "created_unix": created,
+        "environment": {"cpu": cpu},
+        "settings": {"amx": amx},
+        "results": rows,
+        **({"summary": sums} if summary else {}),
+    }
+
+
+def test_report_quotes_the_newest_whole_isa_benchmark_and_ships_its_fastest_artifact(tmp_path):
+    """Of results/bench/, the newest run on the CPU's whole ISA with a goal summary (not a masked or
+    AMX-refused run, not a search or targets file, not an older run); the deployment sentence then
+    names its fastest lenet-edge artifact with the paired INT8 / FP32 ratio."""
+    from pathlib import Path
+
+    from lenet_edge.report.build import reference_bench
+
+    res = _results_dir(tmp_path)
+    b = res / "bench"
+    b.mkdir()
+    files = {
+        "a-old.json": _bench(100),
+        "b-new.json": _bench(300),
+        "c-masked.json": _bench(900, mask="avx2"),
+        "d-amx-off.json": _bench(800, amx="off"),
+        "e-tflite-runtime.json": _bench(700, runtime="tflite-runtime"),
+        "f-no-summary.json": _bench(600, summary=False),
+        "g.search.json": {"models": [], "created_unix": 999},
+    }
+    for name, data in files.items():
+        (b / name).write_text(json.dumps(data))
+    f, bench = reference_bench(b)
+    assert Path(f).name == "b-new.json" and bench["created_unix"] == 300
+    (b / "b-new.json").unlink()
+    (b / "a-old.json").unlink()  # no whole-ISA run left: the newest benchmark of any kind
+    assert Path(reference_bench(b)[0]).name == "c-masked.json"
+    assert reference_bench(tmp_path / "none") == (None, None)
+    (b / "b-new.json").write_text(json.dumps(_bench(300)))
+    text = build(res, tmp_path / "no-onnx", tmp_path / "out").read_text()
+    assert "b-new.json" in text
+    # the fixture's study ranks stride-2 first
+    assert "ship `lenet_stride` as `lenet_stride.int8.search.300.onnx` (onnxruntime)" in text
+    assert "best INT8 / best FP32 on onnxruntime 0.55 (paired)" in text
