@@ -917,14 +917,19 @@ def pick(d: dict[str, Any], rows: list[dict[str, Any]], t: dict[str, Any] | None
             + (f": at batch 1 it costs {', '.join(slower)}" if slower else "")
             + "."
         )
+    return text + (_int8_cost(d, model, "Its accuracy cost") if q else "")
+
+
+def _int8_cost(d: dict[str, Any], model: str, what: str) -> str:
+    """The study's INT8 − FP32 top-1 for the model, as one sentence (empty without a study)."""
     st = d["study"]
-    if st and q:
-        drop = st["models"][model]["int8_drop_pp"]
-        text += (
-            f" Its accuracy cost is {drop['mean']:+.3f} pp (95 % CI {drop['ci_low']:+.3f} to {drop['ci_high']:+.3f}) "
-            f"over {drop['n']} seeds."
-        )
-    return text
+    if not st:
+        return ""
+    drop = st["models"][model]["int8_drop_pp"]
+    return (
+        f" {what} is {drop['mean']:+.3f} pp (95 % CI {drop['ci_low']:+.3f} to {drop['ci_high']:+.3f}) "
+        f"over {drop['n']} seeds."
+    )
 
 
 def _pick_from_summary(
@@ -978,14 +983,7 @@ def _pick_from_summary(
             )
             + "."
         )
-    st = d["study"]
-    if st and q:
-        drop = st["models"][model]["int8_drop_pp"]
-        text += (
-            f" Its INT8 accuracy cost (the default recipe) is {drop['mean']:+.3f} pp (95 % CI "
-            f"{drop['ci_low']:+.3f} to {drop['ci_high']:+.3f}) over {drop['n']} seeds."
-        )
-    return text
+    return text + (_int8_cost(d, model, "Its INT8 accuracy cost (the default recipe)") if q else "")
 
 
 def main(argv: list[str] | None = None) -> int:
