@@ -43,9 +43,31 @@ def _load(path: Path) -> Any | None:
         raise ReportError(f"{path}: not a readable result file ({e.__class__.__name__}: {e})") from e
 
 
-def _record(onnx_dir: Path, results: Path, name: str) -> Any | None:
-    """A stage record: this checkout's build/onnx/ if made, else the committed copy in results/records/."""
-    return _load(onnx_dir / name) if (onnx_dir / name).is_file() else _load(results / "records" / name)
+def _fp32_source_sha(rec: Any) -> Any:
+    """The sha256 of the FP32 export a quantize or TFLite record was made from (None if it says none)."""
+    if not isinstance(rec, dict):
+        return None
+    if isinstance(rec.get("fp32"), dict):  # a quantize record
+        return rec["fp32"].get("onnx_sha256")
+    return (rec.get("source") or {}).get("export_sha256") if isinstance(rec.get("source"), dict) else None
+
+
+def _record(onnx_dir: Path, results: Path, name: str, model: str, ref: dict[str, Any]) -> Any | None:
+    """A stage record: this checkout's build/onnx/ if it was made from the reference models (its FP32
+    source is this checkout's export of the checkpoint results/reference.json names), else the
+    committed copy in results/records/. A plain `make` trains its own checkpoints and converts
+    those to TFLite: their records describe other weights than the rest of the report."""
+    local = _load(onnx_dir / name)
+    export = _load(onnx_dir / f"{model}.fp32.export.json")
+    want = (ref.get("models") or {}).get(model, {}).get("checkpoint_sha256")
+    if (
+        isinstance(export, dict)
+        and want
+        and export.get("checkpoint_sha256") == want
+        and _fp32_source_sha(local) == export.get("onnx_sha256")
+    ):
+        return local
+    return _load(results / "records" / name)
 
 
 BENCH_SCHEMA = "lenet-edge/bench/v1"
@@ -106,8 +128,8 @@ def gather(results: Path, onnx_dir: Path) -> dict[str, Any]:
     bench_file, bench = reference_bench(results / "bench")
     return {
         "reference": ref,
-        "quantize": {m: _record(onnx_dir, results, f"{m}.int8.qdq.quantize.json") for m in MODELS},
-        "tflite": {m: _record(onnx_dir, results, f"{m}.tflite.json") for m in MODELS},
+        "quantize": {m: _record(onnx_dir, results, f"{m}.int8.qdq.quantize.json", m, ref) for m in MODELS},
+        "tflite": {m: _record(onnx_dir, results, f"{m}.tflite.json", m, ref) for m in MODELS},
         "bench": bench,
         "bench_file": bench_file,
         "arm": _load(results / "arm" / "arm-check.json"),

@@ -408,3 +408,31 @@ def test_report_quotes_the_newest_whole_isa_benchmark_and_ships_its_fastest_arti
     # the fixture's study ranks stride-2 first
     assert "ship `lenet_stride` as `lenet_stride.int8.search.300.onnx` (onnxruntime)" in text
     assert "best INT8 / best FP32 on onnxruntime 0.55 (paired)" in text
+
+
+def test_report_takes_a_local_stage_record_only_if_it_was_made_from_the_reference_checkpoint(tmp_path):
+    """A plain `make` converts its own checkpoints to TFLite: those records describe other weights
+    than reference.json, so the report takes the committed copy; a record made from this checkout's
+    export of the reference checkpoint is taken as it is."""
+    from lenet_edge.report.build import _record
+
+    ref = {"models": {"lenet_pool": {"checkpoint_sha256": "ckpt"}}}
+    onnx, res = tmp_path / "onnx", tmp_path / "results"
+    (res / "records").mkdir(parents=True)
+    onnx.mkdir()
+    committed = {"source": {"export_sha256": "old"}, "tag": "committed"}
+    (res / "records" / "lenet_pool.tflite.json").write_text(json.dumps(committed))
+    export = onnx / "lenet_pool.fp32.export.json"
+    local = onnx / "lenet_pool.tflite.json"
+    export.write_text(json.dumps({"checkpoint_sha256": "ckpt", "onnx_sha256": "e1"}))
+    local.write_text(json.dumps({"source": {"export_sha256": "own-training"}, "tag": "local"}))
+    assert _record(onnx, res, "lenet_pool.tflite.json", "lenet_pool", ref)["tag"] == "committed"
+    local.write_text(json.dumps({"source": {"export_sha256": "e1"}, "tag": "local"}))
+    assert _record(onnx, res, "lenet_pool.tflite.json", "lenet_pool", ref)["tag"] == "local"
+    export.write_text(json.dumps({"checkpoint_sha256": "other", "onnx_sha256": "e1"}))  # another checkpoint
+    assert _record(onnx, res, "lenet_pool.tflite.json", "lenet_pool", ref)["tag"] == "committed"
+    q = {"fp32": {"onnx_sha256": "e1"}, "tag": "local"}  # a quantize record names its source the other way
+    (onnx / "lenet_pool.int8.qdq.quantize.json").write_text(json.dumps(q))
+    export.write_text(json.dumps({"checkpoint_sha256": "ckpt", "onnx_sha256": "e1"}))
+    assert _record(onnx, res, "lenet_pool.int8.qdq.quantize.json", "lenet_pool", ref)["tag"] == "local"
+    assert _record(onnx, res, "lenet_stride.tflite.json", "lenet_stride", ref) is None  # neither exists
