@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_edge.report.stats import binomial_se_pp
+from lenet_edge.runtime.bench import SCHEMA as BENCH_SCHEMA
 from lenet_edge.runtime.cli import add_common, parser, run
 from lenet_edge.runtime.env import describe_cpu
 from lenet_edge.runtime.errors import LenetEdgeError
@@ -68,9 +69,6 @@ def _record(onnx_dir: Path, results: Path, name: str, model: str, ref: dict[str,
     ):
         return local
     return _load(results / "records" / name)
-
-
-BENCH_SCHEMA = "lenet-edge/bench/v1"
 
 
 def reference_bench(folder: Path) -> tuple[str | None, dict[str, Any] | None]:
