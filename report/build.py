@@ -2,7 +2,8 @@
 
 Reads results/reference.json (FP32 and ORT INT8 of the committed models), the quantize and TFLite
 records (per-layer SQNR, TFLite accuracy and size) from build/onnx/ or else their committed copies
-in results/records/, the newest x86 benchmark run on a whole ISA (results/bench/), the aarch64
+in results/records/, the newest x86 benchmark run on a whole ISA (results/bench/; its fastest files
+per runtime get a row, with a top-1 only from a record of the same sha256), the aarch64
 check (results/arm/), the multi-seed study (results/study.json) and the invariance study
 (results/invariance.json). A missing input leaves its section saying which command makes it.
 """
@@ -71,6 +72,116 @@ def _record(onnx_dir: Path, results: Path, name: str, model: str, ref: dict[str,
     return _load(results / "records" / name)
 
 
+RUNTIME_LABEL = {"onnxruntime": "ORT", "ai-edge-litert": "LiteRT", "tflite-runtime": "tflite-runtime"}
+
+
+def _bench_sha(bench: dict[str, Any] | None, file: str) -> str | None:
+    """The sha256 the benchmark recorded for a file it timed (None if it did not time it)."""
+    return next(
+        (r.get("file_sha256") for r in (bench or {}).get("results") or [] if r.get("file") == file),
+        None,
+    )
+
+
+def _same_file_record(onnx_dir: Path, results: Path, name: str, key: str, sha: str | None) -> Any | None:
+    """The record `name` (this checkout's build/onnx/, else results/records/) that describes exactly
+    the file with this sha256 (its `key`); None if neither does."""
+    if not sha:
+        return None
+    for rec in (_load(onnx_dir / name), _load(results / "records" / name)):
+        if isinstance(rec, dict) and rec.get(key) == sha:
+            return rec
+    return None
+
+
+def _same_top1_as_export(
+    onnx_dir: Path, results: Path, model: str, file: str, sha: str | None, export_sha: str | None
+) -> bool:
+    """Whether a record shows this FP32 graph (sha) giving the export's (export_sha) top-1 on every
+    test image: `make optimize`'s record of it, or the ORT-optimized variants' record."""
+    if not sha or not export_sha:
+        return False
+
+    def every_image(c: dict[str, Any]) -> bool:
+        n = c.get("images")
+        return isinstance(n, int) and n > 0 and c.get("top1_identical") == n
+
+    opt = _same_file_record(onnx_dir, results, file.replace(".onnx", ".optimize.json"), "onnx_sha256", sha)
+    if opt is not None:
+        c = opt.get("check") or {}
+        return (
+            c.get("passed") is True
+            and every_image(c)
+            and (opt.get("fp32") or {}).get("onnx_sha256") == export_sha
+        )
+    name = f"{model}.fp32.variants.json"
+    for rec in (_load(onnx_dir / name), _load(results / "records" / name)):
+        if (
+            isinstance(rec, dict)
+            and (rec.get("fp32") or {}).get("sha256") == export_sha
+            and every_image(rec)
+            and any(
+                isinstance(v, dict) and v.get("sha256") == sha for v in (rec.get("variants") or {}).values()
+            )
+        ):
+            return True
+    return False
+
+
+def _checked_top1(
+    onnx_dir: Path, results: Path, ref: dict[str, Any], bench: dict[str, Any], model: str, file: str
+) -> float | None:
+    """Test top-1 of a file the benchmark timed, from the stage record of that very file (same
+    sha256): a quantize or LiteRT-search record's own figure, or for an optimized FP32 graph the
+    reference FP32 top-1 when `make optimize` found the top-1 identical on every test image of the
+    export this run timed. None when no record matches."""
+    sha = _bench_sha(bench, file)
+    if file.endswith(".tflite"):
+        rec = _same_file_record(onnx_dir, results, f"{file}.quantize.json", "sha256", sha)
+        top1 = ((rec or {}).get("checks") or {}).get("test_top1")
+    elif ".fp32." in file:
+        same = _same_top1_as_export(
+            onnx_dir, results, model, file, sha, _bench_sha(bench, f"{model}.fp32.onnx")
+        )
+        top1 = ref["models"][model]["fp32"]["test_top1"] if same else None
+    else:
+        rec = _same_file_record(
+            onnx_dir, results, file.replace(".onnx", ".quantize.json"), "onnx_sha256", sha
+        )
+        top1 = (rec or {}).get("test_top1")
+    return top1 if isinstance(top1, (int, float)) and math.isfinite(top1) else None
+
+
+def fastest_files(
+    onnx_dir: Path, results: Path, ref: dict[str, Any], bench: dict[str, Any] | None
+) -> dict[str, list[dict[str, Any]]]:
+    """Per model, the best INT8 and best FP32 file of each runtime in the reference run's goal summary
+    (batch 1, one thread), with its format, size and checked top-1."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in MODELS:
+        sm = summary_at(bench, m)
+        rows = []
+        for rt, side in sorted(((sm or {}).get("per_runtime") or {}).items()):
+            for prec in ("fp32", "int8"):
+                best = side.get(f"best_{prec}") or {}
+                file = best.get("file")
+                row = next((r for r in (bench or {}).get("results") or [] if r.get("file") == file), None)
+                if not file or row is None:
+                    continue
+                rows.append(
+                    {
+                        "file": file,
+                        "fmt": row["format"],
+                        "runtime": rt,
+                        "precision": prec,
+                        "bytes": row.get("file_bytes"),
+                        "top1": _checked_top1(onnx_dir, results, ref, bench, m, file),
+                    }
+                )
+        out[m] = rows
+    return out
+
+
 def reference_bench(folder: Path) -> tuple[str | None, dict[str, Any] | None]:
     """The x86 run the report quotes: of the benchmark results in `folder`, the newest (created_unix)
     taken on a CPU's whole ISA (no `--isa` mask, AMX not refused) that timed onnxruntime and has the
@@ -114,9 +225,14 @@ def _ratio(side: dict[str, Any], key: str) -> tuple[float | None, str]:
     """A goal ratio as the benchmark settled it: the paired figure where there is one."""
     paired = side.get(f"{key}_paired")
     if isinstance(paired, dict) and isinstance(paired.get("ratio"), (int, float)):
-        return paired["ratio"], "paired"
+        # the benchmark marks a pair whose two measurements disagree, or whose interval is wide
+        return paired["ratio"], "paired, not settled" if side.get(f"{key}_settled") is False else "paired"
     value = side.get(key)
     return (value, "p50") if isinstance(value, (int, float)) else (None, "")
+
+
+def _unsettled(how: str) -> str:
+    return " (not settled)" if how.endswith("not settled") else ""
 
 
 def gather(results: Path, onnx_dir: Path) -> dict[str, Any]:
@@ -130,6 +246,7 @@ def gather(results: Path, onnx_dir: Path) -> dict[str, Any]:
         "tflite": {m: _record(onnx_dir, results, f"{m}.tflite.json", m, ref) for m in MODELS},
         "bench": bench,
         "bench_file": bench_file,
+        "fastest": fastest_files(onnx_dir, results, ref, bench),
         "arm": _load(results / "arm" / "arm-check.json"),
         "devices": {
             Path(f).name: _load(Path(f)) for f in sorted(glob.glob(str(results / "devices" / "*.json")))
@@ -190,6 +307,22 @@ def artifacts(d: dict[str, Any]) -> list[dict[str, Any]]:
                     None,
                 ),
             ]
+        have = {fmt for _, fmt, _, _, _ in rows}
+        for f in (d.get("fastest") or {}).get(m) or []:
+            if f["fmt"] in have or not f["bytes"]:
+                continue
+            have.add(f["fmt"])
+            kind = "ONNX" if f["file"].endswith(".onnx") else "TFLite"
+            rows.append(
+                (
+                    f"fastest {f['precision'].upper()} on {RUNTIME_LABEL.get(f['runtime'], f['runtime'])}: "
+                    f"`{f['fmt']}` {kind}",
+                    f["fmt"],
+                    f["top1"],
+                    f["bytes"],
+                    f["fmt"] if kind == "ONNX" else None,
+                )
+            )
         for label, fmt, top1, size, arm_fmt in rows:
             out.append(
                 {
@@ -314,6 +447,23 @@ def _save(fig: Any, path: Path) -> None:
 MARKERS = {"fp32": "o", "int8.qdq": "s", "fp32.tflite": "^", "int8.full.tflite": "D"}
 
 
+def _crowd(pts: list[tuple[float, float, Any]], x: float, y: float, key: str) -> int:
+    """How many points drawn before (x, y) sit close enough for their labels to overlap: each one
+    moves this label a line down."""
+    f = math.log if key == "bytes" else float  # the size axis is logarithmic
+    xs = [f(p[0]) for p in pts]
+    char = 1.1 * (max(xs) - min(xs) or 1.0) / 70  # one 7-pt character of an axis about 4 inches wide
+    me = next(r for x2, y2, r in pts if (x2, y2) == (x, y))
+    near = 0
+    for x2, y2, r in pts:
+        if (x2, y2) == (x, y):
+            return near
+        d = f(x) - f(x2)  # labels start right of their point
+        wide = len(r["fmt"]) + 2 if d >= 0 else len(me["fmt"]) + 2
+        near += abs(d) < wide * char and abs(y2 - y) < 0.03
+    return near
+
+
 def plot_pareto(rows: list[dict[str, Any]], out: Path) -> None:
     plt = _plt()
     have_lat = any(r["p50_us"] for r in rows)
@@ -324,21 +474,31 @@ def plot_pareto(rows: list[dict[str, Any]], out: Path) -> None:
         ("model file size (KB)", "p50 latency, batch 1, 1 thread, x86 (µs)"),
         strict=False,
     ):
-        pts = [(r[key] / 1000 if key == "bytes" else r[key], 100 * r["top1"], r) for r in rows if r[key]]
+        pts = [
+            (r[key] / 1000 if key == "bytes" else r[key], 100 * r["top1"], r)
+            for r in rows
+            if r[key] and r["top1"] is not None
+        ]
         se = binomial_se_pp(0.988, 10000)
         for x, y, r in pts:
             ax.errorbar(
                 x,
                 y,
                 yerr=se,
-                fmt=MARKERS[r["fmt"]],
+                fmt=MARKERS.get(r["fmt"], "*"),
                 ms=7,
                 color=COLORS[r["model"]],
                 capsize=2,
                 elinewidth=0.8,
                 zorder=3,
             )
-            ax.annotate(r["fmt"], (x, y), textcoords="offset points", xytext=(6, 3), fontsize=7)
+            ax.annotate(
+                r["fmt"],
+                (x, y),
+                textcoords="offset points",
+                xytext=(6, 3 - 8 * _crowd(pts, x, y, key)),
+                fontsize=7,
+            )
         # Pareto front: points no other point beats on both axes (smaller x, higher accuracy)
         front = sorted(
             (x, y)
@@ -574,7 +734,7 @@ def _artifacts(d: dict[str, Any], out_dir: Path) -> tuple[list[str], list[dict[s
     for r in rows:
         ins = "–" if r["a72"] is None else f"{r['a72']:,.0f}; {r['a76']:,.0f}"
         L.append(
-            f"| {r['model']} | {r['format']} | {100 * r['top1']:.2f} % | {r['bytes']:,} | "
+            f"| {r['model']} | {r['format']} | {_f(r['top1'], '.2%').replace('%', ' %')} | {r['bytes']:,} | "
             f"{r['bytes_per_param']:.3f} | {_f(r['p50_us'], '.1f')} | {ins} |"
         )
     L += [""]
@@ -585,6 +745,15 @@ def _artifacts(d: dict[str, Any], out_dir: Path) -> tuple[list[str], list[dict[s
             "ISA in results/bench/); the fastest call path per artifact (ORT `run` or IO binding). Compare "
             "as ratios within the run, not across machines."
         )
+        if any(r["format"].startswith("fastest ") for r in rows):
+            L.append(
+                "The *fastest* rows are the run's best INT8 and best FP32 file per runtime (its goal summary) "
+                "that the four default formats above do not already cover: the search choices of `make search` "
+                "and the optimized FP32 graphs. Their top-1 comes from the stage record of that very file (same "
+                "sha256 as the one timed; an optimized FP32 graph has the export's top-1 on every test image), "
+                "'–' where no record matches; their aarch64 counts are of the x86 choice (each core's own choice "
+                "is in the goal ratios of section 5)."
+            )
     else:
         L.append("Latency: no benchmark result in results/bench/ (`make bench`).")
     if d["arm"]:
@@ -857,12 +1026,16 @@ def conclusion(
             for rt, side in sorted(sm["per_runtime"].items()):
                 ratio, how = _ratio(side, "int8_over_fp32")
                 if ratio is not None:
-                    per.append(f"{rt} {ratio:.2f}")
-            stock, _ = _ratio(sm, "lenet_edge_over_stock")
+                    per.append(f"{rt} {ratio:.2f}{_unsettled(how)}")
+            stock, how = _ratio(sm, "lenet_edge_over_stock")
             parts.append(
                 f"{m}: fastest artifact `{best['file']}` ({best['runtime']}) at "
                 f"{1e3 * best['latency_ms_p50']:.1f} µs; best INT8 / best FP32 per runtime {', '.join(per)}"
-                + (f"; fastest lenet-edge / fastest stock {stock:.2f}" if stock is not None else "")
+                + (
+                    f"; fastest lenet-edge / fastest stock {stock:.2f}{_unsettled(how)}"
+                    if stock is not None
+                    else ""
+                )
             )
         out.append(
             "- **Latency (x86, batch 1, one thread; paired ratios where the benchmark settled them):** "

@@ -436,3 +436,75 @@ def test_report_takes_a_local_stage_record_only_if_it_was_made_from_the_referenc
     export.write_text(json.dumps({"checkpoint_sha256": "ckpt", "onnx_sha256": "e1"}))
     assert _record(onnx, res, "lenet_pool.int8.qdq.quantize.json", "lenet_pool", ref)["tag"] == "local"
     assert _record(onnx, res, "lenet_stride.tflite.json", "lenet_stride", ref) is None  # neither exists
+
+
+def test_report_lists_the_runs_fastest_files_with_a_top1_only_from_a_record_of_that_very_file(tmp_path):
+    """Section 2 adds the reference run's best INT8 and FP32 file per runtime (the search choice,
+    the optimized FP32 graph); a top-1 is quoted only from a record whose sha256 is the timed file's
+    (this checkout's, else the committed copy), and for an optimized FP32 graph only if its record
+    shows the export's top-1 on every test image, for the export this run timed."""
+    from lenet_edge.report.build import fastest_files
+
+    ref = json.loads((ROOT / "results" / "reference.json").read_text())
+    m, fp32_top1 = "lenet_pool", ref["models"]["lenet_pool"]["fp32"]["test_top1"]
+    bench = _bench(300)
+    for r in bench["results"]:
+        r["file_sha256"] = f"q-{r['model']}"
+    row = {"runtime": "onnxruntime", "batch": 1, "threads": 1, "latency_ms_p50": 0.02, "file_bytes": 250_000}
+    bench["results"] += [
+        row | {"model": m, "format": "fp32.s2d", "file": f"{m}.fp32.s2d.onnx", "file_sha256": "s2d"},
+        row | {"model": m, "format": "fp32", "file": f"{m}.fp32.onnx", "file_sha256": "export"},
+        row
+        | {"model": "lenet_stride", "format": "fp32.opt.b1", "file": "lenet_stride.fp32.opt.b1.onnx"}
+        | {"file_sha256": "b1"},
+        row
+        | {"model": "lenet_stride", "format": "fp32", "file": "lenet_stride.fp32.onnx", "file_sha256": "e2"},
+    ]
+    sides = {s["model"]: s["per_runtime"]["onnxruntime"] for s in bench["summary"]}
+    sides[m]["best_fp32"]["file"] = f"{m}.fp32.s2d.onnx"
+    sides["lenet_stride"]["best_fp32"]["file"] = "lenet_stride.fp32.opt.b1.onnx"
+    sides[m]["int8_over_fp32_settled"] = False
+    onnx, res = tmp_path / "onnx", _results_dir(tmp_path)
+    (res / "records").mkdir()
+    onnx.mkdir()
+    q = f"{m}.int8.search.300.quantize.json"
+    (onnx / q).write_text(json.dumps({"onnx_sha256": "another build", "test_top1": 0.5}))
+    (res / "records" / q).write_text(json.dumps({"onnx_sha256": f"q-{m}", "test_top1": 0.9877}))
+    opt = {"onnx_sha256": "s2d", "fp32": {"onnx_sha256": "export"}}
+    opt["check"] = {"passed": True, "images": 10000, "top1_identical": 10000}
+    variants = {"fp32": {"sha256": "e2"}, "variants": {"fp32.opt.b1": {"sha256": "b1"}}}
+    variants |= {"images": 10000, "top1_identical": 10000}
+    (onnx / "lenet_stride.fp32.variants.json").write_text(json.dumps(variants))
+
+    def top1s():
+        (res / "records" / f"{m}.fp32.s2d.optimize.json").write_text(json.dumps(opt))
+        got = fastest_files(onnx, res, ref, bench)
+        return {r["file"]: r["top1"] for rows in got.values() for r in rows}
+
+    t = top1s()
+    assert t[f"{m}.int8.search.300.onnx"] == 0.9877  # the committed record of the very file timed
+    assert t["lenet_stride.int8.search.300.onnx"] is None  # no record of it
+    assert t[f"{m}.fp32.s2d.onnx"] == fp32_top1
+    assert t["lenet_stride.fp32.opt.b1.onnx"] == ref["models"]["lenet_stride"]["fp32"]["test_top1"]
+    opt["check"]["top1_identical"] = 9999
+    assert top1s()[f"{m}.fp32.s2d.onnx"] is None
+    opt["check"]["top1_identical"], opt["fp32"]["onnx_sha256"] = 10000, "another export"
+    assert top1s()[f"{m}.fp32.s2d.onnx"] is None
+    (res / "records" / q).write_text(json.dumps({"onnx_sha256": f"q-{m}", "test_top1": float("nan")}))
+    assert top1s()[f"{m}.int8.search.300.onnx"] is None
+    (res / "records" / q).write_text(json.dumps({"onnx_sha256": f"q-{m}", "test_top1": 0.9877}))
+    opt["fp32"]["onnx_sha256"] = "export"
+    top1s()
+
+    (res / "bench").mkdir()
+    (res / "bench" / "run.json").write_text(json.dumps(bench))
+    text = build(res, onnx, tmp_path / "out").read_text()
+    assert f"| {m} | fastest INT8 on ORT: `int8.search` ONNX | 98.77 % | 70,000 | 1.134 | 10.0 |" in text
+    assert f"| {m} | fastest FP32 on ORT: `fp32.s2d` ONNX | {100 * fp32_top1:.2f} % | 250,000 |" in text
+    assert "| lenet_stride | fastest INT8 on ORT: `int8.search` ONNX | – | 70,000 |" in text
+    # a pair the benchmark did not settle is quoted as such
+    assert (
+        f"{m}: fastest artifact `{m}.int8.search.300.onnx` (onnxruntime) at 10.0 µs; best INT8 / best "
+        in text
+    )
+    assert "onnxruntime 0.55 (not settled)" in text
