@@ -75,10 +75,19 @@ def _record(onnx_dir: Path, results: Path, name: str, model: str, ref: dict[str,
 RUNTIME_LABEL = {"onnxruntime": "ORT", "ai-edge-litert": "LiteRT", "tflite-runtime": "tflite-runtime"}
 
 
+def _dict(x: Any) -> dict[str, Any]:
+    """x if it is a JSON object, else an empty one (a hand-edited record of the wrong shape matches nothing)."""
+    return x if isinstance(x, dict) else {}
+
+
 def _bench_sha(bench: dict[str, Any] | None, file: str) -> str | None:
     """The sha256 the benchmark recorded for a file it timed (None if it did not time it)."""
     return next(
-        (r.get("file_sha256") for r in (bench or {}).get("results") or [] if r.get("file") == file),
+        (
+            _dict(r).get("file_sha256")
+            for r in _dict(bench).get("results") or []
+            if _dict(r).get("file") == file
+        ),
         None,
     )
 
@@ -108,21 +117,19 @@ def _same_top1_as_export(
 
     opt = _same_file_record(onnx_dir, results, file.replace(".onnx", ".optimize.json"), "onnx_sha256", sha)
     if opt is not None:
-        c = opt.get("check") or {}
+        c = _dict(opt.get("check"))
         return (
             c.get("passed") is True
             and every_image(c)
-            and (opt.get("fp32") or {}).get("onnx_sha256") == export_sha
+            and _dict(opt.get("fp32")).get("onnx_sha256") == export_sha
         )
     name = f"{model}.fp32.variants.json"
     for rec in (_load(onnx_dir / name), _load(results / "records" / name)):
         if (
             isinstance(rec, dict)
-            and (rec.get("fp32") or {}).get("sha256") == export_sha
+            and _dict(rec.get("fp32")).get("sha256") == export_sha
             and every_image(rec)
-            and any(
-                isinstance(v, dict) and v.get("sha256") == sha for v in (rec.get("variants") or {}).values()
-            )
+            and any(_dict(v).get("sha256") == sha for v in _dict(rec.get("variants")).values())
         ):
             return True
     return False
@@ -138,7 +145,7 @@ def _checked_top1(
     sha = _bench_sha(bench, file)
     if file.endswith(".tflite"):
         rec = _same_file_record(onnx_dir, results, f"{file}.quantize.json", "sha256", sha)
-        top1 = ((rec or {}).get("checks") or {}).get("test_top1")
+        top1 = _dict(_dict(rec).get("checks")).get("test_top1")
     elif ".fp32." in file:
         same = _same_top1_as_export(
             onnx_dir, results, model, file, sha, _bench_sha(bench, f"{model}.fp32.onnx")
@@ -148,8 +155,9 @@ def _checked_top1(
         rec = _same_file_record(
             onnx_dir, results, file.replace(".onnx", ".quantize.json"), "onnx_sha256", sha
         )
-        top1 = (rec or {}).get("test_top1")
-    return top1 if isinstance(top1, (int, float)) and math.isfinite(top1) else None
+        top1 = _dict(rec).get("test_top1")
+    ok = isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1)
+    return top1 if ok and 0 <= top1 <= 1 else None
 
 
 def fastest_files(
@@ -161,12 +169,16 @@ def fastest_files(
     for m in MODELS:
         sm = summary_at(bench, m)
         rows = []
-        for rt, side in sorted(((sm or {}).get("per_runtime") or {}).items()):
+        for rt, side in sorted(_dict(_dict(sm).get("per_runtime")).items()):
             for prec in ("fp32", "int8"):
-                best = side.get(f"best_{prec}") or {}
-                file = best.get("file")
-                row = next((r for r in (bench or {}).get("results") or [] if r.get("file") == file), None)
-                if not file or row is None:
+                file = _dict(_dict(side).get(f"best_{prec}")).get("file")
+                # a plain file name: it names records in build/onnx/ and results/records/
+                if not isinstance(file, str) or Path(file).name != file or file.startswith("."):
+                    continue
+                row = next(
+                    (r for r in _dict(bench).get("results") or [] if _dict(r).get("file") == file), None
+                )
+                if row is None or not isinstance(row.get("format"), str):
                     continue
                 rows.append(
                     {
@@ -174,7 +186,9 @@ def fastest_files(
                         "fmt": row["format"],
                         "runtime": rt,
                         "precision": prec,
-                        "bytes": row.get("file_bytes"),
+                        "bytes": size
+                        if isinstance(size := row.get("file_bytes"), int) and size > 0
+                        else None,
                         "top1": _checked_top1(onnx_dir, results, ref, bench, m, file),
                     }
                 )

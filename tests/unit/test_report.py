@@ -492,8 +492,20 @@ def test_report_lists_the_runs_fastest_files_with_a_top1_only_from_a_record_of_t
     assert top1s()[f"{m}.fp32.s2d.onnx"] is None
     (res / "records" / q).write_text(json.dumps({"onnx_sha256": f"q-{m}", "test_top1": float("nan")}))
     assert top1s()[f"{m}.int8.search.300.onnx"] is None
+    # hand-edited records of the wrong shape match nothing, and say so by "–", not a traceback
+    (res / "records" / q).write_text(json.dumps({"onnx_sha256": f"q-{m}", "test_top1": "98.77"}))
+    opt["fp32"]["onnx_sha256"], opt["check"] = "export", 5
+    (onnx / "lenet_stride.fp32.variants.json").write_text(json.dumps(variants | {"variants": [1]}))
+    t = top1s()
+    assert t[f"{m}.int8.search.300.onnx"] is None and t[f"{m}.fp32.s2d.onnx"] is None
+    assert t["lenet_stride.fp32.opt.b1.onnx"] is None
+    # a file name that is not a plain name never becomes a record path
+    sides["lenet_stride"]["best_int8"]["file"] = "../../outside.onnx"
+    bench["results"].append(row | {"model": "lenet_stride", "format": "x", "file": "../../outside.onnx"})
+    assert "../../outside.onnx" not in top1s()
+    sides["lenet_stride"]["best_int8"]["file"] = "lenet_stride.int8.search.300.onnx"
     (res / "records" / q).write_text(json.dumps({"onnx_sha256": f"q-{m}", "test_top1": 0.9877}))
-    opt["fp32"]["onnx_sha256"] = "export"
+    opt["check"] = {"passed": True, "images": 10000, "top1_identical": 10000}
     top1s()
 
     (res / "bench").mkdir()
