@@ -50,9 +50,14 @@ def tensor_readers(g: Any) -> dict[int, int]:
     return n
 
 
+def constant_values(model: Any, t: Any, dtype: Any) -> np.ndarray:
+    """The values of constant tensor `t`, flat (its buffer's bytes as `dtype`; read-only)."""
+    return np.frombuffer(bytes(model.buffers[t.buffer].data), dtype=dtype)
+
+
 def constant_array(model: Any, t: Any, dtype: Any) -> np.ndarray:
     """The values of constant tensor `t` (its buffer's bytes as `dtype`, in its shape)."""
-    return np.frombuffer(bytes(model.buffers[t.buffer].data), dtype=dtype).reshape(t.shape)
+    return constant_values(model, t, dtype).reshape(t.shape)
 
 
 def set_constant(model: Any, t: Any, a: np.ndarray) -> None:

@@ -53,6 +53,7 @@ from lenet_edge.quantize.flatbuffer import (
     behind_dequantize,
     buffer_uses,
     constant_array,
+    constant_values,
     litert_schema,
     op_kind,
     opcode,
@@ -97,7 +98,7 @@ def _paddings(model: Any, t: Any) -> np.ndarray | None:
     dtype = {schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}.get(t.type)
     if raw is None or dtype is None:
         return None
-    return np.frombuffer(raw, dtype).reshape(-1, 2)
+    return constant_values(model, t, dtype).reshape(-1, 2)
 
 
 def _why_not_pad(model: Any, g: Any, j: int, readers: dict[int, int]) -> tuple[str, dict[str, Any]]:
@@ -120,7 +121,7 @@ def _why_not_pad(model: Any, g: Any, j: int, readers: dict[int, int]) -> tuple[s
         raw = _data(model, g.tensors[pad.inputs[2]])
         if raw is None or g.tensors[pad.inputs[2]].type != T.FLOAT32 or len(raw) != 4:
             return "pad value not one float constant", {}
-        c = float(np.frombuffer(raw, np.float32)[0])
+        c = float(constant_values(model, g.tensors[pad.inputs[2]], np.float32)[0])
     chain, k = [pad], j + 1
     while k < len(ops) and op_kind(model, ops[k]) == "SPACE_TO_DEPTH" and len(chain) == 1:
         chain.append(ops[k])
@@ -171,7 +172,7 @@ def pad_into_conv(model: Any) -> dict[str, Any]:
         x = g.tensors[x_index]
         w, bias = g.tensors[conv.inputs[1]], g.tensors[conv.inputs[2]]
         weights = constant_array(model, w, np.float32).astype(np.float64)
-        b = np.frombuffer(_data(model, bias), np.float32).astype(np.float64)
+        b = constant_values(model, bias, np.float32).astype(np.float64)
         set_constant(model, bias, (b + c * weights.sum(axis=(1, 2, 3))).astype(np.float32))
         conv.builtinOptions.padding = schema.Padding.SAME
         if c != 0.0:  # ADD(-c) writes the pad's output tensor, now of the input's shape
@@ -213,7 +214,7 @@ def _dequantized(model: Any, t: Any) -> np.ndarray:
     """(q - zero point) x scale of an int8/int32 constant, per its quantized dimension."""
     schema, _ = litert_schema()
     dtype = {schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32}[t.type]
-    q = np.frombuffer(_data(model, t), dtype).astype(np.float64).reshape([int(s) for s in t.shape] or [1])
+    q = constant_values(model, t, dtype).astype(np.float64).reshape([int(s) for s in t.shape] or [1])
     scale = np.asarray(t.quantization.scale, np.float64)
     zero = np.asarray(t.quantization.zeroPoint if t.quantization.zeroPoint is not None else [0], np.float64)
     if scale.size > 1:
@@ -321,13 +322,13 @@ def float_front(model: Any, reach: str = "first") -> dict[str, Any]:
         kinds.append(kind)
         if kind == "PADV2":  # int8 PADV2 writes its constant's raw value on its output's grid
             out, cv = g.tensors[op.outputs[0]], g.tensors[op.inputs[2]]
-            raw = float(np.frombuffer(_data(model, cv), np.int8)[0])
+            raw = float(constant_values(model, cv, np.int8)[0])
             real = (raw - float(out.quantization.zeroPoint[0])) * float(out.quantization.scale[0])
             set_constant(model, cv, np.array([real], np.float32).reshape([int(s) for s in cv.shape] or [1]))
             _as_float(cv)
         if kind == "CONV_2D":
             w = g.tensors[op.inputs[1]]
-            kept[id(op)] = (np.frombuffer(_data(model, w), np.int8).copy(), copy.deepcopy(w.quantization))
+            kept[id(op)] = (constant_values(model, w, np.int8).copy(), copy.deepcopy(w.quantization))
             for i in op.inputs[1:3]:
                 t = g.tensors[i]
                 real = _dequantized(model, t)
@@ -368,7 +369,7 @@ def _weights_behind_dequantize(model: Any, g: Any, kept: dict[int, tuple[np.ndar
     for op in [op for op in g.operators if id(op) in kept]:
         q, quant = kept[id(op)]
         w = g.tensors[op.inputs[1]]
-        real = np.frombuffer(_data(model, w), np.float32).astype(np.float64).reshape(-1)
+        real = constant_values(model, w, np.float32).astype(np.float64).reshape(-1)
         axis = int(quant.quantizedDimension or 0) if len(quant.scale) > 1 else 0
         shape = [int(v) for v in w.shape]
         qq = np.moveaxis(q.astype(np.float64).reshape(shape), axis, 0).reshape(
@@ -411,7 +412,7 @@ def _why_not_affine(model: Any, g: Any, j: int, readers: dict[int, int]) -> tupl
         return "an activation or a stride", None
     if _data(model, w) is None or _data(model, b) is None:
         return "weights or bias not constant", None
-    a = float(np.frombuffer(_data(model, w), np.float32)[0])
+    a = float(constant_values(model, w, np.float32)[0])
     if not np.isfinite(a) or a == 0.0:
         return "its weight is 0 or not finite", None
     k, prev = j + 1, op.outputs[0]
@@ -448,10 +449,10 @@ def fold_affine_1x1(model: Any) -> dict[str, Any]:
         if why:
             continue
         w, b = g.tensors[op.inputs[1]], g.tensors[op.inputs[2]]
-        a = float(np.frombuffer(_data(model, w), np.float32)[0])
-        c = float(np.frombuffer(_data(model, b), np.float32)[0])
+        a = float(constant_values(model, w, np.float32)[0])
+        c = float(constant_values(model, b, np.float32)[0])
         cw = g.tensors[conv.inputs[1]]
-        scaled = np.frombuffer(_data(model, cw), np.float32).astype(np.float64) * a
+        scaled = constant_values(model, cw, np.float32).astype(np.float64) * a
         set_constant(model, cw, scaled.astype(np.float32))
         add = schema.OperatorT()
         add.opcodeIndex = opcode(model, "ADD")
