@@ -461,17 +461,15 @@ def _save(fig: Any, path: Path) -> None:
 MARKERS = {"fp32": "o", "int8.qdq": "s", "fp32.tflite": "^", "int8.full.tflite": "D"}
 
 
-def _crowd(pts: list[tuple[float, float, Any]], x: float, y: float, key: str) -> int:
-    """How many points drawn before (x, y) sit close enough for their labels to overlap: each one
-    moves this label a line down."""
+def _crowd(pts: list[tuple[float, float, Any]], i: int, key: str) -> int:
+    """How many of the points drawn before point i sit close enough for their labels to overlap its
+    label: each one moves it a line down."""
     f = math.log if key == "bytes" else float  # the size axis is logarithmic
     xs = [f(p[0]) for p in pts]
     char = 1.1 * (max(xs) - min(xs) or 1.0) / 70  # one 7-pt character of an axis about 4 inches wide
-    me = next(r for x2, y2, r in pts if (x2, y2) == (x, y))
+    x, y, me = pts[i]
     near = 0
-    for x2, y2, r in pts:
-        if (x2, y2) == (x, y):
-            return near
+    for x2, y2, r in pts[:i]:
         d = f(x) - f(x2)  # labels start right of their point
         wide = len(r["fmt"]) + 2 if d >= 0 else len(me["fmt"]) + 2
         near += abs(d) < wide * char and abs(y2 - y) < 0.03
@@ -494,7 +492,7 @@ def plot_pareto(rows: list[dict[str, Any]], out: Path) -> None:
             if r[key] and r["top1"] is not None
         ]
         se = binomial_se_pp(0.988, 10000)
-        for x, y, r in pts:
+        for i, (x, y, r) in enumerate(pts):
             ax.errorbar(
                 x,
                 y,
@@ -510,7 +508,7 @@ def plot_pareto(rows: list[dict[str, Any]], out: Path) -> None:
                 r["fmt"],
                 (x, y),
                 textcoords="offset points",
-                xytext=(6, 3 - 8 * _crowd(pts, x, y, key)),
+                xytext=(6, 3 - 8 * _crowd(pts, i, key)),
                 fontsize=7,
             )
         # Pareto front: points no other point beats on both axes (smaller x, higher accuracy)
@@ -1052,7 +1050,7 @@ def conclusion(
                 )
             )
         out.append(
-            "- **Latency (x86, batch 1, one thread; paired ratios where the benchmark settled them):** "
+            "- **Latency (x86, batch 1, one thread; paired ratios, marked where the benchmark did not settle them):** "
             + "; ".join(parts)
             + "."
         )
