@@ -613,11 +613,10 @@ def choose_amx(m: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[
 
 def write_result(path: Path, res: dict[str, Any], markdown: str) -> None:
     """The search record as PATH (JSON) and PATH.md, each written atomically."""
-    from lenet_edge.runtime.files import write_bytes_atomic, write_json_atomic
+    from lenet_edge.runtime.files import write_json_and_markdown
 
-    write_json_atomic(path, res)
-    write_bytes_atomic(path.with_suffix(".md"), markdown.encode())
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    twin = write_json_and_markdown(path, res, markdown)
+    print(f"wrote {path} and {twin}")
 
 
 def check_search_flags(args: argparse.Namespace) -> None:

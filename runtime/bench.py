@@ -32,7 +32,11 @@ from .cli import add_common, parser
 from .contract import IMAGE_SHAPE, check_pixels
 from .env import command_line, describe_cpu, provenance_text
 from .errors import ConfigError, LenetEdgeError
-from .files import quantize_record_path, sha256_file, write_bytes_atomic, write_json_atomic
+from .files import (
+    quantize_record_path,
+    sha256_file,
+    write_json_and_markdown,
+)
 from .runner import check_scores
 
 SCHEMA = "lenet-edge/bench/v1"
@@ -1066,11 +1070,10 @@ def run_args(args: argparse.Namespace) -> int:
 
 
 def publish(report: dict[str, Any], path: Path) -> None:
-    write_json_atomic(path, report)
     md = to_markdown(report)
-    write_bytes_atomic(path.with_suffix(".md"), md.encode())
+    twin = write_json_and_markdown(path, report, md)
     print(md)
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    print(f"wrote {path} and {twin}")
 
 
 if __name__ == "__main__":

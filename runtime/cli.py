@@ -114,6 +114,14 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except LenetEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # the file system refused a path the user gave (a file where a folder should be, /proc, no
+        # permission, a full disk): one line naming it; writes are atomic, so nothing half-written
+        if e.filename is None:
+            raise
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+        print(f"error: {where}: {e.strerror or e.__class__.__name__}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: nothing was written for the unfinished step", file=sys.stderr)
         return 130

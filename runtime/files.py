@@ -119,10 +119,19 @@ def owned_temp_dir(stage: str) -> Iterator[Path]:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path next to `path`; rename it over `path` only if the block succeeds."""
+    from .errors import LenetEdgeError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise LenetEdgeError(f"{path}: is a directory, expected a file to write")
+    try:  # an output path is user input: a file where a folder should be, /proc, no permission
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        blocker = next((a for a in reversed(path.parents) if a.exists() and not a.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else e.strerror or e.__class__.__name__
+        raise LenetEdgeError(f"{path}: cannot write there ({why})") from e
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -131,7 +140,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         fault_point("before-rename")
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as e:
+            raise LenetEdgeError(f"{path}: cannot write there ({e.strerror or e.__class__.__name__})") from e
         fault_point("after-rename")
     finally:
         # Interrupted or failed: the half-written temp file never takes the real name.
@@ -144,8 +156,30 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """How every JSON result is written: indented, keys in their order, a final newline."""
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    write_bytes_atomic(path, json_bytes(obj))
+
+
+def write_json_and_markdown(path: str | Path, obj: Any, markdown: str) -> Path:
+    """A result as PATH (JSON) and its Markdown twin PATH with .md: both temp files are made before
+    either is written, so a path that cannot be written leaves neither; the twin's path."""
+    from .errors import LenetEdgeError
+
+    path = Path(path)
+    md = path.with_suffix(".md")
+    if md == path:
+        raise LenetEdgeError(
+            f"{path}: name the JSON result something other than .md (its Markdown twin is {md})"
+        )
+    with atomic_path(path) as tj, atomic_path(md) as tm:
+        tj.write_bytes(json_bytes(obj))
+        tm.write_bytes(markdown.encode())
+    return md
 
 
 def read_json(path: str | Path) -> Any:

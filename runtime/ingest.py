@@ -16,7 +16,7 @@ from .bench import SCHEMA
 from .cli import add_common, parser
 from .env import ARM_CORES
 from .errors import LenetEdgeError
-from .files import inside, read_json, write_bytes_atomic, write_json_atomic
+from .files import atomic_path, inside, json_bytes, read_json
 from .numeric import finite
 
 DEVICES = Path(__file__).resolve().parent.parent / "results" / "devices"
@@ -118,8 +118,11 @@ def ingest(result: Path, devices: Path = DEVICES) -> Path:
     dest = devices / name
     inside(devices, dest)  # the name is built from checked parts; this is the last line of defence
     table = render(devices, extra=(dest, report)).encode()  # everything checked before the first write
-    write_json_atomic(dest, report)
-    write_bytes_atomic(devices / "README.md", table)
+    # both temp files made before either is written: a README path that cannot be written (a
+    # folder by that name) leaves no device file behind that the table does not list
+    with atomic_path(dest) as tj, atomic_path(devices / "README.md") as tr:
+        tj.write_bytes(json_bytes(report))
+        tr.write_bytes(table)
     return dest
 
 

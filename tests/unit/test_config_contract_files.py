@@ -1,5 +1,6 @@
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,62 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_json_atomic(target, {"x": 1})
     assert json.loads(target.read_text()) == {"x": 1} and len(list(tmp_path.iterdir())) == 1
+
+
+def test_unwritable_output_paths_are_one_error_naming_the_path(tmp_path):
+    """An output path is user input: a folder, a file where a folder should be, a place the file
+    system refuses — each a LenetEdgeError naming the path; nothing is left behind."""
+    from lenet_edge.runtime.errors import LenetEdgeError
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    cases = {
+        tmp_path / "adir": "is a directory",
+        tmp_path / "afile" / "sub" / "r.json": "afile is a file, not a folder",
+        Path("/proc/lenet-edge-test/r.json"): "cannot write there",
+    }
+    for path, why in cases.items():
+        with pytest.raises(LenetEdgeError, match=why) as e:
+            write_json_atomic(path, {"x": 1})
+        assert str(path) in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"] and not any(
+        (tmp_path / "adir").iterdir()
+    )
+
+
+def test_json_and_markdown_twin_are_written_both_or_neither(tmp_path):
+    from lenet_edge.runtime.errors import LenetEdgeError
+    from lenet_edge.runtime.files import write_json_and_markdown
+
+    with pytest.raises(LenetEdgeError, match="other than .md"):
+        write_json_and_markdown(tmp_path / "r.md", {"x": 1}, "# r")
+    (tmp_path / "s.md").mkdir()  # the twin's name is taken by a folder
+    with pytest.raises(LenetEdgeError, match="s.md: is a directory"):
+        write_json_and_markdown(tmp_path / "s.json", {"x": 1}, "# s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.md"]
+    assert write_json_and_markdown(tmp_path / "t.json", {"x": 1}, "# t") == tmp_path / "t.md"
+    assert (
+        json.loads((tmp_path / "t.json").read_text()) == {"x": 1} and (tmp_path / "t.md").read_text() == "# t"
+    )
+
+
+def test_cli_turns_a_refused_path_into_one_line(tmp_path, capsys):
+    from lenet_edge.runtime.cli import run
+
+    def main(argv):
+        (tmp_path / "afile").write_text("x")
+        (tmp_path / "afile" / "out").mkdir()  # NotADirectoryError, as a --out-dir under a file
+        return 0
+
+    assert run(main, []) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "afile/out" in err[0]
+
+    def bug(argv):
+        raise OSError("no file involved")  # not a path the user gave: stays a traceback
+
+    with pytest.raises(OSError):
+        run(bug, [])
 
 
 class TestCheckpoint:

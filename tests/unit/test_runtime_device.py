@@ -452,6 +452,13 @@ def test_ingest_validates_and_tabulates(tmp_path, identity):
     src.write_text(json.dumps({"schema": "other"}))
     with pytest.raises(LenetEdgeError, match="not a lenet-edge benchmark result"):
         ingest(src, tmp_path / "devices")
+    # the table's name taken by a folder: the device file is not written either
+    other = tmp_path / "other"
+    (other / "README.md").mkdir(parents=True)
+    src.write_text(json.dumps(rep))
+    with pytest.raises(LenetEdgeError, match="README.md: is a directory"):
+        ingest(src, other)
+    assert [p.name for p in other.iterdir()] == ["README.md"]
 
 
 def test_check_pixels_accepts_contract():
