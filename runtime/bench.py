@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .cli import add_common, parser
-from .contract import IMAGE_SHAPE, check_pixels
+from .contract import IMAGE_SHAPE, MAX_BATCH, MAX_THREADS, check_pixels
 from .env import command_line, describe_cpu, provenance_text
 from .errors import ConfigError, LenetEdgeError
 from .files import (
@@ -945,13 +945,13 @@ def _us(x: float) -> str:
     return f"{x:,.1f}" if x < 1000 else f"{x:,.0f}"
 
 
-def _int_list(text: str, all_value: int, flag: str) -> list[int]:
+def _int_list(text: str, all_value: int, flag: str, limit: int) -> list[int]:
     try:
         vals = [all_value if v.strip() == "all" else int(v) for v in text.split(",")]
     except ValueError as e:
         raise ConfigError(f"{flag} {text}: expected comma-separated integers (or 'all')") from e
-    if not vals or min(vals) < 1:
-        raise ConfigError(f"{flag} {text}: values must be >= 1")
+    if not vals or min(vals) < 1 or max(vals) > limit:
+        raise ConfigError(f"{flag} {text}: values must be 1..{limit}")
     return sorted(set(vals))
 
 
@@ -1000,7 +1000,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The measurement settings of parsed flags, checked: batches, threads, calls, runs, warmup, rounds."""
     ncpu = os.cpu_count() or 1
-    batches, threads = _int_list(args.batch, ncpu, "--batch"), _int_list(args.threads, ncpu, "--threads")
+    batches = _int_list(args.batch, ncpu, "--batch", MAX_BATCH)
+    threads = _int_list(args.threads, ncpu, "--threads", MAX_THREADS)
     calls = [c.strip() for c in args.calls.split(",") if c.strip()]
     if not calls or set(calls) - set(CALLS):
         raise ConfigError(f"--calls must be a comma-separated subset of {CALLS}, got {args.calls!r}")

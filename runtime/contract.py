@@ -16,6 +16,10 @@ INPUT_NAME = "pixels"
 OUTPUT_NAME = "scores"
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
+# Limits on what a command is asked to run: beyond them a flag is a typo, not a workload (a
+# 65,536-image batch is 51 MB of pixels; onnxruntime takes a C int of threads).
+MAX_BATCH = 65536
+MAX_THREADS = 1024
 PIXEL_MAX = 255.0
 # Paddle 2.0's MNIST example: Normalize(mean=127.5, std=127.5) maps 0..255 to [-1, 1].
 NORM_MEAN = 127.5

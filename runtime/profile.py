@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import add_common, parser
-from .contract import INPUT_NAME
+from .contract import INPUT_NAME, MAX_BATCH, MAX_THREADS
 from .errors import ConfigError
 from .files import owned_temp_dir
 
@@ -23,6 +23,10 @@ def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1)
     # a readable model that honours the contract, or one clear ContractError; and the runner's
     # warning if the file was tuned for fewer threads than asked
     runner = OnnxRunner(model, SessionConfig(threads=threads))
+    if not runner.accepts_batch(batch):
+        raise ConfigError(
+            f"{model}: the model has a static batch of {runner.static_batch}; --batch {batch} cannot run it"
+        )
     with owned_temp_dir("prof") as tmp:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -66,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     add_common(p, "batch", "threads")
     p.add_argument("--runs", type=int, default=2000)
     args = p.parse_args(argv)
+    for flag, value, most in (("--batch", args.batch, MAX_BATCH), ("--threads", args.threads, MAX_THREADS)):
+        if value > most:
+            raise ConfigError(f"{flag} {value}: must be <= {most}")
     if min(args.batch, args.threads, args.runs) < 1:
         raise ConfigError("--batch, --threads and --runs must be >= 1")
     for m in args.models:

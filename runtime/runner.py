@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .contract import IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, check_pixels
+from .contract import IMAGE_SHAPE, INPUT_NAME, MAX_THREADS, NUM_CLASSES, OUTPUT_NAME, check_pixels
 from .errors import ConfigError, ContractError
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -114,6 +114,15 @@ def tuned_for_threads(meta: dict[str, str]) -> int | None:
     return int(head) if head.isdigit() and int(head) > 0 else None
 
 
+def _model_input(name: str, pixels: Any, image_shape: tuple[int, ...]) -> np.ndarray:
+    """check_pixels for the model file `name`: a refusal names the model (whose input shape may be
+    the one that differs from the data's)."""
+    try:
+        return check_pixels(pixels, image_shape)
+    except ContractError as e:
+        raise ContractError(f"{name}: {e}") from e
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """onnxruntime session options, all explicit and recorded with every result."""
@@ -123,8 +132,8 @@ class SessionConfig:
     io_binding: bool = False  # bind preallocated input/output buffers once, reuse them per call
 
     def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"threads must be 1..{MAX_THREADS}, got {self.threads}")
         if self.graph_optimization not in OPT_LEVELS:
             raise ConfigError(
                 f"graph_optimization must be one of {OPT_LEVELS}, got {self.graph_optimization!r}"
@@ -219,7 +228,7 @@ class OnnxRunner:
     def predict(self, pixels: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
         """Validated input -> validated scores [N,K]; runs in chunks of at most `chunk` images
         (of exactly the static batch, for a model that has one)."""
-        pixels = check_pixels(pixels, self.image_shape)
+        pixels = _model_input(self.name, pixels, self.image_shape)
         n = pixels.shape[0]
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise ConfigError(f"batch size must be a positive integer, got {chunk!r}")
@@ -476,7 +485,7 @@ class TfliteRunner:
         return y
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = check_pixels(pixels, self.image_shape)
+        pixels = _model_input(self.name, pixels, self.image_shape)
         out = np.empty((len(pixels), self.classes), np.float32)
         for i in range(len(pixels)):
             y = np.asarray(self.run_checked(pixels[i : i + 1]), np.float32)

@@ -104,6 +104,38 @@ def test_static_batch_model_runs_in_its_batch_and_refuses_a_remainder(tmp_path, 
     assert np.array_equal(r.predict(x[:2]), first10(x[:2]))
     with pytest.raises(ContractError, match="static batch of 2, got 3"):
         r.predict(x)
+    with pytest.raises(ContractError, match=f"^{p}: input shape must be"):  # the model is named
+        r.predict(x[:, :, :27])
+
+
+def test_run_sizes_beyond_any_workload_are_refused_before_anything_runs(tmp_path, identity):
+    """A static-batch model profiled at another batch, threads past a C int, a batch of 10^11
+    images: one clear error each, never onnxruntime's traceback or a 570 TiB allocation."""
+    from lenet_edge.export.variants import static_batch
+    from lenet_edge.runtime.bench import main as bench_main
+    from lenet_edge.runtime.errors import ConfigError
+    from lenet_edge.runtime.profile import main as profile_main
+    from lenet_edge.runtime.profile import profile_ops
+    from lenet_edge.runtime.runner import SessionConfig
+
+    p = tmp_path / "b1.onnx"
+    onnx.save(static_batch(onnx.load(str(identity)), 1), str(p))
+    with pytest.raises(ConfigError, match="static batch of 1; --batch 2 cannot run it"):
+        profile_ops(p, batch=2, runs=1)
+    with pytest.raises(ConfigError, match="threads must be 1..1024"):
+        SessionConfig(threads=2**31)
+    for argv, why in (
+        ([str(identity), "--threads", "2147483648"], "--threads 2147483648: must be <= 1024"),
+        ([str(identity), "--batch", "99999999999"], "--batch 99999999999: must be <= 65536"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            profile_main(argv)
+    for argv, why in (
+        ([str(identity), "--threads", "2147483648"], "values must be 1..1024"),
+        ([str(identity), "--batch", "1,99999999999"], "values must be 1..65536"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            bench_main(argv)
 
 
 @pytest.mark.parametrize(
