@@ -31,6 +31,7 @@ from lenet_edge.runtime.bench import CLOSE_TO_FASTEST, KEEP_IF_PAIRED_BELOW
 from lenet_edge.runtime.cli import add_common, parser
 from lenet_edge.runtime.errors import ConfigError
 from lenet_edge.runtime.files import inside, quantize_record_path, read_json, sha256_file, write_json_atomic
+from lenet_edge.runtime.numeric import finite
 
 # The documented default per runtime (README, "Per-target choice"): what the measurements on both
 # x86 machine kinds and aarch64 favour for INT8 so far; used by --no-timing (CI).
@@ -42,6 +43,35 @@ DEFAULTS = {
 }
 PAIR_ROUNDS = 200  # the benchmark's paired rounds (runtime.bench, 2000 runs)
 PAIR_WARMUP = 200
+
+
+def _check_rows(bench: dict[str, Any], source: str) -> None:
+    """Every row select reads is a benchmark row: a plain file name, string fields, a positive finite
+    p50 (NaN, inf, 0 or a negative p50 is never a measurement to choose by); the environment and
+    settings objects. A hand-edited or truncated result is one error naming the row."""
+    for key in ("environment", "settings"):
+        if key in bench and not isinstance(bench[key], dict):
+            raise ConfigError(f"{source}: '{key}' must be an object")
+    for i, r in enumerate(bench["results"]):
+        where = f"{source}: results[{i}]"
+        if not isinstance(r, dict):
+            raise ConfigError(f"{where}: not an object")
+        if r.get("stock") or r.get("model") == "floor":
+            continue  # never a candidate
+        for key in ("file", "model", "runtime", "format", "call"):
+            v = r.get(key)
+            if not isinstance(v, str) or not v or "\0" in v:
+                raise ConfigError(f"{where}: '{key}' must be a non-empty string, got {v!r:.60}")
+        for key in ("batch", "threads"):
+            if key in r and (not isinstance(r[key], int) or isinstance(r[key], bool)):
+                raise ConfigError(f"{where}: '{key}' must be an integer, got {r[key]!r:.60}")
+        p50 = r.get("latency_ms_p50")
+        if not finite(p50) or p50 <= 0:
+            raise ConfigError(
+                f"{where} ({r['file']}): latency_ms_p50 must be a positive finite number, got {p50!r:.60}"
+            )
+        if r.get("file_sha256") is not None and not isinstance(r["file_sha256"], str):
+            raise ConfigError(f"{where} ({r['file']}): file_sha256 must be a string")
 
 
 def _changed(onnx_dir: Path, row: dict[str, Any]) -> str | None:
@@ -71,7 +101,18 @@ def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
 
             if stale_reason(f):
                 return False
-        return isinstance(rec, dict) and not rec.get("stock") and not int8_failures(rec, tol)
+        if not isinstance(rec, dict) or rec.get("stock"):
+            return False
+        try:
+            return not int8_failures(rec, tol)
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+        ) as e:  # a record of another shape than `make quantize` writes
+            raise ConfigError(
+                f"{rec_path}: not a quantize record select can read ({e.__class__.__name__}: {e})"
+            ) from e
     if row["file"].endswith(".tflite") and ".int8.search" in row["file"]:
         from lenet_edge.quantize.published import stale_reason  # the LiteRT search's choice, checked there
 
@@ -100,6 +141,7 @@ def select(
         raise ConfigError(f"{source}: not a runtime.bench result (no 'results')")
     if pair_rounds < 0:
         raise ConfigError("--pair-rounds must be >= 0")
+    _check_rows(bench, source)
     tol = load_tolerances()
     timed = [r for r in bench["results"] if not r.get("stock") and r.get("model") != "floor"]
     # a row whose file was re-published since (same name, other bytes) says nothing about it

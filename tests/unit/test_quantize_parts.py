@@ -984,3 +984,58 @@ def test_publish_removes_a_stale_float_front_twin_the_new_record_has_none_for(tm
     assert (out / "m.int8.mixed.tflite").read_bytes() == b"int8.mixed"
     assert not (out / "m.int8.fc.tflite").exists()
     assert (out / "m.tflite.json").is_file() and (out / "m.int8.full.tflite").read_bytes() == b"int8.full"
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda b: b["results"].__setitem__(0, "row"), r"results\[0\]: not an object"),
+        (lambda b: b["results"][0].pop("file"), r"results\[0\]: 'file' must be a non-empty string"),
+        (lambda b: b["results"][0].update(file="a\0b.onnx"), "'file' must be a non-empty string"),
+        (lambda b: b["results"][0].update(model=["m"]), "'model' must be a non-empty string"),
+        (lambda b: b["results"][0].update(format=8), "'format' must be a non-empty string"),
+        (lambda b: b["results"][0].pop("call"), "'call' must be a non-empty string"),
+        (lambda b: b["results"][0].update(batch="1"), "'batch' must be an integer"),
+        (
+            lambda b: b["results"][1].update(latency_ms_p50=float("nan")),
+            r"results\[1\] \(m.fp32.b1.onnx\): latency_ms_p50",
+        ),
+        (lambda b: b["results"][1].update(latency_ms_p50=-1.0), "must be a positive finite number, got -1.0"),
+        (lambda b: b["results"][1].update(latency_ms_p50=0), "must be a positive finite number, got 0"),
+        (lambda b: b["results"][1].update(latency_ms_p50="0.001"), "must be a positive finite number"),
+        (lambda b: b["results"][1].update(file_sha256=5), "file_sha256 must be a string"),
+        (lambda b: b.update(environment=[]), "'environment' must be an object"),
+        (lambda b: b.update(settings=[1]), "'settings' must be an object"),
+    ],
+)
+def test_select_refuses_a_bench_result_of_another_shape_and_never_chooses_a_nan(tmp_path, edit, why):
+    """A hand-edited or truncated bench result is one error naming the row, before anything is
+    chosen: a NaN, infinite, zero or negative p50 was chosen as the fastest (min() over NaN)."""
+    from lenet_edge.quantize.select import select
+    from lenet_edge.runtime.errors import ConfigError
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    rows = []
+    for name, us in (("m.fp32.opt.onnx", 30), ("m.fp32.b1.onnx", 20)):
+        (d / name).write_bytes(b"x")
+        rows.append(bench_row(name, "fp32." + name.split(".")[2], us, "onnxruntime"))
+    bench = {"results": rows, "environment": {}}
+    assert select(json.loads(json.dumps(bench)), d, pair_rounds=0)["choices"]
+    edit(bench)
+    with pytest.raises(ConfigError, match=why):
+        select(bench, d, pair_rounds=0, source="b.json")
+
+
+def test_select_names_a_quantize_record_it_cannot_read(tmp_path):
+    from lenet_edge.quantize.select import select
+    from lenet_edge.runtime.errors import ConfigError
+
+    d = tmp_path / "onnx"
+    d.mkdir()
+    (d / "m.int8.qdq.onnx").write_bytes(b"x")
+    rec = {"model": "m", "accuracy_drop_pp": "x", "agreement_with_fp32": 0.999}
+    (d / "m.int8.qdq.quantize.json").write_text(json.dumps(rec))
+    bench = {"results": [bench_row("m.int8.qdq.onnx", "int8.qdq", 10, "onnxruntime")], "environment": {}}
+    with pytest.raises(ConfigError, match="m.int8.qdq.quantize.json: not a quantize record select can read"):
+        select(bench, d, pair_rounds=0)
