@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import glob
 import math
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,7 @@ from lenet_edge.runtime.bench import SCHEMA as BENCH_SCHEMA
 from lenet_edge.runtime.cli import add_common, parser, run
 from lenet_edge.runtime.env import describe_cpu
 from lenet_edge.runtime.errors import LenetEdgeError
-from lenet_edge.runtime.files import atomic_path, read_json, write_bytes_atomic
+from lenet_edge.runtime.files import atomic_path, read_json
 from lenet_edge.workflow import comparison, get
 
 # The pair the report compares, labels and colours: from the workflow files (workflows/*.toml).
@@ -36,13 +41,54 @@ class ReportError(LenetEdgeError):
     """A result file the report needs is unreadable."""
 
 
+def _non_finite(x: Any, where: str = "") -> str | None:
+    """The JSON path of the first NaN or infinite number in x (None if there is none)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return where or "the top level"
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{where}.{k}" if isinstance(k, str) else f"{where}[{k}]")
+        if found:
+            return found
+    return None
+
+
 def _load(path: Path) -> Any | None:
     if not path.is_file():
         return None
     try:
-        return read_json(path)
+        data = read_json(path)
     except Exception as e:  # a corrupt result file is a user-facing problem, not a traceback
         raise ReportError(f"{path}: not a readable result file ({e.__class__.__name__}: {e})") from e
+    # no command writes NaN or Infinity into a result: one there would become a verdict ("+nan pp")
+    bad = _non_finite(data)
+    if bad:
+        raise ReportError(
+            f"{path}: holds NaN or Infinity at {bad.lstrip('.')}; rerun the command that makes it"
+        )
+    return data
+
+
+@contextmanager
+def _reading(*files: Any) -> Iterator[None]:
+    """A section reads these result files: one of another shape than the pipeline writes (a key
+    missing, a string for a number, a list for an object) is one error naming them."""
+    try:
+        yield
+    except (
+        KeyError,
+        TypeError,
+        AttributeError,
+        ValueError,
+        IndexError,
+        StopIteration,
+        ZeroDivisionError,
+    ) as e:
+        named = " or ".join(str(f) for f in files if f) or "a result file"
+        raise ReportError(
+            f"{named}: not the shape the pipeline writes ({e.__class__.__name__}: {str(e)[:120]}); "
+            "rerun the command that makes it"
+        ) from e
 
 
 def _fp32_source_sha(rec: Any) -> Any:
@@ -960,21 +1006,38 @@ def _invariance(d: dict[str, Any], out_dir: Path) -> tuple[list[str], Any]:
 
 
 def build(results: Path, onnx_dir: Path, out_dir: Path) -> Path:
-    """reports/REPORT.md (and its plots) from the result files: one section after another."""
-    d = gather(results, onnx_dir)
+    """reports/REPORT.md (and its plots) from the result files: one section after another, built in
+    a staging folder and moved into out_dir only when every section succeeded (a report that fails
+    halfway leaves the old report and plots as they were)."""
+    with _reading(results):
+        d = gather(results, onnx_dir)
+    ref, study, inv_file = results / "reference.json", results / "study.json", results / "invariance.json"
+    bench, arm = d["bench_file"], results / "arm" / "arm-check.json"
     out_dir.mkdir(parents=True, exist_ok=True)
-    L = _reproduction(d)
-    artifacts_md, rows = _artifacts(d, out_dir)
-    study_md, headline = _study(d, out_dir)
-    invariance_md, inv = _invariance(d, out_dir)
-    L += artifacts_md + _sqnr(d, out_dir) + study_md + invariance_md
-    L += ["## 5. What to deploy", ""]
-    L += conclusion(d, rows, headline, inv)
-    # no timestamp: the same result files give a byte-identical report
-    L += ["", "_Built by `lenet-edge report` from the result files named above._", ""]
-    md = out_dir / "REPORT.md"
-    write_bytes_atomic(md, "\n".join(L).encode())
-    return md
+    stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir))
+    try:
+        with _reading(ref):
+            L = _reproduction(d)
+        with _reading(ref, bench, arm, results / "records", results / "devices"):
+            artifacts_md, rows = _artifacts(d, stage)
+        with _reading(study):
+            study_md, headline = _study(d, stage)
+        with _reading(inv_file, study):
+            invariance_md, inv = _invariance(d, stage)
+        with _reading(results / "records"):
+            sqnr_md = _sqnr(d, stage)
+        L += artifacts_md + sqnr_md + study_md + invariance_md
+        L += ["## 5. What to deploy", ""]
+        with _reading(study, bench, arm, inv_file):
+            L += conclusion(d, rows, headline, inv)
+        # no timestamp: the same result files give a byte-identical report
+        L += ["", "_Built by `lenet-edge report` from the result files named above._", ""]
+        (stage / "REPORT.md").write_bytes("\n".join(L).encode())
+        for f in sorted(stage.iterdir(), key=lambda f: f.name == "REPORT.md"):  # the report last
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out_dir / "REPORT.md"
 
 
 def conclusion(

@@ -520,3 +520,34 @@ def test_report_lists_the_runs_fastest_files_with_a_top1_only_from_a_record_of_t
         in text
     )
     assert "onnxruntime 0.55 (not settled)" in text
+
+
+def test_report_refuses_nan_and_other_shapes_and_keeps_the_old_report(tmp_path):
+    """No command writes NaN into a result, so one there is refused by name (it became "+nan pp"
+    verdicts); a result file of another shape is one error naming it; a report that fails halfway
+    leaves the previous report and plots as they were (no new plots beside an old report)."""
+    from lenet_edge.report.build import ReportError
+
+    res, out = _results_dir(tmp_path), tmp_path / "out"
+    build(res, tmp_path / "no-onnx", out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    good = json.loads((res / "study.json").read_text())
+    for edit, why in (
+        (
+            lambda s: s.update(jobs_in_parallel=float("nan")),
+            "study.json: holds NaN or Infinity at jobs_in_parallel",
+        ),
+        (lambda s: s["models"].update(x=[1.0, float("inf")]), r"holds NaN or Infinity at models\.x\[1\]"),
+        (lambda s: s.pop("jobs_in_parallel"), "study.json: not the shape the pipeline writes"),
+        (lambda s: s.update(seeds="0,1,2"), "study.json: not the shape the pipeline writes"),
+    ):
+        s = json.loads(json.dumps(good))
+        edit(s)
+        (res / "study.json").write_text(json.dumps(s))
+        with pytest.raises(ReportError, match=why):
+            build(res, tmp_path / "no-onnx", out)
+        assert {
+            f.name: f.read_bytes() for f in out.iterdir()
+        } == before  # nothing half-replaced, no staging left
+    proc = run_cli("-m", "lenet_edge.report", "--results", str(res), "--out-dir", str(out))
+    assert_one_line_error(proc, "study.json", "not the shape the pipeline writes")
