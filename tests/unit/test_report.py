@@ -443,7 +443,7 @@ def test_report_lists_the_runs_fastest_files_with_a_top1_only_from_a_record_of_t
     the optimized FP32 graph); a top-1 is quoted only from a record whose sha256 is the timed file's
     (this checkout's, else the committed copy), and for an optimized FP32 graph only if its record
     shows the export's top-1 on every test image, for the export this run timed."""
-    from lenet_edge.report.build import fastest_files
+    from lenet_edge.report.build import ReportError, fastest_files
 
     ref = json.loads((ROOT / "results" / "reference.json").read_text())
     m, fp32_top1 = "lenet_pool", ref["models"]["lenet_pool"]["fp32"]["test_top1"]
@@ -491,7 +491,8 @@ def test_report_lists_the_runs_fastest_files_with_a_top1_only_from_a_record_of_t
     opt["check"]["top1_identical"], opt["fp32"]["onnx_sha256"] = 10000, "another export"
     assert top1s()[f"{m}.fp32.s2d.onnx"] is None
     (res / "records" / q).write_text(json.dumps({"onnx_sha256": f"q-{m}", "test_top1": float("nan")}))
-    assert top1s()[f"{m}.int8.search.300.onnx"] is None
+    with pytest.raises(ReportError, match="holds NaN or Infinity at test_top1"):  # no command writes one
+        top1s()
     # hand-edited records of the wrong shape match nothing, and say so by "–", not a traceback
     (res / "records" / q).write_text(json.dumps({"onnx_sha256": f"q-{m}", "test_top1": "98.77"}))
     opt["fp32"]["onnx_sha256"], opt["check"] = "export", 5
