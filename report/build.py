@@ -499,9 +499,11 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    fig.clf()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
+    finally:
+        _plt().close(fig)  # pyplot keeps every figure until closed
 
 
 MARKERS = {"fp32": "o", "int8.qdq": "s", "fp32.tflite": "^", "int8.full.tflite": "D"}
