@@ -64,6 +64,16 @@ def _precision(name: str) -> str:
     return "int8" if ".int8." in name else "fp32"
 
 
+def _reduce_range(rec_path: Path) -> bool | None:
+    """The recipe's reduce_range from a quantize record (true, false or null), or one error naming it."""
+    rec = read_json(rec_path)
+    recipe = rec.get("recipe") if isinstance(rec, dict) else None
+    rr = recipe.get("reduce_range") if isinstance(recipe, dict) else "missing"
+    if rr not in (None, True, False):
+        raise BundleError(f"{rec_path}: recipe.reduce_range must be true, false or null, got {rr!r:.40}")
+    return rr
+
+
 def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) -> dict[str, Any]:
     """Tarball with runtime/, models, inputs + expected outputs and a manifest; written atomically."""
     from .env import environment
@@ -76,6 +86,11 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
     files: dict[str, bytes] = {}
     entries = []
     expected = {}
+    names = [m.name for m in models]
+    if dup := sorted({n for n in names if names.count(n) > 1}):
+        raise BundleError(
+            f"{', '.join(dup)}: two models of the same name (the bundle keeps one models/ folder)"
+        )
     for m in models:
         if not m.is_file():
             raise BundleError(f"{m}: model not found (run `make export quantize variants`)")
@@ -86,7 +101,7 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
         key = m.name.removesuffix(".onnx")
         expected[key] = logits
         rec_path = quantize_record_path(m)
-        rr = read_json(rec_path)["recipe"]["reduce_range"] if rec_path.is_file() else None
+        rr = _reduce_range(rec_path) if rec_path.is_file() else None
         from .bench import recipe_amx  # (bench imports this module's self_check)
 
         ref_key = None
@@ -283,7 +298,7 @@ def self_check(bundle: Path, report: Path | None = None) -> dict[str, Any]:
             )
         if m["precision"] == "fp32":
             row["passed"] = not exceeds(diff, manifest["tolerances"]["fp32_max_abs_diff"]) and agree == 1.0
-        elif m["reduce_range"]:
+        elif m.get("reduce_range"):  # validate_manifest: true, false, null or absent
             # The fused integer kernels (QLinearConv, QGemm) differ between x86 and aarch64 by an
             # output step or two (make arm-check): their decisions must agree; the reference
             # kernels must give the very same numbers.

@@ -468,6 +468,39 @@ def test_bundle_detects_tampering(bundle, tmp_path):
     assert_one_line_error(run_cli("-m", "runtime.bundle", "check", str(tmp_path)), "not a bundle")
 
 
+def test_bundle_build_refuses_same_names_and_unreadable_records_and_check_takes_no_reduce_range(
+    bundle, tmp_path, identity, mnist_dir
+):
+    """Two models of one name would ship as one; a quantize record without a true/false/null
+    reduce_range is named; a manifest entry without the optional reduce_range is checked, not a
+    KeyError."""
+    import shutil
+
+    from lenet_edge.runtime.bundle import BundleError, build_bundle
+
+    other = tmp_path / "o" / identity.name
+    other.parent.mkdir()
+    shutil.copy(identity, other)
+    with pytest.raises(BundleError, match=f"{identity.name}: two models of the same name"):
+        build_bundle([identity, other], tmp_path / "b.tar.gz", mnist_dir)
+    m = tmp_path / "m.int8.qdq.onnx"
+    shutil.copy(identity, m)
+    for rec in ({}, [1], {"recipe": {"reduce_range": "x"}}):
+        (tmp_path / "m.int8.qdq.quantize.json").write_text(json.dumps(rec))
+        with pytest.raises(BundleError, match="m.int8.qdq.quantize.json: recipe.reduce_range must be"):
+            build_bundle([m], tmp_path / "b.tar.gz", mnist_dir)
+    assert not (tmp_path / "b.tar.gz").exists()
+    d = tmp_path / "c"
+    shutil.copytree(bundle, d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    for e in manifest["models"]:
+        e["precision"] = "int8"
+        e.pop("reduce_range", None)
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("-m", "runtime.bundle", "check", str(d))
+    assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr[-1500:]
+
+
 def test_ingest_validates_and_tabulates(tmp_path, identity):
     from lenet_edge.runtime.bench import run_bench
     from lenet_edge.runtime.errors import LenetEdgeError
