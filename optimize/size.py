@@ -136,7 +136,7 @@ def _params_from_record(path: Path) -> int | None:
             rec = read_json(rec_path)
         except Exception:
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("params"), int) and rec["params"] > 0:
+        if isinstance(rec, dict) and type(rec.get("params")) is int and rec["params"] > 0:
             return rec["params"]
     return None
 
@@ -165,13 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_common(p, "json")
     args = p.parse_args(argv)
+    if args.params is not None and args.params < 1:
+        raise ConfigError(f"--params {args.params}: must be >= 1")
     profiles = []
     for m in args.models:
         if m.suffix != ".onnx":
             raise ConfigError(f"{m}: the size profile reads ONNX files (.onnx)")
         if not m.is_file():
             raise ConfigError(f"{m}: no such file")
-        profiles.append(size_profile(m, args.params))
+        try:
+            profiles.append(size_profile(m, args.params))
+        except (ValueError, TypeError, IndexError, KeyError, RecursionError) as e:
+            # a graph the checker would refuse: tensor data shorter than its dims, a node without
+            # outputs, an undefined element type, a layout chain deeper than Python's stack
+            raise ConfigError(
+                f"{m}: not an ONNX graph the size profile can read ({e.__class__.__name__}: {str(e)[:160]})"
+            ) from e
     print(to_markdown(profiles), end="")
     if args.json:
         from lenet_edge.runtime.files import write_json_atomic

@@ -661,6 +661,44 @@ def test_size_profile_names_each_tensor_by_the_slot_it_reaches(tmp_path):
         size_profile(empty)
 
 
+def test_size_cli_names_a_malformed_graph_and_a_bad_param_count(tmp_path):
+    """Graphs the checker would refuse (tensor data shorter than its dims, a node without outputs,
+    a 3,000-node layout chain) and a parameter count below 1: one error line each, naming the file."""
+    from onnx import TensorProto, helper
+
+    from lenet_edge.optimize.size import main
+    from lenet_edge.runtime.errors import ConfigError
+
+    def save(name, nodes, inits):
+        g = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], initializer=inits,
+        )  # fmt: skip
+        path = tmp_path / name
+        path.write_bytes(helper.make_model(g).SerializeToString())
+        return path
+
+    short = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[784, 10], raw_data=b"\0" * 4)
+    chain = [
+        helper.make_node("Reshape", ["w" if i == 0 else f"r{i}", "s"], [f"r{i + 1}"]) for i in range(3000)
+    ]
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0])
+    cases = {
+        save(
+            "short.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [short]
+        ): "short.onnx: not an ONNX graph",
+        save(
+            "no_out.onnx", [helper.make_node("Conv", ["x", "w"], [])], [w]
+        ): "no_out.onnx: not an ONNX graph",
+        save("deep.onnx", chain, [w]): "deep.onnx: not an ONNX graph",
+    }
+    for path, why in cases.items():
+        with pytest.raises(ConfigError, match=why):
+            main([str(path)])
+    with pytest.raises(ConfigError, match="--params -5: must be >= 1"):
+        main([str(path), "--params", "-5"])
+
+
 def test_narrow_constants_stores_float16_exact_scales_in_half_the_bytes(tmp_path):
     """A per-column scale whose every value float16 holds exactly (what quantize.scales makes) is
     stored as float16 behind a Cast to float: smaller, identical outputs, folded at load. A scale
