@@ -23,6 +23,18 @@ def test_recipe_validates_and_round_trips():
         QuantRecipe(mode="dynamic", quant_format="qdq")
     with pytest.raises(ConfigError, match="unknown recipe fields"):
         QuantRecipe.from_dict({"bits": 4})
+    # from TOML or JSON: each field of its type, numbers finite ("yes" was taken as true, "x" bins
+    # and 5 as a layer list were tracebacks)
+    for bad, why in (
+        ({"per_channel": "yes"}, "per_channel must be true or false"),
+        ({"calibration_bins": "x"}, "calibration_bins must be an integer"),
+        ({"calibration_bins": True}, "calibration_bins must be an integer"),
+        ({"percentile": float("nan")}, "percentile must be a finite number"),
+        ({"fp32_layers": 5}, "fp32_layers must be a list"),
+        ({"mode": 1}, "mode must be a string"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            QuantRecipe.from_dict(bad)
     assert set(DEFAULT_RECIPES) == {"lenet_pool", "lenet_stride"}
 
 
