@@ -49,8 +49,9 @@ def _int(v: Any, where: str, source: Path, lo: int, hi: int) -> int:
 def _positive(v: Any, where: str, source: Path, allow_none: bool = False) -> None:
     if v is None and allow_none:
         return
-    if not (finite(v) and v > 0):
-        raise IngestError(f"{source}: {where} must be a finite positive number, got {v!r:.60}")
+    # at most 1e9 (a latency of 11 days in ms): the table multiplies by 1e3, and 1e308 became "inf µs"
+    if not (finite(v) and 0 < v <= 1e9):
+        raise IngestError(f"{source}: {where} must be a finite positive number (at most 1e9), got {v!r:.60}")
 
 
 def validate(report: Any, source: Path) -> None:

@@ -129,6 +129,8 @@ def _load_npz(split: str, path: Path) -> Split:
         )
     if labels.min() < 0:
         raise DataError(f"{path}: {split}_labels has a negative label {int(labels.min())}")
+    if labels.max() > np.iinfo(np.int64).max:  # uint64 beyond int64 would wrap negative below
+        raise DataError(f"{path}: {split}_labels has a label beyond int64 ({int(labels.max())})")
     return Split(images=images, labels=labels.astype(np.int64), sha256={path.name: sha256_file(path)})
 
 

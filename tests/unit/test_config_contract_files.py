@@ -191,3 +191,17 @@ class TestCheckpoint:
         with pytest.raises(CheckpointError, match="not a readable .npz"):
             load_checkpoint(p)
         assert zipfile.is_zipfile(p)
+
+
+def test_npz_labels_beyond_int64_are_refused_not_wrapped(tmp_path):
+    """A uint64 label of 2**63 passed the checks and became a negative int64 (top-1 0.00 %)."""
+    from lenet_edge.runtime.errors import DataError
+    from lenet_edge.runtime.mnist import load_split
+
+    p = tmp_path / "d.npz"
+    images = np.zeros((2, 28, 28), np.uint8)
+    np.savez(p, test_images=images, test_labels=np.array([1, 2**63], np.uint64))
+    with pytest.raises(DataError, match="d.npz: test_labels has a label beyond int64"):
+        load_split("test", p)
+    np.savez(p, test_images=images, test_labels=np.array([1, 2], np.uint64))
+    assert load_split("test", p).labels.tolist() == [1, 2]

@@ -517,6 +517,11 @@ def test_ingest_validates_and_tabulates(tmp_path, identity):
     src.write_text(json.dumps({"schema": "other"}))
     with pytest.raises(LenetEdgeError, match="not a lenet-edge benchmark result"):
         ingest(src, tmp_path / "devices")
+    huge = json.loads(json.dumps(rep))
+    huge["results"][0]["latency_ms_p50"] = 1e308  # finite, but "inf µs" once the table scales it
+    src.write_text(json.dumps(huge))
+    with pytest.raises(LenetEdgeError, match="latency_ms_p50 must be a finite positive number"):
+        ingest(src, tmp_path / "devices")
     # the table's name taken by a folder: the device file is not written either
     other = tmp_path / "other"
     (other / "README.md").mkdir(parents=True)

@@ -84,8 +84,14 @@ BAD = {
     "not toml": (lambda t: t + "\n[model\n", ["not valid TOML"]),
     "nan mean": (_set("normalize", "{ mean = nan, std = 127.5 }"), ["[input] normalize", "finite"]),
     "infinite pixel range": (_set("pixel_range", "[0, inf]"), ["[input] pixel_range"]),
-    "string for a recipe bool": (_set("recipe", "{ per_channel = 'yes' }"), ["[quantize] recipe", "true or false"]),
-    "string for recipe bins": (_set("recipe", "{ calibration_bins = 'x' }"), ["[quantize] recipe", "an integer"]),
+    "string for a recipe bool": (
+        _set("recipe", "{ per_channel = 'yes' }"),
+        ["[quantize] recipe", "true or false"],
+    ),
+    "string for recipe bins": (
+        _set("recipe", "{ calibration_bins = 'x' }"),
+        ["[quantize] recipe", "an integer"],
+    ),
 }
 
 
