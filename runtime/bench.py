@@ -524,9 +524,11 @@ def run_bench(
     if dup:  # rows, pairs and `select` name a file by its name alone
         raise ConfigError(f"{dup}: another model given has the same file name; time one of them per run")
 
+    from .cli import quiet
     from .progress import live
 
     redraw = live()
+    progress = progress and not quiet()  # -q: errors and results only
 
     def say(msg: str) -> None:
         # a terminal redraws one line; a log gets only the per-setting lines, not every start-up
