@@ -26,7 +26,7 @@ from lenet_edge.runtime.bench import SCHEMA as BENCH_SCHEMA
 from lenet_edge.runtime.cli import add_common, parser, run
 from lenet_edge.runtime.env import describe_cpu
 from lenet_edge.runtime.errors import LenetEdgeError
-from lenet_edge.runtime.files import atomic_path, read_json
+from lenet_edge.runtime.files import atomic_path, read_json, remove_stale_temp_files
 from lenet_edge.workflow import comparison, get
 
 # The pair the report compares, labels and colours: from the workflow files (workflows/*.toml).
@@ -1016,7 +1016,9 @@ def build(results: Path, onnx_dir: Path, out_dir: Path) -> Path:
     ref, study, inv_file = results / "reference.json", results / "study.json", results / "invariance.json"
     bench, arm = d["bench_file"], results / "arm" / "arm-check.json"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir))
+    # named like atomic_path's temp files: a later run removes one whose process was killed
+    remove_stale_temp_files(out_dir / "REPORT.md")
+    stage = Path(tempfile.mkdtemp(prefix=f".REPORT.md.{os.getpid()}.", suffix=".tmp", dir=out_dir))
     try:
         with _reading(ref):
             L = _reproduction(d)

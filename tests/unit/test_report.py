@@ -552,3 +552,9 @@ def test_report_refuses_nan_and_other_shapes_and_keeps_the_old_report(tmp_path):
         } == before  # nothing half-replaced, no staging left
     proc = run_cli("-m", "lenet_edge.report", "--results", str(res), "--out-dir", str(out))
     assert_one_line_error(proc, "study.json", "not the shape the pipeline writes")
+    # a staging folder left by a killed run (its PID gone) is removed by the next run
+    stale = out / ".REPORT.md.4194303.abc.tmp"
+    stale.mkdir()
+    (res / "study.json").write_text(json.dumps(good))
+    build(res, tmp_path / "no-onnx", out)
+    assert not stale.exists() and not [f for f in out.iterdir() if f.name.startswith(".")]
