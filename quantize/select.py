@@ -105,11 +105,7 @@ def _passes(onnx_dir: Path, row: dict[str, Any], tol: dict[str, Any]) -> bool:
             return False
         try:
             return not int8_failures(rec, tol)
-        except (
-            KeyError,
-            TypeError,
-            ValueError,
-        ) as e:  # a record of another shape than `make quantize` writes
+        except (KeyError, TypeError, ValueError) as e:  # not the shape `make quantize` writes
             raise ConfigError(
                 f"{rec_path}: not a quantize record select can read ({e.__class__.__name__}: {e})"
             ) from e
