@@ -519,6 +519,11 @@ class TfliteRunner:
 
 def load_runner(model: str | Path | bytes, config: SessionConfig | None = None) -> OnnxRunner | TfliteRunner:
     """The runner for a model file, by format: .tflite -> TFLite interpreter, else onnxruntime."""
+    if not isinstance(model, bytes):
+        try:  # both runtimes take the name as UTF-8 text; undecodable bytes gave a pybind message
+            str(model).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ContractError(f"{model!s:.200}: the file name is not valid UTF-8; rename the file") from e
     if not isinstance(model, bytes) and str(model).endswith(".tflite"):
         return TfliteRunner(model, config)
     return OnnxRunner(model, config)

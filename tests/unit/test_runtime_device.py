@@ -705,3 +705,17 @@ def test_native_log_drops_tflites_info_lines_and_keeps_the_rest(capfd, monkeypat
     with native_log(said):  # no temp folder to write to: fd 2 as it was, no error
         os.write(2, b"INFO: shown too\n")
     assert said == [] and capfd.readouterr().err == "INFO: shown too\n"
+
+
+def test_a_model_file_name_that_is_not_utf8_is_named_as_such(tmp_path, identity):
+    """onnxruntime takes the path as UTF-8 text: a name with undecodable bytes gave its pybind
+    'incompatible constructor arguments' inside our error line."""
+    import os
+    import shutil
+
+    from lenet_edge.runtime.runner import load_runner
+
+    odd = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/\xff.onnx"))
+    shutil.copy(identity, odd)
+    with pytest.raises(ContractError, match="the file name is not valid UTF-8"):
+        load_runner(odd)
