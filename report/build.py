@@ -126,16 +126,14 @@ def _dict(x: Any) -> dict[str, Any]:
     return x if isinstance(x, dict) else {}
 
 
+def _bench_row(bench: dict[str, Any] | None, file: str) -> dict[str, Any]:
+    """The first row the benchmark recorded for a file it timed (an empty one if it did not)."""
+    return next((r for r in _dict(bench).get("results") or [] if _dict(r).get("file") == file), {})
+
+
 def _bench_sha(bench: dict[str, Any] | None, file: str) -> str | None:
     """The sha256 the benchmark recorded for a file it timed (None if it did not time it)."""
-    return next(
-        (
-            _dict(r).get("file_sha256")
-            for r in _dict(bench).get("results") or []
-            if _dict(r).get("file") == file
-        ),
-        None,
-    )
+    return _bench_row(bench, file).get("file_sha256")
 
 
 def _same_file_record(onnx_dir: Path, results: Path, name: str, key: str, sha: str | None) -> Any | None:
@@ -221,10 +219,8 @@ def fastest_files(
                 # a plain file name: it names records in build/onnx/ and results/records/
                 if not isinstance(file, str) or Path(file).name != file or file.startswith("."):
                     continue
-                row = next(
-                    (r for r in _dict(bench).get("results") or [] if _dict(r).get("file") == file), None
-                )
-                if row is None or not isinstance(row.get("format"), str):
+                row = _bench_row(bench, file)
+                if not isinstance(row.get("format"), str):
                     continue
                 rows.append(
                     {
@@ -1216,10 +1212,7 @@ def _pick_from_summary(
     artifact for the model, with the INT8 / FP32 ratio of that runtime and the aarch64 goal ratio."""
     best = sm["best_lenet_edge"]
     name, runtime = best["file"], best["runtime"]
-    size = next(
-        (r.get("file_bytes") for r in d["bench"]["results"] if r.get("file") == name and r.get("file_bytes")),
-        None,
-    )
+    size = _bench_row(d["bench"], name).get("file_bytes")
     int8 = ".int8." in name
     ratio, how = _ratio(sm["per_runtime"].get(runtime, {}), "int8_over_fp32")
     text = (

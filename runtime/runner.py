@@ -114,6 +114,19 @@ def tuned_for_threads(meta: dict[str, str]) -> int | None:
     return int(head) if head.isdigit() and int(head) > 0 else None
 
 
+def _model_file(model: str | Path) -> str:
+    """A model file's name, once it is known to exist and to be text the runtimes can take (both take
+    the name as UTF-8; undecodable bytes gave onnxruntime's pybind message)."""
+    name = str(model)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ContractError(f"{name:.200}: the file name is not valid UTF-8; rename the file") from e
+    if not Path(model).is_file():
+        raise ContractError(f"{name}: model file not found")
+    return name
+
+
 def _model_input(name: str, pixels: Any, image_shape: tuple[int, ...]) -> np.ndarray:
     """check_pixels for the model file `name`: a refusal names the model (whose input shape may be
     the one that differs from the data's)."""
@@ -151,9 +164,7 @@ class OnnxRunner:
         import onnxruntime as ort
 
         self.config = config or SessionConfig(threads=threads or 1)
-        name = "<bytes>" if isinstance(model, bytes) else str(model)
-        if not isinstance(model, bytes) and not Path(model).is_file():
-            raise ContractError(f"{name}: model file not found")
+        name = "<bytes>" if isinstance(model, bytes) else _model_file(model)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.config.threads
         opts.inter_op_num_threads = 1
@@ -415,9 +426,7 @@ class TfliteRunner:
     def __init__(self, model: str | Path, config: SessionConfig | None = None) -> None:
         self.config = config or SessionConfig()
         mod, self.backend, self.version = _tflite_interpreter()
-        self.name = str(model)
-        if not Path(model).is_file():
-            raise ContractError(f"{self.name}: model file not found")
+        self.name = _model_file(model)
         said: list[str] = []
         try:
             with native_log(said):
@@ -519,11 +528,6 @@ class TfliteRunner:
 
 def load_runner(model: str | Path | bytes, config: SessionConfig | None = None) -> OnnxRunner | TfliteRunner:
     """The runner for a model file, by format: .tflite -> TFLite interpreter, else onnxruntime."""
-    if not isinstance(model, bytes):
-        try:  # both runtimes take the name as UTF-8 text; undecodable bytes gave a pybind message
-            str(model).encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ContractError(f"{model!s:.200}: the file name is not valid UTF-8; rename the file") from e
     if not isinstance(model, bytes) and str(model).endswith(".tflite"):
         return TfliteRunner(model, config)
     return OnnxRunner(model, config)
