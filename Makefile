@@ -196,7 +196,7 @@ ingest: setup ## add a device's bench result to results/devices/ and its table: 
 check-reference: setup ## compare the exported models with results/reference.json (fails on a difference; another CPU class: accuracy within tolerance)
 	$(LE) reference check --onnx-dir $(ONNX_DIR) --train-dir $(CKPT_DIR)
 
-reference: setup ## adopt build/train checkpoints as the committed reference (writes results/)
+reference: setup ## adopt build/train checkpoints as the committed reference (writes results/); TRAIN_DIR=results/checkpoints re-records the committed ones' export and INT8 figures on the current code
 	$(LE) reference write --train-dir $(TRAIN_DIR) --onnx-dir $(ONNX_DIR)
 
 readme: setup ## refresh the README results table from results/reference.json

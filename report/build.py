@@ -316,14 +316,20 @@ def gather(results: Path, onnx_dir: Path) -> dict[str, Any]:
 # the per model x format table
 
 
-def best_latency(bench: dict[str, Any] | None, model: str, fmt: str) -> float | None:
-    """p50 µs at batch 1, one thread, the fastest call path for that artifact."""
+def best_latency(bench: dict[str, Any] | None, model: str, fmt: str, size: int | None = None) -> float | None:
+    """p50 µs at batch 1, one thread, the fastest call path for that artifact; with `size`, only
+    of a file of that many bytes (a row whose size and top-1 come from a record of another build
+    than the one timed gets no latency)."""
     if bench is None:
         return None
     rows = [
         r
         for r in bench["results"]
-        if r["model"] == model and r["format"] == fmt and r["batch"] == 1 and r["threads"] == 1
+        if r["model"] == model
+        and r["format"] == fmt
+        and r["batch"] == 1
+        and r["threads"] == 1
+        and (size is None or r.get("file_bytes") in (None, size))
     ]
     return 1000 * min(r["latency_ms_p50"] for r in rows) if rows else None
 
@@ -388,7 +394,7 @@ def artifacts(d: dict[str, Any]) -> list[dict[str, Any]]:
                     "top1": top1,
                     "bytes": size,
                     "bytes_per_param": size / params,
-                    "p50_us": best_latency(d["bench"], m, fmt),
+                    "p50_us": best_latency(d["bench"], m, fmt, size),
                     "a72": arm_insns(d["arm"], m, arm_fmt, "cortex-a72") if arm_fmt else None,
                     "a76": arm_insns(d["arm"], m, arm_fmt, "cortex-a76") if arm_fmt else None,
                 }
@@ -798,7 +804,8 @@ def _artifacts(d: dict[str, Any], out_dir: Path) -> tuple[list[str], list[dict[s
         cpu = describe_cpu(env) if isinstance(env, dict) and env.get("isa_flags") is not None else env
         L.append(
             f"Latency: `make bench` reference run `{d['bench_file']}` ({cpu}; the newest run on a whole "
-            "ISA in results/bench/); the fastest call path per artifact (ORT `run` or IO binding). Compare "
+            "ISA in results/bench/); the fastest call path per artifact (ORT `run` or IO binding), "
+            "quoted only where the run timed a file of the row's size ('–' else: another build). Compare "
             "as ratios within the run, not across machines."
         )
         if any(r["format"].startswith("fastest ") for r in rows):

@@ -40,6 +40,11 @@ def test_fp32_accuracy_equals_reference(exported, name):
     assert rec["test_top1"] == ref["fp32"]["test_top1"]
     assert rec["test_top2"] == ref["fp32"]["test_top2"]
     assert rec["parity"]["max_abs_logit_diff"] <= 1e-4 and rec["parity"]["top1_identical"] == 10_000
+    # The README and the report quote this size: a change to what export writes must re-record it.
+    assert rec["onnx_bytes"] == ref["fp32"]["onnx_bytes"], (
+        "the export's size is another code's: run `make export quantize` and "
+        "`make reference TRAIN_DIR=results/checkpoints`"
+    )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -114,6 +119,10 @@ def test_int8_within_tolerances(quantized, tolerances, name):
 def test_int8_matches_committed_reference(quantized, tolerances, name):
     rec, ref = quantized[name], REFERENCE["models"][name]["int8"]
     assert rec["recipe"] == ref["recipe"] and rec["calibration"]["sha256"] == ref["calibration_sha256"]
+    assert rec["onnx_bytes"] == ref["onnx_bytes"], (
+        "the default INT8 file's size is another code's: run `make export quantize` and "
+        "`make reference TRAIN_DIR=results/checkpoints`"
+    )
     assert abs(100 * (rec["test_top1"] - ref["test_top1"])) <= tolerances["int8_top1_drop_pp_max"]
     assert rec["agreement_with_fp32"] >= tolerances["int8_agreement_min"]
     assert rec["nodes"]["clean_total"] < rec["nodes"]["exported_total"]  # the clean-up did something

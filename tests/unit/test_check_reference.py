@@ -113,3 +113,42 @@ def test_make_reference_records_one_training_environment():
         reference_environment([_train(), _train(env={**ENV, "cpu_model": "other"})])
     with pytest.raises(LenetEdgeError, match="lack"):
         reference_environment([{"versions": VERSIONS}])
+
+
+def test_make_reference_re_records_the_committed_checkpoints_in_place(tmp_path, monkeypatch):
+    """`make reference TRAIN_DIR=results/checkpoints`: the export and INT8 figures of the committed
+    checkpoints are recorded again from the current code; nothing is copied onto itself, and the
+    committed training environment stays (those training records predate the field). Training
+    records without it from anywhere else are still refused."""
+    import lenet_edge.export.reference as r
+    from lenet_edge.runtime.files import sha256_file
+
+    ckpts, onnx = tmp_path / "results" / "checkpoints", tmp_path / "onnx"
+    ckpts.mkdir(parents=True)
+    onnx.mkdir()
+    old = _ref()
+    for name in ("lenet_pool", "lenet_stride"):
+        (ckpts / f"{name}.npz").write_bytes(name.encode())
+        sha = sha256_file(ckpts / f"{name}.npz")
+        old["models"][name]["checkpoint_sha256"] = sha
+        rec = {"checkpoint_sha256": sha, "config": CONFIG, "seconds_per_epoch": 20.0}
+        (ckpts / f"{name}.train.json").write_text(json.dumps(rec | {"test_top1": 0.98, "test_top2": 0.99}))
+        exp = _exp(sha) | {"params": 1, "onnx_bytes": 252_155, "parity": {"max_abs_logit_diff": 1e-5}}
+        exp |= {"data_sha256": "d", "versions": VERSIONS, "onnx_sha256": "o"}
+        (onnx / f"{name}.fp32.export.json").write_text(json.dumps(exp))
+    reference = tmp_path / "results" / "reference.json"
+    reference.write_text(json.dumps(old))
+    monkeypatch.setattr(r, "REFERENCE", reference)
+    monkeypatch.setattr(r, "REF_CKPT_DIR", ckpts)
+    before = {p.name: p.read_bytes() for p in ckpts.iterdir()}
+    ref = r.write_reference(ckpts, onnx)
+    assert ref["training_environment"] == old["training_environment"]
+    assert ref["models"]["lenet_pool"]["fp32"]["onnx_bytes"] == 252_155
+    assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before
+    other = tmp_path / "train"  # a new training without environment records: refused as before
+    other.mkdir()
+    for p in ckpts.iterdir():
+        (other / p.name).write_bytes(p.read_bytes())
+    reference.write_text(json.dumps(_ref()))  # the reference of other checkpoints
+    with pytest.raises(LenetEdgeError, match="disagree"):
+        r.write_reference(other, onnx)

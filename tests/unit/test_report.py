@@ -410,6 +410,22 @@ def test_report_quotes_the_newest_whole_isa_benchmark_and_ships_its_fastest_arti
     assert "best INT8 / best FP32 on onnxruntime 0.55 (paired)" in text
 
 
+def test_a_default_row_quotes_a_latency_only_for_a_file_of_its_own_size():
+    """Section 2's default rows take size and top-1 from reference.json and latency from the
+    benchmark: before, the INT8 row showed 70,100 B (the file of an older quantize) beside the p50
+    of the 70,150 B file the run timed."""
+    from lenet_edge.report.build import best_latency
+
+    bench = _bench(300)
+    row = bench["results"][0]
+    m, fmt = row["model"], row["format"]
+    assert best_latency(bench, m, fmt, 70_000) == pytest.approx(10.0)
+    assert best_latency(bench, m, fmt) == pytest.approx(10.0)
+    assert best_latency(bench, m, fmt, 70_050) is None
+    del row["file_bytes"]  # runs older than the field: nothing to compare
+    assert best_latency(bench, m, fmt, 70_050) == pytest.approx(10.0)
+
+
 def test_report_takes_a_local_stage_record_only_if_it_was_made_from_the_reference_checkpoint(tmp_path):
     """A plain `make` converts its own checkpoints to TFLite: those records describe other weights
     than reference.json, so the report takes the committed copy; a record made from this checkout's
