@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lenet_edge.runtime.cli import parser, run
+from lenet_edge.runtime.cli import parser, path_arg, run
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from lenet_edge.workflow import model_names, workflows
@@ -302,13 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("export.reference", __doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("write", help="adopt trained checkpoints + exports as results/reference.json")
-    w.add_argument("--train-dir", type=Path, default=Path("build/train"))
-    w.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
+    w.add_argument("--train-dir", type=path_arg, default=Path("build/train"))
+    w.add_argument("--onnx-dir", type=path_arg, default=Path("build/onnx"))
     c = sub.add_parser("check", help="compare exported models with results/reference.json")
-    c.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
+    c.add_argument("--onnx-dir", type=path_arg, default=Path("build/onnx"))
     c.add_argument(
         "--train-dir",
-        type=Path,
+        type=path_arg,
         default=None,
         help="where the exported checkpoints were trained (their .train.json says on which CPU class)",
     )

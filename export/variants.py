@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lenet_edge.export.onnx_export import set_metadata
-from lenet_edge.runtime.cli import parser
+from lenet_edge.runtime.cli import parser, path_arg
 from lenet_edge.runtime.contract import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, to_pixels
 from lenet_edge.runtime.errors import ConversionError
 from lenet_edge.runtime.files import sha256_bytes, write_bytes_atomic, write_json_atomic
@@ -246,8 +246,8 @@ def make_variants(
 def main(argv: list[str] | None = None) -> int:
     p = parser("export.variants", __doc__)
     add_model_flags(p)
-    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--onnx-dir", type=path_arg, default=Path("build/onnx"))
+    p.add_argument("--data-dir", type=path_arg, default=None)
     args = p.parse_args(argv)
     import onnx
 

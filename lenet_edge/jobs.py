@@ -539,7 +539,7 @@ def projection_table(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lenet_edge.runtime.cli import add_common, parser
+    from lenet_edge.runtime.cli import add_common, parser, path_arg
 
     p = parser("jobs", "Per-job overhead of the ray backend against the local one (a benchmark).")
     p.add_argument("--count", type=int, default=40, help="jobs per backend (default 40)")
@@ -548,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common(p, "json", json={"default": Path("build/bench/jobs-overhead.json"), "help": "result JSON"})
     p.add_argument(
         "--project",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="STUDY_JSON",
         help="instead: project study times for 1-16 nodes from a study's per-job times and --json's overheads",

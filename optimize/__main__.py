@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.workflow import add_model_flags, data_source, selected
 
 
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_model_flags(p)
     p.add_argument(
-        "--onnx-dir", type=Path, default=Path("build/onnx"), help="exported models (default build/onnx)"
+        "--onnx-dir", type=path_arg, default=Path("build/onnx"), help="exported models (default build/onnx)"
     )
     add_common(p, "out_dir", out_dir={"help": "default: same as --onnx-dir"})
     p.add_argument(
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--passes", default=None, help="comma-separated pass names, in order (default: the variant's)"
     )
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=path_arg, default=None)
     p.add_argument("--force", action="store_true", help="rewrite even if the output is up to date")
     args = p.parse_args(argv)
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import ConfigError
 
 # (op type, input index) -> role. Scales and zero points of activations and weights alike.
@@ -159,7 +159,7 @@ def to_markdown(profiles: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("optimize.size", __doc__)
-    p.add_argument("models", nargs="+", type=Path, help="ONNX files")
+    p.add_argument("models", nargs="+", type=path_arg, help="ONNX files")
     p.add_argument(
         "--params", type=int, default=None, help="parameter count (default: from the file's record)"
     )

@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.workflow import add_model_flags, selected
 
 RECIPE_HELP = {
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_model_flags(p)
     p.add_argument(
-        "--onnx-dir", type=Path, default=Path("build/onnx"), help="FP32 models (default build/onnx)"
+        "--onnx-dir", type=path_arg, default=Path("build/onnx"), help="FP32 models (default build/onnx)"
     )
     add_common(p, "out_dir", out_dir={"help": "default: same as --onnx-dir"})
     p.add_argument(
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             g.add_argument(flag, type=typ, default=None, help=RECIPE_HELP[f.name])
     p.add_argument(
         "--calibration-file",
-        type=Path,
+        type=path_arg,
         default=None,
         help="calibration subset JSON (default: the committed results/calibration.json)",
     )
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="fail if the INT8 model breaks results/tolerances.json (default on)",
     )
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=path_arg, default=None)
     p.add_argument("--force", action="store_true", help="re-quantize even if the INT8 model is up to date")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)

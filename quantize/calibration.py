@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.runtime.cli import parser
+from lenet_edge.runtime.cli import parser, path_arg
 from lenet_edge.runtime.contract import INPUT_NAME, to_pixels
 from lenet_edge.runtime.errors import ConfigError
 from lenet_edge.runtime.files import read_json, sha256_bytes, write_json_atomic
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help=f"create {CALIBRATION_FILE.relative_to(ROOT)} (once)")
     p.add_argument("--size", type=int, default=DEFAULT_SIZE)
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=path_arg, default=None)
     args = p.parse_args(argv)
     if args.write:
         idx = make_indices(load_split("train", args.data_dir).labels, args.size, args.seed)

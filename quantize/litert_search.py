@@ -78,7 +78,7 @@ from lenet_edge.quantize.search import (
     write_result,
 )
 from lenet_edge.runtime.bench import KEEP_IF_PAIRED_BELOW
-from lenet_edge.runtime.cli import parser, run
+from lenet_edge.runtime.cli import parser, path_arg, run
 from lenet_edge.runtime.env import command_line, describe_cpu, provenance_text
 from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
 from lenet_edge.workflow import add_model_flags, data_source, selected
@@ -425,7 +425,9 @@ def _model_md(m: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = parser("quantize.litert_search", __doc__)
     add_model_flags(p)
-    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"), help="where the .tflite files are")
+    p.add_argument(
+        "--onnx-dir", type=path_arg, default=Path("build/onnx"), help="where the .tflite files are"
+    )
     add_search_flags(
         p,
         "build/bench/search.litert.json",

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lenet_edge.runtime.cli import path_arg
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import quantize_record_path, read_json, sha256_bytes, sha256_file
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m lenet_edge.quantize.published",
         description="List the fresh published search choices (<model>.int8.search.onnx) in a folder.",
     )
-    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"), help="default build/onnx")
+    p.add_argument("--onnx-dir", type=path_arg, default=Path("build/onnx"), help="default build/onnx")
     p.add_argument(
         "--suffix",
         choices=sorted(PATTERNS),

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_edge.runtime.bench import CLOSE_TO_FASTEST, KEEP_IF_PAIRED_BELOW
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.env import command_line, describe_cpu, provenance_text
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.workflow import add_model_flags, data_source, selected
@@ -467,7 +467,7 @@ def add_search_flags(p: argparse.ArgumentParser, json_default: str, timing_help:
     )
     p.add_argument("--runs", type=int, default=2000, help="timed runs per candidate (default 2000)")
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=path_arg, default=None)
     p.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True, help=timing_help)
     p.add_argument(
         "--amx",
@@ -634,7 +634,7 @@ def refuse_amx_if_asked(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = parser("quantize.search", __doc__)
     add_model_flags(p)
-    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
+    p.add_argument("--onnx-dir", type=path_arg, default=Path("build/onnx"))
     add_search_flags(
         p,
         "build/bench/search.json",
@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         help="write each model's choice to --onnx-dir as <model>.int8.search.onnx (--target cortex-*: "
         "<model>.int8.search.<cpu>.onnx) + its record, for bench, bundle and select (default: yes)",
     )
-    p.add_argument("--choice-dir", type=Path, default=None, help=argparse.SUPPRESS)  # choose_amx's child
+    p.add_argument("--choice-dir", type=path_arg, default=None, help=argparse.SUPPRESS)  # choose_amx's child
     args = p.parse_args(argv)
     check_search_flags(args)
     if args.target != "host" and args.timing:

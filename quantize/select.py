@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_edge.runtime.bench import CLOSE_TO_FASTEST, KEEP_IF_PAIRED_BELOW
-from lenet_edge.runtime.cli import add_common, parser
+from lenet_edge.runtime.cli import add_common, parser, path_arg
 from lenet_edge.runtime.errors import ConfigError
 from lenet_edge.runtime.files import inside, quantize_record_path, read_json, sha256_file, write_json_atomic
 from lenet_edge.runtime.numeric import finite
@@ -295,10 +295,10 @@ def _p50(r: dict[str, Any]) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = parser("quantize.select", __doc__)
     p.add_argument(
-        "--bench", type=Path, default=Path("build/bench/bench.json"), help="runtime.bench result JSON"
+        "--bench", type=path_arg, default=Path("build/bench/bench.json"), help="runtime.bench result JSON"
     )
     p.add_argument(
-        "--onnx-dir", type=Path, default=Path("build/onnx"), help="the artifacts and their records"
+        "--onnx-dir", type=path_arg, default=Path("build/onnx"), help="the artifacts and their records"
     )
     add_common(
         p,

@@ -17,7 +17,7 @@ from typing import Any
 
 from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, describe, run_jobs
 from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import sha256_file, write_bytes_atomic, write_json_atomic
 from lenet_edge.runtime.progress import Progress
@@ -189,7 +189,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = parser("quantize.sweep", __doc__)
     add_model_flags(p)
-    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"))
+    p.add_argument("--onnx-dir", type=path_arg, default=Path("build/onnx"))
     p.add_argument(
         "--recipes", default=None, help="only recipes whose name contains one of these comma-separated words"
     )
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "help": "writes PATH and PATH.md (default results/quantize_sweep.json)",
         },
     )
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=path_arg, default=None)
     args = p.parse_args(argv)
     models = selected(args.model, args.workflow)
     jobs = sweep_jobs(args.onnx_dir, models, args.data_dir, args.recipes)

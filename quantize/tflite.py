@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lenet_edge.quantize.calibration import Calibration
-from lenet_edge.runtime.cli import parser
+from lenet_edge.runtime.cli import parser, path_arg
 from lenet_edge.runtime.contract import INPUT_NAME
 from lenet_edge.runtime.errors import ConversionError, LenetEdgeError
 from lenet_edge.runtime.files import (
@@ -543,9 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("quantize.tflite", __doc__)
     add_model_flags(p)
     p.add_argument(
-        "--onnx-dir", type=Path, default=Path("build/onnx"), help="input ONNX and output .tflite folder"
+        "--onnx-dir", type=path_arg, default=Path("build/onnx"), help="input ONNX and output .tflite folder"
     )
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=path_arg, default=None)
     p.add_argument(
         "--check",
         action=argparse.BooleanOptionalAction,

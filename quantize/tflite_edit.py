@@ -29,7 +29,7 @@ from lenet_edge.quantize.flatbuffer import (
     read_tflite,
     set_constant,
 )
-from lenet_edge.runtime.cli import parser, run
+from lenet_edge.runtime.cli import parser, path_arg, run
 from lenet_edge.runtime.errors import ConversionError
 from lenet_edge.runtime.files import write_bytes_atomic
 
@@ -101,7 +101,7 @@ def rewrite(path: Path) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("quantize.tflite_edit", __doc__)
-    p.add_argument("tflite", type=Path, help="a full-int8 .tflite file, rewritten in place")
+    p.add_argument("tflite", type=path_arg, help="a full-int8 .tflite file, rewritten in place")
     args = p.parse_args(argv)
     if not args.tflite.is_file():
         raise ConversionError(f"{args.tflite}: file not found")

@@ -61,7 +61,7 @@ from lenet_edge.quantize.flatbuffer import (
     set_constant,
     tensor_readers,
 )
-from lenet_edge.runtime.cli import parser, run
+from lenet_edge.runtime.cli import parser, path_arg, run
 from lenet_edge.runtime.errors import ConversionError
 from lenet_edge.runtime.files import write_bytes_atomic
 
@@ -478,10 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("quantize.tflite_front", __doc__)
     sub = p.add_subparsers(dest="which", required=True)
     a = sub.add_parser("pad-into-conv", help="move the first conv's pad into the conv (FILE rewritten)")
-    a.add_argument("tflite", type=Path)
+    a.add_argument("tflite", type=path_arg)
     b = sub.add_parser("float-front", help="full-int8 SRC -> DEST with its front in float")
-    b.add_argument("tflite", type=Path)
-    b.add_argument("dest", type=Path)
+    b.add_argument("tflite", type=path_arg)
+    b.add_argument("dest", type=path_arg)
     b.add_argument(
         "--reach",
         choices=REACH,

@@ -23,7 +23,7 @@ from typing import Any
 
 from lenet_edge.report.stats import binomial_se_pp
 from lenet_edge.runtime.bench import SCHEMA as BENCH_SCHEMA
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.env import describe_cpu
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import atomic_path, read_json, remove_stale_temp_files
@@ -1260,8 +1260,8 @@ def _pick_from_summary(
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("report", __doc__)
-    p.add_argument("--results", type=Path, default=Path("results"), help="default results/")
-    p.add_argument("--onnx-dir", type=Path, default=Path("build/onnx"), help="default build/onnx/")
+    p.add_argument("--results", type=path_arg, default=Path("results"), help="default results/")
+    p.add_argument("--onnx-dir", type=path_arg, default=Path("build/onnx"), help="default build/onnx/")
     add_common(p, "out_dir", out_dir={"default": Path("reports"), "help": "default reports/"})
     a = p.parse_args(argv)
     t0 = time.perf_counter()

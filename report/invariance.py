@@ -16,7 +16,7 @@ import numpy as np
 
 from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, describe, run_jobs
 from lenet_edge.report.transforms import conditions
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import ContractError, LenetEdgeError
 from lenet_edge.runtime.files import write_json_atomic
 from lenet_edge.runtime.mnist import load_split
@@ -96,7 +96,7 @@ def invariance_job(payload: dict[str, Any], inputs: dict[str, Path], work: Path)
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("report.invariance", __doc__)
-    p.add_argument("models", nargs="+", type=Path, help="model files (.onnx or .tflite)")
+    p.add_argument("models", nargs="+", type=path_arg, help="model files (.onnx or .tflite)")
     add_common(
         p,
         "out_dir",
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         json={"default": Path("results/invariance.json"), "help": "default results/invariance.json"},
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=path_arg, default=None)
     add_backend_flags(p)
     a = p.parse_args(argv)
     for m in a.models:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, describe, run_jobs
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import read_json, sha256_file, write_json_atomic
 from lenet_edge.runtime.progress import Progress
@@ -273,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         json={"default": Path("results/study.json"), "help": "default results/study.json"},
     )
     p.add_argument("--train-limit", type=int, default=None, help="first N training images (smoke tests)")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--evaluate-job", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--data-dir", type=path_arg, default=None)
+    p.add_argument("--evaluate-job", type=path_arg, default=None, help=argparse.SUPPRESS)
     add_common(p, "model", model={"default": None, "help": argparse.SUPPRESS})  # an --evaluate-job's model
     a = p.parse_args(argv)
     if a.evaluate_job is not None:

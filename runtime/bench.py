@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli import add_common, parser
+from .cli import add_common, parser, path_arg
 from .contract import IMAGE_SHAPE, MAX_BATCH, MAX_THREADS, check_pixels
 from .env import command_line, describe_cpu, provenance_text
 from .errors import ConfigError, LenetEdgeError
@@ -959,9 +959,12 @@ def _int_list(text: str, all_value: int, flag: str, limit: int) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = parser("runtime.bench", __doc__)
-    p.add_argument("models", nargs="*", type=Path, help="model files (default: every model in --bundle)")
+    p.add_argument("models", nargs="*", type=path_arg, help="model files (default: every model in --bundle)")
     p.add_argument(
-        "--bundle", type=Path, default=None, help="a device bundle folder: self-check it, then benchmark it"
+        "--bundle",
+        type=path_arg,
+        default=None,
+        help="a device bundle folder: self-check it, then benchmark it",
     )
     add_common(
         p,
@@ -992,7 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
         "json",
         json={"default": Path("build/bench/bench.json"), "help": "result JSON; a .md table goes beside it"},
     )
-    p.add_argument("--startup", type=Path, default=None, help=argparse.SUPPRESS)  # child modes
+    p.add_argument("--startup", type=path_arg, default=None, help=argparse.SUPPRESS)  # child modes
     p.add_argument("--latency", default=None, help=argparse.SUPPRESS)
     p.add_argument("--paired", default=None, help=argparse.SUPPRESS)
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli import add_common, parser
+from .cli import add_common, parser, path_arg
 from .contract import CONTRACT_TEXT, to_pixels
 from .errors import ContractError, LenetEdgeError
 from .files import inside, quantize_record_path, read_json, sha256_bytes, sha256_file, write_bytes_atomic
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("runtime.bundle", __doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="make the tarball (host)")
-    b.add_argument("models", nargs="+", type=Path)
+    b.add_argument("models", nargs="+", type=path_arg)
     add_common(
         b,
         "out_dir",
@@ -353,9 +353,9 @@ def main(argv: list[str] | None = None) -> int:
             "help": f"the tarball goes here as {BUNDLE_NAME}.tar.gz (default build/)",
         },
     )
-    b.add_argument("--data-dir", type=Path, default=None)
+    b.add_argument("--data-dir", type=path_arg, default=None)
     c = sub.add_parser("check", help="verify an unpacked bundle on this machine")
-    c.add_argument("dir", type=Path)
+    c.add_argument("dir", type=path_arg)
     add_common(c, "json", json={"help": "also write the check result here"})
     args = p.parse_args(argv)
     if args.cmd == "build":

@@ -58,7 +58,22 @@ class CommonFlags:
     )
 
 
-_TYPES = {"Path | None": Path, "Path": Path, "int": int, "str": str, "bool": None}
+def path_arg(text: str) -> Path:
+    """A path flag's value; an empty one is refused (Path('') is '.': `--json ''` wrote nothing, or
+    failed inside the writer with a traceback)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
+def text_arg(text: str) -> str:
+    """A non-empty string flag (a path that may also be '-')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value")
+    return text
+
+
+_TYPES = {"Path | None": path_arg, "Path": path_arg, "int": int, "str": text_arg, "bool": None}
 
 
 def add_common(p: argparse.ArgumentParser, *names: str, **overrides: dict[str, Any]) -> None:

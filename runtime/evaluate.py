@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import add_common, parser
+from .cli import add_common, parser, path_arg, text_arg
 from .contract import to_pixels
 from .errors import ContractError
 from .files import write_json_atomic
@@ -56,22 +56,22 @@ def main(argv: list[str] | None = None) -> int:
         "runtime.evaluate",
         description="Top-1/top-2 accuracy of ONNX or TFLite models on the MNIST test set (raw-pixel input).",
     )
-    p.add_argument("models", nargs="+", type=Path, help="model files (.onnx or .tflite)")
+    p.add_argument("models", nargs="+", type=path_arg, help="model files (.onnx or .tflite)")
     p.add_argument(
         "--against",
-        type=Path,
+        type=path_arg,
         default=None,
         help="also report prediction agreement and max |Δ| of each model against this one",
     )
     p.add_argument(
-        "--data-dir", type=Path, default=None, help="MNIST IDX folder (default: cache or $MNIST_DIR)"
+        "--data-dir", type=path_arg, default=None, help="MNIST IDX folder (default: cache or $MNIST_DIR)"
     )
     add_common(
         p,
         "json",
         json={
             "help": "also write the results as JSON to PATH ('-': print JSON instead of the table)",
-            "type": str,
+            "type": text_arg,
         },
     )
     args = p.parse_args(argv)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .bench import SCHEMA
-from .cli import add_common, parser
+from .cli import add_common, parser, path_arg
 from .env import ARM_CORES
 from .errors import LenetEdgeError
 from .files import atomic_path, inside, json_bytes, read_json
@@ -164,7 +164,9 @@ def render(devices: Path, extra: tuple[Path, dict[str, Any]] | None = None) -> s
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("runtime.ingest", __doc__)
-    p.add_argument("result", type=Path, help="result JSON written by `python -m runtime.bench` on a device")
+    p.add_argument(
+        "result", type=path_arg, help="result JSON written by `python -m runtime.bench` on a device"
+    )
     add_common(
         p,
         "out_dir",

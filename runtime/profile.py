@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .cli import add_common, parser
+from .cli import add_common, parser, path_arg
 from .contract import INPUT_NAME, MAX_BATCH, MAX_THREADS
 from .errors import ConfigError
 from .files import owned_temp_dir
@@ -66,7 +66,7 @@ def profile_ops(model: Path, batch: int = 1, runs: int = 2000, threads: int = 1)
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("runtime.profile", __doc__)
-    p.add_argument("models", nargs="+", type=Path)
+    p.add_argument("models", nargs="+", type=path_arg)
     add_common(p, "batch", "threads")
     p.add_argument("--runs", type=int, default=2000)
     args = p.parse_args(argv)

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
 from lenet_edge.workflow import add_model_flags, get, selected
 
@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         "out_dir",
         out_dir={"default": Path("build/train"), "help": "default build/train"},
     )
-    p.add_argument("--data-dir", type=Path, default=None, help="MNIST folder (default: cache or $MNIST_DIR)")
+    p.add_argument(
+        "--data-dir", type=path_arg, default=None, help="MNIST folder (default: cache or $MNIST_DIR)"
+    )
     p.add_argument("--force", action="store_true", help="retrain even if an up-to-date checkpoint exists")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.runtime.cli import add_common, parser, run
+from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.contract import normalize
 from lenet_edge.runtime.files import owned_temp_dir
 from lenet_edge.runtime.mnist import default_data_dir, load_split
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--steps", type=int, default=None, help="time only N steps per round (default: a full epoch)"
     )
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--data-dir", type=path_arg, default=None)
     add_common(p, "json", json={"help": "also write the results here"})
     args = p.parse_args(argv)
     import os

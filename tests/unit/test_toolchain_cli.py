@@ -131,6 +131,26 @@ def test_common_flags_keep_their_spelling_and_take_overrides(monkeypatch):
         p.parse_args(["--batches", "1"])
 
 
+def test_no_path_flag_takes_an_empty_path():
+    """`--json ''` was Path('.'): evaluate wrote nothing and said nothing, bench died in its writer
+    with a traceback. Every path flag (the shared ones and each stage's own `type=path_arg`) refuses
+    it at parse time, naming the flag; no stage declares a bare `type=Path` any more."""
+    for args in (
+        ["-m", "runtime.evaluate", "--json", "", "build/onnx/x.onnx"],
+        ["-m", "runtime.bench", "--json", " ", "x.onnx"],
+        ["-m", "lenet_edge.optimize.size", "--json", "", "x.onnx"],
+        ["-m", "lenet_edge.quantize", "--onnx-dir", ""],
+    ):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1000:]
+        (line,) = [x for x in proc.stderr.splitlines() if "error:" in x]
+        assert re.search(r"error: argument --[a-z-]+: an empty (path|value)$", line), line
+    declared = re.compile(r"type=Path\b")
+    for pkg in ("train", "export", "optimize", "quantize", "runtime", "report", "lenet_edge"):
+        for f in sorted((ROOT / pkg).glob("*.py")):
+            assert not declared.search(f.read_text()), f.relative_to(ROOT)
+
+
 def test_quiet_silences_progress_here_and_in_child_processes(monkeypatch):
     from lenet_edge.runtime.progress import Progress
 
