@@ -86,8 +86,9 @@ export: data ## Paddle -> ONNX (raw-pixel input), parity-checked -> build/onnx/
 evaluate: data ## top-1/top-2 of the exported ONNX models through onnxruntime
 	$(LE) evaluate $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx)
 
-optimize: export ## FP32 ONNX -> rewritten FP32 ONNX (pattern passes: folded normalisation, space-to-depth conv1), checked vs the export
+optimize: export ## FP32 ONNX -> rewritten FP32 ONNX (pattern passes: folded normalisation, space-to-depth conv1; s2d4: a conv-pool-conv-pool stack in 4x4 blocks), checked vs the export
 	$(LE) optimize --model $(MODELS) --onnx-dir $(ONNX_DIR)
+	$(LE) optimize --model $(MODELS) --onnx-dir $(ONNX_DIR) --variant s2d4
 
 quantize: export ## FP32 ONNX -> INT8 (ORT, default recipe per model), checked vs FP32 -> build/onnx/
 	$(LE) quantize --model $(MODELS) --onnx-dir $(ONNX_DIR)
@@ -115,6 +116,7 @@ variants: export ## deployable FP32 variants (folded normalisation, static batch
 # lenet-edge's artifacts (what the bundle ships) and, for the benchmark, the stock ones beside them.
 OURS = $(ONNX_DIR)/floor.onnx $(foreach m,$(MODEL_NAMES),\
   $(ONNX_DIR)/$(m).fp32.opt.onnx $(ONNX_DIR)/$(m).fp32.opt.b1.onnx $(ONNX_DIR)/$(m).fp32.s2d.onnx \
+  $(ONNX_DIR)/$(m).fp32.s2d4.onnx \
   $(ONNX_DIR)/$(m).int8.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.qdq.onnx $(ONNX_DIR)/$(m).int8.s2d.ort.onnx \
   $(ONNX_DIR)/$(m).int8.fold.ort.onnx \
   $(ONNX_DIR)/$(m).fp32.tflite $(ONNX_DIR)/$(m).int8.full.tflite $(ONNX_DIR)/$(m).int8.mixed.tflite \

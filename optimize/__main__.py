@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         "--variant",
         default="s2d",
         help="s2d (default: normalisation folded, space-to-depth "
-        "first conv) or fold (normalisation folded, no-op ReLU dropped); any name with --passes",
+        "first conv), s2d4 (a conv-pool-conv-pool stack as one 4x4 space-to-depth block where it "
+        "matches, else as s2d) or fold (normalisation folded, no-op ReLU dropped); any name with --passes",
     )
     p.add_argument(
         "--passes", default=None, help="comma-separated pass names, in order (default: the variant's)"

@@ -14,7 +14,9 @@ ops and the com.microsoft integer ops every CPU build has) and remove what is le
   into the conv: padding with value v equals padding with the zero point v and adding
   (v - zp) * sum(w) to the int32 bias (exact in integers).
 - nhwc-group-max: Transpose -> Reshape -> MaxPool over channel groups -> Reshape -> Transpose
-  (the pool fused into a space-to-depth conv) becomes Reshape -> NhwcMaxPool -> Reshape.
+  (the pool fused into a space-to-depth conv) becomes Reshape -> NhwcMaxPool -> Reshape; without
+  the trailing Transpose (a flatten follows), Reshape -> NhwcMaxPool -> Transpose to NCHW, which
+  nhwc-flatten-gemm then folds into the weights.
 - nhwc-flatten-gemm: Transpose(NHWC->NCHW) -> Reshape(flatten) -> (Q)Gemm/MatMul with constant
   weights becomes a flatten in NHWC order with the weight rows permuted to match.
 - nhwc-pad-channels: an NHWC QLinearConv whose channels (per pool group, after a Reshape) are not a
@@ -355,8 +357,10 @@ def _group_max_one(g: Graph, t1: Any) -> bool:
         r1 = g.only_consumer(t1.output[0], "Reshape")
         mp = r1 and g.only_consumer(r1.output[0], "MaxPool")
         r2 = mp and g.only_consumer(mp.output[0], "Reshape")
-        t2 = r2 and g.only_consumer(r2.output[0], "Transpose")
-        if not t2 or list(g.attr(t2, "perm", [])) != TO_NHWC or len(mp.output) != 1:
+        if not r2 or len(mp.output) != 1:
+            return False
+        t2 = g.only_consumer(r2.output[0], "Transpose")
+        if t2 is not None and list(g.attr(t2, "perm", [])) != TO_NHWC:
             return False
         n, h, w, gc = g.shapes[t1.input[0]]
         s1, s2 = g.shapes[r1.output[0]], g.shapes[r2.output[0]]
@@ -379,8 +383,14 @@ def _group_max_one(g: Graph, t1: Any) -> bool:
             "Reshape", [t1.input[0], g.add_const("gmax_shape", np.array([-1, h, w * groups, c]))], "gmax"
         )
         b, x2 = g.node("NhwcMaxPool", [x1], "gmax", domain=MS, kernel_shape=[1, groups], strides=[1, groups])
-        g.rename_uses(t2.output[0], x2)
-        g.replace([t1, r1, mp, r2, t2], [a, b])
+        if t2 is not None:
+            g.rename_uses(t2.output[0], x2)
+            g.replace([t1, r1, mp, r2, t2], [a, b])
+            return True
+        # the pooled map leaves in NCHW (a flatten follows: nhwc-flatten-gemm takes this Transpose)
+        t, x3 = g.node("Transpose", [x2], "gmax", perm=TO_NCHW)
+        g.rename_uses(r2.output[0], x3)
+        g.replace([t1, r1, mp, r2], [a, b, t])
         return True
     return False
 
@@ -753,7 +763,8 @@ def pack_padding(g: Graph) -> str:
 
 
 def _is_uint8(g: Graph, name: str) -> bool:
-    """A uint8 graph input, a Cast to uint8, or one of those through layout-only ops."""
+    """A uint8 graph input, a Cast to uint8, or one of those through layout-only ops (or the
+    uint8 Pad uint8-input keeps where the pads are not whole blocks)."""
     from onnx import TensorProto
 
     inp = next((v for v in g.g.input if v.name == name), None)
@@ -764,7 +775,11 @@ def _is_uint8(g: Graph, name: str) -> bool:
         return False
     if p.op_type == "Cast":
         return g.attr(p, "to") == TensorProto.UINT8
-    return p.op_type in ("Reshape", "Transpose") and p.domain in ("", "ai.onnx") and _is_uint8(g, p.input[0])
+    return (
+        p.op_type in ("Reshape", "Transpose", "Pad")
+        and p.domain in ("", "ai.onnx")
+        and _is_uint8(g, p.input[0])
+    )
 
 
 def _uint8_transpose_one(g: Graph, c1: Any) -> bool:

@@ -11,6 +11,8 @@ Rules:
 - SpaceToDepthConvPool    MaxPool2x2(Relu(Conv(x)))  ->  phase max of Relu(Conv'(SpaceToDepth(x)))
 - SpaceToDepthConvStride2 Conv_s2(Relu(Conv(x)))  ->  Conv''(Relu(Conv'(SpaceToDepth(x))))
 - SpaceToDepthConvPoolDepthToSpace  ... -> MaxPool2x2(DepthToSpace(Relu(Conv'(SpaceToDepth(x)))))
+- SpaceToDepthConvPoolConvPool  MaxPool2x2(Relu(Conv2(MaxPool2x2(Relu(Conv(x))))))
+                          ->  phase max of Relu(Conv2'(phase max of Relu(Conv'(SpaceToDepth4(x)))))
 - FlattenNHWC             MatMul(Flatten(x), W) -> MatMul(Flatten(Transpose_NHWC(x)), W rows permuted)
 - MatMulAddToGemm         Add(MatMul(x, W), B)  ->  Gemm(x, W, B)
 
@@ -212,6 +214,29 @@ def s2d_weights(w: np.ndarray) -> np.ndarray:
     return out
 
 
+def s2d4_pool_weights(w: np.ndarray) -> np.ndarray:
+    """[O, C, k, k] stride-1 weights -> [16*O, 16*C, K, K] weights on a 4x4 space-to-depth input
+    whose 16 output phases are ordered for two 2x2 max-pools: output channel (q*4 + p)*O + o is
+    output pixel (4i + 2*py + qy, 4j + 2*px + qx) of channel o, with q = qy*2 + qx the position
+    inside a pool window and p = py*2 + px the pooled pixel inside a 2x2 block. The max over the 4
+    q groups is then the pooled map in 2x2 space-to-depth order (channel p*O + o, SpaceToDepth's).
+    Input channel (bh*4 + bw)*C + c is ONNX SpaceToDepth(4)'s order; K = (k + 6) // 4."""
+    o_n, c_n, kh, kw = w.shape
+    kk = (max(kh, kw) + 6) // 4
+    out = np.zeros((4, 4, o_n, 16, c_n, kk, kk), w.dtype)
+    for q in range(4):
+        for p in range(4):
+            dy, dx = 2 * (p // 2) + q // 2, 2 * (p % 2) + q % 2
+            for bh in range(4):
+                for bw in range(4):
+                    for a in range(kk):
+                        for b in range(kk):
+                            u, v = 4 * a + bh - dy, 4 * b + bw - dx
+                            if 0 <= u < kh and 0 <= v < kw:
+                                out[q, p, :, bh * 4 + bw, :, a, b] = w[:, :, u, v]
+    return out.reshape(16 * o_n, 16 * c_n, kk, kk)
+
+
 def s2d_stride2_weights(w: np.ndarray) -> np.ndarray:
     """[O2, O, k, k] stride-2 weights over a full-resolution map -> [O2, 4*O, K, K] weights over
     its 2x2 phases stacked as channels (phase (dy*2+dx)*O + o), K = (k + 1) // 2."""
@@ -385,6 +410,116 @@ class SpaceToDepthConvStride2(_SpaceToDepthBase):
         return op.Conv(phases, w3, b2, pads=[0, 0, 0, 0])
 
 
+def _plain_pool(p: ir.Node) -> bool:
+    return (
+        _ints(p, "kernel_shape", []) == [2, 2]
+        and _ints(p, "strides", [1, 1]) == [2, 2]
+        and not any(_ints(p, "pads", [0, 0, 0, 0]))
+        and not p.attributes.get_int("ceil_mode", 0)
+        and len(p.outputs) == 1
+    )
+
+
+class SpaceToDepthConvPoolConvPool(_SpaceToDepthBase):
+    """Conv -> Relu -> MaxPool2x2 -> Conv2 -> Relu -> MaxPool2x2 (LeNet's feature extractor) ->
+    a 4x4 space-to-depth first conv whose 16 phases are ordered so that the max over 4 of them
+    is the first pool, already in 2x2 space-to-depth order; the second conv then runs on those
+    phases too (SpaceToDepthConvPool's weights) and its pool is a max over its 4 output phases.
+
+    Exact in real arithmetic, like the 2x2 form; what it buys is kernel shape: the second conv
+    (lenet_pool: 6 -> 16 channels, 5x5, 10x10 outputs) becomes 24 -> 64 channels, 3x3, 5x5
+    outputs, the width an int8 NHWC kernel fills (MLAS: 64 output channels per call), and the
+    first pool a max over groups of 4*O channels instead of O. Needs both pools plain 2x2/2, the
+    second conv unpadded and unstrided, and every map divisible by its block."""
+
+    relu2 = False  # LeNet-5 as the blog wrote it: no ReLU between the second conv and its pool
+
+    def pattern(self, op, x, w, b, w2, b2):
+        conv = op.Conv(x, w, b, _allow_other_attributes=True, _outputs=["conv1"])
+        pool1 = op.MaxPool(op.Relu(conv), _allow_other_attributes=True, _outputs=["pool1"])
+        conv2 = op.Conv(pool1, w2, b2, _allow_other_attributes=True, _outputs=["conv2"])
+        return op.MaxPool(
+            op.Relu(conv2) if self.relu2 else conv2, _allow_other_attributes=True, _outputs=["pool2"]
+        )
+
+    def check(self, context, x, w, b, w2, b2, conv1, pool1, conv2, pool2) -> MatchResult:
+        r = MatchResult()
+        if (bad := self.check_first_conv(r, x, w, b, conv1)) is not None:
+            return bad
+        if not (_plain_pool(pool1.producer()) and _plain_pool(pool2.producer())):
+            return self.fail(r, "a pool is not a plain 2x2 stride-2 max-pool")
+        n2 = conv2.producer()
+        if _const(w2) is None or (b2 is not None and _const(b2) is None):
+            return self.fail(r, "second conv weight or bias is not constant")
+        if _ints(n2, "strides", [1, 1]) != [1, 1] or any(_ints(n2, "pads", [0, 0, 0, 0])):
+            return self.fail(r, "second conv is strided or padded")
+        if (
+            n2.attributes.get_int("group", 1) != 1
+            or _ints(n2, "dilations", [1, 1]) != [1, 1]
+            or n2.attributes.get_string("auto_pad", "NOTSET") != "NOTSET"
+        ):
+            return self.fail(r, "second conv is grouped, dilated or uses auto_pad")
+        if (why := self._shapes(x, w, w2, conv1)) is not None:
+            return self.fail(r, why)
+        return r
+
+    @staticmethod
+    def _shapes(x: ir.Value, w: ir.Value, w2: ir.Value, conv1: ir.Value) -> str | None:
+        """Why the maps do not split into whole blocks, or None."""
+        pads = _ints(conv1.producer(), "pads", [0, 0, 0, 0])
+        kh, kw = _const(w).shape[2:]
+        k2h, k2w = _const(w2).shape[2:]
+        for axis, (size, k, k2) in enumerate(((x.shape[2], kh, k2h), (x.shape[3], kw, k2w))):
+            full = size + pads[axis] + pads[axis + 2]
+            out1 = full - k + 1  # conv1 output; pool1 halves it, conv2 takes k2 - 1, pool2 halves
+            out2 = out1 // 2 - k2 + 1
+            if full % 4 or out1 % 4 or out2 <= 0 or out2 % 2:
+                return f"maps {full} -> {out1} -> {out2} do not split into whole 4x4 / 2x2 blocks"
+            if full // 4 - (k + 6) // 4 + 1 != out1 // 4 or out1 // 4 - (k2 + 2) // 2 + 1 != out2 // 2:
+                return "the blocked kernels would not cover the same outputs"
+        return None
+
+    def rewrite(self, op, x, w, b, w2, b2, conv1, pool1, conv2, pool2):
+        node = conv1.producer()
+        wv, w2v = _const(w), _const(w2)
+        o_n, o2 = wv.shape[0], w2v.shape[0]
+        pads = _ints(node, "pads", [0, 0, 0, 0])
+        src = x
+        if any(pads):
+            p = np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64)
+            src = op.Pad(x, op.initializer(ir.tensor(p), name=f"{node.name}_s2d4_pads"), mode="constant")
+        bias = np.zeros(o_n, np.float32) if b is None else _const(b)
+        w16 = op.initializer(ir.tensor(s2d4_pool_weights(wv).astype(np.float32)), name=f"{w.name}_s2d4")
+        b16 = op.initializer(ir.tensor(np.tile(bias, 16).astype(np.float32)), name=f"{node.name}_bias_s2d4")
+        phases = op.Relu(op.Conv(op.SpaceToDepth(src, blocksize=4), w16, b16, pads=[0, 0, 0, 0]))
+        h1 = (x.shape[2] + pads[0] + pads[2] - wv.shape[2] + 1) // 4
+        w1 = (x.shape[3] + pads[1] + pads[3] - wv.shape[3] + 1) // 4
+        pooled = self._phase_max(op, phases, 4 * o_n, h1, w1, pool1.name)  # [N, 4*O, h1, w1]
+        bias2 = np.zeros(o2, np.float32) if b2 is None else _const(b2)
+        w4 = op.initializer(ir.tensor(s2d_weights(w2v).astype(np.float32)), name=f"{w2.name}_s2d")
+        b4 = op.initializer(ir.tensor(np.tile(bias2, 4).astype(np.float32)), name=f"{conv2.name}_bias_s2d")
+        phases2 = op.Conv(pooled, w4, b4, pads=[0, 0, 0, 0])
+        phases2 = op.Relu(phases2) if self.relu2 else phases2
+        k2h, k2w = w2v.shape[2:]
+        return self._phase_max(op, phases2, o2, h1 - (k2h + 2) // 2 + 1, w1 - (k2w + 2) // 2 + 1, pool2.name)
+
+    @staticmethod
+    def _phase_max(op, phases: Any, o_n: int, h: int, wd: int, name: str) -> Any:
+        """[N, 4*O, h, w] -> the max over its 4 channel groups, [N, O, h, w] (SpaceToDepthConvPool's form)."""
+        grouped = op.Reshape(
+            phases, op.initializer(ir.tensor(np.array([0, 1, 4, -1], np.int64)), name=f"{name}_phases")
+        )
+        best = op.MaxPool(grouped, kernel_shape=[4, 1], strides=[4, 1])
+        back = op.initializer(ir.tensor(np.array([0, o_n, h, wd], np.int64)), name=f"{name}_shape")
+        return op.Reshape(best, back)
+
+
+class SpaceToDepthConvPoolConvReluPool(SpaceToDepthConvPoolConvPool):
+    """As SpaceToDepthConvPoolConvPool with a ReLU between the second conv and its pool."""
+
+    relu2 = True
+
+
 def _bias_map(m: ir.Value, o_n: int, h: int, w: int) -> np.ndarray | None:
     mv = _const(m)
     if mv is None or mv.size != o_n * h * w or mv.shape[-2:] != (h, w):
@@ -522,6 +657,8 @@ RULES = {
     "fold-normalisation-exact": FoldAffineIntoConvExact,
     "drop-redundant-relu": DropReluAfterPool,
     "s2d-conv-pool": SpaceToDepthConvPool,
+    "s2d4-conv-pool-conv-pool": SpaceToDepthConvPoolConvPool,
+    "s2d4-conv-pool-conv-relu-pool": SpaceToDepthConvPoolConvReluPool,
     "s2d-conv-pool-split": SpaceToDepthConvPoolSplitMax,
     "s2d-conv-pool-d2s": SpaceToDepthConvPoolDepthToSpace,
     "s2d-conv-stride2": SpaceToDepthConvStride2,

@@ -30,7 +30,15 @@ from lenet_edge.runtime.numeric import max_abs_diff
 
 DEFAULT_PASSES = ("fold-normalisation", "drop-redundant-relu")
 S2D_PASSES = (*DEFAULT_PASSES, "s2d-conv-pool", "s2d-conv-stride2")
-VARIANTS = {"fold": DEFAULT_PASSES, "s2d": S2D_PASSES}
+# s2d4: a conv-pool-conv-pool stack as one 4x4 space-to-depth block (where it matches), else s2d's
+S2D4_PASSES = (
+    *DEFAULT_PASSES,
+    "s2d4-conv-pool-conv-pool",
+    "s2d4-conv-pool-conv-relu-pool",
+    "s2d-conv-pool",
+    "s2d-conv-stride2",
+)
+VARIANTS = {"fold": DEFAULT_PASSES, "s2d": S2D_PASSES, "s2d4": S2D4_PASSES}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Per-target INT8 choice by measurement: candidates built, checked, timed; the fastest kept.
 
 For each model, on the machine it runs on (ONNX Runtime, batch 1, one thread, IO binding):
-1. candidates: each source graph (the export; the space-to-depth graph of `make optimize`) x the
+1. candidates: each source graph (the export; the space-to-depth graphs of `make optimize`, 2x2
+   and the 4x4 conv-pool-conv-pool form where it matches, a duplicate graph counted once) x the
    default recipe and one change of it at a time (QOperator; int8 activations; no reduce-range;
    per-tensor weights); each QDQ candidate also as the ONNX Runtime target (optimize.ort_int8);
 2. every candidate is quantized with the quantize stage and checked against
@@ -33,6 +34,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,9 @@ from lenet_edge.runtime.env import command_line, describe_cpu, provenance_text
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.workflow import add_model_flags, data_source, selected
 
-SOURCES = {"export": None, "s2d": "s2d"}  # label -> the fp32 variant quantize reads
+# label -> the fp32 variant quantize reads (`make optimize` writes them); a source whose graph is
+# another's (s2d4 where its 4x4 pass does not match) is left out, said in the record
+SOURCES = {"export": None, "s2d": "s2d", "s2d4": "s2d4"}
 CHANGES = {
     "default": {},
     "qoperator": {"quant_format": "qoperator"},
@@ -295,6 +299,31 @@ def _metrics(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: rec[k] for k in ("test_top1", "accuracy_drop_pp", "agreement_with_fp32", "bytes_per_param")}
 
 
+def _distinct_sources(onnx_dir: Path, name: str) -> tuple[list[str], dict[str, str]]:
+    """The source labels whose FP32 graphs differ (the first of equal graphs stays), and for each
+    one left out, the source it equals. Graphs compare without metadata (the variant's name)."""
+    import onnx
+
+    from lenet_edge.quantize.ort_quant import fp32_source
+
+    seen: dict[bytes, str] = {}
+    kept, same_as = [], {}
+    for label, variant in SOURCES.items():
+        f = fp32_source(onnx_dir, name, variant)
+        if not f.is_file():
+            raise LenetEdgeError(f"{f}: missing; run `make optimize` first")
+        try:
+            graph = onnx.load(str(f)).graph.SerializeToString()
+        except Exception as e:  # a malformed file: one line naming it
+            raise LenetEdgeError(f"{f}: not a readable ONNX model ({type(e).__name__})") from None
+        if graph in seen:
+            same_as[label] = seen[graph]
+        else:
+            seen[graph] = label
+            kept.append(label)
+    return kept, same_as
+
+
 def search_model(
     name: str, onnx_dir: Path, work: Path, measure: Measure, data_dir: Path | None, timing: bool = True
 ) -> dict[str, Any]:
@@ -305,16 +334,14 @@ def search_model(
     calibration = load_calibration()
     base = DEFAULT_RECIPES[name]
     rows: list[dict[str, Any]] = []
-    fp32_files = [fp32_source(onnx_dir, name, v) for v in SOURCES.values()]
-    for f in fp32_files:
-        if not f.is_file():
-            raise LenetEdgeError(f"{f}: missing; run `make optimize` first")
-    with (
-        prepared(fp32_files[0], calibration, data_dir) as p0,
-        prepared(fp32_files[1], calibration, data_dir) as p1,
-    ):
-        preps = {"export": p0, "s2d": p1}
-        for source in SOURCES:
+    sources, same_as = _distinct_sources(onnx_dir, name)
+    fp32_files = [fp32_source(onnx_dir, name, SOURCES[s]) for s in sources]
+    with ExitStack() as stack:
+        preps = {
+            s: stack.enter_context(prepared(f, calibration, data_dir))
+            for s, f in zip(sources, fp32_files, strict=True)
+        }
+        for source in sources:
             for change in CHANGES.values():
                 rows += _build(name, source, replace(base, **change), work, calibration, preps[source])
         if not timing:  # the documented default, checked but not timed (CI)
@@ -324,6 +351,7 @@ def search_model(
                 raise LenetEdgeError(f"{name}: the default candidate {default} failed its checks")
             return {
                 "model": name,
+                "sources_left_out": same_as,
                 "candidates": rows,
                 "mixed_precision": {"layers": [], "kept_fp32": [], "trials": []},
                 "one_thread_passes": [],
@@ -382,6 +410,7 @@ def search_model(
     fp32 = {f.name: p50[f.name] for f in fp32_files}
     return {
         "model": name,
+        "sources_left_out": same_as,
         "candidates": rows,
         "mixed_precision": {
             "layers": layers,
@@ -439,8 +468,10 @@ def to_markdown(res: dict[str, Any]) -> str:
             lines.append(f"| `{r['label']}` | {checks} | {top1} | {val} | {vs} |")
         fp = ", ".join(f"`{k}` {measure.fmt(v)}" for k, v in m[f"fp32_{key}"].items()) or "not measured"
         took = f" ({measure.fmt(m['choice'][key])})" if m["choice"][key] else f" ({m['method']})"
+        left = "; ".join(f"`{a}` is `{b}`'s graph" for a, b in (m.get("sources_left_out") or {}).items())
         lines += [
             "",
+            *([f"Source graphs left out: {left}.", ""] if left else []),
             f"FP32 in the same run: {fp}. Layers kept FP32 by measurement: "
             f"{', '.join(m['mixed_precision']['kept_fp32']) or 'none'}. "
             f"**Choice: `{m['choice']['label']}`**{took}.",

@@ -223,6 +223,82 @@ def test_s2d_conv_then_stride2_conv_is_exact(k1, pad, k2, hw):
     assert _ops(new).count("Conv") == 2 and "SpaceToDepth" in _ops(new)
 
 
+def _conv_pool_conv_pool(cin, k, pad, k2, hw, relu2=False, batch=3, seed=0, pool2=(2, 2), pad2=0):
+    """Conv -> Relu -> MaxPool 2x2 -> Conv2 [-> Relu] -> MaxPool (LeNet's feature extractor)."""
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], pads=[pad] * 4),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "w2", "b2"], ["c2"], kernel_shape=[k2, k2], pads=[pad2] * 4),
+    ]
+    last = "c2"
+    if relu2:
+        nodes.append(helper.make_node("Relu", ["c2"], ["r2"]))
+        last = "r2"
+    nodes.append(helper.make_node("MaxPool", [last], ["y"], kernel_shape=list(pool2), strides=list(pool2)))
+    inits = {
+        "w": rng.normal(size=(6, cin, k, k)),
+        "b": rng.normal(size=6),
+        "w2": rng.normal(size=(5, 6, k2, k2)),
+        "b2": rng.normal(size=5),
+    }
+    h1, w1 = (hw[0] + 2 * pad - k + 1) // 2, (hw[1] + 2 * pad - k + 1) // 2
+    h2, w2 = (h1 + 2 * pad2 - k2 + 1) // pool2[0], (w1 + 2 * pad2 - k2 + 1) // pool2[1]
+    m = _graph(nodes, inits, [batch, cin, *hw], [batch, 5, h2, w2])
+    x = rng.integers(0, 256, size=(batch, cin, *hw)).astype(np.float32)
+    return m, x
+
+
+@pytest.mark.parametrize(
+    "cin,k,pad,k2,hw,relu2",
+    [
+        (1, 5, 2, 5, (28, 28), False),  # lenet_pool's shapes
+        (1, 5, 2, 5, (28, 28), True),
+        (2, 5, 0, 3, (20, 28), False),
+        (1, 1, 0, 3, (8, 12), True),
+        (1, 9, 4, 7, (36, 20), False),
+    ],
+)
+def test_s2d4_conv_pool_conv_pool_is_exact(cin, k, pad, k2, hw, relu2):
+    """Both pools become maxes over 4 channel groups: the first over the 16 phases of a 4x4
+    space-to-depth conv (already the 2x2 space-to-depth order of the pooled map), the second over
+    the 4 phases of the second conv on it."""
+    name = "s2d4-conv-pool-conv-relu-pool" if relu2 else "s2d4-conv-pool-conv-pool"
+    m, x = _conv_pool_conv_pool(cin, k, pad, k2, hw, relu2=relu2, seed=k + k2)
+    new, _ = _check(m, (name,), x, {name: 1})
+    ops = _ops(new)
+    assert ops.count("SpaceToDepth") == 1 and ops.count("MaxPool") == 2 and ops.count("Conv") == 2
+    init = {i.name: i for i in new.graph.initializer}
+    shapes = [list(init[n.input[1]].dims) for n in new.graph.node if n.op_type == "Conv"]
+    assert shapes == [
+        [16 * 6, 16 * cin, (k + 6) // 4, (k + 6) // 4],
+        [4 * 5, 4 * 6, (k2 + 2) // 2, (k2 + 2) // 2],
+    ]
+    # the other form does not match (ReLU or not between the second conv and its pool)
+    other = "s2d4-conv-pool-conv-pool" if relu2 else "s2d4-conv-pool-conv-relu-pool"
+    _check(m, (other,), x, {other: 0})
+
+
+@pytest.mark.parametrize(
+    "kwargs,why",
+    [
+        ({"cin": 1, "k": 3, "pad": 1, "k2": 3, "hw": (16, 16)}, "whole 4x4 / 2x2 blocks"),
+        ({"cin": 1, "k": 5, "pad": 2, "k2": 4, "hw": (28, 28)}, "whole 4x4 / 2x2 blocks"),
+        ({"cin": 1, "k": 5, "pad": 2, "k2": 3, "hw": (28, 28), "pad2": 1}, "strided or padded"),
+        ({"cin": 3, "k": 5, "pad": 2, "k2": 5, "hw": (28, 28)}, "3 input channels"),
+        ({"cin": 1, "k": 5, "pad": 2, "k2": 5, "hw": (28, 28), "pool2": (1, 2)}, "not a plain 2x2"),
+    ],
+)
+def test_s2d4_refuses_and_leaves_the_graph(kwargs, why):
+    m, x = _conv_pool_conv_pool(**kwargs)
+    new, report = _check(m, ("s2d4-conv-pool-conv-pool",), x, {"s2d4-conv-pool-conv-pool": 0})
+    assert any(why in r for r in report[0]["not_applied"]), report
+    assert _ops(new) == _ops(m)
+
+
 def test_drop_relu_after_pool():
     from onnx import helper
 

@@ -224,6 +224,67 @@ def test_s2d_pool_graph_becomes_integer_nhwc_with_identical_logits(h, w, k, pad,
     ]
 
 
+def _lenet_features_fp32(h, w, k, pad, k2, seed=0):
+    """normalise -> Conv(pad) -> Relu -> MaxPool 2x2 -> Conv2 -> MaxPool 2x2 -> Flatten -> MatMul -> Add."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    h2, w2 = ((h + 2 * pad - k + 1) // 2 - k2 + 1) // 2, ((w + 2 * pad - k + 1) // 2 - k2 + 1) // 2
+    inits = {
+        "a": np.array(-127.5, np.float32),
+        "s": np.array(1 / 127.5, np.float32),
+        "w1": rng.normal(size=(6, 1, k, k)).astype(np.float32) * 0.3,
+        "b1": rng.normal(size=6).astype(np.float32) * 0.1,
+        "w2": rng.normal(size=(5, 6, k2, k2)).astype(np.float32) * 0.3,
+        "b2": rng.normal(size=5).astype(np.float32) * 0.1,
+        "fw": rng.normal(size=(5 * h2 * w2, 7)).astype(np.float32) * 0.1,
+        "fb": rng.normal(size=7).astype(np.float32) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Add", ["x", "a"], ["xa"]),
+        helper.make_node("Mul", ["xa", "s"], ["xn"]),
+        helper.make_node("Conv", ["xn", "w1", "b1"], ["c1"], kernel_shape=[k, k], pads=[pad] * 4),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], kernel_shape=[k2, k2]),
+        helper.make_node("MaxPool", ["c2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p2"], ["f"]),
+        helper.make_node("MatMul", ["f", "fw"], ["m"]),
+        helper.make_node("Add", ["m", "fb"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7])],
+        initializer=[numpy_helper.from_array(v, n) for n, v in inits.items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m, rng.integers(0, 256, size=(64, 1, h, w)).astype(np.float32)
+
+
+@pytest.mark.parametrize("h,w,k,pad,k2", [(28, 28, 5, 2, 5), (20, 28, 9, 4, 3)])
+def test_s2d4_graph_becomes_integer_nhwc_with_identical_logits(h, w, k, pad, k2, tmp_path):
+    """The 4x4 form (optimize s2d4): both phase maxes become NhwcMaxPool over channel groups (the
+    second one, with a flatten after it, through a Transpose to NCHW that nhwc-flatten-gemm folds
+    into the weights); the input reorder is the only Transpose left, and a pad that is not whole
+    4x4 blocks stays one uint8 Pad, which uint8-transpose reads through."""
+    from lenet_edge.optimize.ort_int8 import apply_ort_passes
+
+    m, x = _lenet_features_fp32(h, w, k, pad, k2, seed=h + k2)
+    passes = ("fold-normalisation", "s2d4-conv-pool-conv-pool")
+    new, log = _rewrite(_qdq(m, x, tmp_path, passes), x, tmp_path)
+    assert log["nhwc-group-max"]["applied"] and log["nhwc-flatten-gemm"]["applied"], log
+    ops = _per_call_ops(new)
+    assert ops.count("NhwcMaxPool") == 2 and ops.count("QLinearConv") == 2, ops
+    assert ops.count("Transpose") == 1 and not {"QuantizeLinear", "SpaceToDepth", "MaxPool"} & set(ops), ops
+    assert ("Pad" in ops) == bool(pad % 4)
+    one, log1 = apply_ort_passes(new, ("uint8-transpose",), x[:2])
+    assert log1[0]["applied"] and "Cast" not in _per_call_ops(one)
+    assert np.array_equal(_run(new, x), _run(one, x))
+
+
 def test_uint8_transpose_drops_the_cast_pair_and_refuses_a_float_transpose(tmp_path):
     """The one-thread pass: the input reorder's Cast(float) -> Transpose -> Cast(uint8) becomes one
     uint8 Transpose, identical logits; a graph without that chain (run twice) is left as it was."""

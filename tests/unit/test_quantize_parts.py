@@ -1051,3 +1051,34 @@ def test_select_names_a_quantize_record_it_cannot_read(tmp_path):
     bench = {"results": [bench_row("m.int8.qdq.onnx", "int8.qdq", 10, "onnxruntime")], "environment": {}}
     with pytest.raises(ConfigError, match="m.int8.qdq.quantize.json: not a quantize record select can read"):
         select(bench, d, pair_rounds=0)
+
+
+def test_search_counts_a_source_graph_once(tmp_path):
+    """`make optimize` writes s2d4 for every model; where its 4x4 pass does not match (lenet_stride)
+    the graph is s2d's, metadata aside: the search leaves it out and says which it equals; a
+    missing source is one error naming the file."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from lenet_edge.quantize.search import _distinct_sources
+    from lenet_edge.runtime.errors import LenetEdgeError
+
+    def model(op, variant):
+        g = helper.make_graph(
+            [helper.make_node(op, ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        )
+        m = helper.make_model(g)
+        helper.set_model_props(m, {"variant": variant})
+        return m
+
+    for variant, op in ((None, "Relu"), ("s2d", "Sigmoid"), ("s2d4", "Sigmoid")):
+        onnx.save(model(op, variant or "export"), tmp_path / f"m.fp32.{variant + '.' if variant else ''}onnx")
+    assert _distinct_sources(tmp_path, "m") == (["export", "s2d"], {"s2d4": "s2d"})
+    onnx.save(model("Tanh", "s2d4"), tmp_path / "m.fp32.s2d4.onnx")
+    assert _distinct_sources(tmp_path, "m") == (["export", "s2d", "s2d4"], {})
+    (tmp_path / "m.fp32.s2d4.onnx").unlink()
+    with pytest.raises(LenetEdgeError, match=r"m\.fp32\.s2d4\.onnx: missing; run `make optimize`"):
+        _distinct_sources(tmp_path, "m")
