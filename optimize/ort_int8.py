@@ -669,6 +669,112 @@ def _s2d_border(a: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, Any] | None
 
 PACK_MIN_SAVING = 128  # bytes: a Pad node and its pads/shape initializers cost ~100-150
 
+# A conv whose output channels are P x P phases of one kernel (m = phase*O + o; the space-to-depth
+# rules write these: 4 phases for a pool, 16 for s2d4's first conv) holds in its unfolded kernel U
+# [P*P*O, C, H, W] the same K [O, C, kh', kw'] shifted by (dy, dx) per phase, zeros around it.
+# Only K is stored; a shift along an axis of length L by d = 0..P-1 is row d of K zero-extended to
+# L + 1, tiled P times, cut to P*L and read as [P, L] (entry (d, u) is K[(u - d) mod (L + 1)]),
+# both axes at once; a Gather puts the phases in the conv's order.
+PHASES = (2, 4)
+
+
+def _shifted_copies(k: np.ndarray, p: int, size: tuple[int, int]) -> np.ndarray:
+    """[O, C, kh, kw] -> [O, C, P, H, P, W]: k at every shift (dy, dx) < P, by the tile trick."""
+    o, c, kh, kw = k.shape
+    h, w = size
+    v = np.zeros((o, c, h + 1, w + 1), k.dtype)
+    v[:, :, :kh, :kw] = k
+    t = np.tile(v, (1, 1, p, p))[:, :, : p * h, : p * w]
+    return t.reshape(o, c, p, h, p, w)
+
+
+def _phase_kernel(a: np.ndarray) -> tuple[np.ndarray, int, int, np.ndarray, tuple[int, int]] | None:
+    """(K, P, space-to-depth block b, phase order, (dy0, dx0)) if `a` is P x P shifted copies of
+    one kernel K (after unfolding a b x b space-to-depth input), else None; the smallest K found."""
+    best = None
+    if a.ndim != 4:
+        return None
+    m, cb, kh, kw = a.shape
+    for b in (b for b in (1, *S2D_BLOCKS) if cb % (b * b) == 0):
+        u = _s2d_unfold(a, b) if b > 1 else a
+        h, w = u.shape[2:]
+        for p in (p for p in PHASES if m % (p * p) == 0 and m > p * p):
+            o = m // (p * p)
+            ph = u.reshape(p * p, o, *u.shape[1:])
+            boxes = []
+            for j in range(p * p):
+                nz = ph[j].any(axis=(0, 1))
+                if not nz.any():
+                    break
+                rows, cols = np.flatnonzero(nz.any(axis=1)), np.flatnonzero(nz.any(axis=0))
+                boxes.append((rows[0], rows[-1], cols[0], cols[-1]))
+            if len(boxes) != p * p:
+                continue
+            y0, x0 = min(x[0] for x in boxes), min(x[2] for x in boxes)
+            shifts = [(r0 - y0, c0 - x0) for r0, _, c0, _ in boxes]
+            if sorted(shifts) != [(dy, dx) for dy in range(p) for dx in range(p)]:
+                continue
+            j0 = shifts.index((0, 0))
+            r0, r1, c0, c1 = boxes[j0]
+            k = ph[j0][:, :, r0 : r1 + 1, c0 : c1 + 1]
+            if k.shape[2] + y0 + p - 1 > h or k.shape[3] + x0 + p - 1 > w:
+                continue
+            order = np.array([dy * p + dx for dy, dx in shifts])
+            if not np.array_equal(_rebuild_phases(k, p, b, order, (y0, x0), a.shape), a):
+                continue
+            if best is None or k.size < best[0].size:
+                best = (k, p, b, order, (int(y0), int(x0)))
+    return best
+
+
+def _rebuild_phases(
+    k: np.ndarray, p: int, b: int, order: np.ndarray, at: tuple[int, int], shape: tuple[int, ...]
+) -> np.ndarray:
+    """numpy of what _pack_phases' nodes compute (the check that they rebuild the weight)."""
+    m, cb, kh, kw = shape
+    kp = np.pad(k, ((0, 0), (0, 0), (at[0], 0), (at[1], 0)))
+    t = _shifted_copies(kp, p, (kh * b, kw * b))  # [O, C, P, H, P, W]
+    o, c = k.shape[:2]
+    t = t.reshape(o, c, p, kh, b, p, kw, b).transpose(2, 5, 0, 4, 7, 1, 3, 6)  # [P, P, O, b, b, C, kh, kw]
+    return t.reshape(p * p, o, cb, kh, kw)[order].reshape(shape)
+
+
+def _pack_phases(
+    g: Graph, t: Any, a: np.ndarray, k: np.ndarray, p: int, b: int, order: np.ndarray, at: tuple[int, int]
+) -> bool:
+    """Store K; Pad -> Tile -> Slice -> Reshape -> Transpose -> Reshape (-> Gather) -> Reshape rebuild `a`."""
+    m, cb, kh, kw = a.shape
+    o, c = k.shape[:2]
+    h, w = kh * b, kw * b
+    kp_h, kp_w = at[0] + k.shape[2], at[1] + k.shape[3]
+    pads = np.array([0, 0, at[0], at[1], 0, 0, h + 1 - kp_h, w + 1 - kp_w], np.int64)
+    pad, y = _stored_padded(g, t, k, pads, np.zeros((), k.dtype))
+    nodes = [pad]
+
+    def add(op: str, ins: list[str], **attrs: Any) -> None:
+        nonlocal y
+        n, y = g.node(op, [y, *ins], "phases", **attrs)
+        nodes.append(n)
+
+    i64 = lambda *v: np.asarray(v, np.int64)  # noqa: E731
+    add("Tile", [g.add_const("repeats", i64(1, 1, p, p))])
+    add(
+        "Slice",
+        [
+            g.add_const("starts", i64(0, 0)),
+            g.add_const("ends", i64(p * h, p * w)),
+            g.add_const("axes", i64(2, 3)),
+        ],
+    )
+    add("Reshape", [g.add_const("shape", i64(o, c, p, kh, b, p, kw, b))])
+    add("Transpose", [], perm=[2, 5, 0, 4, 7, 1, 3, 6])
+    if not np.array_equal(order, np.arange(p * p)):
+        add("Reshape", [g.add_const("shape", i64(p * p, o, cb, kh, kw))])
+        add("Gather", [g.add_const("phase_order", order.astype(np.int32))], axis=0)
+    add("Reshape", [g.add_const("shape", i64(m, cb, kh, kw))])
+    _put_first(g, t.name, nodes, y)
+    return True
+
 
 def _pack_padding_one(g: Graph, t: Any) -> bool:
     from onnx import numpy_helper
@@ -678,6 +784,13 @@ def _pack_padding_one(g: Graph, t: Any) -> bool:
         return False
     slab, border = _trailing_slab(a), _s2d_border(a)
     removed = 0 if slab is None else slab[2] * (a.size // slab[0][slab[1]])
+    phases = _phase_kernel(a) if a.dtype != np.int32 else None
+    if (
+        phases is not None
+        and (a.size - phases[0].size) * a.itemsize >= 4 * PACK_MIN_SAVING  # ~8 nodes
+        and a.size - phases[0].size > max(removed, 0 if border is None else a.size - border[1].size)
+    ):
+        return _pack_phases(g, t, a, *phases)
     if border is not None and a.size - border[1].size > removed:
         return _pack_s2d_border(g, t, a, *border)
     if slab is None:
@@ -747,7 +860,9 @@ def pack_padding(g: Graph) -> str:
     nhwc-pad-channels adds, per pool group) is stored without them, behind a constant Pad (and a
     Reshape); a conv weight over a space-to-depth input whose unfolded kernel has a border of one
     value (a strided conv folded onto that input) is stored cropped, behind Pad -> Reshape ->
-    Transpose -> Reshape. onnxruntime folds these when it loads the model, so the kernels see the
+    Transpose -> Reshape; a conv weight whose output channels are P x P shifted copies of one
+    kernel (the phases of the space-to-depth rules) is stored as that kernel, behind Pad -> Tile ->
+    Slice -> Reshape -> Transpose (-> Gather) -> Reshape. onnxruntime folds these when it loads the model, so the kernels see the
     same weights, and the file is smaller. Exact (the same integers). Applied only where it saves
     bytes overall."""
     before = len(g.model.SerializeToString())

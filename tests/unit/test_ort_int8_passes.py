@@ -106,8 +106,8 @@ def _per_call_ops(model):
 
 
 def _const(model, name):
-    """An initializer, or the constant Pad / Reshape / Cast / Expand of one that pack-padding and
-    narrow-constants store."""
+    """An initializer, or the constant Pad / Reshape / Cast / Expand / Transpose / Tile / Slice /
+    Gather of one that pack-padding and narrow-constants store."""
     from onnx import helper, numpy_helper
 
     init = {t.name: t for t in model.graph.initializer}
@@ -123,6 +123,16 @@ def _const(model, name):
         return np.broadcast_to(a, rest[0]).copy()
     if p.op_type == "Transpose":
         return a.transpose(helper.get_attribute_value(p.attribute[0]))
+    if p.op_type == "Tile":
+        return np.tile(a, rest[0])
+    if p.op_type == "Slice":
+        starts, ends, axes = rest[:3]
+        index = [slice(None)] * a.ndim
+        for st, en, ax in zip(starts, ends, axes, strict=True):
+            index[ax] = slice(st, en)
+        return a[tuple(index)]
+    if p.op_type == "Gather":
+        return np.take(a, rest[0], axis=helper.get_attribute_value(p.attribute[0]))
     mode = {a.name: helper.get_attribute_value(a) for a in p.attribute}.get("mode", b"constant")
     assert p.op_type == "Pad" and mode == b"constant"  # strip-defaults drops mode="constant"
     pads = rest[0].reshape(2, -1).T
@@ -280,6 +290,12 @@ def test_s2d4_graph_becomes_integer_nhwc_with_identical_logits(h, w, k, pad, k2,
     assert ops.count("NhwcMaxPool") == 2 and ops.count("QLinearConv") == 2, ops
     assert ops.count("Transpose") == 1 and not {"QuantizeLinear", "SpaceToDepth", "MaxPool"} & set(ops), ops
     assert ("Pad" in ops) == bool(pad % 4)
+    # both convs' weights are phases of one kernel: stored as that kernel (the FP32 model's own
+    # shape), rebuilt by constant nodes onnxruntime folds at load (identical logits, above)
+    assert log["pack-padding"]["applied"], log
+    stored = {tuple(t.dims) for t in new.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    assert {(6, 1, k, k), (5, 6, k2, k2)} <= stored, stored
+    assert not {"Tile", "Gather", "Slice"} & set(_loaded_ops(new, tmp_path))
     one, log1 = apply_ort_passes(new, ("uint8-transpose",), x[:2])
     assert log1[0]["applied"] and "Cast" not in _per_call_ops(one)
     assert np.array_equal(_run(new, x), _run(one, x))
@@ -846,3 +862,26 @@ def test_strip_defaults_drops_default_attributes_and_unused_opset_imports():
     )
     kept, log = apply_ort_passes(new, ("strip-defaults",), x[:1].astype(np.float32))
     assert not log[0]["applied"] and "no attribute at its default" in log[0]["not_applied"] and kept == new
+
+
+@pytest.mark.parametrize("block,p", [(1, 2), (2, 2), (4, 4)])
+def test_phase_kernel_finds_shifted_copies_in_any_order_and_refuses_others(block, p):
+    """pack-padding's phase form: the weight of a conv whose output channels are P x P shifted
+    copies of one kernel (over a space-to-depth input of any block) rebuilds exactly from that
+    kernel and the phase order; a weight that is not (one entry changed) is not taken for one."""
+    from lenet_edge.optimize.ort_int8 import _phase_kernel, _rebuild_phases, _s2d_unfold
+
+    rng = np.random.default_rng(block * 10 + p)
+    k = rng.integers(-127, 128, size=(3, 2, 5, 5)).astype(np.int8)
+    kk = (5 + p - 1 + block - 1) // block  # blocked kernel covering every shift
+    order = rng.permutation(p * p)
+    w = _rebuild_phases(k, p, block, order, (0, 0), (p * p * 3, 2 * block * block, kk, kk))
+    u = _s2d_unfold(w, block) if block > 1 else w
+    assert np.count_nonzero(u) == p * p * np.count_nonzero(k)  # each phase is k, nothing else
+    found = _phase_kernel(w)
+    assert found is not None
+    k2, p2, b2, order2, at = found
+    assert np.array_equal(_rebuild_phases(k2, p2, b2, order2, at, w.shape), w) and k2.size == k.size
+    bad = w.copy()
+    bad[0, 0, 0, 0] ^= 1  # a bit of the first phase only
+    assert _phase_kernel(bad) is None
