@@ -192,26 +192,34 @@ def space_to_depth(m: np.ndarray) -> np.ndarray:
 
 
 # --- space-to-depth for a low-channel first conv -------------------------------------------------
+def phase_weights(w: np.ndarray, block: int, phases: list[tuple[int, int]]) -> np.ndarray:
+    """[O, C, k, k] stride-1 weights -> [P*O, b*b*C, K, K] weights on a b x b space-to-depth input
+    that compute the listed output phases: output channel j*O + o is output pixel
+    (b*i + dy_j, b*j' + dx_j) of channel o; input channel (bh*b + bw)*C + c is ONNX
+    SpaceToDepth's order for pixel (b*i + bh, b*j' + bw) of channel c; K cells cover the k taps
+    at every phase."""
+    o_n, c_n, kh, kw = w.shape
+    dmax = max(max(dy, dx) for dy, dx in phases)
+    kk = (max(kh, kw) - 1 + dmax) // block + 1
+    out = np.zeros((len(phases), o_n, block * block, c_n, kk, kk), w.dtype)
+    for j, (dy, dx) in enumerate(phases):
+        for bh in range(block):
+            for bw in range(block):
+                for a in range(kk):
+                    for b in range(kk):
+                        u, v = block * a + bh - dy, block * b + bw - dx
+                        if 0 <= u < kh and 0 <= v < kw:
+                            out[j, :, bh * block + bw, :, a, b] = w[:, :, u, v]
+    return out.reshape(len(phases) * o_n, block * block * c_n, kk, kk)
+
+
 def s2d_weights(w: np.ndarray) -> np.ndarray:
     """[O, C, k, k] stride-1 weights -> [4*O, 4*C, K, K] weights on a 2x2 space-to-depth input.
 
     Output channel (dy*2 + dx)*O + o is output pixel (2i+dy, 2j+dx) of channel o; input channel
     (bh*2 + bw)*C + c is ONNX SpaceToDepth's order for pixel (2i+bh, 2j+bw) of channel c.
     K = (k + 2) // 2 cells cover the k taps at either phase."""
-    o_n, c_n, kh, kw = w.shape
-    kk = (max(kh, kw) + 2) // 2
-    out = np.zeros((4 * o_n, 4 * c_n, kk, kk), w.dtype)
-    for dy in range(2):
-        for dx in range(2):
-            for bh in range(2):
-                for bw in range(2):
-                    for a in range(kk):
-                        for b in range(kk):
-                            u, v = 2 * a + bh - dy, 2 * b + bw - dx
-                            if 0 <= u < kh and 0 <= v < kw:
-                                out[(dy * 2 + dx) * o_n : (dy * 2 + dx + 1) * o_n,
-                                    (bh * 2 + bw) * c_n : (bh * 2 + bw + 1) * c_n, a, b] = w[:, :, u, v]  # fmt: skip
-    return out
+    return phase_weights(w, 2, [(dy, dx) for dy in range(2) for dx in range(2)])
 
 
 def s2d4_pool_weights(w: np.ndarray) -> np.ndarray:
@@ -221,20 +229,8 @@ def s2d4_pool_weights(w: np.ndarray) -> np.ndarray:
     inside a pool window and p = py*2 + px the pooled pixel inside a 2x2 block. The max over the 4
     q groups is then the pooled map in 2x2 space-to-depth order (channel p*O + o, SpaceToDepth's).
     Input channel (bh*4 + bw)*C + c is ONNX SpaceToDepth(4)'s order; K = (k + 6) // 4."""
-    o_n, c_n, kh, kw = w.shape
-    kk = (max(kh, kw) + 6) // 4
-    out = np.zeros((4, 4, o_n, 16, c_n, kk, kk), w.dtype)
-    for q in range(4):
-        for p in range(4):
-            dy, dx = 2 * (p // 2) + q // 2, 2 * (p % 2) + q % 2
-            for bh in range(4):
-                for bw in range(4):
-                    for a in range(kk):
-                        for b in range(kk):
-                            u, v = 4 * a + bh - dy, 4 * b + bw - dx
-                            if 0 <= u < kh and 0 <= v < kw:
-                                out[q, p, :, bh * 4 + bw, :, a, b] = w[:, :, u, v]
-    return out.reshape(16 * o_n, 16 * c_n, kk, kk)
+    order = [(q, p) for q in range(4) for p in range(4)]
+    return phase_weights(w, 4, [(2 * (p // 2) + q // 2, 2 * (p % 2) + q % 2) for q, p in order])
 
 
 def s2d_stride2_weights(w: np.ndarray) -> np.ndarray:
