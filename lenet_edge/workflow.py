@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_edge.runtime.errors import ConfigError
+from lenet_edge.runtime.numeric import finite  # TOML reads nan and inf as floats
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_DIR = ROOT / "workflows"
@@ -161,11 +162,6 @@ def _check_types(path: Path, doc: dict[str, Any]) -> None:
                 raise WorkflowError(f"{path}: [{section}] {key} must be finite, got {value!r}")
 
 
-def _finite(x: Any) -> bool:
-    """A real, finite number (TOML reads nan and inf as floats; a bool is not a number)."""
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _positive(path: Path, where: str, value: float) -> None:
     if not value > 0:
         raise WorkflowError(f"{path}: {where} must be > 0, got {value!r}")
@@ -268,10 +264,10 @@ def parse_workflow(path: Path) -> Workflow:
     if i["dtype"] != "uint8":
         raise WorkflowError(f"{path}: [input] dtype {i['dtype']!r} is not supported; expected 'uint8' pixels")
     pr = i["pixel_range"]
-    if len(pr) != 2 or not all(_finite(x) for x in pr) or not pr[0] < pr[1]:
+    if len(pr) != 2 or not all(finite(x) for x in pr) or not pr[0] < pr[1]:
         raise WorkflowError(f"{path}: [input] pixel_range must be [low, high] with low < high, got {pr!r}")
     norm = i["normalize"]
-    if set(norm) != {"mean", "std"} or not all(_finite(v) for v in norm.values()):
+    if set(norm) != {"mean", "std"} or not all(finite(v) for v in norm.values()):
         raise WorkflowError(
             f"{path}: [input] normalize must be {{ mean = number, std = number }} (finite), got {norm!r}"
         )

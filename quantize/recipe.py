@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from lenet_edge.runtime.errors import ConfigError
+from lenet_edge.runtime.numeric import finite
 from lenet_edge.workflow import WorkflowMapping
 
 MODES = ("static", "dynamic")
 FORMATS = ("qdq", "qoperator")
 TYPES = ("u8", "s8")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
+
+
+# a field's declared type -> (the check its value must pass, what the error says it must be)
+FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: type(v) is int, "an integer"),
+    "float": (finite, "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
 
 
 @dataclass(frozen=True)
@@ -37,26 +47,14 @@ class QuantRecipe:
     weight_only: bool = False
 
     def __post_init__(self) -> None:
-        import math
         import re
 
         # a recipe comes from TOML, JSON or flags: each field of its declared type ("yes" is no bool)
         for f in fields(self):
             v = getattr(self, f.name)
-            ok = {
-                "bool": lambda v: isinstance(v, bool),
-                "int": lambda v: type(v) is int,
-                "float": lambda v: type(v) in (int, float) and math.isfinite(v),
-                "str": lambda v: isinstance(v, str),
-            }.get(str(f.type), lambda v: isinstance(v, list | tuple))(v)
-            if not ok:
-                want = {
-                    "bool": "true or false",
-                    "int": "an integer",
-                    "float": "a finite number",
-                    "str": "a string",
-                }
-                raise ConfigError(f"{f.name} must be {want.get(str(f.type), 'a list')}, got {v!r:.60}")
+            ok, want = FIELD_TYPES.get(str(f.type), (lambda v: isinstance(v, list | tuple), "a list"))
+            if not ok(v):
+                raise ConfigError(f"{f.name} must be {want}, got {v!r:.60}")
         object.__setattr__(self, "fp32_layers", tuple(self.fp32_layers))
         for layer in self.fp32_layers:
             if not isinstance(layer, str) or not re.fullmatch(r"[A-Za-z]{1,32}:\d{1,4}", layer):
