@@ -23,7 +23,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 export POLYGRAPHY_AUTOINSTALL_DEPS := 0
 
 .PHONY: all setup data train export evaluate reference check-reference readme \
-        optimize quantize quantize-s2d quantize-fold quantize-ort quantize-stock quantize-sweep search search-arm select tflite setup-tflite setup-device setup-cluster setup-llvm variants bench bundle ingest arm-check study invariance report bench-train bench-jobs test test-unit test-cluster lint format clean help
+        optimize quantize quantize-s2d quantize-fold quantize-ort quantize-stock quantize-sweep search search-arm select tflite setup-tflite setup-device setup-cluster setup-llvm variants bench bundle ingest arm-check study invariance report publish bench-train bench-jobs test test-unit test-cluster lint format clean help
 .DEFAULT_GOAL := all
 
 help: ## list the targets
@@ -188,6 +188,9 @@ invariance: quantize ## the reference models on shifted/rotated/scaled test imag
 
 bench-jobs: $(CLUSTER_STAMP) ## per-job overhead of --backend ray against local (a benchmark) -> build/bench/jobs-overhead.json
 	$(LE) bench-jobs --json build/bench/jobs-overhead.json
+
+publish: setup ## this machine's run (make search bench select [bench-train]) from build/bench/ -> results/bench/<machine>.*, named from the CPU it measured; the search records of the files it timed -> results/records/ (PUBLISH_FLAGS=--dry-run)
+	$(LE) publish $(PUBLISH_FLAGS)
 
 report: setup ## reports/REPORT.md + plots from the result files only (never trains)
 	$(LE) report

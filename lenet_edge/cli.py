@@ -92,6 +92,11 @@ COMMANDS: dict[str, Command] = {
     "report": Command(
         "lenet_edge.report.build", "reports/REPORT.md + plots from the result files", group="study"
     ),
+    "publish": Command(
+        "lenet_edge.report.publish",
+        "this machine's benchmark run -> results/bench/<machine>.*, named from its CPU",
+        group="study",
+    ),
     "reference": Command(
         "lenet_edge.export.reference", "check/adopt the committed reference results", group="study"
     ),
