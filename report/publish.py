@@ -210,6 +210,24 @@ def plan(
     return name, moves
 
 
+def publish(
+    bench_dir: Path,
+    onnx_dir: Path,
+    out_dir: Path,
+    records_dir: Path,
+    allow_dirty: bool = False,
+    dry_run: bool = False,
+) -> tuple[str, list[Path]]:
+    """Publish the run in bench_dir (see the module doc); its name and the files written (or, with
+    dry_run, that would be)."""
+    name, moves = plan(bench_dir, onnx_dir, out_dir, records_dir, allow_dirty)
+    blobs = [(src.read_bytes(), dest) for src, dest in moves]  # every source read before any write
+    if not dry_run:
+        for data, dest in blobs:
+            write_bytes_atomic(dest, data)
+    return name, [dest for _, dest in moves]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("report.publish", __doc__)
     p.add_argument("--bench-dir", type=path_arg, default=ROOT / "build" / "bench", help="default build/bench")
@@ -225,13 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dry-run", action="store_true", help="say what would be written; write nothing")
     args = p.parse_args(argv)
-    name, moves = plan(args.bench_dir, args.onnx_dir, args.out_dir, args.records_dir, args.allow_dirty)
-    blobs = [(src.read_bytes(), dest) for src, dest in moves]  # every source read before any write
-    for data, dest in blobs:
-        if not args.dry_run:
-            write_bytes_atomic(dest, data)
+    name, written = publish(
+        args.bench_dir, args.onnx_dir, args.out_dir, args.records_dir, args.allow_dirty, args.dry_run
+    )
+    for dest in written:
         print(f"{'would write' if args.dry_run else 'wrote'} {dest}")
-    print(f"{name}: {len(moves)} files; then `make report` and commit results/", file=sys.stderr)
+    print(f"{name}: {len(written)} files; then `make report` and commit results/", file=sys.stderr)
     return 0
 
 
