@@ -11,6 +11,8 @@ Stdlib only (the host side needs no project environment).
 import argparse
 import json
 import os
+import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -19,6 +21,11 @@ import tarfile
 from pathlib import Path
 
 import arm_setup  # beside this script, in arm/
+
+try:  # the commit a result was made from; stdlib only without it (run by hand outside the project)
+    from lenet_edge.runtime.env import code_version, provenance_text
+except ImportError:
+    code_version = provenance_text = None
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -281,6 +288,16 @@ def best_ratios(insns: dict[str, float]) -> list[dict]:
     return out
 
 
+def provenance(argv: list[str]) -> dict:
+    """The command as typed and the lenet-edge commit it ran (`lenet-edge publish --arm` checks
+    it); the commit only where lenet_edge imports, as under `lenet-edge arm-check`."""
+    code = code_version() if code_version else None
+    return {
+        "command": shlex.join(["lenet-edge", "arm-check", *argv]),
+        "environment": {"machine": platform.machine(), **({"lenet_edge_code": code} if code else {})},
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog=os.environ.get("LENET_EDGE_PROG"), description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path, help="the tarball from `make bundle`")
@@ -305,8 +322,11 @@ def main() -> int:
     est_models = [bundle / m["file"] for m in manifest["models"] if m["file"].split(".", 1)[-1] in ESTIMATED]
     estimates = cycle_estimates(bundle, site, est_models) if _mca_available() else None
 
+    made = provenance(sys.argv[1:])
     lines = [
         "# aarch64 check (qemu-user; cortex-a72 = Raspberry Pi 4, cortex-a76 = Raspberry Pi 5)",
+        "",
+        provenance_text(made) if provenance_text else f"Command: `{made['command']}`.",
         "",
         "## The bundle's self-check, run inside the emulated Python",
         "",
@@ -381,6 +401,7 @@ def main() -> int:
     lines += _estimate_lines(estimates)
     md = "\n".join(lines) + "\n"
     report = {
+        **made,
         "label": LABEL,
         "best_int8_over_best_fp32": goals,
         "checks": checks,

@@ -14,6 +14,9 @@ the same ISA mask and AMX setting; and a run on uncommitted changes is refused (
 takes it, and the files keep saying so). A run on the CPU's whole ISA also publishes the search
 records of the files it timed (<model>.int8.search*.json and <model>.tflite.json, when their
 sha256 is the one the benchmark timed) into results/records/, which `make report` reads.
+
+`--arm` publishes the aarch64 run instead (`make search-arm bundle arm-check`): build/arm/arm-check
+and each core's build/bench/search.cortex-* (JSON and Markdown) to results/arm/, all from one commit.
 """
 
 from __future__ import annotations
@@ -143,6 +146,53 @@ def _referenced(record: Any) -> dict[str, str]:
     return out
 
 
+def _committed(src: Path, code: dict[str, Any], allow_dirty: bool) -> None:
+    """Refuse a run on uncommitted changes, or one that records no commit, unless allowed."""
+    if allow_dirty:
+        return
+    if not code.get("git_commit"):
+        raise PublishError(
+            f"{src}: records no lenet-edge commit (made outside a git checkout, or by older code); rerun it"
+        )
+    if code.get("dirty") is not False:
+        raise PublishError(
+            f"{src}: measured on {str(code['git_commit'])[:12]} with uncommitted changes; commit and "
+            "rerun (or --allow-dirty: the files keep saying so)"
+        )
+
+
+def plan_arm(
+    arm_dir: Path, bench_dir: Path, out_dir: Path, allow_dirty: bool = False
+) -> list[tuple[Path, Path]]:
+    """The aarch64 run (`make search-arm bundle arm-check`): build/arm/arm-check.{json,md} and each
+    core's search build/bench/search.cortex-*.{json,md}, all from one commit, to results/arm/."""
+    check = arm_dir / "arm-check.json"
+    if not check.is_file():
+        raise PublishError(f"{check}: no aarch64 check to publish (run `make search-arm bundle arm-check`)")
+    doc = read_json(check)
+    if not isinstance(doc, dict) or "best_int8_over_best_fp32" not in doc:
+        raise PublishError(f"{check}: not a lenet-edge aarch64 check (no best_int8_over_best_fp32)")
+    _, code, _ = _env(doc)
+    _committed(check, code, allow_dirty)
+    moves = []
+    for src in [check, *sorted(bench_dir.glob("search.cortex-*.json"))]:
+        if src != check:
+            other = read_json(src)
+            theirs = _env(other)[1] if isinstance(other, dict) else {}
+            if (theirs.get("git_commit"), theirs.get("dirty")) != (code.get("git_commit"), code.get("dirty")):
+                raise PublishError(
+                    f"{src}: another commit than {check.name} ({str(theirs.get('git_commit'))[:12]} against "
+                    f"{str(code.get('git_commit'))[:12]}); rerun `make search-arm bundle arm-check` or remove it"
+                )
+        md = src.with_suffix(".md")
+        if not md.is_file():
+            raise PublishError(f"{md}: missing beside {src.name}; rerun the command that writes both")
+        moves += [(src, out_dir / src.name), (md, out_dir / md.name)]
+    for _, dest in moves:
+        inside(out_dir, dest)
+    return moves
+
+
 def _checked_env(src: Path, doc: Any) -> dict[str, Any]:
     env = doc.get("environment") if isinstance(doc, dict) else None
     if not (
@@ -170,13 +220,7 @@ def plan(
     except IngestError as e:
         raise PublishError(str(e)) from e
     cpu, code, amx = _env(bench)
-    if not allow_dirty and not code.get("git_commit"):
-        raise PublishError(f"{bench_file}: records no lenet-edge commit (not run from a git checkout)")
-    if not allow_dirty and code.get("dirty") is not False:
-        raise PublishError(
-            f"{bench_file}: measured on {code['git_commit'][:12]} with uncommitted changes; commit and "
-            "rerun (or --allow-dirty: the files keep saying so)"
-        )
+    _committed(bench_file, code, allow_dirty)
     name = machine_name(bench["environment"], amx)
     moves = []
     for stem, suffix in FILES:
@@ -217,10 +261,14 @@ def publish(
     records_dir: Path,
     allow_dirty: bool = False,
     dry_run: bool = False,
+    arm_dir: Path | None = None,
 ) -> tuple[str, list[Path]]:
-    """Publish the run in bench_dir (see the module doc); its name and the files written (or, with
-    dry_run, that would be)."""
-    name, moves = plan(bench_dir, onnx_dir, out_dir, records_dir, allow_dirty)
+    """Publish the run in bench_dir (see the module doc), or with arm_dir the aarch64 run; its name
+    and the files written (or, with dry_run, that would be)."""
+    if arm_dir is not None:
+        name, moves = "aarch64 (emulated)", plan_arm(arm_dir, bench_dir, out_dir, allow_dirty)
+    else:
+        name, moves = plan(bench_dir, onnx_dir, out_dir, records_dir, allow_dirty)
     blobs = [(src.read_bytes(), dest) for src, dest in moves]  # every source read before any write
     if not dry_run:
         for data, dest in blobs:
@@ -232,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("report.publish", __doc__)
     p.add_argument("--bench-dir", type=path_arg, default=ROOT / "build" / "bench", help="default build/bench")
     p.add_argument("--onnx-dir", type=path_arg, default=ROOT / "build" / "onnx", help="default build/onnx")
-    add_common(p, "out_dir", out_dir={"default": ROOT / "results" / "bench", "help": "default results/bench"})
+    add_common(p, "out_dir", out_dir={"help": "default results/bench (results/arm with --arm)"})
     p.add_argument(
         "--records-dir", type=path_arg, default=ROOT / "results" / "records", help="default results/records"
     )
@@ -242,9 +290,23 @@ def main(argv: list[str] | None = None) -> int:
         help="publish a run measured on uncommitted changes (its files say so)",
     )
     p.add_argument("--dry-run", action="store_true", help="say what would be written; write nothing")
+    p.add_argument(
+        "--arm",
+        action="store_true",
+        help="the aarch64 run instead: --arm-dir's arm-check.{json,md} and --bench-dir's "
+        "search.cortex-*.{json,md} -> results/arm/",
+    )
+    p.add_argument("--arm-dir", type=path_arg, default=ROOT / "build" / "arm", help="default build/arm")
     args = p.parse_args(argv)
+    out_dir = args.out_dir or ROOT / "results" / ("arm" if args.arm else "bench")
     name, written = publish(
-        args.bench_dir, args.onnx_dir, args.out_dir, args.records_dir, args.allow_dirty, args.dry_run
+        args.bench_dir,
+        args.onnx_dir,
+        out_dir,
+        args.records_dir,
+        args.allow_dirty,
+        args.dry_run,
+        args.arm_dir if args.arm else None,
     )
     for dest in written:
         print(f"{'would write' if args.dry_run else 'wrote'} {dest}")

@@ -100,3 +100,14 @@ def test_arm_check_goal_ratio_takes_the_best_of_each_precision_per_core():
     lite = got[("m", "cortex-a76", "ai-edge-litert")]
     assert lite["best_int8"] == "m.int8.mixed.tflite" and lite["best_fp32"] == "m.fp32.tflite"
     assert lite["ratio"] == 0.9
+
+
+def test_arm_check_records_its_command_and_commit():
+    spec2 = importlib.util.spec_from_file_location("arm_check_prov", ROOT / "arm" / "arm_check.py")
+    ac = importlib.util.module_from_spec(spec2)
+    spec2.loader.exec_module(ac)
+    made = ac.provenance(["build/lenet-edge-bundle.tar.gz", "--reps", "2"])
+    assert made["command"] == "lenet-edge arm-check build/lenet-edge-bundle.tar.gz --reps 2"
+    code = made["environment"]["lenet_edge_code"]  # this checkout is a git repository
+    assert len(code["git_commit"]) == 40 and isinstance(code["dirty"], bool)
+    assert ac.provenance_text(made).startswith("Command: `lenet-edge arm-check build/")

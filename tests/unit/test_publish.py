@@ -244,3 +244,87 @@ def test_bad_input_is_one_line_and_nothing_is_written(run_dir, capsys, case, nee
     else:
         _edit(run_dir, "train.json", lambda d: d.pop("environment"))
     _refused(run_dir, capsys, *needles)
+
+
+@pytest.fixture
+def arm_run(tmp_path):
+    """`make search-arm bundle arm-check`: the check in build/arm, each core's search in build/bench."""
+    arm_dir, bench_dir = tmp_path / "build" / "arm", tmp_path / "build" / "bench"
+    _write(
+        arm_dir,
+        "arm-check.json",
+        {"command": "lenet-edge arm-check b", "environment": _env(ZEN5), "best_int8_over_best_fp32": []},
+    )
+    _write(arm_dir, "arm-check.md", "# aarch64 check\n")
+    for core in ("cortex-a72", "cortex-a76"):
+        _write(bench_dir, f"search.{core}.json", {"target": core, "environment": _env(ZEN5), "models": {}})
+        _write(bench_dir, f"search.{core}.md", "# search\n")
+    _write(bench_dir, "search.json", {"environment": _env(ZEN5)})  # the host's search: not aarch64's
+    return tmp_path
+
+
+def _arm_argv(root: Path, *extra: str) -> list[str]:
+    return [
+        "--arm",
+        "--arm-dir",
+        str(root / "build" / "arm"),
+        "--bench-dir",
+        str(root / "build" / "bench"),
+        "--out-dir",
+        str(root / "results" / "arm"),
+        *extra,
+    ]
+
+
+def test_the_aarch64_run_is_published_to_results_arm(arm_run):
+    assert run(publish.main, _arm_argv(arm_run)) == 0
+    assert _published(arm_run) == [
+        f"arm/{n}"
+        for n in (
+            "arm-check.json",
+            "arm-check.md",
+            "search.cortex-a72.json",
+            "search.cortex-a72.md",
+            "search.cortex-a76.json",
+            "search.cortex-a76.md",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("a core's search from another commit", ("search.cortex-a76.json", "another commit")),
+        ("a dirty check", ("arm-check.json", "uncommitted changes")),
+        ("a check without a commit", ("arm-check.json", "no lenet-edge commit")),
+        ("not a check", ("arm-check.json", "not a lenet-edge aarch64 check")),
+        ("no check", ("arm-check.json", "no aarch64 check")),
+        ("a core's table missing", ("search.cortex-a72.md", "missing")),
+    ],
+)
+def test_an_aarch64_run_that_does_not_hold_together_is_refused(arm_run, capsys, case, needles):
+    check = arm_run / "build" / "arm" / "arm-check.json"
+    if case == "a core's search from another commit":
+        _edit(
+            arm_run,
+            "search.cortex-a76.json",
+            lambda d: d["environment"]["lenet_edge_code"].update(git_commit="d" * 40),
+        )
+    elif case == "a dirty check":
+        check.write_text(
+            json.dumps(
+                {**json.loads(check.read_text()), "environment": _env(ZEN5, {**COMMIT, "dirty": True})}
+            )
+        )
+    elif case == "a check without a commit":
+        check.write_text(json.dumps({**json.loads(check.read_text()), "environment": _env(ZEN5, None)}))
+    elif case == "not a check":
+        check.write_text("{}")
+    elif case == "no check":
+        check.unlink()
+    else:
+        (arm_run / "build" / "bench" / "search.cortex-a72.md").unlink()
+    assert run(publish.main, _arm_argv(arm_run)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(n in err for n in needles), err
+    assert not (arm_run / "results").exists()
