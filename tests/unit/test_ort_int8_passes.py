@@ -106,37 +106,27 @@ def _per_call_ops(model):
 
 
 def _const(model, name):
-    """An initializer, or the constant Pad / Reshape / Cast / Expand / Transpose / Tile / Slice /
-    Gather of one that pack-padding and narrow-constants store."""
-    from onnx import helper, numpy_helper
+    """An initializer, or what the constant nodes of initializers that pack-padding and
+    narrow-constants store (Pad, Tile, Slice, Cast …) compute, evaluated by onnx's reference."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
 
-    init = {t.name: t for t in model.graph.initializer}
-    if name in init:
-        return numpy_helper.to_array(init[name])
-    p = next(n for n in model.graph.node if name in n.output)
-    a, *rest = (_const(model, i) for i in p.input)
-    if p.op_type == "Reshape":
-        return a.reshape(rest[0])
-    if p.op_type == "Cast":
-        return a.astype(helper.tensor_dtype_to_np_dtype(helper.get_attribute_value(p.attribute[0])))
-    if p.op_type == "Expand":
-        return np.broadcast_to(a, rest[0]).copy()
-    if p.op_type == "Transpose":
-        return a.transpose(helper.get_attribute_value(p.attribute[0]))
-    if p.op_type == "Tile":
-        return np.tile(a, rest[0])
-    if p.op_type == "Slice":
-        starts, ends, axes = rest[:3]
-        index = [slice(None)] * a.ndim
-        for st, en, ax in zip(starts, ends, axes, strict=True):
-            index[ax] = slice(st, en)
-        return a[tuple(index)]
-    if p.op_type == "Gather":
-        return np.take(a, rest[0], axis=helper.get_attribute_value(p.attribute[0]))
-    mode = {a.name: helper.get_attribute_value(a) for a in p.attribute}.get("mode", b"constant")
-    assert p.op_type == "Pad" and mode == b"constant"  # strip-defaults drops mode="constant"
-    pads = rest[0].reshape(2, -1).T
-    return np.pad(a, pads, constant_values=rest[1])
+    init = {t.name for t in model.graph.initializer}
+    needed, todo, nodes = set(), [name], []
+    while todo:  # the nodes `name` depends on, back to the initializers
+        t = todo.pop()
+        if t in init or t in needed:
+            continue
+        needed.add(t)
+        node = next(n for n in model.graph.node if t in n.output)
+        nodes.append(node)
+        todo += [i for i in node.input if i]
+    order = [n for n in model.graph.node if any(n is m for m in nodes)]  # graph order is topological
+    graph = helper.make_graph(
+        order, "const", [], [helper.make_value_info(name, helper.TypeProto())], list(model.graph.initializer)
+    )
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import))
+    return ReferenceEvaluator(sub).run(None, {})[0]
 
 
 def _weight(model, node):
