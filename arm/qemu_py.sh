@@ -35,10 +35,13 @@ QEMU=$(command -v qemu-aarch64) || { echo "qemu-aarch64 not found (run setup_sys
 # onnxruntime then takes the ISA from getauxval(AT_HWCAP), which qemu fills in from -cpu; XNNPACK
 # does not, and ran without its dot-product kernels on the emulated cortex-a76 (twentieth session:
 # lenet_pool.int8.full.tflite 566,250 -> 300,785 instructions per inference in arm-check, docs/device.md). So a
-# known core gets a guest root of its own, DEST.root-CPU: DEST's entries as symlinks, plus
+# known core gets a guest root of its own, DEST.root-CPU: DEST's tree as hard links, plus
 # proc/cpuinfo with the core's MIDR (cpuinfo names the core from it; its ISA still comes from
 # AT_HWCAP) and sys/devices/system/cpu/{possible,present} = 0, one CPU as the runs use. Paths
 # not in the root fall through to the host's, as they do for DEST. Other cores keep DEST.
+# Hard links, not symlinks to DEST's top-level entries (v1): the guest's realpath() read /tmp or
+# /home as such a symlink and resolved a checkout there (/tmp/x/build/arm/bundle) to
+# DEST/tmp/x/..., which does not exist (twenty-fifth session: a clone under /tmp failed arm-check).
 ROOT=$DEST
 case $CPU in  # CPU implementer, variant, part, revision (as a Raspberry Pi 4 / 5 reports them)
     cortex-a72) MIDR=(0x41 0x0 0xd08 3) FEATURES="fp asimd evtstrm crc32 cpuid" ;;
@@ -47,7 +50,7 @@ case $CPU in  # CPU implementer, variant, part, revision (as a Raspberry Pi 4 / 
 esac
 if ((${#MIDR[@]})); then
     ROOT=${DEST%/}.root-$CPU
-    made="v1 $CPU $(cat "$DEST/.armlab-sysroot-ok" 2>/dev/null || true)"
+    made="v2 $CPU $(cat "$DEST/.armlab-sysroot-ok" 2>/dev/null || true)"
     exec 9>"$ROOT.lock"
     flock 9  # parallel runs of one core build it once
     if [[ $(cat "$ROOT/.made-from" 2>/dev/null || true) != "$made" ]]; then
@@ -55,7 +58,7 @@ if ((${#MIDR[@]})); then
         chmod 755 "$tmp"
         for e in "$DEST"/* "$DEST"/.[!.]*; do
             [[ -e $e || -L $e ]] || continue
-            case ${e##*/} in proc | sys | .armlab-sysroot-ok) ;; *) ln -s "$(cd "$DEST" && pwd)/${e##*/}" "$tmp/${e##*/}" ;; esac
+            case ${e##*/} in proc | sys | .armlab-sysroot-ok) ;; *) cp -al "$e" "$tmp/" ;; esac
         done
         mkdir -p "$tmp/proc" "$tmp/sys/devices/system/cpu"
         printf 'processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: %s\nCPU implementer\t: %s\nCPU architecture: 8\nCPU variant\t: %s\nCPU part\t: %s\nCPU revision\t: %s\n\n' \
