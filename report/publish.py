@@ -161,6 +161,14 @@ def _committed(src: Path, code: dict[str, Any], allow_dirty: bool) -> None:
         )
 
 
+def _markdown(src: Path) -> Path:
+    """The table a command wrote beside its JSON: the two are published together or not at all."""
+    md = src.with_suffix(".md")
+    if not md.is_file():
+        raise PublishError(f"{md}: missing beside {src.name}; rerun the command that writes both")
+    return md
+
+
 def plan_arm(
     arm_dir: Path, bench_dir: Path, out_dir: Path, allow_dirty: bool = False
 ) -> list[tuple[Path, Path]]:
@@ -184,9 +192,7 @@ def plan_arm(
                     f"{src}: another commit than {check.name} ({str(theirs.get('git_commit'))[:12]} against "
                     f"{str(code.get('git_commit'))[:12]}); rerun `make search-arm bundle arm-check` or remove it"
                 )
-        md = src.with_suffix(".md")
-        if not md.is_file():
-            raise PublishError(f"{md}: missing beside {src.name}; rerun the command that writes both")
+        md = _markdown(src)
         moves += [(src, out_dir / src.name), (md, out_dir / md.name)]
     for _, dest in moves:
         inside(out_dir, dest)
@@ -235,10 +241,7 @@ def plan(
                 own = machine_name(_checked_env(src, doc), None)
         moves.append((src, out_dir / f"{own}{suffix}.json"))
         if stem in WITH_MD:
-            md = src.with_suffix(".md")
-            if not md.is_file():
-                raise PublishError(f"{md}: missing beside {src.name}; rerun the command that writes both")
-            moves.append((md, out_dir / f"{own}{suffix}.md"))
+            moves.append((_markdown(src), out_dir / f"{own}{suffix}.md"))
     if not cpu.get("isa_mask") and amx != "off":  # the report reads the whole-ISA run's records
         timed = _timed(bench)
         for model in model_names():
