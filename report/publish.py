@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import re
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import LenetEdgeError
-from lenet_edge.runtime.files import inside, read_json, write_bytes_atomic
+from lenet_edge.runtime.files import atomic_path, inside, read_json
 from lenet_edge.runtime.ingest import IngestError, slug, validate
 from lenet_edge.workflow import model_names
 
@@ -274,8 +275,11 @@ def publish(
         name, moves = plan(bench_dir, onnx_dir, out_dir, records_dir, allow_dirty)
     blobs = [(src.read_bytes(), dest) for src, dest in moves]  # every source read before any write
     if not dry_run:
-        for data, dest in blobs:
-            write_bytes_atomic(dest, data)
+        # every temp file made and written before the first rename: a destination that cannot be
+        # written (a folder by that name, no permission) leaves none of the run's files replaced
+        with ExitStack() as stack:
+            for data, dest in blobs:
+                stack.enter_context(atomic_path(dest)).write_bytes(data)
     return name, [dest for _, dest in moves]
 
 

@@ -328,3 +328,16 @@ def test_an_aarch64_run_that_does_not_hold_together_is_refused(arm_run, capsys, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and all(n in err for n in needles), err
     assert not (arm_run / "results").exists()
+
+
+def test_a_destination_that_cannot_be_written_replaces_none_of_the_run(run_dir, capsys):
+    out = run_dir / "results" / "bench"
+    out.mkdir(parents=True)
+    old = out / "x86_64-amd-epyc-avx512vnni.json"
+    old.write_text("the previous run")
+    (out / "x86_64-amd-epyc-avx512vnni.train.json").mkdir()  # the last file of the run: a folder there
+    assert run(publish.main, _argv(run_dir)) == 2
+    assert "x86_64-amd-epyc-avx512vnni.train.json" in capsys.readouterr().err
+    assert old.read_text() == "the previous run"  # written first, yet not replaced
+    assert sorted(p.name for p in out.iterdir()) == [old.name, "x86_64-amd-epyc-avx512vnni.train.json"]
+    assert not (run_dir / "results" / "records").exists()
