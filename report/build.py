@@ -24,7 +24,7 @@ from typing import Any
 from lenet_edge.report.stats import binomial_se_pp
 from lenet_edge.runtime.bench import SCHEMA as BENCH_SCHEMA
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
-from lenet_edge.runtime.env import describe_cpu
+from lenet_edge.runtime.env import describe_cpu, whole_isa
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import atomic_path, read_json, remove_stale_temp_files
 from lenet_edge.workflow import comparison, get
@@ -252,10 +252,8 @@ def reference_bench(folder: Path) -> tuple[str | None, dict[str, Any] | None]:
             or not isinstance(b.get("results"), list)
         ):
             continue
-        cpu = (b.get("environment") or {}).get("cpu") or {}
         whole = (
-            not cpu.get("isa_mask")
-            and (b.get("settings") or {}).get("amx") != "off"
+            whole_isa(b)
             and "summary" in b
             and any(r.get("runtime") == "onnxruntime" for r in b["results"] if isinstance(r, dict))
         )

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
+from lenet_edge.runtime.env import whole_isa
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import atomic_path, inside, read_json
 from lenet_edge.runtime.ingest import IngestError, slug, validate
@@ -226,7 +227,7 @@ def plan(
         validate(bench, bench_file)
     except IngestError as e:
         raise PublishError(str(e)) from e
-    cpu, code, amx = _env(bench)
+    _, code, amx = _env(bench)
     _committed(bench_file, code, allow_dirty)
     name = machine_name(bench["environment"], amx)
     moves = []
@@ -243,7 +244,7 @@ def plan(
         moves.append((src, out_dir / f"{own}{suffix}.json"))
         if stem in WITH_MD:
             moves.append((_markdown(src), out_dir / f"{own}{suffix}.md"))
-    if not cpu.get("isa_mask") and amx != "off":  # the report reads the whole-ISA run's records
+    if whole_isa(bench):  # the report reads the whole-ISA run's records
         timed = _timed(bench)
         for model in model_names():
             for pattern in RECORDS:

@@ -111,6 +111,13 @@ def cpu_info(cpuinfo: str | None = None, mask: str | None = None) -> dict[str, A
     return out
 
 
+def whole_isa(report: dict[str, Any]) -> bool:
+    """A benchmark result taken on its CPU's whole ISA: no `lenet-edge --isa` mask, AMX not refused
+    (`--amx off`). The report quotes such a run, and only such a run's search records are filed."""
+    cpu = (report.get("environment") or {}).get("cpu") or {}
+    return not cpu.get("isa_mask") and (report.get("settings") or {}).get("amx") != "off"
+
+
 def describe_cpu(cpu: dict[str, Any]) -> str:
     """One line for a result table: model, flags, and the mask if one was on."""
     cpuid = (
