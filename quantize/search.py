@@ -651,8 +651,12 @@ def write_result(path: Path, res: dict[str, Any], markdown: str) -> None:
 
 
 def check_search_flags(args: argparse.Namespace) -> None:
+    from lenet_edge.runtime.contract import MAX_RUNS
+
     if args.runs < args.rounds or args.rounds < 1:
         raise LenetEdgeError(f"--runs ({args.runs}) must be >= --rounds ({args.rounds}) >= 1")
+    if args.runs > MAX_RUNS:
+        raise LenetEdgeError(f"--runs {args.runs}: must be <= {MAX_RUNS:,}")
 
 
 def refuse_amx_if_asked(args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import add_common, parser, path_arg
-from .contract import INPUT_NAME, MAX_BATCH, MAX_THREADS
+from .contract import INPUT_NAME, MAX_BATCH, MAX_RUNS, MAX_THREADS
 from .errors import ConfigError
 from .files import owned_temp_dir
 
@@ -125,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         help="runs to average (default 2000); each profiler session's first run is a warm-up, left out",
     )
     args = p.parse_args(argv)
-    for flag, value, most in (("--batch", args.batch, MAX_BATCH), ("--threads", args.threads, MAX_THREADS)):
+    for flag, value, most in (
+        ("--batch", args.batch, MAX_BATCH),
+        ("--threads", args.threads, MAX_THREADS),
+        ("--runs", args.runs, MAX_RUNS),
+    ):
         if value > most:
             raise ConfigError(f"{flag} {value}: must be <= {most}")
     if min(args.batch, args.threads, args.runs) < 1:

@@ -112,6 +112,7 @@ def test_run_sizes_beyond_any_workload_are_refused_before_anything_runs(tmp_path
     """A static-batch model profiled at another batch, threads past a C int, a batch of 10^11
     images: one clear error each, never onnxruntime's traceback or a 570 TiB allocation."""
     from lenet_edge.export.variants import static_batch
+    from lenet_edge.runtime import bench
     from lenet_edge.runtime.bench import main as bench_main
     from lenet_edge.runtime.errors import ConfigError
     from lenet_edge.runtime.profile import main as profile_main
@@ -127,15 +128,35 @@ def test_run_sizes_beyond_any_workload_are_refused_before_anything_runs(tmp_path
     for argv, why in (
         ([str(identity), "--threads", "2147483648"], "--threads 2147483648: must be <= 1024"),
         ([str(identity), "--batch", "99999999999"], "--batch 99999999999: must be <= 65536"),
+        ([str(identity), "--runs", "1000001"], "--runs 1000001: must be <= 1000000"),
     ):
         with pytest.raises(ConfigError, match=why):
             profile_main(argv)
     for argv, why in (
         ([str(identity), "--threads", "2147483648"], "values must be 1..1024"),
         ([str(identity), "--batch", "1,99999999999"], "values must be 1..65536"),
+        # a list of 10^11 samples per configuration, grown until memory ran out
+        ([str(identity), "--runs", "99999999999"], "--runs 99999999999: must be <= 1,000,000"),
+        ([str(identity), "--warmup", "1000001"], "--warmup 1000001: must be <= 1,000,000"),
     ):
         with pytest.raises(ConfigError, match=why):
             bench_main(argv)
+    # at least one call per round: --rounds 1000000 timed 10^6 calls although --runs said 10
+    parsed = bench.build_parser().parse_args([str(identity), "--runs", "10", "--rounds", "1000000"])
+    assert bench.settings(parsed)["rounds"] == 10
+    import argparse
+
+    from lenet_edge.quantize.search import check_search_flags
+    from lenet_edge.runtime.errors import LenetEdgeError
+
+    for runs, rounds, why in (
+        (99999999999, 20, "--runs 99999999999: must be <= 1,000,000"),
+        (10, 20, "must be >= --rounds"),
+    ):
+        with pytest.raises(
+            LenetEdgeError, match=why
+        ):  # search and search-litert, before any candidate is built
+            check_search_flags(argparse.Namespace(runs=runs, rounds=rounds))
 
 
 @pytest.mark.parametrize(
