@@ -303,6 +303,10 @@ def main() -> int:
     ap.add_argument("bundle", type=Path, help="the tarball from `make bundle`")
     ap.add_argument("--reps", type=int, default=1, help="counting repeats per model and CPU (default 1)")
     a = ap.parse_args()
+    if (
+        not 1 <= a.reps <= 10
+    ):  # repeats of a deterministic count: 0 gave no row to summarise, after the set-up
+        sys.exit(f"error: --reps {a.reps}: must be 1..10")
     if not a.bundle.is_file():
         sys.exit(f"error: {a.bundle}: not found (run `make bundle`)")
     # the set-up after the arguments: a user mistake costs no minutes of sysroot work

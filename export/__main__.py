@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lenet_edge.runtime.cli import add_common, parser, path_arg, run
+from lenet_edge.runtime.cli import add_common, finite_float, parser, path_arg, run
 from lenet_edge.workflow import add_model_flags, selected
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_common(p, "out_dir", out_dir={"default": Path("build/onnx"), "help": "default build/onnx"})
     p.add_argument("--opset", type=int, default=13, help="ONNX opset, 13..21 (default 13)")
-    p.add_argument("--atol", type=float, default=1e-4, help="max |Δlogit| vs Paddle (default 1e-4)")
+    p.add_argument("--atol", type=finite_float, default=1e-4, help="max |Δlogit| vs Paddle (default 1e-4)")
     p.add_argument(
         "--data-dir", type=path_arg, default=None, help="MNIST folder (default: cache or $MNIST_DIR)"
     )

@@ -7,7 +7,8 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from lenet_edge.runtime.cli import add_common, parser, path_arg, run
+from lenet_edge.runtime.cli import add_common, finite_float, parser, path_arg, run
+from lenet_edge.runtime.errors import ConfigError
 from lenet_edge.workflow import add_model_flags, selected
 
 RECIPE_HELP = {
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--max-drop-pp",
-        type=float,
+        type=finite_float,
         default=None,
         help="if the top-1 drop exceeds this, keep the most sensitive layers in FP32 until it does not",
     )
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="re-quantize even if the INT8 model is up to date")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
+    if args.max_drop_pp is not None and args.max_drop_pp < 0:
+        raise ConfigError(
+            f"--max-drop-pp {args.max_drop_pp}: must be >= 0 (a top-1 drop in percentage points)"
+        )
 
     from lenet_edge.quantize.calibration import calibration_of
     from lenet_edge.quantize.checks import int8_failures, tolerances_for

@@ -32,6 +32,13 @@ def make_indices(labels: np.ndarray, size: int = DEFAULT_SIZE, seed: int = DEFAU
     """Class-balanced sample of the training set: size/10 images per digit, sorted."""
     if size < 10 or size % 10:
         raise ConfigError(f"calibration size must be a positive multiple of 10, got {size}")
+    fewest = int(min(np.count_nonzero(labels == c) for c in range(10)))
+    if size // 10 > fewest:
+        raise ConfigError(
+            f"calibration size {size}: at most {10 * fewest} (the rarest digit has {fewest} images)"
+        )
+    if seed < 0:
+        raise ConfigError(f"calibration seed must be >= 0, got {seed}")
     rng = np.random.default_rng(seed)
     picks = [rng.choice(np.flatnonzero(labels == c), size // 10, replace=False) for c in range(10)]
     return np.sort(np.concatenate(picks)).astype(np.int64)
@@ -148,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--data-dir", type=path_arg, default=None)
     args = p.parse_args(argv)
+    if not args.write and (args.size, args.seed) != (DEFAULT_SIZE, DEFAULT_SEED):
+        raise ConfigError(
+            "--size and --seed take effect only with --write (without it the file is only checked)"
+        )
     if args.write:
         idx = make_indices(load_split("train", args.data_dir).labels, args.size, args.seed)
         write_json_atomic(

@@ -27,9 +27,11 @@ from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import read_json, sha256_file, write_json_atomic
 from lenet_edge.runtime.progress import Progress
+from lenet_edge.train import recipe_problem
 from lenet_edge.workflow import comparison
 
 SCHEMA = "lenet-edge/study/v1"
+MAX_SEEDS = 1000  # seeds 0..N-1; each trains both models (~1 min each here)
 ONE_THREAD = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
@@ -282,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.seeds < 2:
         raise LenetEdgeError(f"--seeds {a.seeds}: a paired comparison needs at least 2 seeds")
+    if a.seeds > MAX_SEEDS:
+        raise LenetEdgeError(f"--seeds {a.seeds}: must be <= {MAX_SEEDS} (each trains both models)")
+    problem = recipe_problem(epochs=a.epochs, limits=(a.train_limit,))
+    if problem:  # before a job starts (each job's training would refuse it on its own)
+        raise LenetEdgeError(f"--epochs/--train-limit: {problem}")
     seeds = list(range(a.seeds))
     # Candidate first (the stride-2 net trains ~2x slower), so the last job is not a lone long one.
     models = tuple(reversed(comparison()))

@@ -73,6 +73,37 @@ def text_arg(text: str) -> str:
     return text
 
 
+def int_range(lo: int, hi: int) -> Callable[[str], int]:
+    """The type of an int flag that takes lo..hi only: argparse's error names the flag and the range
+    (beyond them a value is a typo, not a workload: `--jobs -1` ran one job, `--steps 10**12`
+    allocated until memory ran out)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be {lo}..{hi:,}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """A float flag that is a finite number (NaN and inf would pass or fail every comparison)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+MAX_JOBS = 1024  # jobs at once (local processes or a Ray instance's CPUs)
+
+
 _TYPES = {"Path | None": path_arg, "Path": path_arg, "int": int, "str": text_arg, "bool": None}
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lenet_edge.runtime.cli import add_common, parser, path_arg, run
+from lenet_edge.runtime.cli import MAX_JOBS, add_common, int_range, parser, path_arg, run
 from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
 from lenet_edge.workflow import add_model_flags, get, selected
 
@@ -46,9 +47,16 @@ def _in_parallel(names: list[str], argv: list[str], jobs: int) -> int:
                 break
             time.sleep(0.2)
     finally:
-        for proc in running.values():  # a failure or Ctrl-C stops the others too
-            proc.terminate()
-            proc.wait()
+        # a failure or Ctrl-C stops the others too, with SIGINT: each says "interrupted" in one line
+        # (SIGTERM made Paddle's handler print a C++ stack and "FatalError" for a sibling's failure)
+        for proc in running.values():
+            proc.send_signal(signal.SIGINT)
+        for proc in running.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     if failed:
         raise LenetEdgeError(f"training failed: {', '.join(failed)} (its error is above)")
     return 0
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=int_range(1, MAX_JOBS),
         default=None,
         help="models trained at once, one single-threaded process each (default: one per core, "
         "up to the number of models); the weights are bitwise those of training one by one",
@@ -100,6 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     jobs = min(len(names), args.jobs if args.jobs is not None else (os.cpu_count() or 1))
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    from lenet_edge.train import recipe_problem
+
+    for name in names:  # every model's numbers checked before a training process starts
+        wf = get(name)
+        if wf.train is None:
+            raise ConfigError(f"{wf.path}: source {wf.source!r} is a trained model file; nothing to train")
+        problem = recipe_problem(
+            wf.train.epochs if args.epochs is None else args.epochs,
+            wf.train.batch if args.batch is None else args.batch,
+            wf.train.lr if args.lr is None else args.lr,
+            args.seed,
+            (args.train_limit, args.test_limit),
+        )
+        if problem:
+            raise ConfigError(f"{name}: {problem}")
     if jobs > 1:
         return _in_parallel(names, argv if argv is not None else sys.argv[1:], jobs)
 
@@ -107,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in names:
         wf = get(name)
-        if wf.train is None:
-            raise ConfigError(f"{wf.path}: source {wf.source!r} is a trained model file; nothing to train")
         cfg = TrainConfig(
             model=name,
             epochs=wf.train.epochs if args.epochs is None else args.epochs,

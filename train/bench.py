@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.runtime.cli import add_common, parser, path_arg, run
+from lenet_edge.runtime.cli import add_common, int_range, parser, path_arg, run
 from lenet_edge.runtime.contract import normalize
 from lenet_edge.runtime.files import owned_temp_dir
 from lenet_edge.runtime.mnist import default_data_dir, load_split
 from lenet_edge.train.paddle_env import import_paddle
 from lenet_edge.workflow import add_model_flags, selected
+
+EPOCH_STEPS = 938  # 60,000 images at batch 64, the last step partial
 
 
 def _fit_epoch(name: str, gz_dir: Path, steps: int | None, seed: int) -> tuple[float, int]:
@@ -105,7 +107,7 @@ def bench_train(models: list[str], rounds: int, steps: int | None, data_dir: Pat
                     f"{1000 * stock_conv_s[-1]:.1f})",
                     flush=True,
                 )
-            per_epoch = 938  # 60,000 images at batch 64
+            per_epoch = EPOCH_STEPS
             f_med, o_med = float(np.median(fit_s)), float(np.median(ours_s))
             p_med = float(np.median(stock_conv_s))
             results[name] = {
@@ -125,10 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("train.bench", __doc__)
     add_model_flags(p)
     p.add_argument(
-        "--rounds", type=int, default=1, help="interleaved rounds; the median is reported (default 1)"
+        "--rounds",
+        type=int_range(1, 100),
+        default=1,
+        help="interleaved rounds; the median is reported (default 1)",
     )
     p.add_argument(
-        "--steps", type=int, default=None, help="time only N steps per round (default: a full epoch)"
+        "--steps",
+        type=int_range(1, EPOCH_STEPS),
+        default=None,
+        help=f"time only N steps per round (default: a full epoch, {EPOCH_STEPS})",
     )
     p.add_argument("--data-dir", type=path_arg, default=None)
     add_common(p, "json", json={"help": "also write the results here"})

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from lenet_edge.runtime.contract import normalize
-from lenet_edge.runtime.errors import ConfigError
+from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
 from lenet_edge.runtime.evaluate import topk_accuracy
 from lenet_edge.runtime.files import read_json, sha256_file, write_json_atomic
 from lenet_edge.runtime.mnist import load_split
@@ -19,6 +19,10 @@ from lenet_edge.train.checkpoint import record_path, write_checkpoint
 from lenet_edge.train.paddle_env import import_paddle
 
 TRAIN_DIR = Path(__file__).resolve().parent
+
+
+class TrainingError(LenetEdgeError):
+    """Training diverged (a non-finite loss or weights): no checkpoint is written."""
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,13 @@ class TrainConfig:
 
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; expected one of {sorted(MODELS)}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ConfigError(f"epochs, batch size and lr must be positive: {self}")
-        for lim in (self.train_limit, self.test_limit):
-            if lim is not None and lim < 1:
-                raise ConfigError(f"data limits must be >= 1, got {lim}")
+        from lenet_edge.train import recipe_problem
+
+        problem = recipe_problem(
+            self.epochs, self.batch_size, self.lr, self.seed, (self.train_limit, self.test_limit)
+        )
+        if problem:
+            raise ConfigError(f"{self.model}: {problem}")
 
 
 def source_sha256() -> str:
@@ -202,8 +208,18 @@ def _train(
             f"{metrics['seconds']:.1f} s"
         )
         epochs.append(metrics)
+        if not np.isfinite(metrics["train_loss"]):  # diverged: every later epoch and the weights are NaN
+            raise TrainingError(
+                f"{config.model}: the training loss is {metrics['train_loss']} after epoch {epoch + 1} "
+                f"(lr {config.lr:g}, batch {config.batch_size}); nothing written"
+            )
 
     state = {k: v.numpy() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if not np.isfinite(v).all()]
+    if bad:
+        raise TrainingError(
+            f"{config.model}: non-finite weights after training ({', '.join(bad)}); nothing written"
+        )
     sha = write_checkpoint(ckpt, state)
     record = {
         "model": config.model,

@@ -111,3 +111,17 @@ def test_arm_check_records_its_command_and_commit():
     code = made["environment"]["lenet_edge_code"]  # this checkout is a git repository
     assert len(code["git_commit"]) == 40 and isinstance(code["dirty"], bool)
     assert ac.provenance_text(made).startswith("Command: `lenet-edge arm-check build/")
+
+
+@pytest.mark.parametrize("reps", ["0", "-1", "11"])
+def test_arm_check_refuses_a_repeat_count_before_its_set_up(reps, tmp_path):
+    """--reps 0 set up the sysroot (minutes), counted nothing and failed summarising no rows."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "arm" / "arm_check.py"), "--reps", reps, str(tmp_path / "none.tar.gz")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and proc.stderr.strip() == f"error: --reps {reps}: must be 1..10"

@@ -1,4 +1,5 @@
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -123,4 +124,59 @@ def test_export_reports_a_missing_checkpoint(tmp_path):
 
 def test_train_rejects_bad_flags():
     proc = run_cli("-m", "lenet_edge.train", "--epochs", "0", "--model", "lenet_pool")
-    assert_one_line_error(proc, "must be positive")
+    assert_one_line_error(proc, "lenet_pool: epochs must be 1..1000, got 0")
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--seed", "-1"], "seed must be 0..4294967295, got -1"),  # was a TypeError from paddle.seed
+        (["--epochs", "1000000000000"], "epochs must be 1..1000"),  # trained for ever
+        (["--batch", "1000000000000"], "batch size must be 1..60000"),  # one 60,000-image step
+        (["--lr", "inf"], "lr must be a finite number > 0, got inf"),  # trained to NaN, exit 0
+        (["--test-limit", "0"], "data limits must be >= 1, got 0"),
+    ],
+)
+def test_train_checks_every_models_numbers_before_a_training_process_starts(argv, why, monkeypatch):
+    """With two models the parent starts one training process per model: each refused a bad number
+    on its own (two error lines, or a traceback from paddle.seed) after importing Paddle. Now the
+    parent refuses it first, naming the model, and starts nothing."""
+    import subprocess as sp
+
+    from lenet_edge.runtime.errors import ConfigError
+    from lenet_edge.train.__main__ import main
+
+    monkeypatch.setattr(sp, "Popen", lambda *a, **k: pytest.fail("a training process was started"))
+    with pytest.raises(ConfigError, match=f"lenet_pool: {re.escape(why)}"):
+        main([*argv, "--jobs", "2"])
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "why"),
+    [
+        ("lenet_edge.train", ["--jobs", "0"], "--jobs: must be 1..1,024, got 0"),
+        ("lenet_edge.quantize.sweep", ["--jobs", "-1"], "--jobs: must be 1..1,024, got -1"),  # ran 1 at once
+        ("lenet_edge.report.study", ["--jobs", "0"], "--jobs: must be 1..1,024, got 0"),
+        ("lenet_edge.jobs", ["--count", "1000000000000"], "--count: must be 1..100,000"),
+        ("lenet_edge.train.bench", ["--steps", "0"], "--steps: must be 1..938, got 0"),  # ZeroDivisionError
+        ("lenet_edge.train.bench", ["--steps", "1000000000000"], "--steps: must be 1..938"),  # MemoryError
+        ("lenet_edge.train.bench", ["--rounds", "0"], "--rounds: must be 1..100, got 0"),  # exit 0, no figure
+        (
+            "lenet_edge.export",
+            ["--atol", "inf"],
+            "--atol: must be a finite number, got 'inf'",
+        ),  # every parity passed
+        ("lenet_edge.quantize", ["--max-drop-pp", "nan"], "--max-drop-pp: must be a finite number"),
+        ("lenet_edge.quantize", ["--max-drop-pp", "-1"], "--max-drop-pp -1.0: must be >= 0"),  # a size error
+        ("lenet_edge.report.study", ["--seeds", "1000000000000"], "must be <= 1000"),  # MemoryError
+        ("lenet_edge.report.study", ["--epochs", "0"], "epochs must be 1..1000, got 0"),  # 10 failed jobs
+        ("lenet_edge.quantize.calibration", ["--size", "500"], "take effect only with --write"),  # ignored
+    ],
+)
+def test_count_and_tolerance_flags_are_refused_out_of_range_when_parsed(module, argv, why):
+    """Every --jobs, count and tolerance flag takes its range only, refused by argparse (exit 2,
+    the flag named) before any work: before, `--jobs -1` ran one job, `bench-train --steps 0`
+    divided by zero, `--atol inf` let every export parity check pass."""
+    proc = run_cli("-m", module, *argv)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert why in proc.stderr.strip().splitlines()[-1]

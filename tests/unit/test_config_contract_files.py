@@ -44,10 +44,29 @@ def test_train_config_validates():
     assert c.epochs == 10 and c.batch_size == 64 and c.lr == 1e-3
     with pytest.raises(ConfigError, match="unknown model"):
         TrainConfig(model="resnet")
-    with pytest.raises(ConfigError, match="must be positive"):
+    with pytest.raises(ConfigError, match="epochs must be 1..1000, got 0"):
         TrainConfig("lenet_pool", epochs=0)
+    with pytest.raises(ConfigError, match="seed must be 0..4294967295, got -1"):  # was Paddle's TypeError
+        TrainConfig("lenet_pool", seed=-1)
+    with pytest.raises(ConfigError, match="lr must be a finite number > 0, got inf"):
+        TrainConfig("lenet_pool", lr=float("inf"))
     with pytest.raises(ConfigError, match="limits must be >= 1"):
         TrainConfig("lenet_pool", train_limit=0)
+
+
+def test_a_training_that_diverges_writes_nothing(tmp_path, mnist_dir):
+    """lr 1e12 turns the loss to NaN in the first epoch: training wrote a NaN checkpoint and its
+    record and exited 0 (export then refused the checkpoint). Now it stops at that epoch, one
+    error naming the model, the loss and the recipe, and nothing is written."""
+    pytest.importorskip("paddle")
+    from lenet_edge.train.loop import TrainConfig, TrainingError, train
+
+    cfg = TrainConfig("lenet_pool", epochs=3, lr=1e12, train_limit=640, test_limit=64)
+    with pytest.raises(
+        TrainingError, match=r"lenet_pool: the training loss is nan after epoch 1 \(lr 1e\+12"
+    ):
+        train(cfg, tmp_path, mnist_dir, progress=False, conv_kernel="paddle")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_config_validates():

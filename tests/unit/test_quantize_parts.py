@@ -222,6 +222,15 @@ def test_calibration_file_problems(tmp_path):
     reader = PixelReader(np.zeros((250, 1, 28, 28), np.float32), batch_size=100)
     assert [len(b["pixels"]) for b in reader] == [100, 100, 50]
 
+    from lenet_edge.quantize.calibration import make_indices
+
+    labels = np.repeat(np.arange(10), 7)  # 7 images of each digit
+    assert make_indices(labels, 70).size == 70
+    with pytest.raises(ConfigError, match="calibration size 80: at most 70"):  # was numpy's ValueError
+        make_indices(labels, 80)
+    with pytest.raises(ConfigError, match="seed must be >= 0, got -1"):  # was numpy's ValueError
+        make_indices(labels, 10, seed=-1)
+
 
 def test_compact_names_keeps_contract_names():
     onnx = pytest.importorskip("onnx")
