@@ -30,6 +30,7 @@ def _in_parallel(names: list[str], argv: list[str], jobs: int) -> int:
             rest.append(a)
     env = {**os.environ, "LENET_EDGE_PROGRESS": "lines"}
     queue, running, failed = list(names), {}, []
+    interrupted = False
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -46,11 +47,15 @@ def _in_parallel(names: list[str], argv: list[str], jobs: int) -> int:
             if failed:
                 break
             time.sleep(0.2)
+    except KeyboardInterrupt:
+        interrupted = True  # Ctrl-C reached the children too (one process group): no second SIGINT
+        raise
     finally:
-        # a failure or Ctrl-C stops the others too, with SIGINT: each says "interrupted" in one line
-        # (SIGTERM made Paddle's handler print a C++ stack and "FatalError" for a sibling's failure)
+        # a failure stops the others too, with SIGINT: each says "interrupted" in one line (SIGTERM
+        # made Paddle's handler print a C++ stack and "FatalError" for a sibling's failure)
         for proc in running.values():
-            proc.send_signal(signal.SIGINT)
+            if not interrupted:
+                proc.send_signal(signal.SIGINT)
         for proc in running.values():
             try:
                 proc.wait(timeout=60)
