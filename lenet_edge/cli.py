@@ -92,6 +92,11 @@ COMMANDS: dict[str, Command] = {
     "report": Command(
         "lenet_edge.report.build", "reports/REPORT.md + plots from the result files", group="study"
     ),
+    "goals": Command(
+        "lenet_edge.report.goals",
+        "the performance goals, run by run, from the committed results (Markdown)",
+        group="study",
+    ),
     "publish": Command(
         "lenet_edge.report.publish",
         "this machine's benchmark run -> results/bench/<machine>.*, named from its CPU",

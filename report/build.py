@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lenet_edge.report.goals import section as goals_section
 from lenet_edge.report.stats import binomial_se_pp
 from lenet_edge.runtime.bench import SCHEMA as BENCH_SCHEMA
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
@@ -1035,6 +1036,9 @@ def build(results: Path, onnx_dir: Path, out_dir: Path) -> Path:
         L += ["## 5. What to deploy", ""]
         with _reading(study, bench, arm, inv_file):
             L += conclusion(d, rows, headline, inv)
+        L += ["", "## 6. The performance goals, run by run", ""]
+        with _reading(results / "bench", arm, results / "records", ref):
+            L += goals_section(results)
         # no timestamp: the same result files give a byte-identical report
         L += ["", "_Built by `lenet-edge report` from the result files named above._", ""]
         (stage / "REPORT.md").write_bytes("\n".join(L).encode())
