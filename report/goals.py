@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lenet_edge.report.publish import _flags, isa_class
+from lenet_edge.report.publish import cpu_flags, isa_class
 from lenet_edge.runtime.bench import SCHEMA as BENCH_SCHEMA
 from lenet_edge.runtime.bench import summarize_goals
 from lenet_edge.runtime.cli import parser, path_arg, run
@@ -100,9 +100,11 @@ def describe_run(name: str, bench: dict[str, Any]) -> dict[str, Any]:
     cpu = env.get("cpu") if isinstance(env.get("cpu"), dict) else {}
     code = env.get("lenet_edge_code") if isinstance(env.get("lenet_edge_code"), dict) else {}
     mask = cpu.get("isa_mask")
-    kernels = str(mask) if mask else isa_class(_flags(cpu))
+    kernels = str(mask) if mask else isa_class(cpu_flags(cpu))
     amx_off = (bench.get("settings") or {}).get("amx") == "off"
     created = bench.get("created_unix")
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created):
+        created = None
     return {
         "name": name,
         "cpu": str(cpu.get("model", "?")),
@@ -114,11 +116,9 @@ def describe_run(name: str, bench: dict[str, Any]) -> dict[str, Any]:
         "commit": (str(code.get("git_commit", ""))[:7] + (" (dirty)" if code.get("dirty") else ""))
         if code.get("git_commit")
         else "not recorded",
-        "date": time.strftime("%Y-%m-%d", time.gmtime(created)) if isinstance(created, (int, float)) else "?",
-        "created": float(created)
-        if isinstance(created, (int, float)) and not isinstance(created, bool)
-        else 0.0,
-        "summary": "benchmark" if isinstance(bench.get("summary"), list) else "p50 rows",
+        "date": time.strftime("%Y-%m-%d", time.gmtime(created)) if created is not None else "?",
+        "created": float(created or 0.0),
+        "summary": "benchmark",  # runs() says so where the run predates the benchmark's goal summary
     }
 
 

@@ -69,7 +69,7 @@ def _env(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | Non
     return cpu, code, amx if isinstance(amx, str) else None
 
 
-def _flags(cpu: dict[str, Any]) -> set[str]:
+def cpu_flags(cpu: dict[str, Any]) -> set[str]:
     """The CPU's ISA flags, the ones a mask hid included."""
     return {f for key in ("isa_flags", "isa_flags_hidden") for f in cpu.get(key) or () if isinstance(f, str)}
 
@@ -90,7 +90,7 @@ def machine_name(env: dict[str, Any], amx: str | None) -> str:
     cpu = env["cpu"]
     words = re.sub(r"\((r|tm)\)", " ", cpu["model"], flags=re.I).split()
     words = [w for w in words if w.lower() not in {"cpu", "processor"} and not w.startswith("@")]
-    isa = isa_class(_flags(cpu))
+    isa = isa_class(cpu_flags(cpu))
     arch = re.sub(r"[^a-z0-9_]+", "-", env["machine"].lower()).strip("-")[:20] or "unknown"  # x86_64
     name = f"{arch}-{slug('-'.join([*words[:2], isa]), max_len=60)}"
     if cpu.get("isa_mask"):
@@ -107,7 +107,7 @@ def _same_run(src: Path, doc: Any, bench: dict[str, Any], masked: bool) -> None:
     cpu, code, amx = _env(doc)
     b_cpu, b_code, b_amx = _env(bench)
     fields = {
-        "CPU": lambda c, _: (c.get("model"), c.get("family"), c.get("model_number"), sorted(_flags(c))),
+        "CPU": lambda c, _: (c.get("model"), c.get("family"), c.get("model_number"), sorted(cpu_flags(c))),
         "commit": lambda _, k: (k.get("git_commit"), k.get("dirty")),
     }
     if masked:
