@@ -303,9 +303,8 @@ def main() -> int:
     ap.add_argument("bundle", type=Path, help="the tarball from `make bundle`")
     ap.add_argument("--reps", type=int, default=1, help="counting repeats per model and CPU (default 1)")
     a = ap.parse_args()
-    if (
-        not 1 <= a.reps <= 10
-    ):  # repeats of a deterministic count: 0 gave no row to summarise, after the set-up
+    # repeats of a deterministic count: 0 gave no row to summarise, after minutes of set-up
+    if not 1 <= a.reps <= 10:
         sys.exit(f"error: --reps {a.reps}: must be 1..10")
     if not a.bundle.is_file():
         sys.exit(f"error: {a.bundle}: not found (run `make bundle`)")
