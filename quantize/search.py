@@ -4,18 +4,19 @@ For each model, on the machine it runs on (ONNX Runtime, batch 1, one thread, IO
 1. candidates: each source graph (the export; the space-to-depth graphs of `make optimize`, 2x2
    and the 4x4 conv-pool-conv-pool form where it matches, a duplicate graph counted once) x the
    default recipe and one change of it at a time (QOperator; int8 activations; no reduce-range;
-   per-tensor weights); each QDQ candidate also as the ONNX Runtime target (optimize.ort_int8);
+   per-tensor weights); each QDQ candidate also as the ONNX Runtime target (optimize.ort_int8),
+   and that target also with the passes that pay with one thread only (ONE_THREAD_PASSES: a uint8
+   input Transpose), which can reorder the sources (chosen after the others, they did not);
 2. every candidate is quantized with the quantize stage and checked against
    results/tolerances.json; one that fails is recorded with the reason and never timed;
 3. the survivors and the model's FP32 files are timed in one interleaved child process;
 4. mixed precision by measurement: from the fastest INT8 candidate's recipe, sets of weighted
    layers are kept in FP32 (`fp32_layers`; every tail of the layer list, then each layer alone,
    greedily on top of what was kept, then each kept layer handed back to INT8), built, checked and
-   timed the same way; a set stays FP32 only if that is faster. On an ORT target their weights
-   stay int8 (`weight_only`: FP32 compute at INT8 size). The fastest checked INT8 candidate is
-   the choice;
-5. passes that pay with one thread only (a uint8 input Transpose: optimize.ort_int8
-   ONE_THREAD_PASSES) are tried on the choice's ORT target the same way and kept if faster;
+   timed the same way, each in the form of the candidate it starts from; a set stays FP32 only if
+   that is faster. On an ORT target their weights stay int8 (`weight_only`: FP32 compute at INT8
+   size). The fastest checked INT8 candidate is the choice;
+5. a choice that is a plain ORT target is tried in its one-thread form once more and kept if faster;
 6. AMX (`--amx auto`, the default, on a CPU that has it): onnxruntime's int8 GEMMs take AMX tile
    kernels when Linux grants them, a process-wide setting (runtime/amx.py); the same search runs
    again in a child with AMX refused and the two choices are timed as a cross-process pair
@@ -229,46 +230,66 @@ def _build(
             )
         except LenetEdgeError as e:
             rows.append({**row, "label": label + ".ort", "file": None, "passed": False, "why": _why(e, work)})
+            return rows
+        rows.append(_one_thread_form({**row, "label": label + ".ort"}, out, rec, work, prep.test_pixels))
     return rows
+
+
+def _kind(label: str) -> str:
+    """A candidate's form: the QDQ file (''), its ORT target ('.ort'), or that target with the
+    one-thread passes ('.ort+uint8-transpose'); trials and the choice compare like with like."""
+    from lenet_edge.optimize.ort_int8 import ONE_THREAD_PASSES
+
+    one_thread = ".ort+" + "+".join(ONE_THREAD_PASSES)
+    return one_thread if label.endswith(one_thread) else ".ort" if label.endswith(".ort") else ""
+
+
+def _one_thread_form(
+    ort_row: dict[str, Any], src: Path, src_rec: dict[str, Any], work: Path, pixels: Any
+) -> dict[str, Any]:
+    """An ORT target rebuilt with the passes that pay with one thread only (optimize.ort_int8.
+    ONE_THREAD_PASSES: a uint8 input Transpose), checked the same way; a candidate of its own from
+    the first timed run on, since it reorders the sources (`lenet_pool`'s s2d4 target: 14.4 µs
+    against 14.3 for the s2d one, 11.0 against 13.4 with the pass), or why it does not apply."""
+    from lenet_edge.optimize.ort_int8 import DEFAULT_PASSES, ONE_THREAD_PASSES, build_ort_model
+
+    label = f"{ort_row['label']}+{'+'.join(ONE_THREAD_PASSES)}"
+    out = work / f"{ort_row['model']}.int8.{label}.onnx"
+    row = {k: ort_row[k] for k in ("model", "source", "recipe")} | {"label": label}
+    try:
+        rec = build_ort_model(src, src_rec, out, pixels, DEFAULT_PASSES + ONE_THREAD_PASSES)
+    except LenetEdgeError as e:
+        return {**row, "file": None, "passed": False, "why": _why(e, work)}
+    tried = [e for e in rec["ort_target"]["passes"] if e["pass"] in ONE_THREAD_PASSES]
+    if not any(e["applied"] for e in tried):  # e.g. a choice computing in FP32 from its float input
+        out.unlink(missing_ok=True)
+        return {
+            **row,
+            "file": None,
+            "passed": False,
+            "why": "; ".join(f"{e['pass']}: {e['not_applied']}" for e in tried),
+        }
+    return {**row, "file": out.name, "passed": True, **_metrics(rec)}
 
 
 def _one_thread_variants(
     name: str, best: dict[str, Any], work: Path, pixels: Any, measure: Measure
 ) -> list[dict[str, Any]]:
-    """The choice's ORT target rebuilt with the passes that pay with one thread only
-    (optimize.ort_int8.ONE_THREAD_PASSES: a uint8 input Transpose), checked the same way and measured
+    """The choice's ORT target in its one-thread form (a candidate already at every step before,
+    but not for the exact choice when mixed precision ended on a plain ORT target), measured
     against it; the caller keeps it if it is clearly better (measure.clearly_better)."""
-    from lenet_edge.optimize.ort_int8 import DEFAULT_PASSES, ONE_THREAD_PASSES, build_ort_model
     from lenet_edge.runtime.files import quantize_record_path, read_json
 
-    if not best["label"].endswith(".ort"):
+    if _kind(best["label"]) != ".ort":
         return []
     src = work / f"{name}.int8.{best['label'].removesuffix('.ort')}.onnx"
-    label = f"{best['label']}+{'+'.join(ONE_THREAD_PASSES)}"
-    out = work / f"{name}.int8.{label}.onnx"
-    row = {k: best[k] for k in ("model", "source", "recipe")} | {"label": label}
-    try:
-        rec = build_ort_model(
-            src, read_json(quantize_record_path(src)), out, pixels, DEFAULT_PASSES + ONE_THREAD_PASSES
-        )
-    except LenetEdgeError as e:
-        return [{**row, "file": None, "passed": False, "why": _why(e, work)}]
-    tried = [e for e in rec["ort_target"]["passes"] if e["pass"] in ONE_THREAD_PASSES]
-    if not any(e["applied"] for e in tried):  # e.g. a choice computing in FP32 from its float input
-        why = "; ".join(f"{e['pass']}: {e['not_applied']}" for e in tried)
-        return [{**row, "file": None, "passed": False, "why": why}]
+    row = _one_thread_form(best, src, read_json(quantize_record_path(src)), work, pixels)
+    if not row["passed"]:
+        return [row]
+    out = work / row["file"]
     t = measure([work / best["file"], out])
     vs = measure.versus([out], work / best["file"], t)[out.name]
-    return [
-        {
-            **row,
-            "file": out.name,
-            "passed": True,
-            **_metrics(rec),
-            measure.key: t[out.name],
-            "vs_current_best": vs,
-        }
-    ]
+    return [{**row, measure.key: t[out.name], "vs_current_best": vs}]
 
 
 def _confirm_fastest(rows: list[dict[str, Any]], work: Path, measure: Measure) -> dict[str, Any]:
@@ -371,7 +392,7 @@ def search_model(
         # an ORT target keeps the FP32 layers' weights in int8 (weight_only: folded to float when
         # onnxruntime loads the model, so FP32 speed at INT8 size); a QDQ file would dequantize
         # them on every call, so there they stay float
-        weight_only = best["label"].endswith(".ort")
+        weight_only = _kind(best["label"]) != ""
         mixed: list[dict[str, Any]] = []
 
         def trial(layer_set: tuple[str, ...]) -> bool:
@@ -381,12 +402,9 @@ def search_model(
                 base.__class__.from_dict(cur["recipe"]), fp32_layers=layer_set, weight_only=weight_only
             )
             built = _build(name, cur["source"], recipe, work, calibration, preps[cur["source"]])
-            # the same kind as the current best (QDQ or its ORT target); failures stay in the record
-            built = [
-                b
-                for b in built
-                if not b["passed"] or b["label"].endswith(".ort") == cur["label"].endswith(".ort")
-            ]
+            # the same form as the current best (QDQ, its ORT target, or that in its one-thread form);
+            # failures of that form stay in the record
+            built = [b for b in built if _kind(b["label"]) == _kind(cur["label"])]
             mixed.extend(built)
             timed = [work / b["file"] for b in built if b["passed"]]
             if not timed:
