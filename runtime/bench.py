@@ -1015,15 +1015,15 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     for flag, value in (("--runs", args.runs), ("--warmup", args.warmup), ("--rounds", args.rounds)):
         if value > MAX_RUNS:
             raise ConfigError(f"{flag} {value}: must be <= {MAX_RUNS:,}")
-    if args.paired is None:  # a round times >= 1 call of each configuration: at most --runs rounds
-        args.rounds = min(args.rounds, args.runs)
+    # a round times >= 1 call of each configuration: at most --runs rounds (paired: its own rounds)
+    rounds = args.rounds if args.paired is not None else min(args.rounds, args.runs)
     return {
         "batches": batches,
         "threads": threads,
         "calls": calls,
         "runs": args.runs,
         "warmup": args.warmup,
-        "rounds": args.rounds,
+        "rounds": rounds,
         "amx": args.amx,
     }
 
@@ -1047,7 +1047,9 @@ def run_args(args: argparse.Namespace) -> int:
     if args.latency is not None:
         configs = [(Path(m), c) for m, c in json.loads(args.latency)]
         print(
-            json.dumps(measure_latency(configs, batches[0], threads[0], args.runs, args.warmup, args.rounds))
+            json.dumps(
+                measure_latency(configs, batches[0], threads[0], st["runs"], st["warmup"], st["rounds"])
+            )
         )
         return 0
     if args.serve is not None:
@@ -1055,7 +1057,7 @@ def run_args(args: argparse.Namespace) -> int:
         return serve_blocks((Path(m), c), batches[0], threads[0], args.warmup)
     if args.paired is not None:
         pairs = [tuple((Path(m), c) for m, c in pair) for pair in json.loads(args.paired)]
-        print(json.dumps(measure_paired(pairs, batches[0], threads[0], args.rounds, args.warmup)))
+        print(json.dumps(measure_paired(pairs, batches[0], threads[0], st["rounds"], st["warmup"])))
         return 0
     models = list(args.models)
     check = None
@@ -1067,7 +1069,7 @@ def run_args(args: argparse.Namespace) -> int:
         models = models or [args.bundle / m["file"] for m in check["models"]]
     if not models:
         raise ConfigError("no models given (pass model files or --bundle DIR)")
-    report = run_bench(models, batches, threads, calls, args.runs, args.warmup, args.rounds)
+    report = run_bench(models, batches, threads, calls, st["runs"], st["warmup"], st["rounds"])
     report = {
         "schema": report["schema"],
         "command": command_line("bench", getattr(args, "argv", None)),
