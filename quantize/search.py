@@ -267,9 +267,24 @@ def _one_thread_form(
             **row,
             "file": None,
             "passed": False,
+            "not_applicable": True,
             "why": "; ".join(f"{e['pass']}: {e['not_applied']}" for e in tried),
         }
     return {**row, "file": out.name, "passed": True, **_metrics(rec)}
+
+
+def _trial_rows(built: list[dict[str, Any]], form: str) -> list[dict[str, Any]]:
+    """The rows of one mixed-precision trial to time against the current best: those in the form
+    (`_kind`) of the candidate the trials start from (QDQ, ORT target, or that in its one-thread
+    form), so like is compared with like. Where the one-thread form does not apply to a trial (its
+    first conv computes in FP32 from the float input: no uint8 input to transpose), the trial's
+    plain ORT target stands in for it; without that, lenet_stride's cortex-a72 search lost its
+    conv1-FP32 trial (631,850 -> 651,282 instructions). Failed rows of every form stay in the record."""
+    same = [b for b in built if _kind(b["label"]) == form]
+    if any(b.get("not_applicable") for b in same):
+        same += [b for b in built if _kind(b["label"]) == ".ort"]
+    timed = {id(b) for b in same}
+    return [b for b in built if not b["passed"] or id(b) in timed]
 
 
 def _one_thread_variants(
@@ -392,7 +407,8 @@ def search_model(
         # an ORT target keeps the FP32 layers' weights in int8 (weight_only: folded to float when
         # onnxruntime loads the model, so FP32 speed at INT8 size); a QDQ file would dequantize
         # them on every call, so there they stay float
-        weight_only = _kind(best["label"]) != ""
+        form = _kind(best["label"])  # every trial is built in this form (_trial_rows)
+        weight_only = form != ""
         mixed: list[dict[str, Any]] = []
 
         def trial(layer_set: tuple[str, ...]) -> bool:
@@ -401,10 +417,9 @@ def search_model(
             recipe = replace(
                 base.__class__.from_dict(cur["recipe"]), fp32_layers=layer_set, weight_only=weight_only
             )
-            built = _build(name, cur["source"], recipe, work, calibration, preps[cur["source"]])
-            # the same form as the current best (QDQ, its ORT target, or that in its one-thread form);
-            # failures stay in the record
-            built = [b for b in built if not b["passed"] or _kind(b["label"]) == _kind(cur["label"])]
+            built = _trial_rows(
+                _build(name, cur["source"], recipe, work, calibration, preps[cur["source"]]), form
+            )
             mixed.extend(built)
             timed = [work / b["file"] for b in built if b["passed"]]
             if not timed:

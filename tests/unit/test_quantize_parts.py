@@ -600,6 +600,35 @@ def test_search_confirms_the_fastest_candidate_by_pairs(tmp_path):
     assert s._confirm_fastest(arm, tmp_path, Paired("cortex-a76"))["label"] == "a"
 
 
+def test_a_trial_is_timed_in_the_form_the_trials_start_from_or_its_plain_ort_target():
+    """Mixed-precision trials are timed in the form of the candidate they start from; where the
+    one-thread form does not apply (conv1 in FP32: no uint8 input), the plain ORT target stands in
+    (found on cortex-a72: lenet_stride lost its conv1-FP32 trial); failed rows stay in the record."""
+    from lenet_edge.quantize import search as s
+
+    def rows(one_thread_applies, ort_passes=True):
+        base = "s2d.static-qdq-u8s8-pt-rr-minmax-fp32_Conv1-w8"
+        qdq = {"label": base, "passed": True}
+        ort = {"label": base + ".ort", "passed": ort_passes}
+        one = {"label": base + ".ort+uint8-transpose", "passed": one_thread_applies}
+        if not one_thread_applies:
+            one["not_applicable"] = True
+        return [qdq, ort, one]
+
+    def timed(trial):
+        return [r["label"].removeprefix("s2d.static-qdq-u8s8-pt-rr-minmax-fp32_Conv1-w8") for r in trial]
+
+    assert timed(s._trial_rows(rows(True), ".ort+uint8-transpose")) == [".ort+uint8-transpose"]
+    assert timed(s._trial_rows(rows(False), ".ort+uint8-transpose")) == [".ort", ".ort+uint8-transpose"]
+    assert timed(s._trial_rows(rows(False, ort_passes=False), ".ort+uint8-transpose")) == [
+        ".ort",
+        ".ort+uint8-transpose",
+    ]  # both failed: in the record, nothing to time
+    assert timed(s._trial_rows(rows(True), ".ort")) == [".ort"]
+    assert timed(s._trial_rows(rows(False), ".ort")) == [".ort", ".ort+uint8-transpose"]  # record only
+    assert timed(s._trial_rows(rows(True), "")) == [""]
+
+
 def test_search_layer_sets_and_what_it_minimises(monkeypatch):
     """Mixed precision tries every tail of the weighted layers (shortest first), then each layer,
     then hands each kept layer back to INT8 (found on cortex-a72: all float but one);
