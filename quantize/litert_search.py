@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench and select (default: yes)",
     )
     args = p.parse_args(argv)
-    check_search_flags(args)
+    rounds = check_search_flags(args)
     refuse_amx_if_asked(args)
     try:
         import ai_edge_litert
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.data_dir or data_source(name),
                 args.timing,
                 args.runs,
-                args.rounds,
+                rounds,
             )
             if amx_to_choose(args, env["cpu"]):
                 m = choose_amx(m, args, work)

@@ -530,7 +530,7 @@ def add_search_flags(p: argparse.ArgumentParser, json_default: str, timing_help:
         json={"default": Path(json_default), "help": f"writes PATH and PATH.md (default {json_default})"},
     )
     p.add_argument("--runs", type=int, default=2000, help="timed runs per candidate (default 2000)")
-    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20; at most --runs)")
     p.add_argument("--data-dir", type=path_arg, default=None)
     p.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True, help=timing_help)
     p.add_argument(
@@ -683,13 +683,17 @@ def write_result(path: Path, res: dict[str, Any], markdown: str) -> None:
     print(f"wrote {path} and {twin}")
 
 
-def check_search_flags(args: argparse.Namespace) -> None:
+def check_search_flags(args: argparse.Namespace) -> int:
+    """Checks --runs and --rounds; the rounds to time with: a round times >= 1 call of each
+    candidate, so at most --runs of them (as `bench` does)."""
     from lenet_edge.runtime.contract import MAX_RUNS
 
-    if args.runs < args.rounds or args.rounds < 1:
-        raise LenetEdgeError(f"--runs ({args.runs}) must be >= --rounds ({args.rounds}) >= 1")
-    if args.runs > MAX_RUNS:
-        raise LenetEdgeError(f"--runs {args.runs}: must be <= {MAX_RUNS:,}")
+    if args.runs < 1 or args.rounds < 1:
+        raise LenetEdgeError(f"--runs ({args.runs}) and --rounds ({args.rounds}) must be >= 1")
+    for flag, value in (("--runs", args.runs), ("--rounds", args.rounds)):
+        if value > MAX_RUNS:
+            raise LenetEdgeError(f"{flag} {value}: must be <= {MAX_RUNS:,}")
+    return min(args.rounds, args.runs)
 
 
 def refuse_amx_if_asked(args: argparse.Namespace) -> None:
@@ -726,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--choice-dir", type=path_arg, default=None, help=argparse.SUPPRESS)  # choose_amx's child
     args = p.parse_args(argv)
-    check_search_flags(args)
+    rounds = check_search_flags(args)
     if args.target != "host" and args.timing:
         from lenet_edge.cli import arm_setup
 
@@ -749,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": env,
         "models": [],
     }
-    measure = Measure(args.target, args.runs, args.rounds)
+    measure = Measure(args.target, args.runs, rounds)
     with owned_temp_dir("search") as work:
         for name in names:
             m = search_model(

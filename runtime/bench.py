@@ -982,7 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warmup", type=int, default=200, help="untimed runs per session before timing (default 200)"
     )
-    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20; at most --runs)")
     p.add_argument(
         "--amx",
         choices=("on", "off"),

@@ -169,5 +169,10 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         print(f"error: {where}: {e.strerror or e.__class__.__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was written for the unfinished step", file=sys.stderr)
+        # a child of a parallel run (train --jobs) names its job: the sibling of a failure stops too
+        job = os.environ.get("LENET_EDGE_JOB")
+        print(
+            f"{job + ': ' if job else ''}interrupted: nothing was written for the unfinished step",
+            file=sys.stderr,
+        )
         return 130

@@ -581,3 +581,21 @@ def test_tflite_files_that_fail_their_checks_are_never_published(tmp_path, monke
     assert {f: (onnx_dir / f).read_bytes() for f in good} == good
     assert (onnx_dir / "lenet_pool.tflite.json").read_text() == '{"good": true}'
     assert sorted(p.name for p in onnx_dir.iterdir()) == sorted([*good, "lenet_pool.tflite.json"])
+
+
+def test_an_interrupted_job_of_a_parallel_run_names_itself(monkeypatch, capsys):
+    """`train --jobs 2`: a failure stops the sibling with SIGINT; its one line said "interrupted"
+    without saying which model (the parent sets LENET_EDGE_JOB for each child)."""
+    from lenet_edge.runtime.cli import run
+
+    def stopped(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("LENET_EDGE_JOB", raising=False)
+    assert run(stopped, []) == 130
+    assert capsys.readouterr().err.startswith("interrupted: nothing was written")
+    monkeypatch.setenv("LENET_EDGE_JOB", "lenet_stride")
+    assert run(stopped, []) == 130
+    assert (
+        capsys.readouterr().err == "lenet_stride: interrupted: nothing was written for the unfinished step\n"
+    )

@@ -151,12 +151,14 @@ def test_run_sizes_beyond_any_workload_are_refused_before_anything_runs(tmp_path
 
     for runs, rounds, why in (
         (99999999999, 20, "--runs 99999999999: must be <= 1,000,000"),
-        (10, 20, "must be >= --rounds"),
+        (10, 0, "must be >= 1"),
+        (10, 10**7, "--rounds 10000000: must be <= 1,000,000"),
     ):
         with pytest.raises(
             LenetEdgeError, match=why
         ):  # search and search-litert, before any candidate is built
             check_search_flags(argparse.Namespace(runs=runs, rounds=rounds))
+    assert check_search_flags(argparse.Namespace(runs=10, rounds=20)) == 10  # as bench: clamped, not refused
 
 
 @pytest.mark.parametrize(
