@@ -38,7 +38,7 @@ def _in_parallel(names: list[str], argv: list[str], jobs: int) -> int:
                 cmd = [sys.executable, "-m", "lenet_edge.train", "--model", name, "--jobs", "1", *rest]
                 # in the user's folder, as with --jobs 1: relative --out-dir/--data-dir/--workflow
                 # and the default build/train mean the same folders for every model
-                # LENET_EDGE_JOB: its one-line messages name the model (runtime.cli.run)
+                # LENET_EDGE_JOB: its "interrupted" line names the model (runtime.cli.run)
                 running[name] = subprocess.Popen(cmd, env={**env, "LENET_EDGE_JOB": name})
             for name, proc in list(running.items()):
                 if proc.poll() is not None:
