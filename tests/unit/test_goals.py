@@ -139,3 +139,57 @@ def test_the_committed_results_show_every_run_and_the_report_carries_them(tmp_pa
     assert "cortex-a76 ≤ 0.8, onnxruntime" in "\n".join(
         goals.arm_rows(json.loads((tmp_path / "arm" / "arm-check.json").read_text()))
     )
+
+
+def _readme_table(first_cell: str) -> tuple[list[str], list[list[str]]]:
+    """The README table whose header starts with `first_cell`: its header cells and body rows."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"| {first_cell} |"))
+    rows = []
+    for ln in lines[start + 2 :]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return [c.strip() for c in lines[start].strip("|").split("|")], rows
+
+
+def _figures(cell: str) -> list[str]:
+    import re
+
+    return re.findall(r"\d+\.\d{3}", cell)
+
+
+def test_the_readme_goal_figures_are_the_committed_results():
+    """The README quotes the goals table by hand: each of its figures must be what `lenet-edge
+    goals` computes from the results file its column names (a rerun that is committed without
+    the README, or a figure typed from memory, fails here), ✓ only where every figure meets it."""
+    import math
+    import re
+
+    header, rows = _readme_table("goal")
+    by_name = {d["name"]: (bench, tfl) for d, bench, tfl in goals.runs(ROOT / "results" / "bench")}
+    columns = [re.search(r"`([\w.-]+)`", h) for h in header[1:]]
+    assert columns and all(columns), header
+    assert len(rows) == len(goals.SPEED_GOALS)
+    checked = 0
+    for g, row in zip(goals.SPEED_GOALS, rows, strict=True):
+        for m, cell in zip(columns, row[1:], strict=True):
+            bench, tfl = by_name[m.group(1)]
+            values = [goals.speed(bench, tfl, g, model) for model in MODELS]
+            if all(math.isnan(v) for v, _ in values):
+                assert cell == "not timed", (g.short, m.group(1), cell)
+                continue
+            assert _figures(cell) == [f"{v:.3f}" for v, _ in values], (g.short, m.group(1), cell)
+            assert ("✓" in cell) == all(v <= g.limit for v, _ in values), (g.short, m.group(1), cell)
+            checked += 1
+    assert checked >= 15
+    arm = json.loads((ROOT / "results" / "arm" / "arm-check.json").read_text())
+    ratio = {(r["cpu"], r["runtime"], r["model"]): r["ratio"] for r in arm["best_int8_over_best_fp32"]}
+    header, rows = _readme_table("aarch64 (qemu-user), best INT8 / best FP32 instructions")
+    runtimes = {"ONNX Runtime": "onnxruntime", "LiteRT": "ai-edge-litert"}
+    for row in rows:
+        cpu = row[0].split()[0]
+        for rt, cell in zip(header[1:], row[1:], strict=True):
+            want = [ratio[(cpu, runtimes[rt], model)] for model in MODELS]
+            assert _figures(cell) == [f"{v:.3f}" for v in want], (cpu, rt, cell)
+            assert ("✓" in cell) == all(v <= goals.ARM_LIMITS[cpu] for v in want), (cpu, rt, cell)
