@@ -189,7 +189,7 @@ invariance: quantize ## the reference models on shifted/rotated/scaled test imag
 bench-jobs: $(CLUSTER_STAMP) ## per-job overhead of --backend ray against local (a benchmark) -> build/bench/jobs-overhead.json
 	$(LE) bench-jobs --json build/bench/jobs-overhead.json
 
-publish: setup ## this machine's run (make search bench select [bench-train]) from build/bench/ -> results/bench/<machine>.*, named from the CPU it measured; the search records of the files it timed -> results/records/ (PUBLISH_FLAGS=--dry-run; PUBLISH_FLAGS=--arm: the aarch64 run of make search-arm bundle arm-check -> results/arm/)
+publish: setup ## this machine's run (make search bench select [bench-train] [bench-jobs]) from build/bench/ -> results/bench/<machine>.*, named from the CPU it measured; the search records of the files it timed -> results/records/ (PUBLISH_FLAGS=--dry-run; PUBLISH_FLAGS=--arm: the aarch64 run of make search-arm bundle arm-check -> results/arm/)
 	$(LE) publish $(PUBLISH_FLAGS)
 
 report: setup ## reports/REPORT.md + plots from the result files only (never trains)

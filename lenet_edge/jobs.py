@@ -471,7 +471,8 @@ def overhead_bench(n: int, sleep: float, parallel: int, out: Path) -> dict[str, 
     """Wall time of the same n jobs on both backends: per-job overhead of Ray beyond local."""
     from lenet_edge.runtime.env import environment
 
-    res: dict[str, Any] = {"jobs": n, "sleep_s": sleep, "parallel": parallel, "env": environment()}
+    # `environment`, as in every other results file: `publish` names and checks the run from it
+    res: dict[str, Any] = {"jobs": n, "sleep_s": sleep, "parallel": parallel, "environment": environment()}
     with tempfile.TemporaryDirectory(prefix="lenet-edge-overhead-") as tmp:
         blob = Path(tmp) / "input.bin"
         blob.write_bytes(os.urandom(1 << 20))

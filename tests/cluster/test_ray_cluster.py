@@ -259,3 +259,24 @@ def test_a_node_killed_mid_sweep_loses_and_duplicates_nothing(cluster, onnx_dir,
     recs = records(tmp_path)
     assert len(recs) == len(rows) == len({(r["record"]["model"], r["record"]["recipe"]) for r in recs})
     assert not second.alive()
+
+
+def test_the_ray_overhead_benchmark_records_its_machine_and_stops_its_instance(tmp_path):
+    """`lenet-edge bench-jobs` (make bench-jobs): the same jobs on both backends, a Ray instance of
+    its own on loopback, stopped after; its JSON names the machine as every results file does, so
+    `make publish` can file it (it had no test, and wrote `env`)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "jobs-overhead.json"
+    cmd = [sys.executable, "-m", "lenet_edge.jobs", "--count", "4", "--sleep", "0", "--json", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    while proc.poll() is None:
+        seen |= listening_addresses(with_descendants({proc.pid}))
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert seen <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
+    res = json.loads(out.read_text())
+    assert res["environment"]["cpu"]["model"] and "env" not in res
+    assert res["jobs"] == 4 and res["local_wall_s"] >= 0 and res["ray_start_stop_s"] > 0
+    assert "ray overhead" in stdout and str(out) in stdout

@@ -200,6 +200,20 @@ def test_a_file_from_another_run_is_refused(run_dir, capsys, name, edit, needle)
     _refused(run_dir, capsys, name, "another run than bench.json", needle)
 
 
+def test_the_ray_overhead_file_is_published_with_its_run(run_dir, capsys):
+    """`make bench-jobs` (per-job overhead of --backend ray) is part of a machine's run: published
+    beside the benchmark (it was copied by hand), refused from another run or without the
+    environment it records (its older files wrote `env`)."""
+    _write(run_dir / "build" / "bench", "jobs-overhead.json", {"jobs": 40, "environment": _env(ZEN5)})
+    assert run(publish.main, _argv(run_dir)) == 0
+    assert "bench/x86_64-amd-epyc-avx512vnni.jobs-overhead.json" in _published(run_dir)
+    _edit(run_dir, "jobs-overhead.json", lambda d: d.update(env=d.pop("environment")))
+    capsys.readouterr()
+    assert run(publish.main, _argv(run_dir)) == 2
+    err = capsys.readouterr().err
+    assert "jobs-overhead.json" in err and "another run than bench.json" in err and err.count("\n") == 1, err
+
+
 def test_a_masked_runs_training_file_keeps_the_whole_cpus_name_and_it_publishes_no_records(run_dir):
     masked = {
         **ZEN5,
