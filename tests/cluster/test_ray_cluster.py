@@ -261,9 +261,9 @@ def test_a_node_killed_mid_sweep_loses_and_duplicates_nothing(cluster, onnx_dir,
     assert not second.alive()
 
 
-def test_the_ray_overhead_benchmark_records_its_machine_and_stops_its_instance(tmp_path):
+def test_the_ray_overhead_benchmark_records_its_machine_and_stays_on_loopback(tmp_path):
     """`lenet-edge bench-jobs` (make bench-jobs): the same jobs on both backends, a Ray instance of
-    its own on loopback, stopped after; its JSON names the machine as every results file does, so
+    its own listening on loopback only; its JSON names the machine as every results file does, so
     `make publish` can file it (it had no test, and wrote `env`)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = tmp_path / "jobs-overhead.json"
