@@ -107,16 +107,22 @@ def test_nothing_listens_beyond_loopback(cluster):
     assert addrs <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, addrs
 
 
-def test_an_instance_started_for_the_run_stays_on_loopback(onnx_dir, local_rows, tmp_path):
-    """No RAY_ADDRESS: lenet-edge starts its own Ray instance, listening on loopback only, and
-    stops it (nothing of it outlives the run)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = sweep(onnx_dir, tmp_path, "ray", env, wait=False)
+def _sockets_until_done(proc: subprocess.Popen) -> tuple[str, str, set[str]]:
+    """(stdout, stderr, every address the process and its descendants listened on while it ran)."""
     seen: set[str] = set()
     while proc.poll() is None:
         seen |= listening_addresses(with_descendants({proc.pid}))
         time.sleep(0.2)
     stdout, stderr = proc.communicate(timeout=600)
+    return stdout, stderr, seen
+
+
+def test_an_instance_started_for_the_run_stays_on_loopback(onnx_dir, local_rows, tmp_path):
+    """No RAY_ADDRESS: lenet-edge starts its own Ray instance, listening on loopback only, and
+    stops it (nothing of it outlives the run)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = sweep(onnx_dir, tmp_path, "ray", env, wait=False)
+    _, stderr, seen = _sockets_until_done(proc)
     assert proc.returncode == 0, stderr[-3000:]
     assert seen and seen <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
     assert_same_rows(json.loads((tmp_path / "sweep.json").read_text())["rows"], local_rows)
@@ -269,11 +275,7 @@ def test_the_ray_overhead_benchmark_records_its_machine_and_stays_on_loopback(tm
     out = tmp_path / "jobs-overhead.json"
     cmd = [sys.executable, "-m", "lenet_edge.jobs", "--count", "4", "--sleep", "0", "--json", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen: set[str] = set()
-    while proc.poll() is None:
-        seen |= listening_addresses(with_descendants({proc.pid}))
-        time.sleep(0.2)
-    stdout, stderr = proc.communicate(timeout=600)
+    stdout, stderr, seen = _sockets_until_done(proc)
     assert proc.returncode == 0, stderr[-3000:]
     assert seen <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
     res = json.loads(out.read_text())
