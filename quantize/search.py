@@ -686,13 +686,13 @@ def write_result(path: Path, res: dict[str, Any], markdown: str) -> None:
 def check_search_flags(args: argparse.Namespace) -> int:
     """Checks --runs and --rounds; the rounds to time with: a round times >= 1 call of each
     candidate, so at most --runs of them (as `bench` does)."""
-    from lenet_edge.runtime.contract import MAX_RUNS
+    from lenet_edge.runtime.contract import runs_problem
 
     if args.runs < 1 or args.rounds < 1:
         raise LenetEdgeError(f"--runs ({args.runs}) and --rounds ({args.rounds}) must be >= 1")
-    for flag, value in (("--runs", args.runs), ("--rounds", args.rounds)):
-        if value > MAX_RUNS:
-            raise LenetEdgeError(f"{flag} {value}: must be <= {MAX_RUNS:,}")
+    too_many = runs_problem({"--runs": args.runs, "--rounds": args.rounds})
+    if too_many:
+        raise LenetEdgeError(too_many)
     return min(args.rounds, args.runs)
 
 

@@ -2,7 +2,8 @@
 results/bench/<machine>.*, named from the CPU the run measured (never from a name typed in).
 
 Run it after `make search bench select` (and `make bench-train` / `make bench-jobs`, when they were
-part of the run): each machine kind keeps its own results file, and the performance goals are read from them.
+part of the run): each machine kind keeps its own results file, and the performance goals are read
+from them.
 <machine> is `<arch>-<vendor>-<family>-<ISA class>` from the benchmark's environment capture
 (x86_64-amd-epyc-avx2, x86_64-amd-epyc-avx512vnni, x86_64-intel-xeon-avx512vnni-amx), plus
 `.isa-<profile>` for a run under `lenet-edge --isa` (CPUID masked) and `.amx-off` for one with AMX
@@ -50,7 +51,8 @@ FILES = (
 )
 # the commands that write a Markdown table beside their JSON: the two are published together
 WITH_MD = {"bench", "search", "search.litert", "bench.tflite-runtime"}
-# measured outside `lenet-edge --isa` and the runtimes' AMX choice (training): the CPU's whole ISA
+# measured outside `lenet-edge --isa` and the runtimes' AMX choice (training, the Ray overhead): the
+# CPU's whole ISA
 UNMASKED = {"train", "jobs-overhead"}
 # the records `make report` reads for the timed files' accuracy, per model
 RECORDS = ("{m}.int8.search.quantize.json", "{m}.int8.search.tflite.quantize.json", "{m}.tflite.json")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .cli import add_common, parser, path_arg
-from .contract import IMAGE_SHAPE, MAX_BATCH, MAX_RUNS, MAX_THREADS, check_pixels
+from .contract import IMAGE_SHAPE, MAX_BATCH, MAX_THREADS, check_pixels, runs_problem
 from .env import command_line, describe_cpu, provenance_text
 from .errors import ConfigError, LenetEdgeError
 from .files import (
@@ -1012,9 +1012,9 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--calls must be a comma-separated subset of {CALLS}, got {args.calls!r}")
     if args.runs < 1 or args.warmup < 0 or args.rounds < 1:
         raise ConfigError("--runs and --rounds must be >= 1, --warmup >= 0")
-    for flag, value in (("--runs", args.runs), ("--warmup", args.warmup), ("--rounds", args.rounds)):
-        if value > MAX_RUNS:
-            raise ConfigError(f"{flag} {value}: must be <= {MAX_RUNS:,}")
+    too_many = runs_problem({"--runs": args.runs, "--warmup": args.warmup, "--rounds": args.rounds})
+    if too_many:
+        raise ConfigError(too_many)
     # a round times >= 1 call of each configuration: at most --runs rounds (paired: its own rounds)
     rounds = args.rounds if args.paired is not None else min(args.rounds, args.runs)
     return {

@@ -27,6 +27,15 @@ NORM_MEAN = 127.5
 NORM_STD = 127.5
 
 
+def runs_problem(counts: dict[str, int]) -> str | None:
+    """The first timing count (`--runs`, `--warmup`, `--rounds` of bench and the searches) above
+    MAX_RUNS, as "--runs N: must be <= 1,000,000"; None when every one is within it."""
+    for flag, value in counts.items():
+        if value > MAX_RUNS:
+            return f"{flag} {value}: must be <= {MAX_RUNS:,}"
+    return None
+
+
 def contract_text(dtype: str = "float32") -> str:
     """The contract as stored in a model's metadata, for a graph whose input is `dtype`."""
     also = "; runners also take uint8" if dtype == "float32" else ""
