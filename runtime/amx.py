@@ -7,17 +7,20 @@ Linux hands AMX to a process only after it asks (arch_prctl ARCH_REQ_XCOMP_PERM 
 state); both libraries ask, and take their AVX-512 VNNI kernels when refused. `deny_amx()` makes the
 kernel refuse: a seccomp filter that answers that one request with EPERM (everything else passes).
 It holds for the process and every process it starts, and must run before a runtime has asked.
-Stdlib only (ctypes): it ships to devices with runtime/.
+Stdlib (ctypes) and runtime/ only: it ships to devices with runtime/.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import platform
 import struct
+from pathlib import Path
 
 from .errors import ConfigError
+from .files import quantize_record_path
 
 SYS_ARCH_PRCTL = 158  # x86_64
 ARCH_GET_XCOMP_PERM, ARCH_REQ_XCOMP_PERM = 0x1022, 0x1023
@@ -101,3 +104,35 @@ def deny_amx() -> None:
         raise ConfigError("--amx off: the seccomp filter does not refuse the AMX request")
     global _REFUSED_HERE
     _REFUSED_HERE = True
+
+
+def recipe_amx(model: Path) -> str:
+    """The AMX setting a file's recipe asks for: "off" if its record (<file>.quantize.json, or in a
+    device bundle its manifest.json entry) says a search measured it faster with AMX refused to its
+    runtime (`deny_amx`), else "on"."""
+    rec = quantize_record_path(model)
+    manifest = model.parent.parent / "manifest.json"
+    if rec.is_file():
+        src, key = rec, "search"
+    elif model.parent.name == "models" and manifest.is_file():
+        src, key = manifest, f"models/{model.name}"
+    else:
+        return "on"
+    try:
+        data = json.loads(src.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{src}: not a readable JSON record ({type(e).__name__})") from e
+    if src is manifest:  # the entry of this model, if the manifest lists it
+        models = data.get("models") if isinstance(data, dict) else None
+        data = {key: next((m for m in models or [] if isinstance(m, dict) and m.get("file") == key), None)}
+    entry = data.get(key) if isinstance(data, dict) else None
+    amx = entry.get("amx", "on") if isinstance(entry, dict) else "on"
+    if amx not in ("on", "off"):
+        raise ConfigError(f"{src}: {key}: amx must be 'on' or 'off', got {amx!r}")
+    return amx
+
+
+def effective_amx(model: Path) -> str:
+    """What the file runs with in this benchmark: off everywhere if this process refused AMX
+    (`--amx off`), else what its recipe asks for."""
+    return "off" if refused_here() else recipe_amx(model)

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from .amx import deny_amx, effective_amx, refused_here
 from .cli import add_common, parser, path_arg
 from .contract import IMAGE_SHAPE, MAX_BATCH, MAX_THREADS, check_pixels, runs_problem
 from .env import command_line, describe_cpu, provenance_text
 from .errors import ConfigError, LenetEdgeError
 from .files import (
-    quantize_record_path,
     sha256_file,
     write_json_and_markdown,
 )
@@ -147,40 +147,6 @@ def model_label(path: Path) -> tuple[str, str]:
     stem = path.name.removesuffix(".onnx")
     model, _, fmt = stem.partition(".")
     return model, fmt or model  # lenet_pool.fp32.tflite -> ('lenet_pool', 'fp32.tflite')
-
-
-def recipe_amx(model: Path) -> str:
-    """The AMX setting a file's recipe asks for: "off" if its record (<file>.quantize.json, or in a
-    device bundle its manifest.json entry) says a search measured it faster with AMX refused to its
-    runtime (runtime/amx.py), else "on"."""
-    rec = quantize_record_path(model)
-    manifest = model.parent.parent / "manifest.json"
-    if rec.is_file():
-        src, key = rec, "search"
-    elif model.parent.name == "models" and manifest.is_file():
-        src, key = manifest, f"models/{model.name}"
-    else:
-        return "on"
-    try:
-        data = json.loads(src.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{src}: not a readable JSON record ({type(e).__name__})") from e
-    if src is manifest:  # the entry of this model, if the manifest lists it
-        models = data.get("models") if isinstance(data, dict) else None
-        data = {key: next((m for m in models or [] if isinstance(m, dict) and m.get("file") == key), None)}
-    entry = data.get(key) if isinstance(data, dict) else None
-    amx = entry.get("amx", "on") if isinstance(entry, dict) else "on"
-    if amx not in ("on", "off"):
-        raise ConfigError(f"{src}: {key}: amx must be 'on' or 'off', got {amx!r}")
-    return amx
-
-
-def effective_amx(model: Path) -> str:
-    """What the file runs with in this benchmark: off everywhere if this process refused AMX
-    (`--amx off`), else what its recipe asks for."""
-    from .amx import refused_here
-
-    return "off" if refused_here() else recipe_amx(model)
 
 
 def _amx_args(amx: str) -> list[str]:
@@ -302,8 +268,6 @@ def serve_blocks(config: tuple[Path, str], batch: int, threads: int, warmup: int
     """Child process of pair_lockstep: one session, warmed; prints `ready`, then for each `block`
     line on stdin one block's median (ns) on stdout; stops at end of input or any other line. The
     `ready` line says whether this process refused AMX (--amx off)."""
-    from .amx import refused_here
-
     run, x = _warm_sessions([config], batch, threads, warmup)[config]
     print("ready", "refused" if refused_here() else "as-the-runtime-chooses", flush=True)
     for line in sys.stdin:
@@ -1037,8 +1001,6 @@ def main(argv: list[str] | None = None) -> int:
 def run_args(args: argparse.Namespace) -> int:
     st = settings(args)
     if st["amx"] == "off":  # before any runtime starts; the measuring children inherit it
-        from .amx import deny_amx
-
         deny_amx()
     batches, threads, calls = st["batches"], st["threads"], st["calls"]
     if args.startup is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .amx import recipe_amx
 from .cli import add_common, parser, path_arg
 from .contract import CONTRACT_TEXT, to_pixels
 from .errors import ContractError, LenetEdgeError
@@ -31,6 +32,7 @@ from .numeric import exceeds, finite, max_abs_diff
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_FILES = (
     "__init__.py",
+    "amx.py",
     "bench.py",
     "bundle.py",
     "cli.py",
@@ -102,8 +104,6 @@ def build_bundle(models: list[Path], out: Path, data_dir: Path | None = None) ->
         expected[key] = logits
         rec_path = quantize_record_path(m)
         rr = _reduce_range(rec_path) if rec_path.is_file() else None
-        from .bench import recipe_amx  # (bench imports this module's self_check)
-
         ref_key = None
         if _precision(m.name) == "int8" and m.suffix == ".onnx":
             ref_key = f"{key}.reference_kernels"

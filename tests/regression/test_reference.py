@@ -444,7 +444,7 @@ def test_litert_search_chooses_amx_by_a_cross_process_pair_and_the_record_carrie
         "import argparse, json, sys; from pathlib import Path; "
         "from lenet_edge.quantize.litert_search import choose_amx, search_model; from lenet_edge.quantize.search import AMX_OFF_BELOW; "
         "from lenet_edge.quantize.published import publish_tflite; "
-        "from lenet_edge.runtime.bench import recipe_amx; from lenet_edge.runtime.files import owned_temp_dir, sha256_file; "
+        "from lenet_edge.runtime.amx import recipe_amx; from lenet_edge.runtime.files import owned_temp_dir, sha256_file; "
         "from lenet_edge.workflow import data_source; d = Path(sys.argv[1]); "
         "a = argparse.Namespace(onnx_dir=d, runs=60, rounds=3, data_dir=None, workflow=None)\n"
         "with owned_temp_dir('t') as work:\n"
@@ -698,7 +698,7 @@ def _choose_amx_publishes_the_refused_choice_with_its_setting(m, d, keep, tmp_pa
 
     from lenet_edge.quantize import search
     from lenet_edge.quantize.published import publish, stale_reason
-    from lenet_edge.runtime.bench import recipe_amx
+    from lenet_edge.runtime.amx import recipe_amx
 
     work = tmp_path / "work"
     work.mkdir()

@@ -424,7 +424,8 @@ def test_a_recipe_that_refuses_amx_is_timed_in_its_own_process_and_paired_across
     import sys
 
     from lenet_edge.runtime import amx
-    from lenet_edge.runtime.bench import recipe_amx, run_bench, to_markdown
+    from lenet_edge.runtime.amx import recipe_amx
+    from lenet_edge.runtime.bench import run_bench, to_markdown
     from lenet_edge.runtime.errors import ConfigError
     from lenet_edge.runtime.files import quantize_record_path
 
@@ -510,6 +511,45 @@ def test_bundle_self_check_passes_and_runtime_is_complete(bundle):
         manifest["inputs"]["images"] == 200 and "requirements/device-linux-aarch64.txt" in manifest["files"]
     )
     assert [m["amx"] for m in manifest["models"]] == ["on"]  # no record refuses AMX for it
+
+
+def test_every_module_the_shipped_runtime_imports_ships_with_it():
+    """runtime/ runs on a device from the bundle's copy alone: every relative import in a shipped
+    file (at the top or inside a function, where a missing file shows only when that path runs)
+    names a shipped file."""
+    import ast
+
+    from lenet_edge.runtime.bundle import RUNTIME_FILES
+
+    missing = []
+    for f in RUNTIME_FILES:
+        for node in ast.walk(ast.parse((ROOT / "runtime" / f).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                missing += [f"{f} imports .{n}" for n in names if f"{n}.py" not in RUNTIME_FILES]
+    assert not missing, missing
+
+
+def test_the_bundle_runs_its_benchmark_with_its_own_runtime(bundle, tmp_path):
+    """The device command (docs/device.md): `python -m runtime.bench --bundle .` in the unpacked
+    bundle checks the bundle, then times its models; only the bundle's runtime/ is importable."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "device.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.bench", "--bundle", ".", "--batch", "1", "--threads", "1"]
+        + ["--runs", "20", "--warmup", "2", "--rounds", "2", "-q", "--json", str(out)],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    report = json.loads(out.read_text())
+    assert [r["file"] for r in report["results"]] and all(r["model"] == "floor" for r in report["results"])
+    assert report["bundle_check"]["passed"] is True
+    assert "1/1 models match the host" in report["bundle_check"]["summary"]
 
 
 def test_bundle_detects_tampering(bundle, tmp_path):
