@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from lenet_edge.quantize.cleanup import compact_names
-from lenet_edge.runtime.cli import parser, path_arg
+from lenet_edge.runtime.cli import name_part, parser, path_arg
 from lenet_edge.runtime.files import quantize_record_path
 from lenet_edge.workflow import add_model_flags, data_source, selected
 
@@ -1470,7 +1470,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_model_flags(p)
     p.add_argument("--onnx-dir", type=path_arg, default=Path("build/onnx"), help="default build/onnx")
-    p.add_argument("--variant", default="s2d", help="which <model>.int8.<variant>.qdq.onnx (default s2d)")
+    p.add_argument(
+        "--variant", type=name_part, default="s2d", help="which <model>.int8.<variant>.qdq.onnx (default s2d)"
+    )
     p.add_argument("--data-dir", type=path_arg, default=None)
     p.add_argument(
         "--goal",

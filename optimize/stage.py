@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lenet_edge.runtime.cli import name_part_problem
 from lenet_edge.runtime.contract import to_pixels
 from lenet_edge.runtime.errors import ConfigError, ConversionError
 from lenet_edge.runtime.files import (
@@ -55,12 +56,10 @@ class OptimizeConfig:
     rtol: float = 5e-7
 
     def __post_init__(self) -> None:
-        import re
-
         from lenet_edge.optimize.passes import RULES
 
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", self.variant):
-            raise ConfigError(f"variant name {self.variant!r}: lower-case letters, digits and '-' only")
+        if name_part_problem(self.variant):
+            raise ConfigError(f"variant name {self.variant!r}: {name_part_problem(self.variant)}")
         if self.passes is None:
             if self.variant not in VARIANTS:
                 raise ConfigError(f"variant {self.variant!r} has no default passes; name them with --passes")

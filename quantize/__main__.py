@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from lenet_edge.runtime.cli import add_common, finite_float, parser, path_arg, run
+from lenet_edge.runtime.cli import add_common, finite_float, name_part, parser, path_arg, run
 from lenet_edge.runtime.errors import ConfigError
 from lenet_edge.workflow import add_model_flags, selected
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--variant",
+        type=name_part,
         default=None,
         help="quantize <model>.fp32.<variant>.onnx from `make optimize` (e.g. s2d) instead of the export; "
         "writes <model>.int8.<variant>.qdq.onnx",

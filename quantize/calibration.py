@@ -1,6 +1,7 @@
 """The fixed calibration subset (committed indices into MNIST train) and its ORT data reader.
 
-Reads results/calibration.json; `python -m quantize.calibration --write` creates it once.
+Reads results/calibration.json; `lenet-edge calibration --write` creates it once (every committed INT8
+figure was calibrated on it: replacing it takes `--force`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.runtime.cli import parser, path_arg
+from lenet_edge.runtime.cli import int_range, parser, path_arg
 from lenet_edge.runtime.contract import INPUT_NAME, to_pixels
 from lenet_edge.runtime.errors import ConfigError
 from lenet_edge.runtime.files import read_json, sha256_bytes, write_json_atomic
@@ -150,16 +151,28 @@ class PixelReader:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("quantize.calibration", __doc__)
-    p.add_argument("--write", action="store_true", help=f"create {CALIBRATION_FILE.relative_to(ROOT)} (once)")
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE)
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--write", action="store_true", help="create results/calibration.json (once)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --write: replace an existing file (changes every INT8 model)",
+    )
+    p.add_argument(
+        "--size", type=int_range(10, 60_000), default=DEFAULT_SIZE, help="images, a multiple of 10"
+    )
+    p.add_argument("--seed", type=int_range(0, 2**32 - 1), default=DEFAULT_SEED)
     p.add_argument("--data-dir", type=path_arg, default=None)
     args = p.parse_args(argv)
-    if not args.write and (args.size, args.seed) != (DEFAULT_SIZE, DEFAULT_SEED):
+    if not args.write and ((args.size, args.seed) != (DEFAULT_SIZE, DEFAULT_SEED) or args.force):
         raise ConfigError(
-            "--size and --seed take effect only with --write (without it the file is only checked)"
+            "--size, --seed and --force take effect only with --write (without it the file is only checked)"
         )
     if args.write:
+        if CALIBRATION_FILE.exists() and not args.force:
+            raise ConfigError(
+                f"{CALIBRATION_FILE}: exists, and every INT8 model was calibrated on it; "
+                "--write --force replaces it"
+            )
         idx = make_indices(load_split("train", args.data_dir).labels, args.size, args.seed)
         write_json_atomic(
             CALIBRATION_FILE,
@@ -173,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 "indices": idx.tolist(),
             },
         )
-    cal = load_calibration()
+    cal = load_calibration(CALIBRATION_FILE)
     print(f"{cal.source}: {cal.indices.size} images, sha256 {cal.sha256[:16]}…")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
@@ -101,6 +102,23 @@ def finite_float(text: str) -> float:
     return value
 
 
+def name_part_problem(text: str) -> str | None:
+    """What is wrong with a name that becomes part of file names (`--variant s2d` ->
+    <model>.fp32.s2d.onnx), or None: lower-case letters, digits and '-' only, so it never leaves its
+    folder."""
+    if re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", text):
+        return None
+    return "lower-case letters, digits and '-' only, 1 to 32 of them, a letter or digit first"
+
+
+def name_part(text: str) -> str:
+    """The type of a flag whose value names files (argparse names the flag)."""
+    problem = name_part_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return text
+
+
 MAX_JOBS = 1024  # jobs at once (local processes or a Ray instance's CPUs)
 
 
@@ -124,7 +142,11 @@ def add_common(p: argparse.ArgumentParser, *names: str, **overrides: dict[str, A
 
 
 class StageParser(argparse.ArgumentParser):
-    """An argument parser whose -v/-q take effect as soon as the arguments are parsed."""
+    """An argument parser whose -v/-q take effect as soon as the arguments are parsed, and whose
+    errors are one line (argparse printed the whole usage first: 20 lines for `quantize`)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
         return apply_common(super().parse_args(args, namespace))

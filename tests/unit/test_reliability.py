@@ -599,3 +599,50 @@ def test_an_interrupted_job_of_a_parallel_run_names_itself(monkeypatch, capsys):
     assert (
         capsys.readouterr().err == "lenet_stride: interrupted: nothing was written for the unfinished step\n"
     )
+
+
+def test_calibration_write_never_replaces_the_committed_subset_without_force(
+    tmp_path, monkeypatch, mnist_dir
+):
+    """`calibration --write --size 10` replaced results/calibration.json, on which every INT8 model
+    is calibrated, with 10 images (exit 0; its help said "once"); a 23-digit seed was written."""
+    from lenet_edge.quantize import calibration
+
+    cal = tmp_path / "calibration.json"
+    committed = (ROOT / "results" / "calibration.json").read_bytes()
+    cal.write_bytes(committed)
+    monkeypatch.setattr(calibration, "CALIBRATION_FILE", cal)
+    with pytest.raises(LenetEdgeError, match="calibration.json: exists, and every INT8 model was calibrated"):
+        calibration.main(["--write", "--size", "10", "--data-dir", str(mnist_dir)])
+    assert cal.read_bytes() == committed
+    with pytest.raises(SystemExit):  # argparse: the range named
+        calibration.main(["--write", "--seed", str(10**23)])
+    with pytest.raises(LenetEdgeError, match="only with --write"):
+        calibration.main(["--force"])
+    assert calibration.main(["--write", "--force", "--size", "10", "--data-dir", str(mnist_dir)]) == 0
+    assert calibration.load_calibration(cal).indices.size == 10
+
+
+@pytest.mark.parametrize("command", ["quantize", "quantize-ort", "optimize"])
+def test_a_variant_name_never_leaves_the_onnx_folder(command, tmp_path):
+    """`quantize --variant x/../../esc/lenet_pool.fp32.s2d` read and wrote <onnx-dir>/../esc/...
+    (exit 0); `quantize-ort` built its paths the same way. A variant names files: refused when
+    parsed (optimize's check, now shared), one line, nothing written."""
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    bad = "x/../../esc/lenet_pool.fp32.s2d"
+    proc = run_cli(
+        "-m",
+        "lenet_edge.cli",
+        command,
+        "--model",
+        "lenet_pool",
+        "--onnx-dir",
+        str(onnx_dir),
+        "--variant",
+        bad,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert bad in line and "lower-case letters, digits and '-' only" in line, line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["onnx"]
