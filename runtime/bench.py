@@ -1026,7 +1026,7 @@ def run_args(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         from .bundle import self_check
 
-        check = self_check(args.bundle)
+        check = self_check(args.bundle, writes=(args.json, args.json.with_suffix(".md")))
         print(check["summary"])
         models = models or [args.bundle / m["file"] for m in check["models"]]
     if not models:

@@ -240,8 +240,9 @@ def _load_data(bundle: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarr
     return images, labels, expected
 
 
-def self_check(bundle: Path, report: Path | None = None) -> dict[str, Any]:
-    """Verify every file's sha256, then run the fixed inputs through every model and compare."""
+def self_check(bundle: Path, report: Path | None = None, writes: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Verify every file's sha256, then run the fixed inputs through every model and compare; write
+    the result to `report`. Neither it nor `writes` (the caller's outputs) may be a bundle file."""
     from .env import environment
     from .runner import SessionConfig, load_runner
 
@@ -255,6 +256,10 @@ def self_check(bundle: Path, report: Path | None = None) -> dict[str, Any]:
         )
     manifest = read_json(manifest_path)
     validate_manifest(manifest, manifest_path)
+    ours = {(bundle / name).resolve() for name in ["manifest.json", *manifest["files"]]}
+    for out in [report, *writes]:  # `check B --json B/manifest.json` overwrote what it checks
+        if out is not None and Path(out).resolve() in ours:
+            raise BundleError(f"{out}: is a file of the bundle {bundle}; write the result elsewhere")
     for name, want in manifest["files"].items():
         p = inside(bundle, bundle / name)
         if not p.is_file():

@@ -149,7 +149,37 @@ class StageParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
-        return apply_common(super().parse_args(args, namespace))
+        parsed = super().parse_args(args, namespace)
+        clash = _output_is_an_input(parsed)
+        if clash:
+            self.error(clash)
+        return apply_common(parsed)
+
+
+def _output_is_an_input(args: argparse.Namespace) -> str | None:
+    """What is wrong with a command's --json path, found before any work, or None: `evaluate M --json
+    M` (bench, size too) overwrote the model it read, so the result (or its Markdown twin) may not be
+    a file another path argument of the same command names; `bench --json x.md` was refused by the
+    writer, after the benchmark."""
+    out = getattr(args, "json", None)
+    if isinstance(out, str) and out != "-":  # evaluate's --json also takes '-' (stdout)
+        out = Path(out)
+    if not isinstance(out, Path):
+        return None
+    if out.suffix == ".md":  # found only by the writer, after the work (a benchmark's minutes)
+        return f"argument --json: {out}: name the JSON result something other than .md (its Markdown twin)"
+    inputs: list[Path] = []
+    for key, value in vars(args).items():
+        if key in ("json", "out_dir"):
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, Path) and v.is_file():
+                inputs.append(v)
+    for o in (out, out.with_suffix(".md")):
+        for i in inputs:
+            if o.exists() and o.resolve() == i.resolve():
+                return f"argument --json: {out} would overwrite {i}, an input of this command"
+    return None
 
 
 def parser(module: str, doc: str | None = None, description: str | None = None, **kw: Any) -> StageParser:

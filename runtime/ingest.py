@@ -24,6 +24,7 @@ DEVICES = Path(__file__).resolve().parent.parent / "results" / "devices"
 UNIX_RANGE = (1_577_836_800, 4_102_444_800)
 MAX_RESULTS = 10_000
 MAX_TEXT = 200
+TITLE = "# Device benchmark results"
 
 
 class IngestError(LenetEdgeError):
@@ -95,6 +96,9 @@ def validate(report: Any, source: Path) -> None:
         if "ratio_p50_vs_fp32" not in r:
             raise IngestError(f"{source}: result {i} lacks ratio_p50_vs_fp32")
         _positive(r["ratio_p50_vs_fp32"], f"result {i} ratio_p50_vs_fp32", source, allow_none=True)
+        bad = _non_finite_field(r)
+        if bad:  # a NaN p90 was filed, and `make report` then failed on the file
+            raise IngestError(f"{source}: result {i} {bad} is not a finite number")
     check = report.get("bundle_check")
     if check is not None:
         summary = check.get("summary", "–") if isinstance(check, dict) else None
@@ -104,6 +108,18 @@ def validate(report: Any, source: Path) -> None:
             summary.encode("utf-8")
         except UnicodeEncodeError as e:
             raise IngestError(f"{source}: bundle_check.summary is not valid Unicode text") from e
+
+
+def _non_finite_field(obj: Any, where: str = "") -> str | None:
+    """The first field (dotted path) of a JSON value holding NaN or an infinity, or None."""
+    if isinstance(obj, float) and not finite(obj):
+        return where or "value"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        bad = _non_finite_field(v, f"{where}.{k}" if where else str(k))
+        if bad:
+            return bad
+    return None
 
 
 def slug(text: str, max_len: int = 60) -> str:
@@ -118,10 +134,20 @@ def ingest(result: Path, devices: Path = DEVICES) -> Path:
     name = f"{slug(env['machine'] + '-' + env['cpu']['model'])}-{report['created_unix']:d}.json"
     dest = devices / name
     inside(devices, dest)  # the name is built from checked parts; this is the last line of defence
+    readme = devices / "README.md"
+    if readme.is_file() and not readme.read_text(errors="replace").startswith(TITLE):
+        raise IngestError(  # `--out-dir .` in a checkout replaced the project's README with the table
+            f"{readme}: exists and is not the device table ingest writes; --out-dir names the devices "
+            f"folder (default {DEVICES})"
+        )
+    if dest.is_file() and dest.read_bytes() != json_bytes(report):
+        raise IngestError(
+            f"{dest}: holds another result of the same device and time; remove it to replace it"
+        )
     table = render(devices, extra=(dest, report)).encode()  # everything checked before the first write
     # both temp files made before either is written: a README path that cannot be written (a
     # folder by that name) leaves no device file behind that the table does not list
-    with atomic_path(dest) as tj, atomic_path(devices / "README.md") as tr:
+    with atomic_path(dest) as tj, atomic_path(readme) as tr:
         tj.write_bytes(json_bytes(report))
         tr.write_bytes(table)
     return dest
@@ -129,13 +155,14 @@ def ingest(result: Path, devices: Path = DEVICES) -> Path:
 
 def _cell(text: Any) -> str:
     """A value as a Markdown table cell: no pipes, no line breaks, bounded length."""
-    return re.sub(r"[|\r\n\t`<>]", " ", str(text))[:MAX_TEXT]
+    # and no control or line/paragraph separator characters (a NUL or U+2028 broke the table)
+    return re.sub(r"[|`<>\x00-\x1f\x7f-\x9f\u2028\u2029]", " ", str(text))[:MAX_TEXT]
 
 
 def render(devices: Path, extra: tuple[Path, dict[str, Any]] | None = None) -> str:
     """The table of every result in `devices` (plus `extra`, about to be written)."""
     lines = [
-        "# Device benchmark results",
+        TITLE,
         "",
         "Added with `make ingest RESULT=...`; batch 1, one thread, p50.",
         "",

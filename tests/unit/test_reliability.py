@@ -89,6 +89,8 @@ def test_ingest_refuses_malformed_fields_and_writes_nothing(tmp_path, field, val
         ("model", "", "model must be a non-empty string"),
         ("model", 7, "model must be a non-empty string"),
         ("file", "", "file must be a non-empty string"),
+        ("latency_ms_p90", float("nan"), "latency_ms_p90 is not a finite number"),  # was filed
+        ("vs_round_robin_best", {"ci95": [1.0, float("inf")]}, "vs_round_robin_best.ci95.1 is not a finite"),
     ],
 )
 def test_ingest_checks_every_result_field(tmp_path, key, value, needle):
@@ -126,6 +128,12 @@ def test_ingest_builds_names_only_from_sanitised_parts(tmp_path):
     table = (tmp_path / "devices" / "README.md").read_text().splitlines()
     row = [ln for ln in table if "etc" in ln]
     assert len(row) == 1 and row[0].count("|") == 10  # no injected cell or line
+    rep["created_unix"] += 1
+    rep["results"][0]["model"] = "pool\x00\u2028\x85x"  # NUL and Unicode line separators
+    src.write_text(json.dumps(rep))
+    ingest(src, tmp_path / "devices")
+    text = (tmp_path / "devices" / "README.md").read_text()
+    assert not any(c in text for c in "\x00\u2028\x85") and "pool   x" in text
 
 
 def test_ingest_refuses_a_hand_placed_bad_file_in_the_folder(tmp_path):
@@ -646,3 +654,50 @@ def test_a_variant_name_never_leaves_the_onnx_folder(command, tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert bad in line and "lower-case letters, digits and '-' only" in line, line
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["onnx"]
+
+
+def test_ingest_never_replaces_a_readme_or_a_result_it_did_not_write(tmp_path):
+    """`ingest R --out-dir .` in a checkout replaced the project's README.md with the device table;
+    a second result of the same device and second replaced the first (exit 0 both)."""
+    from lenet_edge.runtime.ingest import ingest
+
+    (tmp_path / "README.md").write_text("# my project\n")
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(_bench_report()))
+    proc = run_cli("-m", "runtime.ingest", str(src), "--out-dir", str(tmp_path))
+    assert_one_line_error(proc, "README.md: exists and is not the device table")
+    assert (tmp_path / "README.md").read_text() == "# my project\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "r.json"]
+    devices = tmp_path / "devices"
+    first = ingest(src, devices)
+    assert ingest(src, devices) == first  # the same result again: nothing changes
+    rep = _bench_report()
+    rep["results"][0]["latency_ms_p50"] = 0.2
+    src.write_text(json.dumps(rep))
+    with pytest.raises(LenetEdgeError, match="holds another result of the same device and time"):
+        ingest(src, devices)
+    assert json.loads(first.read_text())["results"][0]["latency_ms_p50"] == 0.1
+
+
+def test_a_json_result_never_overwrites_an_input_of_its_command(tmp_path):
+    """`evaluate M --json M`, `bench M --json M`, `size M --json M` overwrote the model they read;
+    `bundle check B --json B/manifest.json` the manifest; `bench --json x.md` was refused only after
+    the benchmark. Refused when the arguments are parsed: one line, nothing touched."""
+    from lenet_edge.export.variants import floor_model
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(floor_model().SerializeToString())
+    before = model.read_bytes()
+    for args in (
+        ["-m", "runtime.evaluate", str(model), "--json", str(model)],
+        ["-m", "runtime.bench", str(model), "--json", str(tmp_path / "." / "m.onnx")],
+        ["-m", "lenet_edge.optimize.size", str(model), "--json", str(model)],
+    ):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+        (line,) = proc.stderr.strip().splitlines()
+        assert "argument --json" in line and "would overwrite" in line and "m.onnx" in line, line
+        assert model.read_bytes() == before
+    proc = run_cli("-m", "runtime.bench", str(model), "--json", str(tmp_path / "x.md"))
+    assert proc.returncode == 2 and "other than .md" in proc.stderr and "bench 1/" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -552,6 +552,27 @@ def test_the_bundle_runs_its_benchmark_with_its_own_runtime(bundle, tmp_path):
     assert "1/1 models match the host" in report["bundle_check"]["summary"]
 
 
+def test_a_check_result_never_overwrites_a_file_of_the_bundle(bundle, tmp_path):
+    """`bundle check B --json B/manifest.json` wrote the result over the manifest it checked (exit
+    0); `bench --bundle B --json B/...` likewise."""
+    import shutil
+
+    d = tmp_path / "b"
+    shutil.copytree(bundle, d)
+    before = (d / "manifest.json").read_bytes()
+    assert_one_line_error(
+        run_cli("-m", "runtime.bundle", "check", str(d), "--json", str(d / "manifest.json")),
+        "manifest.json: is a file of the bundle",
+    )
+    assert_one_line_error(
+        run_cli(
+            "-m", "runtime.bench", "--bundle", str(d), "--json", str(d / "data" / ".." / "manifest.json")
+        ),
+        "is a file of the bundle",
+    )
+    assert (d / "manifest.json").read_bytes() == before and not (d / "manifest.md").exists()
+
+
 def test_bundle_detects_tampering(bundle, tmp_path):
     import shutil
 
