@@ -12,12 +12,14 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tarfile
+import zlib
 from pathlib import Path
 
 import arm_setup  # beside this script, in arm/
@@ -47,13 +49,74 @@ ESTIMATED = (
 )
 
 
-def unpack(tarball: Path) -> Path:
+class BundleError(Exception):
+    """The tarball is not a bundle this can check; the message names it and the problem."""
+
+
+BUNDLE_DIR = "lenet-edge-bundle"  # the tarball's one top-level folder (runtime/bundle.py)
+
+
+def unpack(tarball: Path) -> tuple[Path, dict]:
+    """The bundle unpacked into ARM_BUILD/bundle and its manifest, read before any set-up. A
+    tarball that is not one (unreadable, members leaving the folder or linking outside it, a
+    manifest that is not JSON or lists no model files) is one BundleError naming it; it is
+    unpacked into a staging folder first, so a failure leaves no half-unpacked bundle."""
     dest = ARM_BUILD / "bundle"
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    with tarfile.open(tarball) as tar:
-        tar.extractall(dest, filter="data")
-    return dest / "lenet-edge-bundle"
+    ARM_BUILD.mkdir(parents=True, exist_ok=True)
+    staging = ARM_BUILD / f".bundle.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        try:
+            with tarfile.open(tarball) as tar:
+                # "data": no absolute names, no '..', no links out of the folder, no devices
+                tar.extractall(staging, filter="data")
+        except tarfile.FilterError as e:  # OutsideDestinationError, AbsoluteLinkError, ...
+            raise BundleError(f"{tarball}: refused, not a bundle ({_line(e)})") from e
+        except tarfile.ReadError as e:  # its message lists every compression it tried
+            raise BundleError(f"{tarball}: cannot unpack: not a tar(.gz) archive, or a truncated one") from e
+        except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:  # not gzip/tar, truncated
+            raise BundleError(f"{tarball}: cannot unpack ({e.__class__.__name__}: {_line(e)})") from e
+        manifest = read_manifest(staging / BUNDLE_DIR, tarball)
+        shutil.rmtree(dest, ignore_errors=True)
+        staging.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest / BUNDLE_DIR, manifest
+
+
+def _line(e: BaseException) -> str:
+    """An exception's message as one short line (tarfile's ReadError lists every method it tried)."""
+    text = str(e).strip()
+    return (text.splitlines() or [e.__class__.__name__])[0][:200]
+
+
+def read_manifest(bundle: Path, tarball: Path) -> dict:
+    """The bundle's manifest, as far as this script reads it: models[].file, plain relative names
+    of files in the bundle (the bundle's own self-check validates the rest)."""
+    path = bundle / "manifest.json"
+    where = f"{tarball}: {BUNDLE_DIR}/manifest.json"
+    if not path.is_file():
+        raise BundleError(f"{where} missing (not a bundle from `make bundle`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise BundleError(f"{where}: not valid JSON ({_line(e)})") from e
+    models = manifest.get("models") if isinstance(manifest, dict) else None
+    if not isinstance(models, list) or not models:
+        raise BundleError(f"{where}: 'models' must list at least one model")
+    for i, m in enumerate(models):
+        name = m.get("file") if isinstance(m, dict) else None
+        if (
+            not isinstance(name, str)
+            or not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", name)
+            or ".." in name.split("/")
+            or len(name) > 255
+        ):
+            raise BundleError(f"{where}: models[{i}].file must be a plain relative path, got {name!r:.80}")
+        if not (bundle / name).is_file():
+            raise BundleError(f"{where}: models[{i}].file {name} is not in the bundle")
+    return manifest
 
 
 def bundle_check(bundle: Path, cpu: str, site: Path) -> dict:
@@ -308,13 +371,16 @@ def main() -> int:
         sys.exit(f"error: --reps {a.reps}: must be 1..10")
     if not a.bundle.is_file():
         sys.exit(f"error: {a.bundle}: not found (run `make bundle`)")
-    # the set-up after the arguments: a user mistake costs no minutes of sysroot work
+    # the set-up after the arguments and the bundle: a user mistake costs no minutes of sysroot work
+    try:
+        bundle, manifest = unpack(a.bundle)
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rc = arm_setup.ensure()
     if rc != 0:
         return rc
     site = ARM_BUILD / "sysroot" / "opt" / "armlab" / "site"
-    bundle = unpack(a.bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
     checks = {cpu: bundle_check(bundle, cpu, site) for cpu in CPUS}
     onnx_models = [bundle / m["file"] for m in manifest["models"] if m["file"].endswith(".onnx")]
     cnt = counts(bundle, site, onnx_models, a.reps)

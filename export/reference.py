@@ -7,14 +7,15 @@ results/reference.json (`write`), compares exports with it (`check`), fills READ
 from __future__ import annotations
 
 import argparse
-import shutil
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from lenet_edge.runtime.cli import parser, path_arg, run
 from lenet_edge.runtime.errors import LenetEdgeError
-from lenet_edge.runtime.files import read_json, sha256_file, write_bytes_atomic, write_json_atomic
+from lenet_edge.runtime.files import read_json, sha256_bytes, write_bytes_atomic, write_json_atomic
+from lenet_edge.runtime.numeric import finite
 from lenet_edge.workflow import model_names, workflows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,29 +33,167 @@ TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 QUANT_START, QUANT_END = "<!-- quant:start -->", "<!-- quant:end -->"
 
 
-def write_reference(train_dir: Path, onnx_dir: Path) -> dict[str, Any]:
-    """Copy the trained checkpoints into results/ and record what their exports measured.
+# --- what this module reads, checked: one error naming the file and the field -------------------
+def _get(doc: Any, path: Path, *keys: str) -> Any:
+    """doc[k0][k1]...; a level that is not an object, or a missing key, is one error naming both."""
+    cur = doc
+    for i, k in enumerate(keys):
+        if not isinstance(cur, dict):
+            where = ".".join(keys[:i]) or "the file"
+            raise LenetEdgeError(f"{path}: {where} must be a JSON object, got {cur!r:.60}")
+        if k not in cur:
+            raise LenetEdgeError(f"{path}: missing {'.'.join(keys[: i + 1])}")
+        cur = cur[k]
+    return cur
+
+
+def _bad(path: Path, keys: tuple[str, ...], need: str, value: Any) -> LenetEdgeError:
+    return LenetEdgeError(f"{path}: {'.'.join(keys)} must be {need}, got {value!r:.60}")
+
+
+def _object(doc: Any, path: Path, *keys: str) -> dict[str, Any]:
+    v = _get(doc, path, *keys)
+    if not isinstance(v, dict):
+        raise _bad(path, keys, "a JSON object", v)
+    return v
+
+
+def _text(doc: Any, path: Path, *keys: str, plain: bool = False) -> str:
+    """A non-empty string; `plain`: a name a Markdown table shows (no '|', '`' or line break)."""
+    v = _get(doc, path, *keys)
+    if not isinstance(v, str) or not v.strip() or (plain and not re.fullmatch(r"[A-Za-z0-9._+-]{1,100}", v)):
+        raise _bad(path, keys, "a plain name" if plain else "a non-empty string", v)
+    return v
+
+
+def _number(doc: Any, path: Path, *keys: str, signed: bool = False) -> float:
+    """A finite number, >= 0 unless `signed` (NaN rendered as "nan %" in the README)."""
+    v = _get(doc, path, *keys)
+    if not (finite(v) and (signed or v >= 0)):
+        raise _bad(path, keys, "a finite number" if signed else "a finite number >= 0", v)
+    return v
+
+
+def _fraction(doc: Any, path: Path, *keys: str) -> float:
+    v = _get(doc, path, *keys)
+    if not (finite(v) and 0 <= v <= 1):
+        raise _bad(path, keys, "a fraction in [0, 1]", v)
+    return v
+
+
+def _count(doc: Any, path: Path, *keys: str) -> int:
+    v = _get(doc, path, *keys)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise _bad(path, keys, "an integer >= 0", v)
+    return v
+
+
+def _check_int8(doc: Any, path: Path, *at: str) -> None:
+    """The INT8 figures the reference keeps and the README shows: a quantize record's top level, or
+    a reference model's "int8" (`at`)."""
+    for k in ("test_top1", "test_top2", "agreement_with_fp32"):
+        _fraction(doc, path, *at, k)
+    _fraction(doc, path, *at, "mcnemar", "p_new_worse")
+    _number(doc, path, *at, "accuracy_drop_pp", signed=True)
+    for k in ("bytes_per_param", "size_ratio_vs_fp32"):
+        _number(doc, path, *at, k)
+    _count(doc, path, *at, "onnx_bytes")
+    for k in ("ref_only_correct", "new_only_correct"):
+        _count(doc, path, *at, "mcnemar", k)
+    for k in ("exported_total", "clean_total", "int8_total"):
+        _count(doc, path, *at, "nodes", k)
+    _text(doc, path, *at, "recipe_name", plain=True)
+
+
+def _check_environment(doc: Any, path: Path, key: str) -> None:
+    """An optional environment object (and its optional versions object), spread into dicts."""
+    if isinstance(doc, dict) and doc.get(key) is not None:
+        _object(doc, path, key)
+        if "versions" in doc[key]:
+            _object(doc, path, key, "versions")
+
+
+def validate_reference(ref: Any, path: Path, table: bool = True) -> dict[str, Any]:
+    """reference.json as `check` (table=False) or the README tables (table=True) read it: every
+    model's fields, typed and finite, else one LenetEdgeError naming the file and the field."""
+    _object(ref, path, "models")
+    _check_environment(ref, path, "training_environment")
+    for name in model_names():
+        m = ("models", name)
+        _text(ref, path, *m, "checkpoint_sha256")
+        _object(ref, path, *m, "training", "config")
+        for k in ("test_top1", "test_top2"):
+            _fraction(ref, path, *m, "fp32", k)
+        if not table:
+            continue
+        _count(ref, path, *m, "params")
+        _count(ref, path, *m, "fp32", "onnx_bytes")
+        _number(ref, path, *m, "fp32", "parity_max_abs_logit_diff")
+        _number(ref, path, *m, "training", "seconds_per_epoch")
+        if _get(ref, path, "blog", name, "test_top1") is not None:  # a workflow may publish none
+            _fraction(ref, path, "blog", name, "test_top1")
+        if ref["models"][name].get("int8") is not None:
+            _check_int8(ref, path, *m, "int8")
+    return ref
+
+
+def _train_input(path: Path) -> dict[str, Any]:
+    """A training record `write` adopts, checked."""
+    rec = read_json(path)
+    _text(rec, path, "checkpoint_sha256")
+    _object(rec, path, "config")
+    _number(rec, path, "seconds_per_epoch")
+    for k in ("test_top1", "test_top2"):
+        _fraction(rec, path, k)
+    for k in ("environment", "versions"):
+        _check_environment({k: rec.get(k)}, path, k)
+    return rec
+
+
+def _export_input(path: Path) -> dict[str, Any]:
+    """An export record `write` records, checked."""
+    rec = read_json(path)
+    for k in ("checkpoint_sha256", "onnx_sha256", "data_sha256"):
+        _text(rec, path, k)
+    for k in ("test_top1", "test_top2"):
+        _fraction(rec, path, k)
+    _count(rec, path, "params")
+    _count(rec, path, "onnx_bytes")
+    _number(rec, path, "parity", "max_abs_logit_diff")
+    _object(rec, path, "versions")
+    return rec
+
+
+def write_reference(train_dir: Path, onnx_dir: Path, readme: Path | None = None) -> dict[str, Any]:
+    """Copy the trained checkpoints into results/ and record what their exports measured (and,
+    with `readme`, refresh its tables). Every record is checked and the README rendered before
+    anything is written, so a malformed input leaves results/ and the README as they were.
 
     With train_dir = results/checkpoints nothing is copied: the committed checkpoints' export and
     INT8 figures are recorded again from the current code (`make reference TRAIN_DIR=results/checkpoints`
     after a change to what export or quantize write)."""
     models: dict[str, Any] = {}
+    train_recs: list[dict[str, Any]] = []
+    copies: list[tuple[Path, bytes]] = []
     for name in model_names():
         ckpt, rec_file = train_dir / f"{name}.npz", train_dir / f"{name}.train.json"
-        train_rec = read_json(rec_file)
-        exp = read_json(onnx_dir / f"{name}.fp32.export.json")
+        train_rec = _train_input(rec_file)
+        exp = _export_input(onnx_dir / f"{name}.fp32.export.json")
+        ckpt_bytes = ckpt.read_bytes()
         if (
-            exp["checkpoint_sha256"] != sha256_file(ckpt)
+            exp["checkpoint_sha256"] != sha256_bytes(ckpt_bytes)
             or train_rec["checkpoint_sha256"] != exp["checkpoint_sha256"]
         ):
             raise LenetEdgeError(
                 f"{onnx_dir}/{name}.fp32.onnx was not exported from {ckpt}; run "
                 f"`make export CKPT_DIR={train_dir}` first"
             )
-        REF_CKPT_DIR.mkdir(parents=True, exist_ok=True)
         if ckpt.resolve() != (REF_CKPT_DIR / ckpt.name).resolve():  # else: re-recording the committed ones
-            shutil.copyfile(ckpt, REF_CKPT_DIR / ckpt.name)
-            write_bytes_atomic(REF_CKPT_DIR / rec_file.name, rec_file.read_bytes())
+            copies += [
+                (REF_CKPT_DIR / ckpt.name, ckpt_bytes),
+                (REF_CKPT_DIR / rec_file.name, rec_file.read_bytes()),
+            ]
+        train_recs.append(train_rec)
         models[name] = {
             "params": exp["params"],
             "checkpoint": f"results/checkpoints/{ckpt.name}",
@@ -89,7 +228,6 @@ def write_reference(train_dir: Path, onnx_dir: Path) -> dict[str, Any]:
                 "calibration_sha256": int8["calibration"]["sha256"],
                 "nodes": {k: int8["nodes"][k] for k in ("exported_total", "clean_total", "int8_total")},
             }
-    train_recs = [read_json(train_dir / f"{name}.train.json") for name in model_names()]
     ref = {
         "training_environment": _kept_environment(models) or reference_environment(train_recs),
         "about": "Accuracy regression baseline: the committed checkpoints, exported, on the 10,000 "
@@ -99,7 +237,12 @@ def write_reference(train_dir: Path, onnx_dir: Path) -> dict[str, Any]:
         "blog": published(),
         "models": models,
     }
+    readme_text = _readme_text(ref, readme) if readme is not None else None
+    for dest, data in copies:
+        write_bytes_atomic(dest, data)
     write_json_atomic(REFERENCE, ref)
+    if readme_text is not None and readme_text[0] != readme_text[1]:
+        write_bytes_atomic(readme, readme_text[1].encode())
     return ref
 
 
@@ -109,18 +252,33 @@ def _kept_environment(models: dict[str, Any]) -> dict[str, Any] | None:
     if not REFERENCE.is_file():
         return None
     old = read_json(REFERENCE)
+    old_models = old.get("models") if isinstance(old, dict) else None
+    if not isinstance(old_models, dict):
+        return None  # not a reference of these checkpoints: the one being written replaces it
     same = all(
-        old.get("models", {}).get(n, {}).get("checkpoint_sha256") == m["checkpoint_sha256"]
+        isinstance(old_models.get(n), dict)
+        and old_models[n].get("checkpoint_sha256") == m["checkpoint_sha256"]
         for n, m in models.items()
     )
-    return old.get("training_environment") if same else None
+    if not same:
+        return None
+    _check_environment(old, REFERENCE, "training_environment")
+    return old.get("training_environment")
 
 
 def _default_int8_record(onnx_dir: Path, name: str, fp32_sha: str) -> dict[str, Any] | None:
-    """The quantize record made with the model's default recipe from this very FP32 file."""
+    """The quantize record made with the model's default recipe from this very FP32 file, checked."""
     for path in sorted(onnx_dir.glob(f"{name}.int8.*.quantize.json")):
         rec = read_json(path)
-        if rec.get("default_recipe") and rec["fp32"]["onnx_sha256"] == fp32_sha:
+        if not isinstance(rec, dict):
+            raise LenetEdgeError(
+                f"{path}: not a quantize record (a JSON object is expected), got {rec!r:.60}"
+            )
+        if rec.get("default_recipe") and _text(rec, path, "fp32", "onnx_sha256") == fp32_sha:
+            _check_int8(rec, path)
+            _text(rec, path, "onnx")
+            _object(rec, path, "recipe")
+            _text(rec, path, "calibration", "sha256")
             return rec
     return None
 
@@ -158,7 +316,12 @@ def _train_record(train_dir: Path | None, name: str, checkpoint_sha: str) -> dic
     if not path.is_file():
         return None
     rec = read_json(path)
-    return rec if isinstance(rec, dict) and rec.get("checkpoint_sha256") == checkpoint_sha else None
+    if not isinstance(rec, dict) or rec.get("checkpoint_sha256") != checkpoint_sha:
+        return None
+    _object(rec, path, "config")  # compare_model reads these
+    for k in ("environment", "versions"):
+        _check_environment({k: rec.get(k)}, path, k)
+    return rec
 
 
 def compare_model(
@@ -219,7 +382,7 @@ def check_exports(onnx_dir: Path, train_dir: Path | None = None, strict: bool = 
     from lenet_edge.export.onnx_export import read_export_record
     from lenet_edge.quantize.checks import load_tolerances
 
-    ref = read_json(REFERENCE)
+    ref = validate_reference(read_json(REFERENCE), REFERENCE, table=False)
     tol = load_tolerances()["fp32_top1_cross_machine_pp_max"]
     failed = []
     for name in model_names():
@@ -245,11 +408,15 @@ def render_table(ref: dict[str, Any]) -> str:
         m = ref["models"][name]
         rows.append(
             f"| `{name}` | {m['params']:,} | {100 * m['fp32']['test_top1']:.2f} % | {100 * m['fp32']['test_top2']:.2f} % "
-            f"| {100 * ref['blog'][name]['test_top1']:.2f} % | {m['fp32']['onnx_bytes']:,} "
+            f"| {_percent(ref['blog'][name]['test_top1'])} | {m['fp32']['onnx_bytes']:,} "
             f"| {m['fp32']['parity_max_abs_logit_diff']:.1e} | {_int8_cells(m.get('int8'))} "
             f"| {m['training']['seconds_per_epoch']:.1f} |"
         )
     return "\n".join(rows)
+
+
+def _percent(fraction: float | None) -> str:
+    return "–" if fraction is None else f"{100 * fraction:.2f} %"
 
 
 def _int8_cells(i: dict[str, Any] | None) -> str:
@@ -289,10 +456,16 @@ def _replace_between(text: str, start: str, end: str, body: str, readme: Path) -
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
-def update_readme(ref: dict[str, Any], readme: Path = README) -> bool:
+def _readme_text(ref: dict[str, Any], readme: Path) -> tuple[str, str]:
+    """The README's text and the text with the reference's tables in it."""
     text = readme.read_text()
     new = _replace_between(text, TABLE_START, TABLE_END, render_table(ref), readme)
-    new = _replace_between(new, QUANT_START, QUANT_END, render_quant_table(ref), readme)
+    return text, _replace_between(new, QUANT_START, QUANT_END, render_quant_table(ref), readme)
+
+
+def update_readme(ref: dict[str, Any], readme: Path | None = None) -> bool:
+    readme = README if readme is None else readme  # looked up when called, not when defined
+    text, new = _readme_text(ref, readme)
     if new != text:
         write_bytes_atomic(readme, new.encode())
     return new != text
@@ -321,13 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("readme", help="refresh the README results table from results/reference.json")
     args = p.parse_args(argv)
     if args.cmd == "write":
-        ref = write_reference(args.train_dir, args.onnx_dir)
-        update_readme(ref)
+        write_reference(args.train_dir, args.onnx_dir, readme=README)
         print(f"wrote {REFERENCE.relative_to(ROOT)} and the README table")
     elif args.cmd == "check":
         return check_exports(args.onnx_dir, args.train_dir, args.strict)
     else:
-        changed = update_readme(read_json(REFERENCE))
+        changed = update_readme(validate_reference(read_json(REFERENCE), REFERENCE), README)
         print("README table " + ("updated" if changed else "already up to date"))
     return 0
 

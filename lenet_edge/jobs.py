@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -512,13 +513,82 @@ def project(job_seconds: list[float], slots: int, per_job: float, start: float) 
     return start + max(free)
 
 
-def projection_table(
-    study: dict[str, Any], overhead: dict[str, Any], nodes: list[int], seeds: list[int], cores: int = 2
-) -> str:
-    """Expected study times for N nodes of `cores` cores from a study's measured per-job times."""
+def _seconds(path: Path | str, where: str, value: Any, positive: bool = True) -> float:
+    """A time read from a results file: a finite number (> 0 unless `positive` is False), else one
+    error naming the file and the field (NaN printed "nan min", a negative job time "0 min")."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    try:
+        ok = ok and math.isfinite(value) and (value > 0 or not positive)
+    except OverflowError:  # an integer with hundreds of digits
+        ok = False
+    if not ok:
+        need = "a finite number > 0" if positive else "a finite number"
+        raise LenetEdgeError(f"{path}: {where} must be {need}, got {value!r:.60}")
+    return float(value)
+
+
+def study_job_seconds(study: Any, path: Path | str) -> dict[str, list[float]]:
+    """Per model, the measured seconds of each of a study's jobs (rows[i].seconds.total), checked."""
+    if not isinstance(study, dict):
+        raise LenetEdgeError(f"{path}: not a study result (a JSON object with 'rows' is expected)")
+    if "rows" not in study:
+        raise LenetEdgeError(f"{path}: missing 'rows' (not a study result)")
+    rows = study["rows"]
+    if not isinstance(rows, list) or not rows:
+        raise LenetEdgeError(f"{path}: rows must be a non-empty list of jobs, got {rows!r:.60}")
     per_model: dict[str, list[float]] = {}
-    for r in study["rows"]:
-        per_model.setdefault(r["model"], []).append(r["seconds"]["total"])
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise LenetEdgeError(f"{path}: rows[{i}] must be an object, got {r!r:.60}")
+        model = r.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise LenetEdgeError(f"{path}: rows[{i}].model must be a non-empty string, got {model!r:.60}")
+        secs = r.get("seconds")
+        if not isinstance(secs, dict) or "total" not in secs:
+            raise LenetEdgeError(
+                f"{path}: rows[{i}].seconds must be an object with 'total', got {secs!r:.60}"
+            )
+        per_model.setdefault(model, []).append(_seconds(path, f"rows[{i}].seconds.total", secs["total"]))
+    return per_model
+
+
+OVERHEAD_KEYS = ("ray_overhead_per_job_excluding_start_s", "ray_start_stop_s")
+
+
+def measured_overheads(overhead: Any, path: Path | str) -> tuple[float, float]:
+    """(per-job overhead, start+stop) of a `bench-jobs` result, checked. The per-job figure is a
+    difference of two measured wall times and may be slightly negative (a fast cluster); the
+    start+stop time may not."""
+    if not isinstance(overhead, dict):
+        raise LenetEdgeError(f"{path}: not a `bench-jobs` result (a JSON object is expected)")
+    for key in OVERHEAD_KEYS:
+        if key not in overhead:
+            raise LenetEdgeError(f"{path}: missing {key!r} (not a `bench-jobs` result)")
+    per_job = _seconds(path, OVERHEAD_KEYS[0], overhead[OVERHEAD_KEYS[0]], positive=False)
+    start = _seconds(path, OVERHEAD_KEYS[1], overhead[OVERHEAD_KEYS[1]], positive=False)
+    if start < 0:
+        raise LenetEdgeError(f"{path}: {OVERHEAD_KEYS[1]} must be a finite number >= 0, got {start!r}")
+    return per_job, start
+
+
+def projection_table(
+    study: Any,
+    overhead: Any,
+    nodes: list[int],
+    seeds: list[int],
+    cores: int = 2,
+    study_path: Path | str = "study",
+    overhead_path: Path | str = "overhead",
+) -> str:
+    """Expected study times for N nodes of `cores` cores from a study's measured per-job times.
+    Both inputs are checked first; a malformed one is one LenetEdgeError naming its file and field."""
+    per_model = study_job_seconds(study, study_path)
+    per_job, start = measured_overheads(overhead, overhead_path)
+    if per_job + min(min(v) for v in per_model.values()) < 0:
+        raise LenetEdgeError(
+            f"{overhead_path}: {OVERHEAD_KEYS[0]} {per_job:g} s would make a job of {study_path} "
+            "take negative time"
+        )
     mean = {m: sum(v) / len(v) for m, v in per_model.items()}
     lines = [
         "| seeds × models | " + " | ".join(f"{n} node{'s' if n > 1 else ''}" for n in nodes) + " |",
@@ -526,16 +596,9 @@ def projection_table(
     ]
     for s in seeds:
         jobs = [mean[m] for m in mean for _ in range(s)]
-        cells = [
-            project(
-                jobs,
-                n * cores,
-                overhead["ray_overhead_per_job_excluding_start_s"],
-                overhead["ray_start_stop_s"],
-            )
-            / 60
-            for n in nodes
-        ]
+        cells = [project(jobs, n * cores, per_job, start) / 60 for n in nodes]
+        if not all(math.isfinite(c) for c in cells):  # finite inputs whose sum overflows (1e308 s)
+            raise LenetEdgeError(f"{study_path}: job times too large to project (the sum is not finite)")
         lines.append(f"| {s} × {len(mean)} | " + " | ".join(f"{c:.0f} min" for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -558,7 +621,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.project is not None:
         print(
-            projection_table(read_json(a.project), read_json(a.json), [1, 2, 4, 8, 16], [5, 20, 50]), end=""
+            projection_table(
+                read_json(a.project),
+                read_json(a.json),
+                [1, 2, 4, 8, 16],
+                [5, 20, 50],
+                study_path=a.project,
+                overhead_path=a.json,
+            ),
+            end="",
         )
         return 0
     if not (0 <= a.sleep < 60):
