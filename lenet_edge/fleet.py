@@ -26,6 +26,7 @@ from lenet_edge.jobs import Job, add_backend_flags, describe, run_jobs
 from lenet_edge.runtime import bench
 from lenet_edge.runtime.cli import add_common
 from lenet_edge.runtime.errors import ConfigError
+from lenet_edge.runtime.files import missing_file
 
 KIND = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,40}$")
 
@@ -80,8 +81,9 @@ def fleet_jobs(models: list[Path], kinds: list[str], st: dict[str, Any]) -> list
     if len(set(names)) != len(names):
         raise ConfigError("two model files have the same name: the benchmark labels rows by file name")
     for m in models:
-        if not m.is_file():
-            raise ConfigError(f"{m}: model file not found")
+        problem = missing_file(m, "model file")
+        if problem:
+            raise ConfigError(f"{m}: {problem}")
     inputs = {f"model{i}": str(m) for i, m in enumerate(models)}
     return [
         Job(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from lenet_edge.runtime.errors import ConfigError
+from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
+from lenet_edge.runtime.files import inside, missing_file
 from lenet_edge.runtime.numeric import finite  # TOML reads nan and inf as floats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,6 +197,10 @@ def _inside(path: Path, where: str, rel: str) -> Path:
     what = "the repository" if base == ROOT else f"the workflow's folder {base}"
     if not rel or p.is_absolute() or ".." in p.parts:
         raise WorkflowError(f"{path}: {where} {rel!r} must be a relative path inside {what}")
+    try:  # a symlink on the way may not lead out either
+        inside(base, base / p)
+    except LenetEdgeError:
+        raise WorkflowError(f"{path}: {where} {rel!r} leads outside {what} (through a symlink)") from None
     return base / p
 
 
@@ -219,12 +225,18 @@ def _tolerances(path: Path, table: dict[str, Any]) -> dict[str, Any]:
             raise WorkflowError(
                 f"{path}: [tolerances] {key} value must be a finite {type(want).__name__}, got {got!r}"
             )
+        # limits are sizes, shares and probabilities: -5 turned a check into one nothing passes
+        if not isinstance(got, bool) and not (0 <= got <= (1 if key.endswith("_min") else math.inf)):
+            top = "1" if key.endswith("_min") else "any finite number"
+            raise WorkflowError(f"{path}: [tolerances] {key} value must be 0..{top}, got {got!r}")
         out[key] = got
     return out
 
 
 def parse_workflow(path: Path) -> Workflow:
     path = Path(path)
+    if path.exists() and not path.is_dir() and missing_file(path, "workflow file"):  # a FIFO waited forever
+        raise WorkflowError(f"{path}: {missing_file(path, 'workflow file')}")
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -256,9 +268,20 @@ def parse_workflow(path: Path) -> Workflow:
     model_file = _inside(path, "[model] file", m["file"]) if "file" in m else None
     _positive(path, "[model] params", m["params"])
 
+    label = m["label"]
+    if not label.strip() or len(label) > 60 or re.search(r"[|`<>\x00-\x1f\x7f-\x9f\u2028\u2029]", label):
+        raise WorkflowError(  # it heads report tables and plot legends
+            f"{path}: [model] label must be 1..60 characters without |, `, <, > or control characters"
+        )
+    if "color" in m and not re.fullmatch(r"#(?:[0-9a-fA-F]{3}){1,2}", m["color"]):
+        raise WorkflowError(  # 'notacolor' failed in `make report`, blamed on the result files
+            f"{path}: [model] color {m['color']!r:.40} must be a hex colour like '#1f77b4'"
+        )
     shape = i["shape"]
     if len(shape) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in shape):
         raise WorkflowError(f"{path}: [input] shape must be three positive integers [C, H, W], got {shape!r}")
+    if shape[0] > 64 or max(shape[1:]) > 4096:
+        raise WorkflowError(f"{path}: [input] shape {shape!r}: at most 64 channels and 4096 pixels a side")
     if i["layout"] != "NCHW":
         raise WorkflowError(f"{path}: [input] layout {i['layout']!r} is not supported; expected 'NCHW'")
     if i["dtype"] != "uint8":
@@ -272,12 +295,17 @@ def parse_workflow(path: Path) -> Workflow:
             f"{path}: [input] normalize must be {{ mean = number, std = number }} (finite), got {norm!r}"
         )
     _positive(path, "[input] normalize.std", norm["std"])
+    if not max(abs(x - norm["mean"]) for x in pr) / norm["std"] <= 1e6:
+        raise WorkflowError(  # std 1e-320: 1/std is infinite, every input NaN or inf
+            f"{path}: [input] normalize {norm!r} maps pixel_range {pr!r} beyond ±1e6 (std too small?)"
+        )
 
     if d["format"] not in DATA_FORMATS:
         raise WorkflowError(
             f"{path}: [data] format {d['format']!r} is not supported; expected one of {DATA_FORMATS}"
         )
-    _positive(path, "[data] classes", d["classes"])
+    if not 2 <= d["classes"] <= 100_000:
+        raise WorkflowError(f"{path}: [data] classes must be 2..100,000, got {d['classes']!r}")
     keys = {"idx": {"dir"}, "npz": {"path"}, "images": {"dir", "labels"}}[d["format"]]
     for key in {"dir", "path", "labels"} - keys:
         if key in d:

@@ -19,7 +19,7 @@ from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, descr
 from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import LenetEdgeError
-from lenet_edge.runtime.files import sha256_file, write_bytes_atomic, write_json_atomic
+from lenet_edge.runtime.files import sha256_file, write_json_and_markdown
 from lenet_edge.runtime.progress import Progress
 from lenet_edge.workflow import add_model_flags, selected
 
@@ -213,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = sweep_jobs(args.onnx_dir, models, args.data_dir, args.recipes)
     with Progress(len(jobs), "quantize sweep", "recipe", every=0.1) as bar:
         rows, stats = run_jobs(jobs, args.out_dir, args.backend, args.jobs, progress=bar)
-    write_json_atomic(args.json.with_suffix(".json"), {"command": "make quantize-sweep", "rows": rows})
-    write_bytes_atomic(args.json.with_suffix(".md"), to_markdown(rows).encode())
+    # both files or neither (the JSON was written, then a folder named like the .md stopped the
+    # table); at the path given (`--json x.txt` wrote x.json)
+    md = write_json_and_markdown(
+        args.json, {"command": "make quantize-sweep", "rows": rows}, to_markdown(rows)
+    )
     ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{ok}/{len(rows)} recipes quantized ({describe(stats)}); table in {args.json.with_suffix('.md')}")
+    print(f"{ok}/{len(rows)} recipes quantized ({describe(stats)}); table in {md}")
     return 0
 
 

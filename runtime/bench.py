@@ -33,10 +33,7 @@ from .cli import add_common, parser, path_arg
 from .contract import IMAGE_SHAPE, MAX_BATCH, MAX_THREADS, check_pixels, runs_problem
 from .env import command_line, describe_cpu, provenance_text
 from .errors import ConfigError, LenetEdgeError
-from .files import (
-    sha256_file,
-    write_json_and_markdown,
-)
+from .files import missing_file, sha256_file, write_json_and_markdown
 from .runner import check_scores
 
 SCHEMA = "lenet-edge/bench/v1"
@@ -481,8 +478,9 @@ def run_bench(
     progress: bool = True,
 ) -> dict[str, Any]:
     for m in models:
-        if not m.is_file():
-            raise ConfigError(f"{m}: model file not found")
+        problem = missing_file(m, "model file")
+        if problem:
+            raise ConfigError(f"{m}: {problem}")
     names = [m.name for m in models]
     dup = next((m for m in models if names.count(m.name) > 1), None)
     if dup:  # rows, pairs and `select` name a file by its name alone

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LenetEdgeError
+from .files import write_problem
 
 # Set by the `lenet-edge` console script to "lenet-edge SUBCOMMAND", so a stage's --help and usage
 # name the command the user typed; `python -m` aliases keep their own name.
@@ -150,13 +151,23 @@ class StageParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
         parsed = super().parse_args(args, namespace)
-        clash = _output_is_an_input(parsed)
-        if clash:
-            self.error(clash)
+        problem = _output_problem(parsed)
+        if problem:
+            self.error(problem)
         return apply_common(parsed)
 
 
-def _output_is_an_input(args: argparse.Namespace) -> str | None:
+def _output_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with a command's --out-dir or --json, found before any work, or None."""
+    out_dir = getattr(args, "out_dir", None)
+    if isinstance(out_dir, Path):
+        problem = write_problem(out_dir, folder=True)
+        if problem:  # `export --out-dir /proc/x` failed after the export
+            return f"argument --out-dir: {out_dir}: {problem}"
+    return _json_problem(args)
+
+
+def _json_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with a command's --json path, found before any work, or None: `evaluate M --json
     M` (bench, size too) overwrote the model it read, so the result (or its Markdown twin) may not be
     a file another path argument of the same command names; `bench --json x.md` was refused by the
@@ -168,6 +179,10 @@ def _output_is_an_input(args: argparse.Namespace) -> str | None:
         return None
     if out.suffix == ".md":  # found only by the writer, after the work (a benchmark's minutes)
         return f"argument --json: {out}: name the JSON result something other than .md (its Markdown twin)"
+    for path in (out, out.with_suffix(".md")):  # the result and the Markdown twin most commands write
+        problem = write_problem(path)
+        if problem:  # `study --json /proc/x.json` failed after the study
+            return f"argument --json: {path}: {problem}"
     inputs: list[Path] = []
     for key, value in vars(args).items():
         if key in ("json", "out_dir"):

@@ -116,6 +116,31 @@ def owned_temp_dir(stage: str) -> Iterator[Path]:
 
 
 # --- atomic writes ------------------------------------------------------------------------------
+
+
+def write_problem(path: str | Path, folder: bool = False) -> str | None:
+    """Why `path` (a file, or with `folder` a folder) could not be written, found before the work
+    that makes it, or None: a folder where a file goes (or the reverse), a file on the way, a place
+    that takes no new file (/proc, read-only, no permission). Creates nothing that stays."""
+    path = Path(path)
+    if path.is_dir() and not folder:
+        return "is a directory, expected a file to write"
+    if path.exists() and not path.is_dir() and folder:
+        return "is a file, expected a folder"
+    place = path if folder and path.is_dir() else path.parent
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir():
+        return f"cannot write there ({place} is a file, not a folder)"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lenet-edge-probe.", dir=place)
+    except OSError as e:
+        return f"cannot write there ({place}: {e.strerror or e.__class__.__name__})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path next to `path`; rename it over `path` only if the block succeeds."""
@@ -182,9 +207,25 @@ def write_json_and_markdown(path: str | Path, obj: Any, markdown: str) -> Path:
     return md
 
 
+def missing_file(path: str | Path, what: str = "file") -> str | None:
+    """Why `path` is not a regular file to read ("model file not found", "is a directory, ..."),
+    or None. A FIFO or a device is refused: reading one waited forever."""
+    p = Path(path)
+    if p.is_file():
+        return None
+    if p.is_dir():
+        return f"is a directory, not a {what}"
+    if p.exists():
+        return f"not a regular file (a FIFO, socket or device), expected a {what}"
+    return f"{what} not found"
+
+
 def read_json(path: str | Path) -> Any:
     from .errors import LenetEdgeError
 
+    problem = missing_file(path, "JSON file")
+    if problem and Path(path).exists() and not Path(path).is_dir():
+        raise LenetEdgeError(f"{path}: {problem}")  # `ingest FIFO` waited forever
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError as e:

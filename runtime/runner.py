@@ -21,6 +21,7 @@ import numpy as np
 
 from .contract import IMAGE_SHAPE, INPUT_NAME, MAX_THREADS, NUM_CLASSES, OUTPUT_NAME, check_pixels
 from .errors import ConfigError, ContractError
+from .files import missing_file
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 # predict() runs dynamic-batch models in chunks of this many images: memory stays flat in N
@@ -122,8 +123,9 @@ def _model_file(model: str | Path) -> str:
         name.encode("utf-8")
     except UnicodeEncodeError as e:
         raise ContractError(f"{name:.200}: the file name is not valid UTF-8; rename the file") from e
-    if not Path(model).is_file():
-        raise ContractError(f"{name}: model file not found")
+    problem = missing_file(model, "model file")
+    if problem:
+        raise ContractError(f"{name}: {problem}")
     return name
 
 

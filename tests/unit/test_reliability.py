@@ -701,3 +701,48 @@ def test_a_json_result_never_overwrites_an_input_of_its_command(tmp_path):
     proc = run_cli("-m", "runtime.bench", str(model), "--json", str(tmp_path / "x.md"))
     assert proc.returncode == 2 and "other than .md" in proc.stderr and "bench 1/" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["export", "--model", "lenet_pool", "--out-dir", "{file}/x"], "argument --out-dir"),
+        (["quantize", "--model", "lenet_pool", "--out-dir", "{file}"], "is a file, expected a folder"),
+        (["study", "--seeds", "1", "--json", "{file}/x.json"], "is a file, not a folder"),
+        (["sweep", "--json", "{tmp}/sw.json"], "sw.md: is a directory"),
+        (["sweep", "--json", "{tmp}/x.md"], "other than .md"),
+        (["invariance", "{file}", "--json", "{tmp}"], "is a directory"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(args, needle, tmp_path):
+    """`study --json /proc/x.json` failed after the study (48 s for a tiny one, hours for the real
+    one), `export --out-dir /proc/x` after the export; `sweep` wrote its JSON and then failed on a
+    folder named like its table, leaving half a pair. Now every --json / --out-dir is tried when the
+    arguments are parsed: one line, exit 2, nothing written, no work done."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    (tmp_path / "sw.md").mkdir()
+    argv = [a.format(file=blocker, tmp=tmp_path) for a in args]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    t0 = time.time()
+    proc = run_cli("-m", "lenet_edge.cli", *argv)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert needle in line, line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before and time.time() - t0 < 60
+
+
+def test_a_fifo_or_a_folder_given_as_an_input_file_is_named_not_waited_on(tmp_path):
+    """`ingest FIFO`, `select --bench FIFO`, `train --workflow FIFO` waited forever for a writer;
+    `evaluate DIR` said "model file not found"."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args, needle in (
+        (["ingest", str(fifo)], "not a regular file"),
+        (["select", "--bench", str(fifo)], "not a regular file"),
+        (["train", "--workflow", str(fifo)], "not a regular file"),
+        (["bench", str(fifo)], "not a regular file"),
+        (["evaluate", str(tmp_path)], "is a directory, not a model file"),
+    ):
+        proc = run_cli("-m", "lenet_edge.cli", *args, timeout=60)
+        assert_one_line_error(proc, f"{args[-1]}: {needle}")

@@ -92,6 +92,25 @@ BAD = {
         _set("recipe", "{ calibration_bins = 'x' }"),
         ["[quantize] recipe", "an integer"],
     ),
+    # an audit of bad input (twenty-eighth session): each was accepted
+    "not a colour": (_set("color", '"notacolor"'), ["[model] color 'notacolor'", "hex colour"]),
+    "label breaks a table": (_set("label", '"a | b"'), ["[model] label", "without |"]),
+    "label breaks a line": (  # a TOML escape for a line break (not _set: re.sub reads backslashes itself)
+        lambda t: t.replace('label = "LeNet (max-pool)"', 'label = "a\\nb"'),
+        ["[model] label", "control characters"],
+    ),
+    "std next to zero": (_set("normalize", "{ mean = 127.5, std = 1e-320 }"), ["[input] normalize", "±1e6"]),
+    "classes beyond reason": (_set("classes", "100000000000000000000"), ["[data] classes", "2..100,000"]),
+    "one class": (_set("classes", "1"), ["[data] classes", "2..100,000"]),
+    "shape beyond reason": (_set("shape", "[1, 100000000000, 100000000000]"), ["[input] shape", "4096"]),
+    "negative tolerance": (
+        lambda t: t + '\n[tolerances]\nint8_top1_drop_pp_max = { value = -5.0, why = "x" }\n',
+        ["[tolerances] int8_top1_drop_pp_max", "0..any finite number"],
+    ),
+    "agreement above one": (
+        lambda t: t + '\n[tolerances]\nint8_agreement_min = { value = 2.0, why = "x" }\n',
+        ["[tolerances] int8_agreement_min", "0..1"],
+    ),
 }
 
 
@@ -105,6 +124,18 @@ def test_a_bad_workflow_is_one_line_naming_file_and_key(case, tmp_path):
     assert "\n" not in msg and msg.startswith(str(path)), msg
     for n in needles:
         assert n in msg, (n, msg)
+
+
+def test_a_path_may_not_leave_the_workflow_folder_through_a_symlink(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "model.pdparams").write_bytes(b"x")
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "ckpt").symlink_to(outside, target_is_directory=True)
+    path = _variant(wf, _set("checkpoint", '"ckpt/model.pdparams"'))
+    with pytest.raises(WorkflowError, match=r"\[model\] checkpoint 'ckpt/model.pdparams' leads outside"):
+        parse_workflow(path)
 
 
 def test_name_must_match_the_file_and_unreadable_files(tmp_path):
