@@ -51,8 +51,10 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if not 13 <= self.opset <= 21:
             raise ConfigError(f"opset must be 13..21, got {self.opset}")
-        if not 0 < self.atol < float("inf") or self.batch_size < 1:  # NaN fails too
-            raise ConfigError(f"atol must be a finite number > 0 and batch size positive: {self}")
+        if not 0 < self.atol < float("inf"):  # NaN fails too
+            raise ConfigError(f"--atol {self.atol}: must be a finite number > 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"export batch size {self.batch_size}: must be >= 1")
 
 
 def onnx_path(out_dir: Path, model: str, precision: str = "fp32") -> Path:

@@ -179,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     name, rest = argv[0], argv[1:]
+    isa_from = "--isa"
     if isa is None and name in INFERENCE_COMMANDS:  # the variable serves a whole `make` run
         isa = os.environ.get("LENET_EDGE_ISA") or None
+        isa_from = "LENET_EDGE_ISA"
     cmd = COMMANDS.get(name)
     if cmd is None:
         print(f"error: lenet-edge: unknown command {name!r} (see `lenet-edge --help`)", file=sys.stderr)
@@ -192,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             isa_mask.enter(isa, name, [name, *rest])  # re-executes this command under the mask
-        except isa_mask.IsaError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except isa_mask.IsaError as e:  # names the flag; say so where the variable set it
+            where = "" if isa_from == "--isa" else f" (from the environment: LENET_EDGE_ISA={isa})"
+            print(f"error: {e}{where}", file=sys.stderr)
             return 2
     stage_cli.PROG = f"lenet-edge {name}"
     try:

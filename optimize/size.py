@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.params is not None and args.params < 1:
         raise ConfigError(f"--params {args.params}: must be >= 1")
+    if args.params is not None and args.params > 10**12:  # 1e26 printed "0.000 B/param"
+        raise ConfigError(f"--params {args.params:.3g}: must be at most 10^12")
     profiles = []
     for m in args.models:
         if m.suffix != ".onnx":

@@ -148,7 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data_dir or data_source(name)
         calibration = calibration_of(name, data, args.calibration_file)
         tol = tolerances_for(name)
-        recipe = replace(DEFAULT_RECIPES[name], **overrides)
+        try:
+            recipe = replace(DEFAULT_RECIPES[name], **overrides)
+        except ConfigError as e:  # "percentile must be 90..100": name the flag the user typed
+            field = next((k for k in sorted(overrides, key=len, reverse=True) if str(e).startswith(k)), None)
+            raise ConfigError(
+                f"--{field.replace('_', '-')}{str(e)[len(field) :]}" if field else str(e)
+            ) from None
         out = int8_path(out_dir, name, recipe, args.variant)
         fp32 = fp32_source(args.onnx_dir, name, args.variant)
         # Without recipe flags, a default that fails its checks on these weights falls back, in

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from lenet_edge.runtime.bench import CLOSE_TO_FASTEST, KEEP_IF_PAIRED_BELOW
-from lenet_edge.runtime.cli import add_common, parser, path_arg
+from lenet_edge.runtime.cli import add_common, int_range, parser, path_arg
+from lenet_edge.runtime.contract import MAX_RUNS
 from lenet_edge.runtime.errors import ConfigError
 from lenet_edge.runtime.files import inside, quantize_record_path, read_json, sha256_file, write_json_atomic
 from lenet_edge.runtime.numeric import finite
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--pair-rounds",
-        type=int,
+        type=int_range(0, MAX_RUNS),  # was reported as "--rounds ..." by the pair timing
         default=PAIR_ROUNDS,
         help=f"rounds per pair when checking the round-robin's choice (default {PAIR_ROUNDS}; "
         "0: take its fastest p50 unchecked); the pairs load every runtime, so run it where they are",

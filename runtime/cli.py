@@ -151,10 +151,27 @@ class StageParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
         parsed = super().parse_args(args, namespace)
-        problem = _output_problem(parsed)
+        problem = _output_problem(parsed) or _input_folder_problem(
+            parsed, sys.argv[1:] if args is None else args
+        )
         if problem:
             self.error(problem)
         return apply_common(parsed)
+
+
+# folders a command reads from; one given on the command line that is not there is a typo (`report
+# --onnx-dir`, `reference check --train-dir`, `calibration --data-dir` went on without it)
+INPUT_FOLDERS = ("data_dir", "onnx_dir", "train_dir", "checkpoint_dir", "bench_dir", "arm_dir")
+
+
+def _input_folder_problem(args: argparse.Namespace, argv: Any) -> str | None:
+    given = [str(a) for a in argv or ()]
+    for key in INPUT_FOLDERS:
+        value, flag = getattr(args, key, None), "--" + key.replace("_", "-")
+        typed = any(a == flag or a.startswith(flag + "=") for a in given)
+        if isinstance(value, Path) and typed and not value.exists():  # --data-dir may name a .npz
+            return f"argument {flag}: {value}: not found"
+    return None
 
 
 def _output_problem(args: argparse.Namespace) -> str | None:

@@ -170,6 +170,7 @@ def test_reference_check_and_readme_refuse_a_reference_of_another_shape(
     ref = mutate(_committed_reference())
     r.REFERENCE.write_text(json.dumps(ref))
     before = r.README.read_bytes()
+    (tmp_path / "onnx").mkdir()  # a folder given on the command line must exist
     rc = run(r.main, ["check", "--onnx-dir", str(tmp_path / "onnx")])
     _one_line(capsys, rc, str(r.REFERENCE), needle)
     _one_line(capsys, run(r.main, ["readme"]), str(r.REFERENCE), needle)

@@ -746,3 +746,36 @@ def test_a_fifo_or_a_folder_given_as_an_input_file_is_named_not_waited_on(tmp_pa
     ):
         proc = run_cli("-m", "lenet_edge.cli", *args, timeout=60)
         assert_one_line_error(proc, f"{args[-1]}: {needle}")
+
+
+@pytest.mark.parametrize(
+    "args,env,line",
+    [
+        # named another flag, an internal field or a dataclass's repr
+        (["select", "--pair-rounds", "99999999999999"], {}, "argument --pair-rounds: must be 0..1,000,000"),
+        (["export", "--atol", "-1"], {}, "error: --atol -1.0: must be a finite number > 0"),
+        (
+            ["quantize", "--model", "lenet_pool", "--percentile", "200"],
+            {},
+            "error: --percentile must be 90..100",
+        ),
+        (["bench", "x.onnx"], {"LENET_EDGE_ISA": "bogus"}, "(from the environment: LENET_EDGE_ISA=bogus)"),
+        (["size", "x.onnx", "--params", str(10**26)], {}, "--params 1e+26: must be at most 10^12"),
+        # went on without the folder (or failed once per model)
+        (["report", "--onnx-dir", "/nonexistent"], {}, "argument --onnx-dir: /nonexistent: not found"),
+        (
+            ["reference", "check", "--train-dir", "/nonexistent"],
+            {},
+            "argument --train-dir: /nonexistent: not found",
+        ),
+        (["calibration", "--data-dir=/nonexistent"], {}, "argument --data-dir: /nonexistent: not found"),
+        (["train", "--data-dir", "/nonexistent"], {}, "argument --data-dir: /nonexistent: not found"),
+    ],
+)
+def test_a_mistake_names_the_flag_the_user_typed_once(args, env, line, tmp_path):
+    """Found by a scripted audit of every command (twenty-eighth session)."""
+    (tmp_path / "x.onnx").write_bytes(b"")
+    proc = run_cli("-m", "lenet_edge.cli", *args, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    (got,) = proc.stderr.strip().splitlines()
+    assert line in got, got
