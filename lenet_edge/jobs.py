@@ -39,7 +39,14 @@ from typing import Any
 
 from lenet_edge.runtime.cli import MAX_JOBS, int_range
 from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
-from lenet_edge.runtime.files import code_sha256, fault_point, read_json, sha256_file, write_json_atomic
+from lenet_edge.runtime.files import (
+    code_sha256,
+    fault_point,
+    owned_temp_dir,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+)
 
 SCHEMA = "lenet-edge/job/v1"
 BACKENDS = ("local", "ray")
@@ -230,7 +237,7 @@ def ray_job(job: dict[str, Any], refs: dict[str, tuple[str, str, list[Any]]]) ->
         inputs[name] = folder / filename
         if not (inputs[name].is_file() and sha256_file(inputs[name]) == sha):
             _link(materialize(name, sha, ray.get(ref[0]), filename), inputs[name])
-    with tempfile.TemporaryDirectory(prefix="lenet-edge-job-") as work:
+    with owned_temp_dir("job") as work:  # pid-named: a killed run's folder is removed later
         rec = call(job["fn"], job["payload"], inputs, Path(work))
     node = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     if name := os.environ.get(NODE_NAME_ENV):
@@ -304,7 +311,7 @@ def run_jobs(
 def _run_local(todo: list[Prepared], parallel: int, done: Callable[..., None]) -> None:
     def one(p: Prepared) -> dict[str, Any]:
         inputs = {n: Path(path) for n, path in p.job.inputs.items()}
-        with tempfile.TemporaryDirectory(prefix="lenet-edge-job-") as work:
+        with owned_temp_dir("job") as work:  # pid-named: a killed run's folder is removed later
             return call(p.job.fn, p.job.payload, inputs, Path(work))
 
     failures: list[str] = []
@@ -474,7 +481,7 @@ def overhead_bench(n: int, sleep: float, parallel: int, out: Path) -> dict[str, 
 
     # `environment`, as in every other results file: `publish` names and checks the run from it
     res: dict[str, Any] = {"jobs": n, "sleep_s": sleep, "parallel": parallel, "environment": environment()}
-    with tempfile.TemporaryDirectory(prefix="lenet-edge-overhead-") as tmp:
+    with owned_temp_dir("overhead") as tmp:
         blob = Path(tmp) / "input.bin"
         blob.write_bytes(os.urandom(1 << 20))
         for backend in BACKENDS:

@@ -64,10 +64,18 @@ class OptimizeConfig:
             if self.variant not in VARIANTS:
                 raise ConfigError(f"variant {self.variant!r} has no default passes; name them with --passes")
             object.__setattr__(self, "passes", VARIANTS[self.variant])
+        elif self.variant in VARIANTS and tuple(self.passes) != tuple(VARIANTS[self.variant]):
+            raise ConfigError(  # `--passes fold-normalisation` rewrote the s2d file the INT8 stages read
+                f"--passes with variant {self.variant!r}: that name is the standard "
+                f"{', '.join(VARIANTS[self.variant])}; name your own variant (--variant mine)"
+            )
         object.__setattr__(self, "passes", tuple(self.passes))
         unknown = [p for p in self.passes if p not in RULES]
         if unknown or not self.passes:
             raise ConfigError(f"unknown or no pass(es) {unknown}; known: {', '.join(RULES)}")
+        twice = sorted({p for p in self.passes if self.passes.count(p) > 1})
+        if twice:
+            raise ConfigError(f"--passes names {', '.join(twice)} twice")
         if not (self.rtol > 0 and self.atol > 0):
             raise ConfigError(f"atol and rtol must be positive, got {self.atol}, {self.rtol}")
 

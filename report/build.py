@@ -28,6 +28,7 @@ from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.env import describe_cpu, whole_isa
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import atomic_path, read_json, remove_stale_temp_files
+from lenet_edge.runtime.numeric import non_finite_at
 from lenet_edge.workflow import comparison, get
 
 # The pair the report compares, labels and colours: from the workflow files (workflows/*.toml).
@@ -42,18 +43,6 @@ class ReportError(LenetEdgeError):
     """A result file the report needs is unreadable."""
 
 
-def _non_finite(x: Any, where: str = "") -> str | None:
-    """The JSON path of the first NaN or infinite number in x (None if there is none)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return where or "the top level"
-    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
-    for k, v in items:
-        found = _non_finite(v, f"{where}.{k}" if isinstance(k, str) else f"{where}[{k}]")
-        if found:
-            return found
-    return None
-
-
 def _load(path: Path) -> Any | None:
     if not path.is_file():
         return None
@@ -62,11 +51,9 @@ def _load(path: Path) -> Any | None:
     except Exception as e:  # a corrupt result file is a user-facing problem, not a traceback
         raise ReportError(f"{path}: not a readable result file ({e.__class__.__name__}: {e})") from e
     # no command writes NaN or Infinity into a result: one there would become a verdict ("+nan pp")
-    bad = _non_finite(data)
+    bad = non_finite_at(data)
     if bad:
-        raise ReportError(
-            f"{path}: holds NaN or Infinity at {bad.lstrip('.')}; rerun the command that makes it"
-        )
+        raise ReportError(f"{path}: holds NaN or Infinity at {bad}; rerun the command that makes it")
     return data
 
 

@@ -23,6 +23,7 @@ from lenet_edge.runtime.bench import SCHEMA as BENCH_SCHEMA
 from lenet_edge.runtime.bench import summarize_goals
 from lenet_edge.runtime.cli import parser, path_arg, run
 from lenet_edge.runtime.errors import LenetEdgeError
+from lenet_edge.runtime.files import missing_file
 from lenet_edge.workflow import comparison
 
 
@@ -57,6 +58,9 @@ class GoalsError(LenetEdgeError):
 
 
 def _read(path: Path) -> Any:
+    problem = missing_file(path, "JSON file")
+    if problem:  # a FIFO named *.json waited forever
+        raise GoalsError(f"{path}: {problem}")
     try:
         return json.loads(path.read_text(), parse_constant=lambda c: float("nan"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -67,8 +71,8 @@ def _ratio(side: dict[str, Any], key: str) -> tuple[float, bool]:
     """(ratio, settled) of a summary ratio: the paired one where the benchmark measured it."""
     paired = side.get(f"{key}_paired")
     value = paired.get("ratio") if isinstance(paired, dict) else side.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return math.nan, True
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return math.nan, True  # a ratio of times is > 0: -5 was shown as met
     return float(value), side.get(f"{key}_settled", True) is not False
 
 
@@ -103,8 +107,8 @@ def describe_run(name: str, bench: dict[str, Any]) -> dict[str, Any]:
     kernels = str(mask) if mask else isa_class(cpu_flags(cpu))
     amx_off = (bench.get("settings") or {}).get("amx") == "off"
     created = bench.get("created_unix")
-    if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created):
-        created = None
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not 0 < created < 4.1e9:
+        created = None  # NaN, or a time gmtime cannot hold (1e20 was an OverflowError traceback)
     return {
         "name": name,
         "cpu": str(cpu.get("model", "?")),
@@ -157,7 +161,8 @@ def _cell(values: list[tuple[float, bool]], limit: float) -> str:
     if all(math.isnan(v) for v, _ in values):
         return "–"
     text = " / ".join(
-        "–" if math.isnan(v) else f"{v:.3f}" + ("‡" if not settled else "") for v, settled in values
+        "–" if math.isnan(v) else (f"{v:.3f}" if v < 1e4 else f"{v:.3g}") + ("‡" if not settled else "")
+        for v, settled in values
     )
     return f"{text} {'✓' if all(v <= limit for v, _ in values) else '✗'}"  # NaN is never <= limit
 

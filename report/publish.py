@@ -33,6 +33,7 @@ from lenet_edge.runtime.env import whole_isa
 from lenet_edge.runtime.errors import LenetEdgeError
 from lenet_edge.runtime.files import atomic_path, inside, read_json
 from lenet_edge.runtime.ingest import IngestError, slug, validate
+from lenet_edge.runtime.numeric import non_finite_at
 from lenet_edge.workflow import model_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,6 +279,10 @@ def publish(
     else:
         name, moves = plan(bench_dir, onnx_dir, out_dir, records_dir, allow_dirty)
     blobs = [(src.read_bytes(), dest) for src, dest in moves]  # every source read before any write
+    for src, _ in moves:  # `make report` refuses a result holding one: never file it
+        bad = non_finite_at(read_json(src)) if src.suffix == ".json" else None
+        if bad:
+            raise PublishError(f"{src}: holds NaN or Infinity at {bad}; rerun the command that makes it")
     if not dry_run:
         # every temp file made and written before the first rename: a destination that cannot be
         # written (a folder by that name, no permission) leaves none of the run's files replaced

@@ -24,11 +24,11 @@ import numpy as np
 
 from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, describe, run_jobs
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
-from lenet_edge.runtime.errors import LenetEdgeError
+from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
 from lenet_edge.runtime.files import read_json, sha256_file, write_json_atomic
 from lenet_edge.runtime.progress import Progress
 from lenet_edge.train import recipe_problem
-from lenet_edge.workflow import comparison
+from lenet_edge.workflow import comparison, model_names
 
 SCHEMA = "lenet-edge/study/v1"
 MAX_SEEDS = 1000  # seeds 0..N-1; each trains both models (~1 min each here)
@@ -279,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluate-job", type=path_arg, default=None, help=argparse.SUPPRESS)
     add_common(p, "model", model={"default": None, "help": argparse.SUPPRESS})  # an --evaluate-job's model
     a = p.parse_args(argv)
-    if a.evaluate_job is not None:
+    if a.evaluate_job is not None:  # the job's own process; typed by hand, checked (was a ValueError)
+        if not a.evaluate_job.name.removeprefix("seed").isdigit() or a.model not in model_names():
+            raise ConfigError(
+                "--evaluate-job: an internal flag of a study's jobs (a seedN folder and a model)"
+            )
         evaluate_job(a.evaluate_job, a.model, a.data_dir)
         return 0
     if a.seeds < 2:

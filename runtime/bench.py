@@ -996,6 +996,24 @@ def main(argv: list[str] | None = None) -> int:
     return run_args(args)
 
 
+def _child_sides(text: str, flag: str, depth: int) -> Any:
+    """An internal flag's JSON (the parent process writes it): [model, call] pairs nested `depth`
+    lists deep; typed by hand, a malformed one is one error naming the flag (was a traceback)."""
+
+    def ok(v: Any, d: int) -> bool:
+        if d == 0:
+            return isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
+        return isinstance(v, list) and bool(v) and all(ok(x, d - 1) for x in v)
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not ok(value, depth):
+        raise ConfigError(f"{flag}: an internal flag of the benchmark's child processes, not for hand use")
+    return value
+
+
 def run_args(args: argparse.Namespace) -> int:
     st = settings(args)
     if st["amx"] == "off":  # before any runtime starts; the measuring children inherit it
@@ -1005,7 +1023,7 @@ def run_args(args: argparse.Namespace) -> int:
         print(json.dumps(measure_startup(args.startup, batches[0], threads[0], calls[0])))
         return 0
     if args.latency is not None:
-        configs = [(Path(m), c) for m, c in json.loads(args.latency)]
+        configs = [(Path(m), c) for m, c in _child_sides(args.latency, "--latency", 1)]
         print(
             json.dumps(
                 measure_latency(configs, batches[0], threads[0], st["runs"], st["warmup"], st["rounds"])
@@ -1013,10 +1031,10 @@ def run_args(args: argparse.Namespace) -> int:
         )
         return 0
     if args.serve is not None:
-        m, c = json.loads(args.serve)
+        m, c = _child_sides(args.serve, "--serve", 0)
         return serve_blocks((Path(m), c), batches[0], threads[0], args.warmup)
     if args.paired is not None:
-        pairs = [tuple((Path(m), c) for m, c in pair) for pair in json.loads(args.paired)]
+        pairs = [tuple((Path(m), c) for m, c in pair) for pair in _child_sides(args.paired, "--paired", 2)]
         print(json.dumps(measure_paired(pairs, batches[0], threads[0], st["rounds"], st["warmup"])))
         return 0
     models = list(args.models)

@@ -184,6 +184,23 @@ def _output_problem(args: argparse.Namespace) -> str | None:
     return _json_problem(args)
 
 
+# models and the records beside them (what the stages read back), named by the pipeline
+MODEL_SUFFIXES = (".onnx", ".tflite", ".ort", ".npz", ".pdparams")
+RECORD_SUFFIXES = (".quantize.json", ".export.json", ".optimize.json", ".variants.json", ".train.json")
+
+
+def _pipeline_file(path: Path) -> bool:
+    """A model, a record of one (<model>.fp32.export.json, <file>.quantize.json, <model>.tflite.json),
+    or an unpacked bundle's manifest: never a place for a command's --json result."""
+    name = path.name
+    return (
+        path.suffix in MODEL_SUFFIXES
+        or name.endswith(RECORD_SUFFIXES)
+        or (name.endswith(".tflite.json") and path.exists())
+        or (name == "manifest.json" and (path.parent / "runtime").is_dir())
+    )
+
+
 def _json_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with a command's --json path, found before any work, or None: `evaluate M --json
     M` (bench, size too) overwrote the model it read, so the result (or its Markdown twin) may not be
@@ -196,6 +213,8 @@ def _json_problem(args: argparse.Namespace) -> str | None:
         return None
     if out.suffix == ".md":  # found only by the writer, after the work (a benchmark's minutes)
         return f"argument --json: {out}: name the JSON result something other than .md (its Markdown twin)"
+    if _pipeline_file(out):  # `search --json <its FP32 export>`, `select --json <a record it read>`
+        return f"argument --json: {out}: a model or record of the pipeline; write the result elsewhere"
     for path in (out, out.with_suffix(".md")):  # the result and the Markdown twin most commands write
         problem = write_problem(path)
         if problem:  # `study --json /proc/x.json` failed after the study

@@ -17,7 +17,7 @@ from .cli import add_common, parser, path_arg
 from .env import ARM_CORES
 from .errors import LenetEdgeError
 from .files import atomic_path, inside, json_bytes, read_json
-from .numeric import finite
+from .numeric import finite, non_finite_at
 
 DEVICES = Path(__file__).resolve().parent.parent / "results" / "devices"
 # created_unix must be a plausible time: 2020-01-01 .. 2100-01-01.
@@ -96,7 +96,7 @@ def validate(report: Any, source: Path) -> None:
         if "ratio_p50_vs_fp32" not in r:
             raise IngestError(f"{source}: result {i} lacks ratio_p50_vs_fp32")
         _positive(r["ratio_p50_vs_fp32"], f"result {i} ratio_p50_vs_fp32", source, allow_none=True)
-        bad = _non_finite_field(r)
+        bad = non_finite_at(r)
         if bad:  # a NaN p90 was filed, and `make report` then failed on the file
             raise IngestError(f"{source}: result {i} {bad} is not a finite number")
     check = report.get("bundle_check")
@@ -108,18 +108,6 @@ def validate(report: Any, source: Path) -> None:
             summary.encode("utf-8")
         except UnicodeEncodeError as e:
             raise IngestError(f"{source}: bundle_check.summary is not valid Unicode text") from e
-
-
-def _non_finite_field(obj: Any, where: str = "") -> str | None:
-    """The first field (dotted path) of a JSON value holding NaN or an infinity, or None."""
-    if isinstance(obj, float) and not finite(obj):
-        return where or "value"
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for k, v in items:
-        bad = _non_finite_field(v, f"{where}.{k}" if where else str(k))
-        if bad:
-            return bad
-    return None
 
 
 def slug(text: str, max_len: int = 60) -> str:

@@ -8,6 +8,7 @@ NaN or inf or the shapes differ.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -40,3 +41,16 @@ def exceeds(value: object, limit: float) -> bool:
 def falls_below(value: object, limit: float) -> bool:
     """value < limit, or value is not a finite number."""
     return not (finite(value) and value >= limit)  # type: ignore[operator]
+
+
+def non_finite_at(x: Any, where: str = "") -> str | None:
+    """The JSON path of the first NaN or infinite number in x ("rows[2].p50"; None if there is none):
+    no command writes one into a result, and one there would become a verdict ("+nan pp")."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return where.lstrip(".") or "the top level"
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+    for k, v in items:
+        found = non_finite_at(v, f"{where}.{k}" if isinstance(k, str) else f"{where}[{k}]")
+        if found:
+            return found
+    return None

@@ -199,3 +199,21 @@ def test_the_readme_goal_figures_are_the_committed_results():
                 rt,
                 cell,
             )
+
+
+def test_a_ratio_that_cannot_be_a_ratio_of_times_never_meets_a_goal_and_odd_files_are_named(tmp_path):
+    """A second audit: a summary ratio of -5 or 0 was shown as met ("-5.000 ✓"), created_unix 1e20
+    was an OverflowError traceback, a FIFO named *.json waited forever."""
+    import os
+
+    r = _results(tmp_path)
+    odd = _bench(["avx2", "avx512_vnni"], -5.0, 10**20)
+    odd["summary"][2]["per_runtime"]["onnxruntime"] = _side(0.0)
+    (r / "bench" / "x86_64-c-avx512vnni.json").write_text(json.dumps(odd))
+    text = "\n".join(goals.section(r))
+    line = next(x for x in text.splitlines() if x.startswith("| `x86_64-c-avx512vnni`"))
+    assert line.split("|")[4].strip() == "–", line  # ORT: no ratio of times (was "-5.000 / 0.000 ✓")
+    assert ", ?" in line  # no date for a time gmtime cannot hold
+    os.mkfifo(r / "bench" / "x86_64-d.json")
+    with pytest.raises(goals.GoalsError, match=r"x86_64-d.json: not a regular file"):
+        goals.section(r)

@@ -158,3 +158,16 @@ def test_every_backend_command_lists_the_flag():
         )
         assert out.returncode == 0 and "--backend {local,ray}" in out.stdout, module
     assert json.loads(json.dumps(jobs.BACKENDS)) == ["local", "ray"]
+
+
+def test_a_killed_runs_job_folders_are_removed_by_the_next_run(tmp_path):
+    """A SIGTERM'd `study` left its jobs' `lenet-edge-job-xxxx` folders in /tmp for good (330 after
+    the test suites): they carry the process id now, and the next run removes a dead one's."""
+    import tempfile
+    from pathlib import Path
+
+    orphan = Path(tempfile.gettempdir()) / "lenet-edge-job-999999999-dead"  # beyond any pid
+    orphan.mkdir(exist_ok=True)
+    (orphan / "half.onnx").write_bytes(b"x")
+    jobs.run_jobs(_jobs(tmp_path, n=1), tmp_path / "cache")
+    assert not orphan.exists()

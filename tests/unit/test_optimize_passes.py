@@ -325,6 +325,12 @@ def test_unknown_pass_and_bad_variant_are_config_errors():
     with pytest.raises(ConfigError, match="no default passes"):
         OptimizeConfig(variant="mine")
     assert OptimizeConfig().passes[-1] == "s2d-conv-stride2"
+    # a second audit: a standard variant's file rewritten by other passes (the INT8 stages read it)
+    with pytest.raises(ConfigError, match="--passes with variant 's2d': that name is the standard"):
+        OptimizeConfig(passes=("fold-normalisation",))
+    with pytest.raises(ConfigError, match="--passes names fold-normalisation twice"):
+        OptimizeConfig(variant="mine", passes=("fold-normalisation", "fold-normalisation"))
+    assert OptimizeConfig(variant="fold", passes=OptimizeConfig(variant="fold").passes).variant == "fold"
 
 
 @pytest.mark.parametrize(

@@ -241,6 +241,8 @@ def test_a_masked_runs_training_file_keeps_the_whole_cpus_name_and_it_publishes_
         ("search.json a list", ("search.json", "not a lenet-edge results file")),
         ("bench.md missing", ("bench.md", "missing beside bench.json")),
         ("train.json without environment", ("train.json", "another run")),
+        ("search.json holding NaN", ("search.json", "holds NaN or Infinity at zz")),  # report refused it
+        ("targets.json holding Infinity", ("targets.json", "holds NaN or Infinity at zz")),
     ],
 )
 def test_bad_input_is_one_line_and_nothing_is_written(run_dir, capsys, case, needles):
@@ -255,6 +257,10 @@ def test_bad_input_is_one_line_and_nothing_is_written(run_dir, capsys, case, nee
         (bench_dir / "search.json").write_text("[1, 2]")
     elif case == "bench.md missing":
         (bench_dir / "bench.md").unlink()
+    elif case == "search.json holding NaN":
+        _edit(run_dir, "search.json", lambda d: d.update(zz=float("nan")))
+    elif case == "targets.json holding Infinity":
+        _edit(run_dir, "targets.json", lambda d: d.update(zz=float("inf")))
     else:
         _edit(run_dir, "train.json", lambda d: d.pop("environment"))
     _refused(run_dir, capsys, *needles)

@@ -90,7 +90,11 @@ def test_ingest_refuses_malformed_fields_and_writes_nothing(tmp_path, field, val
         ("model", 7, "model must be a non-empty string"),
         ("file", "", "file must be a non-empty string"),
         ("latency_ms_p90", float("nan"), "latency_ms_p90 is not a finite number"),  # was filed
-        ("vs_round_robin_best", {"ci95": [1.0, float("inf")]}, "vs_round_robin_best.ci95.1 is not a finite"),
+        (
+            "vs_round_robin_best",
+            {"ci95": [1.0, float("inf")]},
+            r"vs_round_robin_best.ci95\[1\] is not a finite",
+        ),
     ],
 )
 def test_ingest_checks_every_result_field(tmp_path, key, value, needle):
@@ -696,7 +700,8 @@ def test_a_json_result_never_overwrites_an_input_of_its_command(tmp_path):
         proc = run_cli(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
         (line,) = proc.stderr.strip().splitlines()
-        assert "argument --json" in line and "would overwrite" in line and "m.onnx" in line, line
+        assert "argument --json" in line and "m.onnx" in line, line
+        assert "would overwrite" in line or "a model or record of the pipeline" in line, line
         assert model.read_bytes() == before
     proc = run_cli("-m", "runtime.bench", str(model), "--json", str(tmp_path / "x.md"))
     assert proc.returncode == 2 and "other than .md" in proc.stderr and "bench 1/" not in proc.stderr
@@ -779,3 +784,46 @@ def test_a_mistake_names_the_flag_the_user_typed_once(args, env, line, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
     (got,) = proc.stderr.strip().splitlines()
     assert line in got, got
+
+
+@pytest.mark.parametrize(
+    "command,name",
+    [
+        (["search"], "lenet_pool.fp32.onnx"),  # the export it was searching from
+        (["select"], "lenet_pool.int8.s2d.ort.quantize.json"),  # a record it had read
+        (["evaluate", "{m}"], "lenet_pool.fp32.export.json"),  # `variants` then refused the export
+        (["size", "{m}"], "lenet_pool.int8.qdq.quantize.json"),  # size's own parameter count
+        (["evaluate", "{m}"], "b/manifest.json"),  # inside an unpacked bundle
+    ],
+)
+def test_a_json_result_never_lands_on_a_model_or_a_record(command, name, tmp_path):
+    """A second audit: `--json` onto a file the command reads implicitly (from --onnx-dir, a
+    record beside a model, a bundle's manifest) was written at the end, exit 0."""
+    from lenet_edge.export.variants import floor_model
+
+    m = tmp_path / "m.onnx"
+    m.write_bytes(floor_model().SerializeToString())
+    (tmp_path / "b" / "runtime").mkdir(parents=True)
+    target = tmp_path / name
+    target.write_text('{"keep": "me"}')
+    args = [a.format(m=m) for a in command]
+    proc = run_cli("-m", "lenet_edge.cli", *args, "--json", str(target))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "a model or record of the pipeline" in line, line
+    assert target.read_text() == '{"keep": "me"}'
+
+
+def test_internal_flags_typed_by_hand_are_one_line(tmp_path):
+    """A second audit: `bench --latency garbage` (--serve, --paired) was a JSONDecodeError traceback,
+    `study --evaluate-job DIR` a ValueError: flags the parent process writes for its children."""
+    for args, needle in (
+        (["-m", "runtime.bench", "--latency", "garbage"], "--latency: an internal flag"),
+        (["-m", "runtime.bench", "--serve", "[1, 2]"], "--serve: an internal flag"),
+        (["-m", "runtime.bench", "--paired", '[["a", "run"]]'], "--paired: an internal flag"),
+        (
+            ["-m", "lenet_edge.report.study", "--evaluate-job", str(tmp_path)],
+            "--evaluate-job: an internal flag",
+        ),
+    ):
+        assert_one_line_error(run_cli(*args), needle)
