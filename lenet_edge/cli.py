@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     stage_cli.PROG = f"lenet-edge {name}"
     try:
         module = importlib.import_module(cmd.module)
+    except KeyboardInterrupt:  # Ctrl-C while the command's libraries load: nothing started yet
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     except stage_cli.LenetEdgeError as e:  # e.g. a broken workflow file read at import
         print(f"error: {e}", file=sys.stderr)
         return 2
