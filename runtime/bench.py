@@ -969,8 +969,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     ncpu = os.cpu_count() or 1
     batches = _int_list(args.batch, ncpu, "--batch", MAX_BATCH)
     threads = _int_list(args.threads, ncpu, "--threads", MAX_THREADS)
-    calls = [c.strip() for c in args.calls.split(",") if c.strip()]
-    if not calls or set(calls) - set(CALLS):
+    calls = [c.strip() for c in args.calls.split(",")]  # an empty item is refused, as in --batch
+    if not calls or set(calls) - set(CALLS) or len(set(calls)) < len(calls):
         raise ConfigError(f"--calls must be a comma-separated subset of {CALLS}, got {args.calls!r}")
     if args.runs < 1 or args.warmup < 0 or args.rounds < 1:
         raise ConfigError("--runs and --rounds must be >= 1, --warmup >= 0")

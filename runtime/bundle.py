@@ -194,8 +194,8 @@ def validate_manifest(manifest: Any, source: Path) -> None:
             raise bad(f"{need} is not listed in 'files' (every file is verified by its sha256)")
     tol = manifest.get("tolerances")
     atol = tol.get("fp32_max_abs_diff") if isinstance(tol, dict) else None
-    if not (finite(atol) and atol >= 0):
-        raise bad("tolerances.fp32_max_abs_diff must be a finite number >= 0")
+    if not (finite(atol) and 0 <= atol <= 1e-2):  # 1e300 let any FP32 output pass
+        raise bad("tolerances.fp32_max_abs_diff must be a finite number in 0..0.01")
     models = manifest.get("models")
     if not isinstance(models, list) or not models:
         raise bad("'models' must list at least one model (an empty bundle checks nothing)")
@@ -204,6 +204,8 @@ def validate_manifest(manifest: Any, source: Path) -> None:
             raise bad(f"models[{i}] is not an object")
         if not isinstance(m.get("file"), str) or m["file"] not in files:
             raise bad(f"models[{i}].file must name a file listed in 'files'")
+        if any(isinstance(o, dict) and o.get("file") == m["file"] for o in models[:i]):
+            raise bad(f"models[{i}].file {m['file']} is listed twice (it was counted twice)")
         if m.get("precision") not in ("fp32", "int8"):
             raise bad(f"models[{i}].precision must be 'fp32' or 'int8'")
         if not isinstance(m.get("expected_key"), str):
@@ -260,6 +262,13 @@ def self_check(bundle: Path, report: Path | None = None, writes: tuple[Path, ...
     for out in [report, *writes]:  # `check B --json B/manifest.json` overwrote what it checks
         if out is not None and Path(out).resolve() in ours:
             raise BundleError(f"{out}: is a file of the bundle {bundle}; write the result elsewhere")
+    unlisted = sorted(
+        f"runtime/{p.name}"
+        for p in (bundle / "runtime").glob("*.py")
+        if f"runtime/{p.name}" not in manifest["files"]
+    )
+    if unlisted:  # code the check runs must be verified like the models (dropping it hid an edit)
+        raise BundleError(f"{manifest_path}: {', '.join(unlisted)} not listed in 'files'")
     for name, want in manifest["files"].items():
         p = inside(bundle, bundle / name)
         if not p.is_file():

@@ -8,6 +8,7 @@ skips every cleanup) are removed by the next writer of the same artifact or stag
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import json
 import os
@@ -134,8 +135,9 @@ def write_problem(path: str | Path, folder: bool = False) -> str | None:
         return f"cannot write there ({place} is a file, not a folder)"
     try:
         fd, probe = tempfile.mkstemp(prefix=".lenet-edge-probe.", dir=place)
-    except OSError as e:
-        return f"cannot write there ({place}: {e.strerror or e.__class__.__name__})"
+    except OSError as e:  # /proc answers ENOENT for a folder that is there
+        why = "takes no new files" if e.errno == errno.ENOENT else e.strerror or e.__class__.__name__
+        return f"cannot write there ({place}: {why})"
     os.close(fd)
     os.unlink(probe)
     return None

@@ -87,7 +87,12 @@ def verify_file(path: Path) -> None:
     """The file must be the canonical MNIST file of that name (sha256), else DataError."""
     want, _ = MNIST_FILES[path.name]
     if not path.is_file():
-        raise DataError(f"{path}: file not found (run `make data` or set MNIST_DIR)")
+        hint = (  # `MNIST_DIR=/nonexistent lenet-edge data` was told to run `make data`
+            "MNIST_DIR names its folder, which must hold the four IDX files"
+            if os.environ.get("MNIST_DIR")
+            else "run `make data` or set MNIST_DIR"
+        )
+        raise DataError(f"{path}: file not found ({hint})")
     try:
         got = sha256_file(path)
     except OSError as e:

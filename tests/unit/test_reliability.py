@@ -766,6 +766,8 @@ def test_a_fifo_or_a_folder_given_as_an_input_file_is_named_not_waited_on(tmp_pa
         ),
         (["bench", "x.onnx"], {"LENET_EDGE_ISA": "bogus"}, "(from the environment: LENET_EDGE_ISA=bogus)"),
         (["size", "x.onnx", "--params", str(10**26)], {}, "--params 1e+26: must be at most 10^12"),
+        (["bench", "x.onnx", "--calls", "run,,iobinding"], {}, "--calls must be a comma-separated subset"),
+        (["data"], {"MNIST_DIR": "/nonexistent"}, "MNIST_DIR names its folder, which must hold the four IDX"),
         # went on without the folder (or failed once per model)
         (["report", "--onnx-dir", "/nonexistent"], {}, "argument --onnx-dir: /nonexistent: not found"),
         (

@@ -616,6 +616,25 @@ def test_bundle_build_refuses_same_names_and_unreadable_records_and_check_takes_
     assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr[-1500:]
 
 
+def test_a_manifest_that_counts_a_model_twice_hides_code_or_waives_the_check_is_refused(bundle, tmp_path):
+    """A second audit: a manifest listing a model twice reported "2/2 models match"; one that left
+    runtime/*.py out of 'files' let an edited runtime run unverified; fp32_max_abs_diff 1e300
+    passed any output. Each is one line naming manifest.json."""
+    import shutil
+
+    for case, edit, needle in (
+        ("twice", lambda m: m["models"].append(dict(m["models"][0])), "is listed twice"),
+        ("code", lambda m: m["files"].pop("runtime/bench.py"), "runtime/bench.py not listed in 'files'"),
+        ("atol", lambda m: m["tolerances"].update(fp32_max_abs_diff=1e300), "in 0..0.01"),
+    ):
+        d = tmp_path / case
+        shutil.copytree(bundle, d)
+        manifest = json.loads((d / "manifest.json").read_text())
+        edit(manifest)
+        (d / "manifest.json").write_text(json.dumps(manifest))
+        assert_one_line_error(run_cli("-m", "runtime.bundle", "check", str(d)), "manifest.json", needle)
+
+
 def test_ingest_validates_and_tabulates(tmp_path, identity):
     from lenet_edge.runtime.bench import run_bench
     from lenet_edge.runtime.errors import LenetEdgeError
