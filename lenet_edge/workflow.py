@@ -235,8 +235,9 @@ def _tolerances(path: Path, table: dict[str, Any]) -> dict[str, Any]:
 
 def parse_workflow(path: Path) -> Workflow:
     path = Path(path)
-    if path.exists() and not path.is_dir() and missing_file(path, "workflow file"):  # a FIFO waited forever
-        raise WorkflowError(f"{path}: {missing_file(path, 'workflow file')}")
+    fifo = path.exists() and not path.is_dir() and missing_file(path, "workflow file")
+    if fifo:  # reading a FIFO waited forever
+        raise WorkflowError(f"{path}: {fifo}")
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
