@@ -22,6 +22,7 @@ and each core's build/bench/search.cortex-* (JSON and Markdown) to results/arm/,
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from contextlib import ExitStack
@@ -279,8 +280,8 @@ def publish(
     else:
         name, moves = plan(bench_dir, onnx_dir, out_dir, records_dir, allow_dirty)
     blobs = [(src.read_bytes(), dest) for src, dest in moves]  # every source read before any write
-    for src, _ in moves:  # `make report` refuses a result holding one: never file it
-        bad = non_finite_at(read_json(src)) if src.suffix == ".json" else None
+    for (src, _), (data, _) in zip(moves, blobs, strict=True):  # `make report` refuses one holding it
+        bad = non_finite_at(json.loads(data)) if src.suffix == ".json" else None
         if bad:
             raise PublishError(f"{src}: holds NaN or Infinity at {bad}; rerun the command that makes it")
     if not dry_run:

@@ -225,9 +225,9 @@ def missing_file(path: str | Path, what: str = "file") -> str | None:
 def read_json(path: str | Path) -> Any:
     from .errors import LenetEdgeError
 
-    problem = missing_file(path, "JSON file")
-    if problem and Path(path).exists() and not Path(path).is_dir():
-        raise LenetEdgeError(f"{path}: {problem}")  # `ingest FIFO` waited forever
+    p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():  # `ingest FIFO` waited forever
+        raise LenetEdgeError(f"{path}: {missing_file(path, 'JSON file')}")
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError as e:
