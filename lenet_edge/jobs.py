@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -101,6 +102,25 @@ class Prepared:
     input_sha: dict[str, str]
 
 
+def check_jobs(jobs: list[Job], backend: str) -> None:
+    """What `run_jobs` would refuse, found before a command prints its plan or starts a progress
+    bar (one line, nothing created): an unknown backend, Ray not installed, an input file that is
+    not there, the same job twice."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        ray_module()  # its message says how to install it
+    seen: dict[str, str] = {}
+    for j in jobs:
+        for path in j.inputs.values():
+            if not Path(path).is_file():
+                raise ConfigError(f"{path}: input file of job {j.label or j.kind} not found")
+        same = json.dumps([j.kind, j.fn, j.key, j.inputs], sort_keys=True)
+        if same in seen:
+            raise ConfigError(f"job {j.label or j.kind} is given twice ({seen[same]!r} and this one)")
+        seen[same] = j.label or j.kind
+
+
 def prepare(jobs: list[Job]) -> list[Prepared]:
     """Hash each input file once and each job's code once; the cache id of every job."""
     file_sha: dict[str, str] = {}
@@ -110,8 +130,6 @@ def prepare(jobs: list[Job]) -> list[Prepared]:
         sha = {}
         for name, path in j.inputs.items():
             if path not in file_sha:
-                if not Path(path).is_file():
-                    raise ConfigError(f"{path}: input file of job {j.label or j.kind} not found")
                 file_sha[path] = sha256_file(path)
             sha[name] = file_sha[path]
         what = (j.fn, j.code_modules)
@@ -267,8 +285,7 @@ def run_jobs(
     progress: Any = None,
 ) -> tuple[list[dict[str, Any]], RunStats]:
     """Every job's record, in list order; jobs with a cached record are not run again."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    check_jobs(jobs, backend)
     prepared = prepare(jobs)
     stats = RunStats(total=len(jobs), backend=backend)
     records: dict[str, dict[str, Any]] = {}
@@ -299,7 +316,6 @@ def run_jobs(
 
     t0 = time.perf_counter()
     if todo:
-        cache_dir.mkdir(parents=True, exist_ok=True)
         if backend == "local":
             _run_local(todo, parallel, done)
         else:

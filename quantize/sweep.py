@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, describe, run_jobs
+from lenet_edge.jobs import Job, add_backend_flags, check_jobs, data_arg, data_inputs, describe, run_jobs
 from lenet_edge.quantize.recipe import DEFAULT_RECIPES, QuantRecipe
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import LenetEdgeError
@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     models = selected(args.model, args.workflow)
     jobs = sweep_jobs(args.onnx_dir, models, args.data_dir, args.recipes)
+    check_jobs(jobs, args.backend)  # one line before the progress bar
     with Progress(len(jobs), "quantize sweep", "recipe", every=0.1) as bar:
         rows, stats = run_jobs(jobs, args.out_dir, args.backend, args.jobs, progress=bar)
     # both files or neither (the JSON was written, then a folder named like the .md stopped the

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, describe, run_jobs
+from lenet_edge.jobs import Job, add_backend_flags, check_jobs, data_arg, data_inputs, describe, run_jobs
 from lenet_edge.report.transforms import conditions
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import ContractError, LenetEdgeError
@@ -116,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
             raise LenetEdgeError(f"{m}: model file not found (run `make quantize`)")
     if a.limit is not None and a.limit < 1:
         raise LenetEdgeError(f"--limit {a.limit}: must be >= 1")
+    names: dict[str, Path] = {}
+    for m in a.models:  # results are keyed by file name: found before any job runs (was after all)
+        if model_key(m) in names:
+            raise LenetEdgeError(
+                f"{m}: a model named {model_key(m)!r} is given already ({names[model_key(m)]}): give each model once"
+            )
+        names[model_key(m)] = m
     data = data_inputs(a.data_dir)
     jobs = [
         Job(
@@ -128,11 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for m in a.models
     ]
+    check_jobs(jobs, a.backend)  # Ray or data files missing: one line before the progress bar
     with Progress(len(jobs), "invariance", "model", every=1 / len(jobs)) as bar:
         recs, stats = run_jobs(jobs, a.out_dir, a.backend, a.jobs, progress=bar)
-    keys = [r["key"] for r in recs]
-    if len(set(keys)) != len(keys):
-        raise LenetEdgeError("two model files have the same name: give each model once")
     res = {
         "schema": SCHEMA,
         "images": recs[0]["images"],

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lenet_edge.jobs import Job, add_backend_flags, data_arg, data_inputs, describe, run_jobs
+from lenet_edge.jobs import Job, add_backend_flags, check_jobs, data_arg, data_inputs, describe, run_jobs
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.errors import ConfigError, LenetEdgeError
 from lenet_edge.runtime.files import read_json, sha256_file, write_json_atomic
@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     # Candidate first (the stride-2 net trains ~2x slower), so the last job is not a lone long one.
     models = tuple(reversed(comparison()))
     jobs = study_jobs(seeds, models, a.epochs, a.train_limit, a.data_dir)
+    check_jobs(jobs, a.backend)  # Ray missing, data files missing: one line before the plan
     print(f"study: {len(jobs)} jobs ({a.seeds} seeds x {len(models)} models), {a.backend} backend")
 
     def said(job: Job, r: dict[str, Any]) -> None:

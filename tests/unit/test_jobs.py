@@ -63,7 +63,20 @@ def test_duplicate_jobs_and_missing_inputs_are_refused(tmp_path):
         jobs.prepare([js[0], js[0]])
     gone = jobs.Job("t", {"i": 0}, "lenet_edge.jobs:noop_job", {"i": 0}, {"blob": str(tmp_path / "none")})
     with pytest.raises(jobs.ConfigError, match="none: input file"):
-        jobs.prepare([gone])
+        jobs.run_jobs([gone], tmp_path / "cache")
+    with pytest.raises(jobs.ConfigError, match="given twice"):
+        jobs.check_jobs([js[1], js[0], js[1]], "local")
+    assert not (tmp_path / "cache").exists()  # a refused run creates no cache folder
+
+
+def test_a_run_whose_jobs_all_fail_creates_no_cache_folder(tmp_path, monkeypatch):
+    """A failed study left an empty build/study/ behind: the folder comes with the first record."""
+    with pytest.raises(jobs.JobError, match="1 of 1 jobs failed"):
+        jobs.run_jobs(_jobs(tmp_path, n=1, fail=0), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+    monkeypatch.setitem(sys.modules, "ray", None)  # refused before anything runs, not at connect
+    with pytest.raises(jobs.ConfigError, match="make setup-cluster"):
+        jobs.check_jobs(_jobs(tmp_path, n=1), "ray")
 
 
 DRIVER = textwrap.dedent(

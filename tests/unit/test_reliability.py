@@ -737,6 +737,30 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(args, needl
     assert sorted(p.name for p in tmp_path.rglob("*")) == before and time.time() - t0 < 60
 
 
+def test_job_commands_refuse_missing_data_and_twice_named_models_before_any_job(tmp_path):
+    """`study --data-dir EMPTY` printed its plan and a progress bar, then the error (three lines)
+    and left an empty build/study/; `invariance a/m.onnx b/m.onnx` ran both models and only then
+    said that two have the same name. Now: one line, exit 2, before any job; no cache folder."""
+    empty, cache = tmp_path / "empty", tmp_path / "cache"
+    empty.mkdir()
+    for a, b in (("a", "b"), ("a", "a")):
+        (tmp_path / a).mkdir(exist_ok=True)
+        (tmp_path / b).mkdir(exist_ok=True)
+        (tmp_path / a / "m.onnx").write_bytes(b"not run")
+        (tmp_path / b / "m.onnx").write_bytes(b"not run")
+    (tmp_path / "a" / "lenet_pool.fp32.onnx").write_bytes(b"no record beside it")
+    for args, needle in (
+        (["study", "--seeds", "2", "--epochs", "1", "--data-dir", str(empty)], "input file of job"),
+        (["sweep", "--model", "lenet_pool", "--onnx-dir", str(tmp_path / "a")], "input file of job"),
+        (["invariance", str(tmp_path / "a/m.onnx"), str(tmp_path / "b/m.onnx")], "given already"),
+        (["invariance", str(tmp_path / "a/m.onnx"), str(tmp_path / "a/m.onnx")], "given already"),
+    ):
+        json_out = tmp_path / "out.json"
+        proc = run_cli("-m", "lenet_edge.cli", *args, "--out-dir", str(cache), "--json", str(json_out))
+        assert_one_line_error(proc, needle)
+        assert proc.stdout == "" and not cache.exists() and not json_out.exists(), args
+
+
 def test_a_fifo_or_a_folder_given_as_an_input_file_is_named_not_waited_on(tmp_path):
     """`ingest FIFO`, `select --bench FIFO`, `train --workflow FIFO` waited forever for a writer;
     `evaluate DIR` said "model file not found"."""
