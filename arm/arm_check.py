@@ -9,6 +9,7 @@ Stdlib only (the host side needs no project environment).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import zlib
 from pathlib import Path
 
 import arm_setup  # beside this script, in arm/
+from arm_files import write_text_atomic
 
 try:  # the commit a result was made from; stdlib only without it (run by hand outside the project)
     from lenet_edge.runtime.env import code_version, provenance_text
@@ -367,15 +369,20 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=1, help="counting repeats per model and CPU (default 1)")
     a = ap.parse_args()
     # repeats of a deterministic count: 0 gave no row to summarise, after minutes of set-up
-    if not 1 <= a.reps <= 10:
-        sys.exit(f"error: --reps {a.reps}: must be 1..10")
-    if not a.bundle.is_file():
-        sys.exit(f"error: {a.bundle}: not found (run `make bundle`)")
     # the set-up after the arguments and the bundle: a user mistake costs no minutes of sysroot work
-    try:
-        bundle, manifest = unpack(a.bundle)
-    except BundleError as e:
-        print(f"error: {e}", file=sys.stderr)
+    # and exits 2 like every other command's (the tool's own failures below exit 1)
+    problem = None
+    if not 1 <= a.reps <= 10:
+        problem = f"--reps {a.reps}: must be 1..10"
+    elif not a.bundle.is_file():
+        problem = f"{a.bundle}: not found (run `make bundle`)"
+    else:
+        try:
+            bundle, manifest = unpack(a.bundle)
+        except BundleError as e:
+            problem = str(e)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     rc = arm_setup.ensure()
     if rc != 0:
@@ -479,9 +486,6 @@ def main() -> int:
         "count_rows": cnt["rows"],
         "cycle_estimates": estimates,
     }
-    (ARM_BUILD / "arm-check.json").write_text(json.dumps(report, indent=1) + "\n")
-    (ARM_BUILD / "arm-check.md").write_text(md)
-    print(md)
     fp32_bad = [
         f"{cpu}: {m['file']}"
         for cpu, r in checks.items()
@@ -494,13 +498,34 @@ def main() -> int:
         for m in r["models"]
         if m["precision"] == "int8" and not m["passed"]
     ]
+    written = write_report(ARM_BUILD, report, md, passed=not (fp32_bad or int8_bad))
+    print(md)
     if fp32_bad or int8_bad:
         print(
-            f"error: aarch64 results differ from x86: {', '.join(fp32_bad + int8_bad)} (see {ARM_BUILD / 'arm-check.md'})",
+            f"error: aarch64 results differ from x86: {', '.join(fp32_bad + int8_bad)} (see {written}; "
+            "the last passing arm-check.json stays)",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def write_report(arm_dir: Path, report: dict, md: str, passed: bool) -> Path:
+    """The run's two files: arm-check.{json,md}, which `publish --arm` files, or, when the bundle's
+    self-check failed, arm-check.failed.{json,md}, so a failing run never replaces a passing one.
+    Each file is written under a temporary name and renamed into place, the table before the JSON;
+    the JSON records whether the run passed and the table's sha256, so a reader tells the pair
+    from the halves of two runs (one stopped between the renames). Returns the table's path."""
+    stem = "arm-check" if passed else "arm-check.failed"
+    report = {**report, "passed": passed, "markdown_sha256": hashlib.sha256(md.encode()).hexdigest()}
+    table = arm_dir / f"{stem}.md"
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(table, md)
+    write_text_atomic(arm_dir / f"{stem}.json", json.dumps(report, indent=1) + "\n")
+    if passed:  # a later passing run: the failed pair of an earlier one no longer describes the bundle
+        for suffix in (".json", ".md"):
+            (arm_dir / f"arm-check.failed{suffix}").unlink(missing_ok=True)
+    return table
 
 
 if __name__ == "__main__":

@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.report}: {e}", file=sys.stderr)
         return 2
     if a.json:
-        a.json.write_text(json.dumps(out, indent=1) + "\n")
+        from arm_files import write_text_atomic  # beside this script (on the path when it runs)
+
+        write_text_atomic(a.json, json.dumps(out, indent=1) + "\n")
     return 0
 
 

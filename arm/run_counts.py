@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from arm_files import write_text_atomic  # beside this script, in arm/
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARM_BUILD = os.environ.get("ARM_BUILD", os.path.join(HERE, "..", "build", "arm"))
 
@@ -161,21 +163,16 @@ def main():
             lines.append(f"| {cpu} | {f:,.0f} | {q:,.0f} | {q / f:.3f} |")
     table = "\n".join(lines) + "\n"
     print("\n" + table)
-    with open(os.path.join(a.out_dir, "table.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(a.out_dir, "counts.json"), "w") as f:
-        json.dump(
-            {
-                "mode": a.mode,
-                "runs": a.runs,
-                "regions": a.regions,
-                "warmup": a.warmup,
-                "extra_args": a.extra,
-                "rows": rows,
-            },
-            f,
-            indent=1,
-        )
+    write_text_atomic(os.path.join(a.out_dir, "table.md"), table)
+    counted = {
+        "mode": a.mode,
+        "runs": a.runs,
+        "regions": a.regions,
+        "warmup": a.warmup,
+        "extra_args": a.extra,
+        "rows": rows,
+    }
+    write_text_atomic(os.path.join(a.out_dir, "counts.json"), json.dumps(counted, indent=1))
     if not ok:
         print(f"WARNING: repeats differ by more than {a.tol_pct} %", file=sys.stderr)
     return 0 if ok else 1

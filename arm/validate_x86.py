@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import mca  # noqa: E402
+from arm_files import write_text_atomic  # noqa: E402
 
 FEATURES = ("AVX2", "FMA3", "AVX512F", "AVX512BW", "AVX512_SKX", "AVX512_CNL", "AVX512_ICL", "AVX512_SPR")
 PROBE = (
@@ -264,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "spearman": rho,
         "bench": str(a.bench),
     }
-    tmp = a.json.with_name(f".{a.json.name}.tmp")
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
-    os.replace(tmp, a.json)
+    write_text_atomic(a.json, json.dumps(res, indent=1) + "\n")
     fit = (
         f"factors SIMD {cal['factor_simd']:.3f} / scalar {cal['factor_scalar']:.3f}"
         if cal["model"] == "simd+scalar"

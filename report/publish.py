@@ -32,7 +32,7 @@ from typing import Any
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.env import whole_isa
 from lenet_edge.runtime.errors import LenetEdgeError
-from lenet_edge.runtime.files import atomic_path, inside, read_json
+from lenet_edge.runtime.files import atomic_path, inside, read_json, sha256_file
 from lenet_edge.runtime.ingest import IngestError, slug, validate
 from lenet_edge.runtime.numeric import non_finite_at
 from lenet_edge.workflow import model_names
@@ -187,6 +187,13 @@ def plan_arm(
     doc = read_json(check)
     if not isinstance(doc, dict) or "best_int8_over_best_fp32" not in doc:
         raise PublishError(f"{check}: not a lenet-edge aarch64 check (no best_int8_over_best_fp32)")
+    if doc.get("passed") is not True:  # arm-check writes a failing run aside; this one was made by hand
+        raise PublishError(f"{check}: its self-check did not pass (or it predates `passed`); rerun arm-check")
+    table = _markdown(check)
+    if doc.get("markdown_sha256") != sha256_file(table):
+        raise PublishError(
+            f"{table}: not the table of {check.name} (the halves of two runs?); rerun `make arm-check`"
+        )
     _, code, _ = _env(doc)
     _committed(check, code, allow_dirty)
     moves = []

@@ -124,4 +124,35 @@ def test_arm_check_refuses_a_repeat_count_before_its_set_up(reps, tmp_path):
         text=True,
         timeout=60,
     )
-    assert proc.returncode != 0 and proc.stderr.strip() == f"error: --reps {reps}: must be 1..10"
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: --reps {reps}: must be 1..10"
+    proc = subprocess.run(  # a user mistake exits 2 as in every other command (it was 1)
+        [sys.executable, str(ROOT / "arm" / "arm_check.py"), str(tmp_path / "none.tar.gz")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == f"error: {tmp_path / 'none.tar.gz'}: not found (run `make bundle`)"
+    )
+
+
+def test_the_arm_tools_write_their_outputs_whole_or_not_at_all(tmp_path, monkeypatch):
+    """run_counts.py, mca.py --json, validate_x86.py and arm_check.py wrote with plain writes: a
+    stop mid-write left a truncated counts.json or report. They share arm/arm_files.py now."""
+    sys.path.insert(0, str(ROOT / "arm"))
+    import arm_files
+
+    out = tmp_path / "counts.json"
+    arm_files.write_text_atomic(out, "old")
+    monkeypatch.setattr(arm_files.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        arm_files.write_text_atomic(out, "new, never renamed")
+    assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["counts.json"]
+    for script in ("arm_check.py", "run_counts.py", "mca.py", "validate_x86.py"):
+        text = (ROOT / "arm" / script).read_text()
+        assert (
+            "write_text_atomic(" in text
+            and ".write_text(" not in text
+            and "open(os.path.join(a.out_dir" not in text
+        ), script

@@ -3,6 +3,7 @@ error line naming the file and the field, a non-zero exit, no traceback, nothing
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import json
@@ -365,3 +366,74 @@ def test_arm_check_unpacks_a_good_bundle_and_fails_fast_on_a_bad_one(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {bad}: "), err
         assert (bundle / "models" / "m.fp32.onnx").read_bytes() == b"x"
+
+
+def test_a_failing_arm_check_never_replaces_the_passing_report(arm_check, tmp_path, monkeypatch, capsys):
+    """arm-check wrote arm-check.{json,md} with plain writes before its verdict: a run whose aarch64
+    results differ from x86 replaced the passing report (and `publish --arm` filed it), a stop
+    between the two writes left one run's JSON beside another's table. Now a failing run goes to
+    arm-check.failed.*, each file is renamed into place, and the JSON names its table's sha256."""
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    files = ("m.fp32.onnx", "m.int8.qdq.onnx")
+    manifest = {"models": [{"file": f"models/{f}"} for f in files]}
+    insns = {"m.fp32.onnx": 1000.0, "m.int8.qdq.onnx": 600.0}
+    verdict = {"passed": True}
+
+    def check(b, cpu, site):
+        return {
+            "models": [
+                {
+                    "file": f"models/{f}",
+                    "precision": f.split(".")[1],
+                    "passed": verdict["passed"],
+                    "agreement": 1.0,
+                    "max_abs_diff": 0.0,
+                    "bit_exact": True,
+                }  # fmt: skip
+                for f in files
+            ]
+        }
+
+    def counts(b, site, models, reps):
+        rows = [
+            {"cpu": c, "model": m.name, "insns_per_inference": insns[m.name]}
+            for c in arm_check.CPUS
+            for m in models
+        ]
+        return {"rows": rows, "reps": reps}
+
+    monkeypatch.setattr(arm_check, "unpack", lambda t: (bundle, manifest))
+    monkeypatch.setattr(arm_check.arm_setup, "ensure", lambda: 0)
+    monkeypatch.setattr(arm_check, "bundle_check", check)
+    monkeypatch.setattr(arm_check, "counts", counts)
+    monkeypatch.setattr(arm_check, "_mca_available", lambda: False)
+    tarball = tmp_path / "b.tar.gz"
+    tarball.write_bytes(b"stubbed")
+    monkeypatch.setattr(sys, "argv", ["arm_check.py", str(tarball)])
+    arm = tmp_path / "arm"
+
+    assert arm_check.main() == 0
+    good = {n: (arm / n).read_bytes() for n in ("arm-check.json", "arm-check.md")}
+    doc = json.loads(good["arm-check.json"])
+    assert doc["passed"] is True
+    assert doc["markdown_sha256"] == hashlib.sha256(good["arm-check.md"]).hexdigest()
+    assert [g["ratio"] for g in doc["best_int8_over_best_fp32"]] == [0.6, 0.6]
+
+    verdict["passed"], insns["m.int8.qdq.onnx"] = False, 9990.0  # a run whose results differ from x86
+    capsys.readouterr()
+    assert arm_check.main() == 1
+    assert "arm-check.failed.md" in capsys.readouterr().err
+    assert {n: (arm / n).read_bytes() for n in good} == good  # the passing pair stays
+    failed = json.loads((arm / "arm-check.failed.json").read_text())
+    assert failed["passed"] is False and [g["ratio"] for g in failed["best_int8_over_best_fp32"]] == [
+        9.99,
+        9.99,
+    ]
+
+    verdict["passed"] = True
+    assert arm_check.main() == 0
+    assert sorted(p.name for p in arm.iterdir()) == [
+        "arm-check.json",
+        "arm-check.md",
+    ]  # no temp, no stale failure

@@ -4,6 +4,7 @@ when every file comes from the same run on committed code; nothing written other
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -270,12 +271,18 @@ def test_bad_input_is_one_line_and_nothing_is_written(run_dir, capsys, case, nee
 def arm_run(tmp_path):
     """`make search-arm bundle arm-check`: the check in build/arm, each core's search in build/bench."""
     arm_dir, bench_dir = tmp_path / "build" / "arm", tmp_path / "build" / "bench"
+    _write(arm_dir, "arm-check.md", "# aarch64 check\n")
     _write(
         arm_dir,
         "arm-check.json",
-        {"command": "lenet-edge arm-check b", "environment": _env(ZEN5), "best_int8_over_best_fp32": []},
+        {
+            "command": "lenet-edge arm-check b",
+            "environment": _env(ZEN5),
+            "best_int8_over_best_fp32": [],
+            "passed": True,
+            "markdown_sha256": hashlib.sha256(b"# aarch64 check\n").hexdigest(),
+        },
     )
-    _write(arm_dir, "arm-check.md", "# aarch64 check\n")
     for core in ("cortex-a72", "cortex-a76"):
         _write(bench_dir, f"search.{core}.json", {"target": core, "environment": _env(ZEN5), "models": {}})
         _write(bench_dir, f"search.{core}.md", "# search\n")
@@ -320,6 +327,8 @@ def test_the_aarch64_run_is_published_to_results_arm(arm_run):
         ("not a check", ("arm-check.json", "not a lenet-edge aarch64 check")),
         ("no check", ("arm-check.json", "no aarch64 check")),
         ("a core's table missing", ("search.cortex-a72.md", "missing")),
+        ("a failed self-check", ("arm-check.json", "self-check did not pass")),
+        ("a table of another run", ("arm-check.md", "not the table of arm-check.json")),
     ],
 )
 def test_an_aarch64_run_that_does_not_hold_together_is_refused(arm_run, capsys, case, needles):
@@ -342,6 +351,10 @@ def test_an_aarch64_run_that_does_not_hold_together_is_refused(arm_run, capsys, 
         check.write_text("{}")
     elif case == "no check":
         check.unlink()
+    elif case == "a failed self-check":  # arm-check writes such a run aside; this one was moved by hand
+        check.write_text(json.dumps({**json.loads(check.read_text()), "passed": False}))
+    elif case == "a table of another run":  # a run stopped between its two renames
+        (check.parent / "arm-check.md").write_text("# aarch64 check, the run before\n")
     else:
         (arm_run / "build" / "bench" / "search.cortex-a72.md").unlink()
     assert run(publish.main, _arm_argv(arm_run)) == 2

@@ -1,0 +1,19 @@
+"""Writing the aarch64 tools' outputs: stdlib only (these scripts run on the host's Python before
+any virtual environment exists, so they cannot use runtime/files.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """`text` to a temporary file beside `path` (named with this process's id), renamed over `path`:
+    a reader sees the old file or the whole new one, never a half-written one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
