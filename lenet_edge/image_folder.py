@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lenet_edge.runtime.errors import DataError
-from lenet_edge.runtime.files import write_bytes_atomic
+from lenet_edge.runtime.errors import DataError, LenetEdgeError
+from lenet_edge.runtime.files import inside, write_bytes_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "build" / "data"
@@ -44,6 +44,12 @@ def _rows(labels: Path, folder: Path, classes: int) -> list[tuple[str, Path, int
         rel = Path(name)
         if not name or rel.is_absolute() or ".." in rel.parts:
             raise DataError(f"{labels}:{n}: file {name!r} must be a relative path inside {folder}")
+        try:  # a symlink on the way may not lead out either (as for a workflow's own paths)
+            inside(folder, folder / rel)
+        except LenetEdgeError:
+            raise DataError(
+                f"{labels}:{n}: file {name!r} leads outside {folder} (through a symlink)"
+            ) from None
         try:
             k = int(label)
         except ValueError:

@@ -239,6 +239,27 @@ def _string_constants(path: Path) -> list[tuple[int, str]]:
     ]
 
 
+def test_an_image_folder_row_may_not_leave_the_folder_through_a_symlink(tmp_path):
+    """A labels row spelled inside the folder (`imgs/a.png`) whose file is a symlink to a file
+    outside was read: the spelling was checked, the target not (a workflow's own paths were)."""
+    from lenet_edge.image_folder import _rows
+    from lenet_edge.runtime.errors import DataError
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (tmp_path / "outside.png").write_bytes(b"x")
+    (folder / "a.png").symlink_to(tmp_path / "outside.png")
+    (folder / "b.png").write_bytes(b"x")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("train,b.png,1\ntest,b.png,2\n")
+    assert [r[1] for r in _rows(labels, folder, 10)] == [folder / "b.png"] * 2
+    labels.write_text("train,b.png,1\ntest,a.png,2\n")
+    with pytest.raises(
+        DataError, match=r"labels.csv:2: file 'a.png' leads outside .*imgs \(through a symlink\)"
+    ):
+        _rows(labels, folder, 10)
+
+
 def test_no_model_is_named_outside_workflow_files_and_tests():
     # the code reads the models from workflows/; only docstrings and comments may mention one
     names = model_names = workflow.model_names()
