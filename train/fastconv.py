@@ -160,10 +160,11 @@ def _load() -> ModuleType:
         quiet = logging.getLogger("utils.cpp_extension")  # its INFO lines on every load
         level = quiet.level
         quiet.setLevel(logging.WARNING)
-        try:
+
+        def build_and_load() -> ModuleType:
             with _stdout_silenced(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="No ccache found")
-                module = cpp_load(
+                return cpp_load(
                     name="lenet_edge_fastconv",
                     sources=[str(SOURCE)],
                     extra_cxx_cflags=["-O2", "-std=c++17"],
@@ -172,11 +173,35 @@ def _load() -> ModuleType:
                     build_directory=str(build),
                     verbose=False,
                 )
+
+        try:
+            try:
+                module = build_and_load()
+            except Exception:
+                if not any(build.rglob("*.so")):
+                    raise
+                # A build stopped mid-link (Ctrl-C during the first `make`) leaves a truncated
+                # library newer than its source: the builder keeps it and every later training
+                # fell back to Paddle's kernel. Start that build over, once.
+                print("fastconv: the cached build does not load; building it again ...", file=sys.stderr)
+                clear_build(build)
+                module = build_and_load()
         except Exception as e:  # the compiler's or the loader's failure, in one line
             raise Unavailable(f"build failed in {build}: {str(e).strip().splitlines()[-1][:300]}") from e
         finally:
             quiet.setLevel(level)
     return module
+
+
+def clear_build(build: Path) -> None:
+    """Everything in a fastconv build folder but its lock (held by the caller)."""
+    for p in build.iterdir():
+        if p.name == ".lock":
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 class _stdout_silenced:

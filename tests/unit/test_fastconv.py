@@ -3,6 +3,7 @@
 On Linux x86_64 the operator must build (a silent fallback would hide a slower training and other
 weights); elsewhere these tests skip."""
 
+import os
 import platform
 
 import numpy as np
@@ -184,3 +185,36 @@ def test_below_avx512_a_one_channel_weight_gradient_is_a_forward_convolution(tmp
     err = float(next(line for line in proc.stdout.splitlines() if line.startswith("ERR")).split()[1])
     assert err < 1e-5
     assert "forward_inference,src:" in proc.stdout and "mb1_ic8oc6_ih12oh5kh12" in proc.stdout
+
+
+def test_a_build_stopped_mid_link_is_built_again_not_fallen_back_from(ops, tmp_path):
+    """Ctrl-C while the first `make` linked fastconv left a truncated library newer than its
+    source: Paddle's builder kept it, the build step died of a bus error and every later training
+    fell back to Paddle's kernel ("fastconv unavailable"). Now the build starts over once."""
+    import shutil
+    import subprocess
+    import sys
+
+    from lenet_edge.train.paddle_env import cache_root
+
+    cache = tmp_path / "lenet-edge"
+    for part in ("fastconv", "onednn-headers"):  # the headers: no download; the build: redone here
+        shutil.copytree(cache_root() / part, cache / part, symlinks=True)
+
+    def kernel() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "lenet_edge.train.fastconv"],
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    first = kernel()  # this cache's own build (the include path differs from the real cache's)
+    assert "training convolutions: oneDNN" in first.stdout, first.stderr[-2000:]
+    (lib,) = (p for p in cache.joinpath("fastconv").rglob("lenet_edge_fastconv.so") if "build" not in p.parts)
+    lib.write_bytes(lib.read_bytes()[:50_000])  # what a killed linker leaves
+    again = kernel()
+    assert "training convolutions: oneDNN" in again.stdout, again.stderr[-2000:]
+    assert "building it again" in again.stderr and "unavailable" not in again.stderr
+    assert lib.stat().st_size > 50_000
