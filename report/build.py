@@ -27,7 +27,7 @@ from lenet_edge.runtime.bench import SCHEMA as BENCH_SCHEMA
 from lenet_edge.runtime.cli import add_common, parser, path_arg, run
 from lenet_edge.runtime.env import describe_cpu, whole_isa
 from lenet_edge.runtime.errors import LenetEdgeError
-from lenet_edge.runtime.files import atomic_path, read_json, remove_stale_temp_files
+from lenet_edge.runtime.files import atomic_path, read_json, remove_stale_temp_files, write_problem
 from lenet_edge.runtime.numeric import non_finite_at
 from lenet_edge.workflow import comparison, get
 
@@ -1029,7 +1029,11 @@ def build(results: Path, onnx_dir: Path, out_dir: Path) -> Path:
         # no timestamp: the same result files give a byte-identical report
         L += ["", "_Built by `lenet-edge report` from the result files named above._", ""]
         (stage / "REPORT.md").write_bytes("\n".join(L).encode())
-        for f in sorted(stage.iterdir(), key=lambda f: f.name == "REPORT.md"):  # the report last
+        built = sorted(stage.iterdir(), key=lambda f: f.name == "REPORT.md")  # the report last
+        for f in built:  # every place free before the first rename: never new plots beside the old report
+            if problem := write_problem(out_dir / f.name):
+                raise ReportError(f"{out_dir / f.name}: {problem}; the previous report is unchanged")
+        for f in built:
             os.replace(f, out_dir / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

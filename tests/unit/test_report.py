@@ -574,3 +574,14 @@ def test_report_refuses_nan_and_other_shapes_and_keeps_the_old_report(tmp_path):
     (res / "study.json").write_text(json.dumps(good))
     build(res, tmp_path / "no-onnx", out)
     assert not stale.exists() and not [f for f in out.iterdir() if f.name.startswith(".")]
+    # a place the report cannot take (a folder named REPORT.md) is found before the first rename:
+    # the plots were replaced first, then the rename of the report failed
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    (out / "REPORT.md").unlink()
+    (out / "REPORT.md").mkdir()
+    (out / "REPORT.md" / "x").write_text("in the way")
+    with pytest.raises(ReportError, match="REPORT.md: is a directory.*previous report is unchanged"):
+        build(res, tmp_path / "no-onnx", out)
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == {
+        k: v for k, v in before.items() if k != "REPORT.md"
+    }
