@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 
 import arm_setup  # beside this script, in arm/
-from arm_files import write_text_atomic
+from arm_files import remove_dead_staging, write_text_atomic
 
 try:  # the commit a result was made from; stdlib only without it (run by hand outside the project)
     from lenet_edge.runtime.env import code_version, provenance_text
@@ -65,6 +65,7 @@ def unpack(tarball: Path) -> tuple[Path, dict]:
     unpacked into a staging folder first, so a failure leaves no half-unpacked bundle."""
     dest = ARM_BUILD / "bundle"
     ARM_BUILD.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(ARM_BUILD, ".bundle")  # a killed run's half-unpacked bundle
     staging = ARM_BUILD / f".bundle.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

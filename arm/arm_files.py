@@ -17,3 +17,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_dead_staging(folder: Path, prefix: str) -> None:
+    """The `PREFIX.PID.tmp` folders in `folder` whose process is gone: a killed run's staging."""
+    import shutil
+
+    for p in folder.glob(f"{prefix}.*.tmp"):
+        pid = p.name[len(prefix) + 1 : -len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -45,7 +45,9 @@ from lenet_edge.runtime.files import (
     fault_point,
     owned_temp_dir,
     read_json,
+    remove_stale_temp_files,
     sha256_file,
+    write_bytes_atomic,
     write_json_atomic,
 )
 
@@ -216,22 +218,23 @@ def materialize(name: str, sha: str, blob: bytes, filename: str) -> Path:
     out = d / filename
     if out.is_file() and sha256_file(out) == sha:  # a cached copy is used only if still intact
         return out
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{filename}.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_bytes(blob)
-    os.replace(tmp, out)
+    write_bytes_atomic(out, blob)  # a killed worker's temp file is removed by the next writer
     return out
 
 
 def _link(src: Path, dst: Path) -> None:
     """A hard link (a symlink would resolve outside the job's folder, which stages refuse),
     put in place atomically: another worker of the node may be linking the same file."""
+    remove_stale_temp_files(dst)  # a killed worker's
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def ray_job(job: dict[str, Any], refs: dict[str, tuple[str, str, list[Any]]]) -> dict[str, Any]:

@@ -120,7 +120,10 @@ def test_a_worker_refuses_other_code_and_checks_input_bytes(tmp_path, monkeypatc
     p = jobs.materialize("data", sha, blob, "t10k-images-idx3-ubyte")
     assert p.read_bytes() == blob and p.parent.parent == tmp_path / "cache"
     p.write_bytes(b"PIXELS")  # the node's cached copy damaged (same size): fetched again
+    stale = p.with_name(f".{p.name}.4194303.140.tmp")  # a worker killed mid-write (its PID gone)
+    stale.write_bytes(b"PIX")
     assert jobs.materialize("data", sha, blob, "t10k-images-idx3-ubyte").read_bytes() == blob
+    assert sorted(f.name for f in p.parent.iterdir()) == [p.name]  # stayed for good before
     for bad in ("../x", "..", "a/b", ""):
         with pytest.raises(jobs.JobError, match="not a plain file name"):
             jobs.materialize("data", sha, blob, bad)

@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -350,8 +351,13 @@ def test_arm_check_refuses_a_malformed_bundle_naming_it(members, needle, arm_che
 def test_arm_check_unpacks_a_good_bundle_and_fails_fast_on_a_bad_one(
     arm_check, tmp_path, monkeypatch, capsys
 ):
+    killed = tmp_path / "arm" / ".bundle.4194303.tmp"  # a run killed mid-unpack (its PID gone)
+    (killed / "lenet-edge-bundle").mkdir(parents=True)
+    mine = tmp_path / "arm" / f".bundle.{os.getppid()}.tmp"  # a live process's staging stays
+    mine.mkdir()
     bundle, manifest = arm_check.unpack(_tarball(tmp_path / "good.tar.gz", GOOD))
     assert (bundle / "models" / "m.fp32.onnx").read_bytes() == b"x" and manifest["models"]
+    assert not killed.exists() and mine.is_dir()
     # a bad tarball fails before the sysroot set-up, and the previous bundle stays
     truncated = (tmp_path / "good.tar.gz").read_bytes()[:-40]
     for data in (b"not a tarball at all", truncated, None):
