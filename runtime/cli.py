@@ -257,12 +257,23 @@ def quiet() -> bool:
     return os.environ.get("LENET_EDGE_QUIET") == "1"
 
 
+def closed_pipe() -> int:
+    """The reader of stdout went away (`lenet-edge goals | head -3`): no traceback, and none when
+    Python flushes stdout at exit either; the exit status of a process killed by SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     try:
         return main(argv)
     except LenetEdgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return closed_pipe()
     except OSError as e:
         # the file system refused a path the user gave (a file where a folder should be, /proc, no
         # permission, a full disk): one line naming it; writes are atomic, so nothing half-written

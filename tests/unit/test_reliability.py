@@ -853,3 +853,23 @@ def test_internal_flags_typed_by_hand_are_one_line(tmp_path):
         ),
     ):
         assert_one_line_error(run_cli(*args), needle)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["goals"]], ids=" ".join)
+def test_a_reader_that_goes_away_is_no_traceback(args):
+    """`lenet-edge goals | head -3` and `lenet-edge --help | head -1` ended in a BrokenPipeError
+    traceback (exit 1) when the reader had gone before the output was written."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write fails
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lenet_edge.cli", *args],
+            cwd=ROOT,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr[-1500:])
