@@ -7,6 +7,7 @@ contract, then calls `run`; the benchmark validates its fixed input once and tim
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import os
 import sys
@@ -282,36 +283,31 @@ class OnnxRunner:
         }
 
 
+TFLITE_INTERPRETERS = {"ai-edge-litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}
+
+
 def _tflite_interpreter() -> tuple[Any, str, str]:
     """ai-edge-litert if installed (maintained), else tflite-runtime (last release 2.14): the
     interpreter module, its name and version.
 
-    LENET_EDGE_TFLITE=tflite-runtime (or ai-edge-litert) picks one when both are installed.
+    LENET_EDGE_TFLITE=tflite-runtime (or ai-edge-litert) picks one, and only that one: a
+    measurement under the name asked for is made with that interpreter or not at all.
     """
-    if os.environ.get("LENET_EDGE_TFLITE") == "tflite-runtime":
+    want = os.environ.get("LENET_EDGE_TFLITE", "")
+    if want and want not in TFLITE_INTERPRETERS:  # `tflite_runtime`, `litert` took the default
+        raise ConfigError(
+            f"LENET_EDGE_TFLITE={want!r}: expected {' or '.join(TFLITE_INTERPRETERS)} (or unset: the first installed)"
+        )
+    for name in [want] if want else list(TFLITE_INTERPRETERS):
         try:
-            import tflite_runtime as pkg
-            from tflite_runtime import interpreter as mod
-
-            return mod, "tflite-runtime", getattr(pkg, "__version__", "?")
-        except ImportError as e:
-            raise ContractError("LENET_EDGE_TFLITE=tflite-runtime but tflite_runtime is not installed") from e
-    try:
-        import ai_edge_litert as pkg
-        from ai_edge_litert import interpreter as mod
-
-        return mod, "ai-edge-litert", getattr(pkg, "__version__", "?")
-    except ImportError:
-        pass
-    try:
-        import tflite_runtime as pkg
-        from tflite_runtime import interpreter as mod
-
-        return mod, "tflite-runtime", getattr(pkg, "__version__", "?")
-    except ImportError as e:
-        raise ContractError(
-            "no TFLite interpreter installed: pip install ai-edge-litert (or tflite-runtime)"
-        ) from e
+            pkg = importlib.import_module(TFLITE_INTERPRETERS[name])
+            mod = importlib.import_module(f"{TFLITE_INTERPRETERS[name]}.interpreter")
+        except ImportError:
+            continue
+        return mod, name, getattr(pkg, "__version__", "?")
+    if want:
+        raise ContractError(f"LENET_EDGE_TFLITE={want} but {TFLITE_INTERPRETERS[want]} is not installed")
+    raise ContractError("no TFLite interpreter installed: pip install ai-edge-litert (or tflite-runtime)")
 
 
 # tflite-runtime 2.14 applies its default XNNPACK delegate with the int8 kernels switched off
@@ -364,9 +360,10 @@ def xnnpack_int8_delegate(mod: Any, backend: str, version: str, threads: int) ->
     """The int8-enabled XNNPACK delegate for tflite-runtime 2.14, or None (LiteRT's default delegate
     already runs int8; another tflite-runtime release, or a wheel without the symbols, keeps its
     default). LENET_EDGE_XNNPACK_INT8=0 turns it off."""
-    if backend != "tflite-runtime" or not version.startswith(XNNPACK_INT8_RELEASES):
-        return None
-    if os.environ.get("LENET_EDGE_XNNPACK_INT8", "1") == "0":
+    switch = os.environ.get("LENET_EDGE_XNNPACK_INT8", "")
+    if switch not in ("", "0", "1"):  # `off`, `false` left the delegate on
+        raise ConfigError(f"LENET_EDGE_XNNPACK_INT8={switch!r}: expected 0 (off) or 1 (on, the default)")
+    if backend != "tflite-runtime" or not version.startswith(XNNPACK_INT8_RELEASES) or switch == "0":
         return None
     libs = sorted(Path(mod.__file__).parent.glob("_pywrap_tensorflow_interpreter_wrapper*.so"))
     try:

@@ -1,6 +1,7 @@
 """The device side: runner input validation, benchmark schema, bundle self-check, ingest."""
 
 import json
+import sys
 import tarfile
 from pathlib import Path
 
@@ -807,6 +808,46 @@ def test_xnnpack_int8_delegate_is_made_only_for_tflite_runtime_2_14(monkeypatch,
     assert xnnpack_int8_delegate(mod, "tflite-runtime", "2.14.0", 1) is None  # OSError, not a crash
     monkeypatch.setenv("LENET_EDGE_XNNPACK_INT8", "0")
     assert xnnpack_int8_delegate(mod, "tflite-runtime", "2.14.0", 1) is None
+
+
+def test_the_tflite_interpreter_asked_for_is_the_one_used_or_an_error(monkeypatch, tmp_path):
+    """LENET_EDGE_TFLITE=tflite_runtime / litert / ` tflite-runtime` silently took the default
+    interpreter, and ai-edge-litert asked for but missing fell back to tflite-runtime: a benchmark
+    then measured another interpreter under the name asked for. LENET_EDGE_XNNPACK_INT8=off left
+    the int8 delegate on."""
+    import types
+
+    from lenet_edge.runtime.errors import ConfigError, ContractError
+    from lenet_edge.runtime.runner import _tflite_interpreter, xnnpack_int8_delegate
+
+    for pkg in ("ai_edge_litert", "tflite_runtime"):  # stand-ins, whatever this venv has
+        top = types.ModuleType(pkg)
+        top.__version__ = "9.9"
+        monkeypatch.setitem(sys.modules, pkg, top)
+        monkeypatch.setitem(sys.modules, f"{pkg}.interpreter", types.ModuleType(f"{pkg}.interpreter"))
+    monkeypatch.delenv("LENET_EDGE_TFLITE", raising=False)
+    assert _tflite_interpreter()[1:] == ("ai-edge-litert", "9.9")
+    monkeypatch.setenv("LENET_EDGE_TFLITE", "tflite-runtime")
+    assert _tflite_interpreter()[1] == "tflite-runtime"
+    for bad in ("tflite_runtime", "litert", " tflite-runtime", "TFLITE-RUNTIME"):
+        monkeypatch.setenv("LENET_EDGE_TFLITE", bad)
+        with pytest.raises(
+            ConfigError, match=r"LENET_EDGE_TFLITE=.*expected ai-edge-litert or tflite-runtime"
+        ):
+            _tflite_interpreter()
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # not installed
+    monkeypatch.setenv("LENET_EDGE_TFLITE", "ai-edge-litert")
+    with pytest.raises(
+        ContractError, match="LENET_EDGE_TFLITE=ai-edge-litert but ai_edge_litert is not installed"
+    ):
+        _tflite_interpreter()
+    monkeypatch.delenv("LENET_EDGE_TFLITE")
+    assert _tflite_interpreter()[1] == "tflite-runtime"  # unset: the first installed
+    mod = types.SimpleNamespace(__file__=str(tmp_path / "interpreter.py"))
+    for bad in ("off", "false", " 0", "no"):
+        monkeypatch.setenv("LENET_EDGE_XNNPACK_INT8", bad)
+        with pytest.raises(ConfigError, match="LENET_EDGE_XNNPACK_INT8="):
+            xnnpack_int8_delegate(mod, "tflite-runtime", "2.14.0", 1)
 
 
 def test_native_log_drops_tflites_info_lines_and_keeps_the_rest(capfd, monkeypatch):
