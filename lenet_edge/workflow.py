@@ -376,8 +376,9 @@ def parse_workflow(path: Path) -> Workflow:
 
 
 def workflow_dir() -> Path:
-    """The shipped workflows, or LENET_EDGE_WORKFLOWS (a folder of them) when set."""
-    return Path(os.environ.get("LENET_EDGE_WORKFLOWS", WORKFLOW_DIR))
+    """The shipped workflows, or LENET_EDGE_WORKFLOWS (a folder of them) when set (empty: unset,
+    as for MNIST_DIR; it meant the current folder)."""
+    return Path(os.environ.get("LENET_EDGE_WORKFLOWS") or WORKFLOW_DIR)
 
 
 # Workflow files given with --workflow: added to the folder's (replacing one of the same name), and
@@ -390,13 +391,13 @@ def _extra_files() -> tuple[Path, ...]:
 
 
 @cache
-def _load(folder: Path, extra: tuple[Path, ...]) -> dict[str, Workflow]:
+def _load(folder: Path, extra: tuple[Path, ...], named: str) -> dict[str, Workflow]:
     if not folder.is_dir():
-        raise WorkflowError(f"{folder}: no workflow folder")
+        raise WorkflowError(f"{named}: no workflow folder")
     flows = {p.stem: parse_workflow(p) for p in sorted(folder.glob("*.toml"))}
     flows |= {p.stem: parse_workflow(p) for p in extra}
     if not flows:
-        raise WorkflowError(f"{folder}: no workflow files (*.toml)")
+        raise WorkflowError(f"{named}: no workflow files (*.toml)")
     for wf in flows.values():
         if wf.baseline is not None and wf.baseline not in flows:
             raise WorkflowError(f"{wf.path}: [study] baseline {wf.baseline!r} has no workflow in {folder}")
@@ -407,7 +408,9 @@ def _load(folder: Path, extra: tuple[Path, ...]) -> dict[str, Workflow]:
 
 def workflows() -> dict[str, Workflow]:
     """Every workflow, validated, by model name."""
-    return _load(workflow_dir(), _extra_files())
+    folder = workflow_dir()
+    named = f"LENET_EDGE_WORKFLOWS={folder}" if os.environ.get("LENET_EDGE_WORKFLOWS") else str(folder)
+    return _load(folder, _extra_files(), named)
 
 
 def use_workflow(path: Path) -> str:
@@ -461,9 +464,9 @@ def add_model_flags(p: Any) -> None:
 
     try:
         names = model_names()
-    except WorkflowError:
-        names = []  # the stage reports the broken workflow when it runs; --help still works
-    add_common(p, "model", "workflow", model={"choices": [*names, "all"]})
+    except WorkflowError:  # the stage reports the broken workflow when it runs; --help still works
+        names = []  # and --model takes any name (with choices of only "all", argparse hid the cause)
+    add_common(p, "model", "workflow", model={"choices": [*names, "all"]} if names else {})
 
 
 def selected(model: str, workflow: Path | None = None) -> list[str]:

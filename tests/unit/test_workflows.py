@@ -211,6 +211,31 @@ def test_a_broken_shipped_workflow_folder_is_one_line(tmp_path):
     assert_one_line_error(proc, "lenet_pool.toml", "missing")
 
 
+@pytest.mark.parametrize("value", ["/nonexistent", "EMPTY_FOLDER"])
+def test_a_workflow_folder_that_is_not_one_is_named_not_hidden_behind_model_choices(value, tmp_path):
+    """`LENET_EDGE_WORKFLOWS=/nonexistent lenet-edge export --model lenet_pool` said "argument
+    --model: invalid choice: 'lenet_pool' (choose from 'all')": the folder's error was swallowed
+    to keep --help working, and --model then took only "all"; the message did not name the variable."""
+    (tmp_path / "EMPTY_FOLDER").mkdir()
+    folder = value if value.startswith("/") else str(tmp_path / value)
+    proc = subprocess.run(
+        [str(SCRIPT), "export", "--model", "lenet_pool", "--out-dir", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "LENET_EDGE_WORKFLOWS": folder},
+    )
+    assert_one_line_error(proc, f"LENET_EDGE_WORKFLOWS={folder}: no workflow")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_workflow_folder_variable_is_unset(monkeypatch):
+    """LENET_EDGE_WORKFLOWS= (empty) meant the current folder (`pyproject.toml: unknown section`)."""
+    monkeypatch.setenv("LENET_EDGE_WORKFLOWS", "")
+    assert workflow.workflow_dir() == workflow.WORKFLOW_DIR
+
+
 def test_model_and_workflow_must_agree(tmp_path, monkeypatch):
     monkeypatch.delenv(workflow.EXTRA_ENV, raising=False)
     path = _variant(tmp_path, lambda t: t)
