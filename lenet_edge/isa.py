@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -63,18 +64,28 @@ def library() -> Path:
     lib = BUILD / f"libcpuidmask-{digest}.so"
     if lib.is_file():
         return lib
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc_env = os.environ.get("CC", "")
+    try:  # CC as make and the shells take it: a command with flags (`CC="gcc -std=c11"`)
+        cc = shlex.split(cc_env) or [c for c in (shutil.which("cc") or shutil.which("gcc"),) if c]
+    except ValueError as e:
+        raise IsaError(f"CC={cc_env!r}: not a command line ({e})") from None
     if not cc:
         raise IsaError(f"--isa: needs a C compiler to build {SOURCE.name} (apt-get install gcc)")
     BUILD.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=BUILD, prefix=".libcpuidmask-", suffix=".so")
     os.close(fd)
     try:
-        p = subprocess.run(
-            [cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", tmp, str(SOURCE)],
-            capture_output=True,
-            text=True,
-        )
+        try:
+            p = subprocess.run(
+                [*cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", tmp, str(SOURCE)],
+                capture_output=True,
+                text=True,
+            )
+        except OSError as e:  # CC=nonexistent-cc, CC=a-file-that-is-not-a-program
+            what = f"CC={cc_env}" if cc_env else cc[0]
+            raise IsaError(
+                f"{what}: cannot run the C compiler ({e.strerror or e.__class__.__name__})"
+            ) from None
         if p.returncode != 0:
             raise IsaError(f"{SOURCE}: compiling the CPUID mask failed: {p.stderr.strip()[-300:]}")
         os.replace(tmp, lib)

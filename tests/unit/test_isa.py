@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,29 @@ def test_the_library_is_rebuilt_when_its_source_changes(tmp_path, monkeypatch):
     src.write_text("this is not C")
     with pytest.raises(isa.IsaError, match="compiling the CPUID mask failed"):
         isa.library()
+    assert not [p for p in (tmp_path / "isa").iterdir() if p.name.startswith(".")]
+
+
+def test_a_compiler_given_by_cc_is_taken_as_a_command_line_or_named(tmp_path, monkeypatch):
+    """CC="gcc -std=c11" (a command with flags, as make takes it), CC=nonexistent-cc and CC=<a
+    file that is not a program> were FileNotFoundError / PermissionError tracebacks."""
+    src = tmp_path / "cpuid_mask.c"
+    src.write_bytes(isa.SOURCE.read_bytes())
+    monkeypatch.setattr(isa, "SOURCE", src)
+    monkeypatch.setattr(isa, "BUILD", tmp_path / "isa")
+    monkeypatch.setenv("CC", "gcc -std=gnu11")
+    assert isa.library().is_file()
+    src.write_text(src.read_text() + "\n/* changed: built again */\n")
+    not_a_program = tmp_path / "cc.txt"
+    not_a_program.write_text("x")
+    for cc, needle in (
+        ("nonexistent-cc", "CC=nonexistent-cc: cannot run the C compiler (No such file or directory)"),
+        (str(not_a_program), "cannot run the C compiler (Permission denied)"),
+        ('gcc "-O2', "not a command line"),
+    ):
+        monkeypatch.setenv("CC", cc)
+        with pytest.raises(isa.IsaError, match=re.escape(needle)):
+            isa.library()
     assert not [p for p in (tmp_path / "isa").iterdir() if p.name.startswith(".")]
 
 
