@@ -171,7 +171,6 @@ bundle: variants optimize quantize-ort tflite ## device tarball: runtime/, model
 	rm -rf build/bundle-check && mkdir -p build/bundle-check && tar xzf build/lenet-edge-bundle.tar.gz -C build/bundle-check
 	cd build/bundle-check/lenet-edge-bundle && ../../../$(DEV_PY) -m runtime.bundle check .
 
-ARM_BUILD := build/arm
 arm-check: bundle ## the bundle on emulated aarch64 (qemu-user, cortex-a72/a76): self-check + instruction counts -> build/arm/
 	$(LE) arm-check build/lenet-edge-bundle.tar.gz
 

@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 
 import arm_setup  # beside this script, in arm/
-from arm_files import remove_dead_staging, write_text_atomic
+from arm_files import arm_build, folder_problem, remove_dead_staging, write_text_atomic
 
 try:  # the commit a result was made from; stdlib only without it (run by hand outside the project)
     from lenet_edge.runtime.env import code_version, provenance_text
@@ -33,7 +33,7 @@ except ImportError:
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ARM_BUILD = Path(os.environ.get("ARM_BUILD", ROOT / "build" / "arm"))
+ARM_BUILD = arm_build()
 CPUS = ("cortex-a72", "cortex-a76")
 LABEL = "aarch64 instructions per inference (emulated), not latency"
 # Cycle estimates: the clocks of the boards these cores stand for (Pi 4, Pi 5), and the artifacts
@@ -377,6 +377,8 @@ def main() -> int:
         problem = f"--reps {a.reps}: must be 1..10"
     elif not a.bundle.is_file():
         problem = f"{a.bundle}: not found (run `make bundle`)"
+    elif where := folder_problem(ARM_BUILD):  # a file, /proc: was a traceback
+        problem = f"ARM_BUILD={ARM_BUILD}: {where}"
     else:
         try:
             bundle, manifest = unpack(a.bundle)
@@ -385,6 +387,7 @@ def main() -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    os.environ["ARM_BUILD"] = str(ARM_BUILD)  # the set-up scripts and the counting use this folder too
     rc = arm_setup.ensure()
     if rc != 0:
         return rc

@@ -37,3 +37,23 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def arm_build() -> Path:
+    """Where the aarch64 tools keep the sysroot, the unpacked bundle and the counts: $ARM_BUILD
+    (empty is unset; a relative path is taken from the current folder, once, here), else build/arm."""
+    root = Path(__file__).resolve().parent.parent
+    return Path(os.environ.get("ARM_BUILD") or root / "build" / "arm").absolute()
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be the tools' build folder (made here if missing), or None."""
+    if path.exists() and not path.is_dir():
+        return "is a file, not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create it ({e.strerror or e.__class__.__name__})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "cannot write there"
+    return None

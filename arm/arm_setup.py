@@ -4,17 +4,18 @@ there. Stdlib only: arm_check.py (the host's Python) and the lenet-edge CLI (sea
 cortex-*) both run it. Exit 0 when ready, else the failing step's exit code, named on stderr.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from arm_files import arm_build  # beside this script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
 def ensure() -> int:
-    sysroot = Path(os.environ.get("ARM_BUILD", ROOT / "build" / "arm")) / "sysroot"
+    sysroot = arm_build() / "sysroot"
     for step in (
         ["setup_sysroot.sh", sysroot],
         ["install_wheels.sh", sysroot, sysroot / "opt" / "armlab" / "site"],

@@ -28,10 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-from arm_files import write_text_atomic  # beside this script, in arm/
+from arm_files import arm_build, write_text_atomic  # beside this script, in arm/
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ARM_BUILD = os.environ.get("ARM_BUILD", os.path.join(HERE, "..", "build", "arm"))
+ARM_BUILD = str(arm_build())
 
 
 def run_one(cpu, model, rep, a, extra):

@@ -23,6 +23,7 @@ and each core's build/bench/search.cortex-* (JSON and Markdown) to results/arm/,
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from contextlib import ExitStack
@@ -320,7 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the aarch64 run instead: --arm-dir's arm-check.{json,md} and --bench-dir's "
         "search.cortex-*.{json,md} -> results/arm/",
     )
-    p.add_argument("--arm-dir", type=path_arg, default=ROOT / "build" / "arm", help="default build/arm")
+    p.add_argument(
+        "--arm-dir",
+        type=path_arg,
+        default=Path(os.environ.get("ARM_BUILD") or ROOT / "build" / "arm"),
+        help="default $ARM_BUILD (where arm-check wrote), else build/arm",
+    )
     args = p.parse_args(argv)
     out_dir = args.out_dir or ROOT / "results" / ("arm" if args.arm else "bench")
     name, written = publish(

@@ -443,3 +443,25 @@ def test_a_failing_arm_check_never_replaces_the_passing_report(arm_check, tmp_pa
         "arm-check.json",
         "arm-check.md",
     ]  # no temp, no stale failure
+
+
+def test_arm_check_names_a_build_folder_it_cannot_use(arm_check, tmp_path, monkeypatch, capsys):
+    """ARM_BUILD=<a file> or a place under /proc: FileExistsError / FileNotFoundError tracebacks
+    (exit 1) from the unpack's mkdir. Now one line naming ARM_BUILD, exit 2, before any set-up; an
+    empty ARM_BUILD is unset (it meant the current folder, and a sysroot in the source tree)."""
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    tarball = _tarball(tmp_path / "good.tar.gz", GOOD)
+    monkeypatch.setattr(arm_check.arm_setup, "ensure", lambda: pytest.fail("set-up before the check"))
+    monkeypatch.setattr(sys, "argv", ["arm_check.py", str(tarball)])
+    for where, needle in ((a_file, "is a file, not a folder"), (Path("/proc/nope"), "cannot create it")):
+        monkeypatch.setattr(arm_check, "ARM_BUILD", where)
+        assert arm_check.main() == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: ARM_BUILD={where}: {needle}" + err[0].partition(needle)[2]], err
+    import arm_files
+
+    monkeypatch.setenv("ARM_BUILD", "")
+    assert arm_files.arm_build() == ROOT / "build" / "arm"
+    monkeypatch.setenv("ARM_BUILD", "rel/arm")
+    assert arm_files.arm_build() == Path.cwd() / "rel" / "arm"
