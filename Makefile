@@ -17,6 +17,8 @@ TRAIN_DIR ?= build/train
 MODELS ?= all
 # the models: one workflow file each (workflows/<name>.toml); no list of them anywhere else
 MODEL_NAMES := $(sort $(basename $(notdir $(wildcard workflows/*.toml))))
+# what MODELS stands for, for the targets that list files rather than pass --model
+SELECTED := $(if $(filter all,$(MODELS)),$(MODEL_NAMES),$(MODELS))
 export PYTHONDONTWRITEBYTECODE := 1
 # paddle2onnx's optimizer would pip-install polygraphy deps at export time; we never call it,
 # and this keeps polygraphy from auto-installing should anything reach it.
@@ -84,7 +86,7 @@ export: data ## Paddle -> ONNX (raw-pixel input), parity-checked -> build/onnx/
 	$(LE) export --model $(MODELS) --checkpoint-dir $(CKPT_DIR) --out-dir $(ONNX_DIR)
 
 evaluate: data ## top-1/top-2 of the exported ONNX models through onnxruntime
-	$(LE) evaluate $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx)
+	$(LE) evaluate $(foreach m,$(SELECTED),$(ONNX_DIR)/$(m).fp32.onnx)
 
 optimize: export ## FP32 ONNX -> rewritten FP32 ONNX (pattern passes: folded normalisation, space-to-depth conv1; s2d4: a conv-pool-conv-pool stack in 4x4 blocks), checked vs the export
 	$(LE) optimize --model $(MODELS) --onnx-dir $(ONNX_DIR)
@@ -137,6 +139,14 @@ DEV_PY := .venv-device/bin/python
 # the kernels of an AVX2-only x86, measured on this core
 ISA ?=
 ISA_FLAG := $(if $(ISA),--isa $(ISA))
+# the profiles of runtime/env.py's MASK_PROFILES (a test holds the two equal): a misspelt ISA stops
+# here, not after the minutes of work that bench's and search's prerequisites do first
+ISA_PROFILES := avx2 avx512vnni
+ifneq ($(ISA),)
+ifeq ($(filter $(ISA),$(ISA_PROFILES)),)
+$(error ISA=$(ISA): unknown profile (known: $(ISA_PROFILES)))
+endif
+endif
 DEV_LE := .venv-device/bin/lenet-edge $(ISA_FLAG)
 
 # the fresh published search choices (<model>.int8.search[.<cpu>].onnx, <model>.int8.search.tflite),
@@ -183,7 +193,7 @@ study: data ## multi-seed study: both models x SEEDS seeds (train, export, quant
 	$(LE) study --seeds $(SEEDS) --jobs $(JOBS) --backend $(BACKEND)
 
 invariance: quantize ## the reference models on shifted/rotated/scaled test images (BACKEND=local|ray) -> results/invariance.json
-	$(LE) invariance $(foreach m,$(MODEL_NAMES),$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx) --backend $(BACKEND)
+	$(LE) invariance $(foreach m,$(SELECTED),$(ONNX_DIR)/$(m).fp32.onnx $(ONNX_DIR)/$(m).int8.qdq.onnx) --backend $(BACKEND)
 
 bench-jobs: $(CLUSTER_STAMP) ## per-job overhead of --backend ray against local (a benchmark) -> build/bench/jobs-overhead.json
 	$(LE) bench-jobs --json build/bench/jobs-overhead.json
@@ -195,6 +205,7 @@ report: setup ## reports/REPORT.md + plots from the result files only (never tra
 	$(LE) report
 
 ingest: setup ## add a device's bench result to results/devices/ and its table: make ingest RESULT=file.json
+	@test -n "$(RESULT)" || { echo "error: make ingest needs RESULT=<a device's bench result .json>" >&2; exit 2; }
 	$(LE) ingest $(RESULT)
 
 check-reference: setup ## compare the exported models with results/reference.json (fails on a difference; another CPU class: accuracy within tolerance)

@@ -194,3 +194,30 @@ def test_arm_check_names_a_missing_bundle_before_any_set_up(tmp_path):
         f"error: {tmp_path / 'nope.tar.gz'}: not found (run `make bundle`)"
     ]
     assert "setup_sysroot" not in proc.stdout + proc.stderr and not proc.stdout.strip()
+
+
+def test_make_variables_are_checked_or_followed_before_any_work():
+    """`make bench ISA=bogus` ran variants, optimize, quantize-ort, quantize-stock and tflite before
+    the benchmark refused the profile; `make evaluate MODELS=lenet_pool` evaluated every model;
+    `make ingest` without RESULT said "the following arguments are required: result"."""
+    import subprocess
+
+    from lenet_edge.runtime.env import MASK_PROFILES
+
+    makefile = (ROOT / "Makefile").read_text()
+    (line,) = [ln for ln in makefile.splitlines() if ln.startswith("ISA_PROFILES :=")]
+    assert line.split(":=")[1].split() == sorted(MASK_PROFILES)  # the Makefile's copy of the list
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    bad = make("bench", "ISA=bogus")
+    assert bad.returncode == 2 and "ISA=bogus: unknown profile (known: avx2 avx512vnni)" in bad.stderr
+    assert bad.stdout == ""  # nothing would run
+    assert "--isa avx2" in make("bench", "ISA=avx2").stdout
+    one = make("evaluate", "MODELS=lenet_pool").stdout.splitlines()[-1]
+    assert "lenet_pool.fp32.onnx" in one and "lenet_stride" not in one
+    both = make("evaluate").stdout.splitlines()[-1]
+    assert "lenet_pool.fp32.onnx" in both and "lenet_stride.fp32.onnx" in both
+    ingest = subprocess.run(["make", "ingest"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ingest.returncode != 0 and "error: make ingest needs RESULT=" in ingest.stderr
