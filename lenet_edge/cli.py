@@ -185,6 +185,9 @@ def _main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    if argv[0] in ("-h", "--help"):  # `lenet-edge --isa avx2 --help`
+        print(usage())
+        return 0
     name, rest = argv[0], argv[1:]
     isa_from = "--isa"
     if isa is None and name in INFERENCE_COMMANDS:  # the variable serves a whole `make` run

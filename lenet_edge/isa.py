@@ -115,7 +115,8 @@ def enter(profile: str, command: str, argv: list[str]) -> None:
         return
     if os.environ.get(ENV) == profile:  # re-executed, yet the mask is not active
         raise IsaError(
-            f"--isa {profile}: the CPUID mask did not take effect (LD_PRELOAD refused or no CPUID faulting)"
+            f"--isa {profile}: the CPUID mask did not take effect (LD_PRELOAD refused or no CPUID faulting; "
+            f"or {ENV}={profile} was left in the environment: it is set for the re-executed process only)"
         )
     env = masked_env(profile)
     os.execve(sys.executable, [sys.executable, "-m", "lenet_edge.cli", "--isa", profile, *argv], env)

@@ -87,6 +87,12 @@ def test_isa_flag_mistakes_are_one_line(argv, message, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
+def test_help_after_the_isa_flag_is_the_help(capsys):
+    """`lenet-edge --isa avx2 --help` said "unknown command '--help'"."""
+    assert cli.main(["--isa", "avx2", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: lenet-edge")
+
+
 def test_unsupported_machine_is_refused(monkeypatch):
     monkeypatch.setattr(isa, "_cpuinfo_flags", lambda: {"avx2"})
     with pytest.raises(isa.IsaError, match="no CPUID faulting"):
