@@ -199,7 +199,7 @@ bench-jobs: $(CLUSTER_STAMP) ## per-job overhead of --backend ray against local 
 	$(LE) bench-jobs --json build/bench/jobs-overhead.json
 
 publish: setup ## this machine's run (make search bench select [bench-train] [bench-jobs]) from build/bench/ -> results/bench/<machine>.*, named from the CPU it measured; the search records of the files it timed -> results/records/ (PUBLISH_FLAGS=--dry-run; PUBLISH_FLAGS=--arm: the aarch64 run of make search-arm bundle arm-check -> results/arm/)
-	$(LE) publish $(PUBLISH_FLAGS)
+	$(LE) publish --onnx-dir $(ONNX_DIR) $(PUBLISH_FLAGS)
 
 report: setup ## reports/REPORT.md + plots from the result files only (never trains)
 	$(LE) report

@@ -219,5 +219,6 @@ def test_make_variables_are_checked_or_followed_before_any_work():
     assert "lenet_pool.fp32.onnx" in one and "lenet_stride" not in one
     both = make("evaluate").stdout.splitlines()[-1]
     assert "lenet_pool.fp32.onnx" in both and "lenet_stride.fp32.onnx" in both
+    assert "publish --onnx-dir elsewhere" in make("publish", "ONNX_DIR=elsewhere").stdout  # was build/onnx
     ingest = subprocess.run(["make", "ingest"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ingest.returncode != 0 and "error: make ingest needs RESULT=" in ingest.stderr
