@@ -147,6 +147,10 @@ ifeq ($(filter $(ISA),$(ISA_PROFILES)),)
 $(error ISA=$(ISA): unknown profile (known: $(ISA_PROFILES)))
 endif
 endif
+# SEARCH_FLAGS go to both searches (ORT and LiteRT); the Arm core is search-arm's own loop
+ifneq ($(filter --target --target=%,$(SEARCH_FLAGS)),)
+$(error SEARCH_FLAGS=$(SEARCH_FLAGS): --target is set by `make search-arm` (one search per Arm core))
+endif
 DEV_LE := .venv-device/bin/lenet-edge $(ISA_FLAG)
 
 # the fresh published search choices (<model>.int8.search[.<cpu>].onnx, <model>.int8.search.tflite),

@@ -219,6 +219,10 @@ def test_make_variables_are_checked_or_followed_before_any_work():
     assert "lenet_pool.fp32.onnx" in one and "lenet_stride" not in one
     both = make("evaluate").stdout.splitlines()[-1]
     assert "lenet_pool.fp32.onnx" in both and "lenet_stride.fp32.onnx" in both
+    target = make(
+        "search", "SEARCH_FLAGS=--target cortex-a72"
+    )  # ran the qemu counting, then search-litert refused it
+    assert target.returncode == 2 and "--target is set by `make search-arm`" in target.stderr
     assert "publish --onnx-dir elsewhere" in make("publish", "ONNX_DIR=elsewhere").stdout  # was build/onnx
     ingest = subprocess.run(["make", "ingest"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ingest.returncode != 0 and "error: make ingest needs RESULT=" in ingest.stderr
