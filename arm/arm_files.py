@@ -1,9 +1,10 @@
-"""Writing the aarch64 tools' outputs: stdlib only (these scripts run on the host's Python before
+"""The aarch64 tools' build folder and how they write into it: stdlib only (these scripts run on the host's Python before
 any virtual environment exists, so they cannot use runtime/files.py)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -21,8 +22,6 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def remove_dead_staging(folder: Path, prefix: str) -> None:
     """The `PREFIX.PID.tmp` folders in `folder` whose process is gone: a killed run's staging."""
-    import shutil
-
     for p in folder.glob(f"{prefix}.*.tmp"):
         pid = p.name[len(prefix) + 1 : -len(".tmp")]
         if pid.isdigit() and not _alive(int(pid)):
