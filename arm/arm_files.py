@@ -1,5 +1,5 @@
-"""The aarch64 tools' build folder and how they write into it: stdlib only (these scripts run on the host's Python before
-any virtual environment exists, so they cannot use runtime/files.py)."""
+"""The aarch64 tools' build folder and how they write into it: stdlib only (these scripts run on
+the host's Python before any virtual environment exists, so they cannot use runtime/files.py)."""
 
 from __future__ import annotations
 
