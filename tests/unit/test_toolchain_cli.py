@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -208,8 +209,19 @@ def test_make_variables_are_checked_or_followed_before_any_work():
     (line,) = [ln for ln in makefile.splitlines() if ln.startswith("ISA_PROFILES :=")]
     assert line.split(":=")[1].split() == sorted(MASK_PROFILES)  # the Makefile's copy of the list
 
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    }  # under `make test`
+
     def make(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            ["make", "--no-print-directory", "-n", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
 
     bad = make("bench", "ISA=bogus")
     assert bad.returncode == 2 and "ISA=bogus: unknown profile (known: avx2 avx512vnni)" in bad.stderr
@@ -224,5 +236,7 @@ def test_make_variables_are_checked_or_followed_before_any_work():
     )  # ran the qemu counting, then search-litert refused it
     assert target.returncode == 2 and "--target is set by `make search-arm`" in target.stderr
     assert "publish --onnx-dir elsewhere" in make("publish", "ONNX_DIR=elsewhere").stdout  # was build/onnx
-    ingest = subprocess.run(["make", "ingest"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    ingest = subprocess.run(
+        ["make", "ingest"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
     assert ingest.returncode != 0 and "error: make ingest needs RESULT=" in ingest.stderr
