@@ -458,7 +458,7 @@ def test_arm_check_names_a_build_folder_it_cannot_use(arm_check, tmp_path, monke
         monkeypatch.setattr(arm_check, "ARM_BUILD", where)
         assert arm_check.main() == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"error: ARM_BUILD={where}: {needle}" + err[0].partition(needle)[2]], err
+        assert len(err) == 1 and err[0].startswith(f"error: ARM_BUILD={where}: {needle}"), err
     import arm_files
 
     monkeypatch.setenv("ARM_BUILD", "")
