@@ -167,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
         print(usage())
-        return 0 if argv else 2
+        return 2
     if argv[0] == "--version":
         print(f"lenet-edge {__version__}")
         return 0
@@ -185,7 +185,7 @@ def _main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    if argv[0] in ("-h", "--help"):  # `lenet-edge --isa avx2 --help`
+    if argv[0] in ("-h", "--help"):  # also after `--isa avx2`
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
