@@ -168,7 +168,13 @@ def _same_top1_as_export(
 
 
 def _checked_top1(
-    onnx_dir: Path, results: Path, ref: dict[str, Any], bench: dict[str, Any], model: str, file: str
+    onnx_dir: Path,
+    results: Path,
+    ref: dict[str, Any],
+    bench: dict[str, Any],
+    model: str,
+    file: str,
+    runtime: str | None = None,
 ) -> float | None:
     """Test top-1 of a file the benchmark timed, from the stage record of that very file (same
     sha256): a quantize or LiteRT-search record's own figure, or for an optimized FP32 graph the
@@ -178,6 +184,8 @@ def _checked_top1(
     if file.endswith(".tflite"):
         rec = _same_file_record(onnx_dir, results, f"{file}.quantize.json", "sha256", sha)
         top1 = _dict(_dict(rec).get("checks")).get("test_top1")
+        if rec is None:  # a file of `make tflite`: its conversion record checked every output
+            top1 = _tflite_output_top1(onnx_dir, results, model, file, sha, runtime)
     elif ".fp32." in file:
         same = _same_top1_as_export(
             onnx_dir, results, model, file, sha, _bench_sha(bench, f"{model}.fp32.onnx")
@@ -190,6 +198,30 @@ def _checked_top1(
         top1 = _dict(rec).get("test_top1")
     ok = isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1)
     return top1 if ok and 0 <= top1 <= 1 else None
+
+
+def _tflite_output_top1(
+    onnx_dir: Path, results: Path, model: str, file: str, sha: str | None, runtime: str | None
+) -> Any:
+    """Test top-1 of one output of `make tflite` (`<model>.tflite.json`: `outputs.<key>` names the
+    file and its sha256, `checks.<interpreter>.<key with _>` or `….stock.<key>` its top-1, in the
+    interpreter that was timed where the record checked it there), from the record whose output has
+    this very sha256 (this checkout's, else the committed copy)."""
+    if not sha:
+        return None
+    for rec in (
+        _load(onnx_dir / f"{model}.tflite.json"),
+        _load(results / "records" / f"{model}.tflite.json"),
+    ):
+        outputs = _dict(_dict(rec).get("outputs"))
+        key = next((k for k, o in outputs.items() if _dict(o).get("file") == file), None)
+        if key is None or _dict(outputs[key]).get("sha256") != sha:
+            continue
+        by_interpreter = _dict(_dict(rec).get("checks"))
+        checks = by_interpreter.get(runtime) or next(iter(by_interpreter.values()), None)
+        check = _dict(_dict(checks).get("stock")).get(key) if key.startswith("stock.") else None
+        return _dict(check or _dict(checks).get(key.replace(".", "_"))).get("top1")
+    return None
 
 
 def fastest_files(
@@ -219,7 +251,7 @@ def fastest_files(
                         "bytes": size
                         if isinstance(size := row.get("file_bytes"), int) and size > 0
                         else None,
-                        "top1": _checked_top1(onnx_dir, results, ref, bench, m, file),
+                        "top1": _checked_top1(onnx_dir, results, ref, bench, m, file, rt),
                     }
                 )
         out[m] = rows

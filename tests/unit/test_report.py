@@ -539,6 +539,57 @@ def test_report_lists_the_runs_fastest_files_with_a_top1_only_from_a_record_of_t
     assert "onnxruntime 0.55 (not settled)" in text
 
 
+def test_a_fastest_tflite_file_of_make_tflite_takes_its_top1_from_the_conversion_record(tmp_path):
+    """On the Zen 3 run (2026-12-06) LiteRT's fastest INT8 file was `make tflite`'s `int8.fc.tflite`,
+    not the search choice, and the report listed it (and shipped it) with top-1 "–" although the
+    committed `<model>.tflite.json` had checked it: the top-1 is now read from that record's output
+    of the very file timed (same sha256), in the interpreter timed, stock outputs from its stock
+    checks, else "–"."""
+    from lenet_edge.report.build import fastest_files
+
+    ref = json.loads((ROOT / "results" / "reference.json").read_text())
+    m = "lenet_pool"
+    bench = _bench(300, runtime="ai-edge-litert")
+    row = {
+        "runtime": "ai-edge-litert",
+        "batch": 1,
+        "threads": 1,
+        "latency_ms_p50": 0.02,
+        "file_bytes": 69_000,
+    }
+    bench["results"] += [
+        row | {"model": m, "format": "int8.fc", "file": f"{m}.int8.fc.tflite", "file_sha256": "fc"},
+        row | {"model": m, "format": "stock.fp16", "file": f"{m}.stock.fp16.tflite", "file_sha256": "f16"},
+    ]
+    side = next(s for s in bench["summary"] if s["model"] == m)["per_runtime"]["ai-edge-litert"]
+    side["best_int8"]["file"], side["best_fp32"]["file"] = f"{m}.int8.fc.tflite", f"{m}.stock.fp16.tflite"
+    outputs = {"int8.fc": {"file": f"{m}.int8.fc.tflite", "sha256": "fc"}}
+    outputs["stock.fp16"] = {"file": f"{m}.stock.fp16.tflite", "sha256": "f16"}
+    checks = {
+        "int8_fc": {"top1": 0.9869},
+        "int8_full": {"top1": 0.5},
+        "stock": {"stock.fp16": {"top1": 0.9871}},
+    }
+    other = {"int8_fc": {"top1": 0.1}, "stock": {"stock.fp16": {"top1": 0.1}}}  # the other interpreter's
+    rec = {"outputs": outputs, "checks": {"tflite-runtime": other, "ai-edge-litert": checks}}
+    onnx, res = tmp_path / "onnx", _results_dir(tmp_path)
+    onnx.mkdir()
+    (res / "records").mkdir()
+
+    def top1s():
+        (res / "records" / f"{m}.tflite.json").write_text(json.dumps(rec))
+        return {r["file"]: r["top1"] for r in fastest_files(onnx, res, ref, bench)[m]}
+
+    assert top1s() == {f"{m}.int8.fc.tflite": 0.9869, f"{m}.stock.fp16.tflite": 0.9871}
+    outputs["int8.fc"]["sha256"] = "another conversion"  # a record of other bytes under that name
+    assert top1s()[f"{m}.int8.fc.tflite"] is None
+    outputs["int8.fc"]["sha256"], checks["int8_fc"] = "fc", "98.69"  # a hand-edited record: "–"
+    assert top1s()[f"{m}.int8.fc.tflite"] is None
+    checks["int8_fc"] = {"top1": 0.9869}
+    (onnx / f"{m}.tflite.json").write_text(json.dumps({"outputs": {}}))  # this checkout's: not of it
+    assert top1s()[f"{m}.int8.fc.tflite"] == 0.9869  # so the committed copy's figure
+
+
 def test_report_refuses_nan_and_other_shapes_and_keeps_the_old_report(tmp_path):
     """No command writes NaN into a result, so one there is refused by name (it became "+nan pp"
     verdicts); a result file of another shape is one error naming it; a report that fails halfway
