@@ -240,8 +240,11 @@ $(LLVM_MCA):
 
 setup-llvm: $(LLVM_MCA) ## llvm-19 from Debian (llvm-mc, llvm-mca: cycle estimates)
 
-test: data lint $(TFLITE_STAMP) $(DEVICE_STAMP) $(LLVM_MCA) ## the default test suite: unit, integration, regression (incl. TFLite)
-	$(PY) -m pytest -q --ignore=tests/cluster
+# pytest-xdist: one worker per core; a module whose tests share an expensive fixture is one
+# xdist_group and runs on one worker (TEST_WORKERS=0: in this process, one test at a time)
+TEST_WORKERS ?= auto
+test: data lint $(TFLITE_STAMP) $(DEVICE_STAMP) $(LLVM_MCA) ## the default test suite: unit, integration, regression (incl. TFLite), on every core (TEST_WORKERS=auto)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --ignore=tests/cluster
 
 test-cluster: data $(CLUSTER_STAMP) ## Ray on a two-node loopback cluster: bitwise equal to local, worker and node killed, device resource
 	$(PY) -m pytest -q tests/cluster

@@ -42,7 +42,7 @@ from lenet_edge.runtime.files import sha256_bytes, sha256_file
 from lenet_edge.runtime.mnist import read_idx
 from tests.conftest import ROOT, assert_one_line_error, run_cli, write_idx
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.xdist_group("fuzz")]
 
 RESULTS = ROOT / "results"
 

@@ -20,7 +20,7 @@ import pytest
 from lenet_edge.runtime.files import sha256_file
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("faults")]  # one worker: one `inputs`
 
 KILLS = ["before-rename#1", "after-rename#1", "time:0.7"]
 SHORT = ["--epochs", "1", "--train-limit", "640", "--test-limit", "500", "--no-progress"]

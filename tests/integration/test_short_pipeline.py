@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("short_pipeline")]
 pytest.importorskip("paddle")
 
 SHORT = ["--epochs", "1", "--train-limit", "1280", "--test-limit", "500", "--no-progress"]

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.third_model import NAME, make_workflow
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("third_model")]
 
 BIN = Path(sys.executable).parent
 DEVICE_BIN = ROOT / ".venv-device" / "bin"

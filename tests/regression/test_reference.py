@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 
-pytestmark = pytest.mark.regression
+pytestmark = [pytest.mark.regression, pytest.mark.xdist_group("reference")]
 pytest.importorskip("paddle")
 
 REFERENCE = json.loads((ROOT / "results" / "reference.json").read_text())

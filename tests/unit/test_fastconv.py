@@ -9,7 +9,7 @@ import platform
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.xdist_group("fastconv")]
 
 paddle = pytest.importorskip("paddle")
 import paddle.nn.functional as F  # noqa: E402

@@ -13,7 +13,7 @@ from lenet_edge.runtime.errors import ContractError
 from lenet_edge.runtime.files import sha256_file
 from tests.conftest import ROOT, assert_one_line_error, bench_row, run_cli
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.xdist_group("runtime_device")]
 onnx = pytest.importorskip("onnx")
 
 
