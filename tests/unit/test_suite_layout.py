@@ -17,26 +17,30 @@ SHARED = re.compile(r"@pytest\.fixture\(scope=\"(?:module|package|class)\"")
 GROUP = re.compile(r"pytest\.mark\.xdist_group\(\"(\w+)\"\)")
 
 
-def _modules() -> list[Path]:
-    return sorted(p for p in TESTS.rglob("test_*.py") if "cluster" not in p.parts)
+def _sharing_modules() -> dict[str, set[str]]:
+    """Every test module outside tests/cluster that shares a fixture -> the xdist groups it names."""
+    found = {}
+    for path in sorted(TESTS.rglob("test_*.py")):
+        text = path.read_text()
+        if "cluster" not in path.parts and SHARED.search(text):
+            found[path.relative_to(TESTS).as_posix()] = set(GROUP.findall(text))
+    return found
 
 
 def test_every_module_sharing_a_fixture_is_one_xdist_group():
-    missing, owners = [], {}
-    for path in _modules():
-        text = path.read_text()
-        groups = set(GROUP.findall(text))
-        if SHARED.search(text) and not groups:
-            missing.append(path.relative_to(TESTS).as_posix())
-        for g in groups:
-            owners.setdefault(g, set()).add(path.name)
+    modules = _sharing_modules()
+    missing = [name for name, groups in modules.items() if not groups]
     assert not missing, f"module-scoped fixtures without an xdist_group: {missing}"
+    owners: dict[str, set[str]] = {}
+    for path in TESTS.rglob("test_*.py"):
+        for g in set(GROUP.findall(path.read_text())):
+            owners.setdefault(g, set()).add(path.name)
     shared = {g: sorted(m) for g, m in owners.items() if len(m) > 1}
     assert not shared, f"one xdist_group across modules (they would run one after another): {shared}"
 
 
 def test_the_layout_check_sees_the_modules_it_guards():
     """The check above is not vacuous: the heavy modules are found and each carries its group."""
-    names = {p.name: set(GROUP.findall(p.read_text())) for p in _modules() if SHARED.search(p.read_text())}
+    names = {Path(name).name: groups for name, groups in _sharing_modules().items()}
     assert {"test_faults.py", "test_reference.py", "test_third_model.py"} <= set(names)
     assert all(names.values())
